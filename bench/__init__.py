@@ -1,0 +1,1 @@
+"""Benchmarks: segflow against a baseline measured in the same run (see README.md)."""

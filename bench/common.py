@@ -1,0 +1,180 @@
+"""Shared pieces of the benchmarks: the Result row, timing, progress, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import os
+import platform
+import pstats
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / ".results"  # git-ignored: profiles etc.
+
+console = Console()
+if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
+    console = Console(width=160)
+
+# Set by bench.run --profile: timed blocks marked profile=True run under cProfile.
+PROFILE = False
+
+
+@dataclass
+class Result:
+    """One row of a benchmark's table.
+
+    ``ratio`` is this case's seconds divided by its baseline's seconds (same run).
+    ``passed`` is None when the row has no target (a baseline, or skipped).
+    """
+
+    case: str
+    events: int
+    seconds: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+    # Why the row fails: missed targets and failed verifications.
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, reason: str) -> None:
+        """A failed verification: the row fails whatever its figures."""
+        self.failures.append(reason)
+        self.passed = False
+
+    @property
+    def rate(self) -> float | None:
+        if not self.seconds:
+            return None
+        return self.events / self.seconds
+
+    @property
+    def status(self) -> str:
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
+        if self.passed is None:
+            return "-"  # no target
+        return "pass" if self.passed else "FAIL"
+
+    def check(self, *, min_rate: float | None = None, max_ratio: float | None = None) -> Result:
+        """Set the target text and pass/fail from the measured figures."""
+        parts: list[str] = []
+        if min_rate is not None:
+            parts.append(f">= {min_rate:,.0f} events/s")
+            if self.rate is None or self.rate < min_rate:
+                self.failures.append(f"below {min_rate:,.0f} events/s")
+        if max_ratio is not None:
+            parts.append(f"<= {max_ratio:g}x baseline")
+            if self.ratio is None or self.ratio > max_ratio:
+                self.failures.append(f"more than {max_ratio:g}x the baseline's time")
+        self.target = ", ".join(parts)
+        if parts or self.failures:
+            self.passed = not self.failures
+        return self
+
+
+def ratio(seconds: float | None, baseline: float | None) -> float | None:
+    if not seconds or not baseline:
+        return None
+    return seconds / baseline
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=4,
+    )
+
+
+@contextlib.contextmanager
+def timer(name: str = "", *, profile: bool = False) -> Iterator[list[float]]:
+    """``with timer() as t: ...`` then ``t[0]`` holds the wall-clock seconds.
+
+    Under ``bench.run --profile`` a block with ``profile=True`` runs under
+    cProfile: the stats go to bench/.results/<name>.prof and the top 20 by
+    tottime are printed (the seconds are then inflated by the profiler).
+    """
+    out: list[float] = [0.0]
+    prof = cProfile.Profile() if (profile and PROFILE) else None
+    t0 = time.perf_counter()
+    if prof is not None:
+        prof.enable()
+    try:
+        yield out
+    finally:
+        if prof is not None:
+            prof.disable()
+        out[0] = time.perf_counter() - t0
+        if prof is not None:
+            _report_profile(prof, name or "profile")
+
+
+def _report_profile(prof: cProfile.Profile, name: str) -> None:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = RESULTS_DIR / f"{safe}.prof"
+    prof.dump_stats(path)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
+    console.print(f"[bold]cProfile of {name}[/] (top 20 by tottime; full stats in {path})")
+    console.print(buf.getvalue(), markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "segflow-bench-") -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nproc() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine() -> dict[str, str]:
+    return {
+        "nproc": str(nproc()),
+        "CPU": cpu_model(),
+        "Python": platform.python_version(),
+        "SQLite": sqlite3.sqlite_version,
+        "OS": f"{platform.system()} {platform.release()}",
+    }

@@ -1,0 +1,445 @@
+"""The ``segflow`` command line: a thin shell over core functions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from core import db as dbmod
+from core.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="segflow",
+    help="Behaviour-based segmentation and personalised email.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+profile_app = typer.Typer(help="Look at profiles.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(profile_app, name="profile")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UsageError(Exception):
+    """Wrong arguments: exit status 2."""
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _engine(ctx: typer.Context):
+    settings = _settings(ctx)
+    return dbmod.open_db(settings.database_url, auto_upgrade=settings.auto_upgrade)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database URL (else SEGFLOW_DATABASE_URL, segflow.toml)."),
+    ] = None,
+) -> None:
+    ctx.obj = {"settings": load_settings(db)}
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[Any]:
+    """A rich progress display on stderr; yields ``advance(n)``."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    else:
+        columns += [TextColumn("{task.completed:,.0f} records")]
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+# -- init / db ---------------------------------------------------------------
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    write_config: Annotated[
+        bool, typer.Option("--config/--no-config", help="Write segflow.toml here.")
+    ] = True,
+) -> None:
+    """Create the database (schema at the latest version) and a segflow.toml."""
+    settings = _settings(ctx)
+    engine = dbmod.make_engine(settings.database_url)
+    dbmod.upgrade(engine)
+    cfg = Path(os.environ.get("SEGFLOW_CONFIG", "segflow.toml"))
+    if write_config and not cfg.exists():
+        cfg.write_text(f'[segflow]\ndatabase_url = "{settings.database_url}"\n')
+        out.print(f"wrote {cfg}")
+    out.print(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply schema migrations up to the latest."""
+    engine = dbmod.make_engine(_settings(ctx).database_url)
+    before = dbmod.current_revision(engine)
+    dbmod.upgrade(engine)
+    after = dbmod.current_revision(engine)
+    if before == after:
+        out.print(f"schema already at {after}")
+    else:
+        out.print(f"schema upgraded {before or '(empty)'} -> {after}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Show the schema revision of the database and of the code."""
+    engine = dbmod.make_engine(_settings(ctx).database_url)
+    out.print(f"database: {dbmod.current_revision(engine) or '(empty)'}")
+    out.print(f"code:     {dbmod.head_revision()}")
+
+
+# -- import --------------------------------------------------------------------
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} {item!r}: expected NAME=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such mapping file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a mapping file is a YAML object")
+    return data
+
+
+def _read_options(
+    mapping: Path | None,
+    maps: list[str],
+    sets: list[str],
+    computes: list[str],
+    ts_format: str | None,
+    timezone: str | None,
+    delimiter: str | None,
+):
+    from core.sources import ReadOptions
+
+    data: dict[str, Any] = _read_mapping(mapping) if mapping else {}
+    data.setdefault("columns", {}).update(_pairs(maps, "--map"))
+    data.setdefault("constants", {}).update(_pairs(sets, "--set"))
+    data.setdefault("computed", {}).update(_pairs(computes, "--compute"))
+    for key, value in (("ts_format", ts_format), ("timezone", timezone), ("delimiter", delimiter)):
+        if value is not None:
+            data[key] = value
+    try:
+        options = ReadOptions(**data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = f"{mapping}: " if mapping else ""
+        raise UsageError(f"{where}field '{'.'.join(map(str, e['loc']))}': {e['msg']}") from None
+    if options.timezone:
+        from core.events import parse_timezone
+
+        try:
+            parse_timezone(options.timezone)
+        except ValueError as exc:
+            raise UsageError(f"--timezone: {exc}") from None
+    return options
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="JSON Lines or CSV files (.gz too).")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Source name, e.g. jsonl, csv.")
+    ] = None,
+    mapping: Annotated[
+        Path | None, typer.Option("--mapping", help="YAML mapping file for CSV columns.")
+    ] = None,
+    maps: Annotated[
+        list[str] | None, typer.Option("--map", help="COLUMN=FIELD[:int|float|str|bool]")
+    ] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="FIELD=VALUE for every row.")
+    ] = None,
+    computes: Annotated[
+        list[str] | None,
+        typer.Option("--compute", help="FIELD=EXPR, e.g. value=Quantity*UnitPrice"),
+    ] = None,
+    ts_format: Annotated[str | None, typer.Option(help="strptime format of ts.")] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA timezone for timestamps without offset.")
+    ] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV delimiter.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Events per transaction.")] = None,
+    realtime: Annotated[
+        bool,
+        typer.Option("--realtime/--no-realtime", help="Call on_events_ingested hooks."),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    show: Annotated[int, typer.Option(help="How many rejected lines to list.")] = 50,
+) -> None:
+    """Import events; bad lines are listed, good ones kept, duplicates skipped.
+
+    Exit status: 0 all lines accepted, 1 some rejected, 2 usage error.
+    """
+    from core.importer import import_file, source_for
+
+    options = _read_options(
+        mapping, maps or [], sets or [], computes or [], ts_format, timezone, delimiter
+    )
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        source_for(path, fmt)
+    engine = _engine(ctx)
+    size = batch_size or _settings(ctx).batch_size
+    reports = {}
+    for path in files:
+        with progress(f"importing {path.name}") as advance:
+            reports[str(path)] = import_file(
+                engine,
+                path,
+                options,
+                fmt=fmt,
+                batch_size=size,
+                on_progress=advance,
+                notify=realtime,
+            )
+    rejected = sum(len(r.rejected) for r in reports.values())
+    if as_json:
+        out.print_json(json.dumps({p: r.as_dict() for p, r in reports.items()}))
+    else:
+        table = Table(
+            "file", "read", "accepted", "duplicates", "rejected", "new profiles", "merged"
+        )
+        for p, r in reports.items():
+            table.add_row(
+                p,
+                f"{r.received:,}",
+                f"{r.accepted:,}",
+                f"{r.duplicates:,}",
+                f"{len(r.rejected):,}",
+                f"{r.profiles_created:,}",
+                f"{r.profiles_merged:,}",
+            )
+        out.print(table)
+        listed = 0
+        for r in reports.values():
+            for rej in r.rejected:
+                if listed >= show:
+                    break
+                err.print(f"rejected {rej.location}: {rej.reason}", markup=False, highlight=False)
+                listed += 1
+        if rejected > listed:
+            err.print(f"... and {rejected - listed:,} more rejected lines (use --json for all)")
+    if rejected:
+        raise typer.Exit(1)
+
+
+# -- profile -------------------------------------------------------------------
+
+
+@profile_app.command("show")
+def profile_show(
+    ctx: typer.Context,
+    user_id: Annotated[str, typer.Argument(help="User id, anonymous id or email.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (stable shape).")] = False,
+    recent: Annotated[int, typer.Option(help="How many recent events.")] = 20,
+) -> None:
+    """A profile: attributes, identities, event counts and recent events."""
+    from core.profiles import profile_summary
+
+    summary = profile_summary(_engine(ctx), user_id, recent=recent)
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+        return
+    who = summary["user_id"] or f"anonymous profile #{summary['profile_id']}"
+    out.print(f"[bold]{who}[/bold]  {summary['email'] or ''}")
+    out.print(f"first seen {summary['first_seen']}, last seen {summary['last_seen']}")
+    attrs = Table("attribute", "value", title="attributes")
+    for k, v in summary["attributes"].items():
+        attrs.add_row(k, str(v))
+    ids = Table("kind", "value", title="identities")
+    for i in summary["identities"]:
+        ids.add_row(i["kind"], i["value"])
+    counts = Table("type", "events", title="events by type")
+    for k, v in summary["event_counts"].items():
+        counts.add_row(k, f"{v:,}")
+    recent_t = Table("ts", "type", "product", "value", "url", title="recent events")
+    for e in summary["recent_events"]:
+        recent_t.add_row(
+            e["ts"], e["type"], e.get("product_id", ""), str(e.get("value", "")), e.get("url", "")
+        )
+    for t in (attrs, ids, counts, recent_t):
+        out.print(t)
+
+
+# -- plugins -------------------------------------------------------------------
+
+
+@app.command()
+def plugins(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List loaded plugins and the hooks each implements."""
+    from core.plugins import event_sources, plugin_table
+
+    rows = plugin_table()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("plugin", "version", "hooks")
+    for row in rows:
+        version = row["version"] or ("built-in" if row["builtin"] else "")
+        table.add_row(row["name"], version, ", ".join(row["hooks"]))
+    out.print(table)
+    sources = event_sources()
+    if sources:
+        st = Table("event source", "reads", "description")
+        for s in sources.values():
+            st.add_row(s.name, " ".join(s.suffixes), s.description)
+        out.print(st)
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+def _summary_tables(summary: dict[str, Any]) -> list[Table]:
+    head = Table("", "", title="segflow demo store")
+    head.add_row("profiles", f"{summary['profiles']:,}")
+    head.add_row("  identified", f"{summary['identified']:,}")
+    head.add_row("  anonymous", f"{summary['anonymous']:,}")
+    head.add_row("merged (anonymous -> identified)", f"{summary['merged']:,}")
+    head.add_row("events", f"{summary['events']:,}")
+    head.add_row("from", str(summary["first_event"]))
+    head.add_row("to", str(summary["last_event"]))
+    head.add_row("revenue", f"{summary['revenue']:,.2f}")
+    types = Table("event type", "events", "share", title="events by type")
+    total = summary["events"] or 1
+    for k, v in summary["by_type"].items():
+        types.add_row(k, f"{v:,}", f"{100 * v / total:.1f}%")
+    return [head, types]
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    people: Annotated[int, typer.Option(min=1, help="Known people in the store.")] = 5000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+    reset: Annotated[bool, typer.Option(help="Delete all stored data first.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Generate a realistic outdoor-gear store, import it and summarise."""
+    from core.demo import generate
+    from core.events import ingest
+    from core.stats import database_summary
+
+    engine = _engine(ctx)
+    if reset:
+        from core.maintenance import delete_all_data
+
+        delete_all_data(engine)
+    settings = _settings(ctx)
+    with progress(f"generating and importing {people:,} people x {days} days") as advance:
+        report = ingest(
+            engine,
+            generate(people, seed=seed, days=days),
+            source="demo",
+            batch_size=settings.batch_size,
+            on_progress=advance,
+        )
+    summary = database_summary(engine)
+    summary["import"] = report.as_dict() | {"rejections": report.as_dict()["rejections"][:20]}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        for t in _summary_tables(summary):
+            out.print(t)
+        out.print(
+            f"imported {report.accepted:,} events ({report.duplicates:,} duplicates skipped, "
+            f"{len(report.rejected):,} rejected) into "
+            f"{engine.url.render_as_string(hide_password=True)}"
+        )
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+# -- entry point -----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected errors become one line on stderr and an exit status."""
+    from core.events import IngestError
+    from core.importer import ImportUsageError
+    from core.mapping import MappingError
+    from core.profiles import ProfileNotFound
+
+    try:
+        # Outside standalone mode click returns the status of typer.Exit instead of raising.
+        status = app(args=argv, prog_name="segflow", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (UsageError, ImportUsageError, MappingError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except (ConfigError, dbmod.DatabaseError, ProfileNotFound, IngestError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except typer.Abort:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the promise is no traceback, ever
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()  # click's own usage errors: message plus usage line, status 2
+            return exc.exit_code
+        if os.environ.get("SEGFLOW_DEBUG"):
+            raise
+        err.print(
+            f"error: {type(exc).__name__}: {exc} (set SEGFLOW_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return 1
+    return status if isinstance(status, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Settings: where segflow finds its database and other knobs.
+
+Precedence, highest first: the ``--db`` option, the ``SEGFLOW_DATABASE_URL``
+environment variable, a ``segflow.toml`` in the working directory (or the file
+named by ``SEGFLOW_CONFIG``), then the default ``sqlite:///segflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+DEFAULT_DATABASE_URL = "sqlite:///segflow.db"
+CONFIG_FILE = "segflow.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file or value is wrong; the message names where."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    # Bulk loads commit every ``batch_size`` events so memory stays flat and a
+    # crash loses at most one uncommitted batch.
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    # Upgrade the schema automatically when a command opens an old database.
+    auto_upgrade: bool = True
+    # Where database_url came from, for `segflow info` and error messages.
+    _source: str = PrivateAttr(default="default")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+
+def _config_path() -> Path:
+    return Path(os.environ.get("SEGFLOW_CONFIG", CONFIG_FILE))
+
+
+def load_file(path: Path) -> dict:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # Accept both a top-level table and a [segflow] section, so the file can
+    # also live inside a pyproject-like layout.
+    data = raw.get("segflow", raw)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [segflow] must be a table")
+    return data
+
+
+def load_settings(db: str | None = None) -> Settings:
+    values: dict = {}
+    source = "default"
+    path = _config_path()
+    if path.is_file():
+        values.update(load_file(path))
+        source = str(path)
+    env_url = os.environ.get("SEGFLOW_DATABASE_URL")
+    if env_url:
+        values["database_url"] = env_url
+        source = "SEGFLOW_DATABASE_URL"
+    if db:
+        values["database_url"] = db
+        source = "--db"
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field '{field}': {err['msg']}") from None
+    settings._source = source
+    return settings

@@ -1,0 +1,139 @@
+"""Data for the analysts' dashboards (the marimo notebooks), as pandas DataFrames.
+
+Pure functions of the database: the grouping happens in SQL (SQLAlchemy Core,
+same results on SQLite and PostgreSQL), the notebooks only chart the frames.
+Days are UTC calendar days, like every stored timestamp.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from core.identity import EVENTS
+
+EVENTS_PER_DAY_COLUMNS = ["day", "type", "events"]
+TOP_PRODUCTS_COLUMNS = ["product_id", "name", "category", "views", "purchases", "revenue"]
+
+
+def utc_day(engine: Engine, ts: sa.ColumnElement) -> sa.ColumnElement:
+    """The UTC calendar day of a stored timestamp, in the engine's SQL dialect."""
+    if engine.dialect.name == "postgresql":
+        # timestamptz -> naive UTC timestamp -> date; independent of the session TimeZone.
+        return sa.cast(sa.func.timezone("UTC", ts), sa.Date)
+    # SQLite keeps naive UTC text ("2024-05-01 10:00:00.000000"): date() gives "2024-05-01".
+    return sa.func.date(ts)
+
+
+def _as_date(value: date | datetime | str) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(value)
+
+
+def latest_day(engine: Engine) -> date | None:
+    """The UTC day of the most recent event, or None when there are none."""
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(EVENTS.c.ts))).scalar_one()
+    return last.astimezone(UTC).date() if last else None
+
+
+def events_per_day(engine: Engine, days: int | None = None) -> pd.DataFrame:
+    """Events per UTC day and type: columns ``day`` (datetime64), ``type``, ``events``.
+
+    ``days``: only the last ``days`` days up to the latest event's day (the
+    window follows the data, so an old import still shows); None means all.
+    Rows are sorted by day, then type; days without events have no rows.
+    """
+    day = utc_day(engine, EVENTS.c.ts).label("day")
+    query = sa.select(day, EVENTS.c.type, sa.func.count().label("events")).group_by(
+        day, EVENTS.c.type
+    )
+    if days is not None:
+        if days < 1:
+            raise ValueError(f"days must be >= 1, got {days}")
+        last = latest_day(engine)
+        if last is None:
+            return _frame([], EVENTS_PER_DAY_COLUMNS)
+        start = datetime.combine(last - timedelta(days=days - 1), datetime.min.time(), UTC)
+        query = query.where(EVENTS.c.ts >= start)
+    with engine.connect() as conn:
+        rows = [(_as_date(d), t, int(n)) for d, t, n in conn.execute(query)]
+    frame = _frame(sorted(rows), EVENTS_PER_DAY_COLUMNS)
+    frame["day"] = pd.to_datetime(frame["day"])
+    return frame
+
+
+def top_products(engine: Engine, limit: int = 10) -> pd.DataFrame:
+    """The most viewed products with their purchases and revenue.
+
+    Columns: ``product_id``, ``name``, ``category`` (the latest ones seen in the
+    events' properties, None if never given), ``views`` (product_view events),
+    ``purchases`` (purchase events, one per order line), ``revenue`` (sum of
+    their values). Sorted by views, then purchases (both descending), then id.
+    """
+    is_view = EVENTS.c.type == "product_view"
+    is_purchase = EVENTS.c.type == "purchase"
+    views = sa.func.sum(sa.case((is_view, 1), else_=0)).label("views")
+    purchases = sa.func.sum(sa.case((is_purchase, 1), else_=0)).label("purchases")
+    revenue = sa.func.sum(
+        sa.case((is_purchase, sa.func.coalesce(EVENTS.c.value, 0.0)), else_=0.0)
+    ).label("revenue")
+    ranked = (
+        sa.select(EVENTS.c.product_id, views, purchases, revenue)
+        .where(EVENTS.c.product_id.is_not(None), EVENTS.c.type.in_(["product_view", "purchase"]))
+        .group_by(EVENTS.c.product_id)
+        .having(views > 0)
+        .order_by(views.desc(), purchases.desc(), EVENTS.c.product_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        top = conn.execute(ranked).all()
+        names = _latest_names(conn, [r.product_id for r in top])
+    rows = [
+        (
+            r.product_id,
+            *names.get(r.product_id, (None, None)),
+            int(r.views),
+            int(r.purchases),
+            round(float(r.revenue), 2),
+        )
+        for r in top
+    ]
+    return _frame(rows, TOP_PRODUCTS_COLUMNS)
+
+
+def _latest_names(
+    conn: sa.Connection, product_ids: list[str]
+) -> dict[str, tuple[str | None, str | None]]:
+    """product id -> (name, category) from its most recent event that names it."""
+    if not product_ids:
+        return {}
+    name = EVENTS.c.properties["name"].as_string()
+    category = EVENTS.c.properties["category"].as_string()
+    newest_first = sa.func.row_number().over(
+        partition_by=EVENTS.c.product_id, order_by=(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
+    )
+    named = (
+        sa.select(
+            EVENTS.c.product_id,
+            name.label("name"),
+            category.label("category"),
+            newest_first.label("rank"),
+        )
+        .where(EVENTS.c.product_id.in_(product_ids), name.is_not(None))
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(named.c.product_id, named.c.name, named.c.category).where(named.c.rank == 1)
+    )
+    return {pid: (n, c) for pid, n, c in rows}
+
+
+def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(rows, columns=columns)

@@ -1,0 +1,42 @@
+"""Plugin hook specifications.
+
+Every hook has a docstring here and a page in docs/hooks/; a test fails when a
+hook lacks either. Hooks that contribute named things take a ``register``
+callback, so one plugin can contribute several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from core.events import StoredEvent
+    from core.sources import EventSource
+
+hookspec = pluggy.HookspecMarker("segflow")
+hookimpl = pluggy.HookimplMarker("segflow")
+
+
+@hookspec
+def register_event_sources(register: Callable[[EventSource], None]) -> None:
+    """Contribute event sources.
+
+    Call ``register(EventSource(...))`` once per source. A source that reads
+    files names the suffixes it understands and supplies ``read``; sources that
+    receive events over HTTP or poll other systems add their own entry points
+    in later releases. Source names must be unique across plugins.
+    """
+
+
+@hookspec
+def on_events_ingested(events: Sequence[StoredEvent]) -> None:
+    """Called after a batch of new events has been committed.
+
+    ``events`` holds only events that were stored (duplicates are left out),
+    each with the ``profile_id`` it was attributed to after identity
+    resolution. Runs in the ingesting process, after the commit, so an error
+    here never loses events; keep it quick or hand work to a queue.
+    """

@@ -1,0 +1,316 @@
+"""Identity resolution: which profile an event belongs to, merging when ids link.
+
+Rules (Segment's, made explicit):
+- an event with ``user_id`` belongs to that user's profile; when it also
+  carries an ``anonymous_id`` whose profile is still anonymous, that profile is
+  merged into the user's (or simply gains the user id when the user is new);
+- an anonymous id already tied to a *different* identified user is a shared
+  device: the event goes to the user named, nothing is merged;
+- an event with only ``anonymous_id`` belongs to that anonymous profile;
+- ``email`` is an identity too: it finds the profile when no id is given, and
+  an anonymous profile found by email is merged like an anonymous id. Two
+  identified users are never merged because they share an email.
+
+Resolution runs per batch: identities are looked up in bulk, decisions are
+taken in memory in event order (new profiles get temporary negative handles),
+then applied with a handful of bulk statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from core import models
+from core.models import utcnow
+
+PROFILES = models.Profile.__table__
+IDENTITIES = models.Identity.__table__
+EVENTS = models.Event.__table__
+AUDIT = models.AuditLog.__table__
+
+# Stay below every backend's bound-parameter limit.
+IN_CHUNK = 900
+
+
+def chunks(seq: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def fetch_in(
+    conn: Connection, sql: str, column: str, values: Sequence, fixed: tuple = ()
+) -> list[tuple]:
+    """Rows of ``sql`` (a plain SELECT ... WHERE, ``?`` for the ``fixed``
+    parameters) restricted to ``column`` IN ``values``.
+
+    The bulk path looks up thousands of keys per batch; SQLAlchemy's rendering
+    of large IN lists costs more than the lookups themselves, so these two
+    simple statements go to the driver directly, with its parameter style.
+    """
+    if not values:
+        return []
+    driver = conn.connection.driver_connection
+    qmark = conn.dialect.paramstyle == "qmark"
+    mark = "?" if qmark else "%s"
+    base = sql if qmark else sql.replace("?", "%s")
+    out: list[tuple] = []
+    cur = driver.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cur.execute(f"{base} AND {column} = ANY({mark})", (*fixed, list(values)))
+            return list(cur.fetchall())
+        for part in chunks(values, DRIVER_IN_CHUNK if qmark else IN_CHUNK):
+            cur.execute(
+                f"{base} AND {column} IN ({', '.join([mark] * len(part))})", (*fixed, *part)
+            )
+            out.extend(cur.fetchall())
+    finally:
+        cur.close()
+    return out
+
+
+# SQLite since 3.32 binds up to 32766 parameters.
+DRIVER_IN_CHUNK = 5000
+
+
+@dataclass
+class ResolveStats:
+    created: int = 0
+    merged: int = 0
+    merges: list[tuple[int, int]] = field(default_factory=list)  # (from, into), real ids
+
+
+class BatchResolver:
+    """Resolves the identities of one batch of events inside one transaction.
+
+    Profile attributes and emails are tracked in memory in event order too, so
+    a batch ends in exactly the state that storing its events one by one
+    would give (merges: the surviving profile's values win; identify traits:
+    the later call wins, key by key).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.handle_of: dict[tuple[str, str], int] = {}
+        self.user_of: dict[int, str | None] = {}
+        self.attrs: dict[int, dict[str, Any]] = {}
+        self.email_of: dict[int, str | None] = {}
+        self.touched: set[int] = set()
+        self.parent: dict[int, int] = {}
+        self.new_identities: dict[tuple[str, str], int] = {}
+        self.promoted: dict[int, str] = {}
+        self.merges: list[tuple[int, int]] = []
+        self._next_temp = -1
+        self.real: dict[int, int] = {}
+
+    # -- lookup ------------------------------------------------------------
+    def prefetch(self, keys: set[tuple[str, str]]) -> None:
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in keys:
+            by_kind.setdefault(kind, []).append(value)
+        for kind, values in by_kind.items():
+            rows = fetch_in(
+                self.conn,
+                "SELECT i.value, p.id, p.user_id, p.attributes, p.email FROM identities i "
+                "JOIN profiles p ON p.id = i.profile_id WHERE i.kind = ?",
+                "i.value",
+                values,
+                (kind,),
+            )
+            for value, pid, user_id, attributes, email in rows:
+                self.handle_of[(kind, value)] = pid
+                self.user_of[pid] = user_id
+                # The driver hands JSON back as text on SQLite, decoded on PostgreSQL.
+                self.attrs[pid] = (
+                    orjson.loads(attributes) if isinstance(attributes, str | bytes) else attributes
+                ) or {}
+                self.email_of[pid] = email
+
+    def find(self, handle: int | None) -> int | None:
+        if handle is None:
+            return None
+        root = handle
+        while root in self.parent:
+            root = self.parent[root]
+        while handle != root:  # path compression keeps long merge chains cheap
+            self.parent[handle], handle = root, self.parent[handle]
+        return root
+
+    def _lookup(self, kind: str, value: str | None) -> int | None:
+        if value is None:
+            return None
+        return self.find(self.handle_of.get((kind, value)))
+
+    def _new(self, user_id: str | None) -> int:
+        handle = self._next_temp
+        self._next_temp -= 1
+        self.user_of[handle] = user_id
+        self.attrs[handle] = {}
+        self.email_of[handle] = None
+        return handle
+
+    def _link(self, kind: str, value: str, handle: int) -> None:
+        self.handle_of[(kind, value)] = handle
+        self.new_identities[(kind, value)] = handle
+
+    def _merge(self, source: int, into: int) -> None:
+        self.parent[source] = into
+        self.merges.append((source, into))
+        self.attrs[into] = {**self.attrs[source], **self.attrs[into]}
+        self.email_of[into] = self.email_of[into] or self.email_of[source]
+        self.touched.add(into)
+
+    # -- decisions -----------------------------------------------------------
+    def resolve(
+        self,
+        user_id: str | None,
+        anonymous_id: str | None,
+        email: str | None,
+        traits: dict[str, Any] | None = None,
+        trait_email: str | None = None,
+    ) -> int:
+        """The handle of the profile an event with these ids belongs to.
+
+        ``traits`` (from an identify call) are merged into its attributes;
+        ``trait_email`` sets its address, a plain ``email`` only fills a gap.
+        """
+        email = email or trait_email
+        by_anon = self._lookup("anonymous_id", anonymous_id)
+        by_email = self._lookup("email", email)
+        if user_id is not None:
+            target = self._lookup("user_id", user_id)
+            if target is None:
+                if by_anon is not None and self.user_of[by_anon] is None:
+                    target = by_anon
+                    self.user_of[target] = user_id
+                    if target > 0:
+                        self.promoted[target] = user_id
+                else:
+                    target = self._new(user_id)
+                self._link("user_id", user_id, target)
+            elif by_anon is not None and by_anon != target and self.user_of[by_anon] is None:
+                self._merge(by_anon, target)
+        elif anonymous_id is not None:
+            target = by_anon if by_anon is not None else by_email
+            if target is None:
+                target = self._new(None)
+        else:
+            target = by_email if by_email is not None else self._new(None)
+
+        if anonymous_id is not None and by_anon is None:
+            self._link("anonymous_id", anonymous_id, target)
+        if email is not None:
+            if by_email is None:
+                self._link("email", email, target)
+            elif by_email != target and self.user_of[by_email] is None:
+                self._merge(by_email, target)
+        if traits:
+            self.attrs[target] = {**self.attrs[target], **traits}
+            self.touched.add(target)
+        if trait_email:
+            self.email_of[target] = trait_email
+            self.touched.add(target)
+        elif email and not self.email_of[target]:
+            self.email_of[target] = email
+            self.touched.add(target)
+        return target
+
+    # -- applying ---------------------------------------------------------------
+    def apply(self) -> ResolveStats:
+        """Write new profiles, promotions, merges, identities and attributes."""
+        stats = ResolveStats()
+        now = utcnow()
+        temps = [h for h in self.user_of if h < 0 and self.find(h) == h]
+        if temps:
+            rows = [
+                {
+                    "user_id": self.user_of[h],
+                    "attributes": self.attrs[h],
+                    "email": self.email_of[h],
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for h in temps
+            ]
+            result = self.conn.execute(
+                PROFILES.insert().returning(PROFILES.c.id, sort_by_parameter_order=True), rows
+            )
+            for h, (pid,) in zip(temps, result, strict=True):
+                self.real[h] = pid
+            stats.created = len(temps)
+        for pid, user_id in self.promoted.items():
+            self.conn.execute(
+                PROFILES.update()
+                .where(PROFILES.c.id == pid)
+                .values(user_id=user_id, updated_at=now)
+            )
+        for source, into in self.merges:
+            if source < 0:
+                continue  # a profile created in this batch has nothing stored to move
+            dst = self.profile_id(into)
+            merge_profiles(self.conn, source, dst, now)
+            stats.merges.append((source, dst))
+        stats.merged = len(stats.merges)
+        if self.new_identities:
+            rows = [
+                {"kind": k, "value": v, "profile_id": self.profile_id(h), "created_at": now}
+                for (k, v), h in self.new_identities.items()
+            ]
+            self.conn.execute(IDENTITIES.insert(), rows)
+        for handle in {self.find(h) for h in self.touched}:
+            if handle > 0:
+                self.conn.execute(
+                    PROFILES.update()
+                    .where(PROFILES.c.id == handle)
+                    .values(
+                        attributes=self.attrs[handle], email=self.email_of[handle], updated_at=now
+                    )
+                )
+        return stats
+
+    def profile_id(self, handle: int) -> int:
+        root = self.find(handle)
+        return self.real.get(root, root)
+
+
+def merge_profiles(conn: Connection, source: int, into: int, now=None) -> None:
+    """Move everything of profile ``source`` to ``into`` and leave a tombstone."""
+    now = now or utcnow()
+    src = conn.execute(
+        sa.select(PROFILES.c.attributes, PROFILES.c.email).where(PROFILES.c.id == source)
+    ).one()
+    dst = conn.execute(
+        sa.select(PROFILES.c.attributes, PROFILES.c.email).where(PROFILES.c.id == into)
+    ).one()
+    # The identified profile's attributes win; the anonymous one only fills gaps.
+    attributes = {**(src.attributes or {}), **(dst.attributes or {})}
+    conn.execute(EVENTS.update().where(EVENTS.c.profile_id == source).values(profile_id=into))
+    conn.execute(
+        IDENTITIES.update().where(IDENTITIES.c.profile_id == source).values(profile_id=into)
+    )
+    conn.execute(PROFILES.update().where(PROFILES.c.merged_into == source).values(merged_into=into))
+    conn.execute(
+        PROFILES.update()
+        .where(PROFILES.c.id == into)
+        .values(attributes=attributes, email=dst.email or src.email, updated_at=now)
+    )
+    conn.execute(
+        PROFILES.update()
+        .where(PROFILES.c.id == source)
+        .values(merged_into=into, attributes={}, email=None, updated_at=now)
+    )
+    conn.execute(
+        AUDIT.insert().values(
+            at=now,
+            actor="identity",
+            action="profile.merge",
+            target=str(into),
+            details={"from": source, "into": into},
+        )
+    )

@@ -1,0 +1,254 @@
+"""Turn flat rows (CSV and the like) into canonical event dicts.
+
+A mapping says which column feeds which field, with an optional cast
+(``CustomerID=user_id:int``), constants (``type=purchase``), computed fields
+(``value = abs(Quantity * UnitPrice)``) and rules (``InvoiceNo`` starting with
+``C`` sets ``type=refund``). Columns the mapping does not name go to
+``properties`` under their own name, so nothing in the file is lost.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.sources import ReadOptions
+
+EVENT_FIELDS = frozenset(
+    {
+        "type",
+        "user_id",
+        "anonymous_id",
+        "email",
+        "ts",
+        "session_id",
+        "product_id",
+        "value",
+        "currency",
+        "url",
+        "campaign",
+        "message_id",
+    }
+)
+
+
+class MappingError(ValueError):
+    """The mapping itself is wrong (a usage error, not a bad input line)."""
+
+
+def _to_int(text: str) -> int:
+    # IDs exported from spreadsheets often arrive as floats: "17850.0".
+    f = float(text)
+    if not f.is_integer():
+        raise ValueError
+    return int(f)
+
+
+def _to_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "y", "t"}:
+        return True
+    if low in {"0", "false", "no", "n", "f"}:
+        return False
+    raise ValueError
+
+
+CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "str": (str, "text"),
+    "int": (_to_int, "an integer"),
+    "float": (float, "a number"),
+    "bool": (_to_bool, "true/false"),
+}
+
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_FUNCS = {"abs": abs, "round": round, "min": min, "max": max}
+
+
+def compile_expression(text: str, field_name: str) -> Callable[[dict[str, str]], float]:
+    """Arithmetic over numeric columns; nothing else is allowed, so it is safe."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise MappingError(
+            f"computed field '{field_name}': bad expression {text!r}: {exc.msg}"
+        ) from None
+
+    def build(node: ast.AST) -> Callable[[dict[str, str]], float]:
+        if isinstance(node, ast.Expression):
+            return build(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            value = float(node.value)
+            return lambda row: value
+        if isinstance(node, ast.Name):
+            col = node.id
+
+            def column(row: dict[str, str]) -> float:
+                raw = row.get(col)
+                if raw is None or raw == "":
+                    raise ValueError(f"column '{col}' is empty (needed for {field_name})")
+                try:
+                    return float(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"column '{col}': {raw!r} is not a number (needed for {field_name})"
+                    ) from None
+
+            return column
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            op, left, right = _BINOPS[type(node.op)], build(node.left), build(node.right)
+            return lambda row: op(left(row), right(row))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            inner = build(node.operand)
+            sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
+            return lambda row: sign * inner(row)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and not node.keywords
+        ):
+            fn, args = _FUNCS[node.func.id], [build(a) for a in node.args]
+            return lambda row: fn(*(a(row) for a in args))
+        raise MappingError(
+            f"computed field '{field_name}': only numbers, columns, + - * / and "
+            f"abs/round/min/max are allowed, not {ast.unparse(node)!r}"
+        )
+
+    return build(tree)
+
+
+Condition = Callable[[str | None], bool]
+
+
+def _condition(column: str, spec: Any) -> Condition:
+    if not isinstance(spec, dict):
+        expected = str(spec)
+        return lambda v: v == expected
+    checks: list[Condition] = []
+    for op, arg in spec.items():
+        if op == "equals":
+            checks.append(lambda v, a=str(arg): v == a)
+        elif op == "starts_with":
+            checks.append(lambda v, a=str(arg): v is not None and v.startswith(a))
+        elif op == "in":
+            allowed = {str(a) for a in arg}
+            checks.append(lambda v, a=allowed: v in a)
+        elif op == "matches":
+            rx = re.compile(str(arg))
+            checks.append(lambda v, r=rx: v is not None and r.search(v) is not None)
+        elif op == "empty":
+            checks.append(lambda v, a=bool(arg): (v in (None, "")) == a)
+        else:
+            raise MappingError(
+                f"rule on column '{column}': unknown test {op!r} "
+                "(use equals, starts_with, in, matches, empty)"
+            )
+    return lambda v: all(c(v) for c in checks)
+
+
+@dataclass(frozen=True)
+class Target:
+    path: tuple[str, ...]  # ("user_id",) or ("properties", "country")
+    cast: Callable[[str], Any]
+    cast_name: str
+    spec: str
+
+
+def parse_target(column: str, spec: str) -> Target:
+    name, _, cast = spec.partition(":")
+    cast = cast or "str"
+    if cast not in CASTS:
+        raise MappingError(f"column '{column}': unknown cast ':{cast}' (use {', '.join(CASTS)})")
+    path = tuple(name.split("."))
+    if path[0] == "properties" and len(path) == 2 and path[1]:
+        pass
+    elif len(path) != 1 or path[0] not in EVENT_FIELDS:
+        raise MappingError(
+            f"column '{column}': unknown field {name!r} "
+            f"(use one of {', '.join(sorted(EVENT_FIELDS))} or properties.NAME)"
+        )
+    fn, desc = CASTS[cast]
+    return Target(path, fn, desc, spec)
+
+
+def _set(record: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if len(path) == 1:
+        record[path[0]] = value
+    else:
+        record.setdefault("properties", {})[path[1]] = value
+
+
+class RowMapper:
+    """Compiled once per import; ``map(row)`` gives an event dict or raises ValueError."""
+
+    def __init__(self, options: ReadOptions) -> None:
+        self.targets = {col: parse_target(col, spec) for col, spec in options.columns.items()}
+        self.constants = []
+        for name, value in options.constants.items():
+            target = parse_target(f"--set {name}", name)
+            self.constants.append((target.path, value))
+        self.computed = [
+            (parse_target(f"--compute {name}", name).path, compile_expression(expr, name))
+            for name, expr in options.computed.items()
+        ]
+        self.rules = []
+        for i, rule in enumerate(options.rules, 1):
+            if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
+                raise MappingError(f"rule {i}: needs exactly 'when' and 'set'")
+            conds = [(col, _condition(col, spec)) for col, spec in rule["when"].items()]
+            sets = [(parse_target(f"rule {i}", k).path, v) for k, v in rule["set"].items()]
+            self.rules.append((conds, sets))
+
+    def check_header(self, header: list[str], where: str) -> None:
+        """Mapping names a column the file does not have: a usage error, before any row."""
+        named = set(self.targets) | {c for conds, _ in self.rules for c, _ in conds}
+        missing = sorted(named - set(header))
+        if missing:
+            raise MappingError(
+                f"{where}: column(s) {', '.join(missing)} not in the header ({', '.join(header)})"
+            )
+
+    def map(self, row: dict[str, str | None]) -> dict[str, Any]:
+        record: dict[str, Any] = {"properties": {}}
+        for col, raw in row.items():
+            if raw is None or raw == "" or col is None:
+                continue
+            target = self.targets.get(col)
+            if target is None:
+                record["properties"][col] = raw
+                continue
+            try:
+                value = target.cast(raw.strip())
+            except ValueError:
+                raise ValueError(
+                    f"column '{col}' ({target.spec}): {raw!r} is not {target.cast_name}"
+                ) from None
+            _set(record, target.path, value)
+        for path, value in self.computed_values(row):
+            _set(record, path, value)
+        for conds, sets in self.rules:
+            if all(test(row.get(col)) for col, test in conds):
+                for path, value in sets:
+                    _set(record, path, value)
+        for path, value in self.constants:
+            if len(path) == 1:
+                record.setdefault(path[0], value)
+            else:
+                record["properties"].setdefault(path[1], value)
+        return record
+
+    def computed_values(self, row: dict[str, str | None]):
+        for path, fn in self.computed:
+            try:
+                yield path, round(fn(row), 6)
+            except ZeroDivisionError:
+                raise ValueError(f"division by zero computing {'.'.join(path)}") from None

@@ -1,0 +1,144 @@
+"""Tables (SQLModel). Later features add their own tables here, with a migration."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+# Named constraints so Alembic can alter them later, SQLite batch mode included.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware datetimes stored in UTC on every backend.
+
+    SQLite has no timezone type: values are written as naive UTC in the fixed
+    width form SQLAlchemy uses, so text order is time order and SQL windows
+    compare correctly; they come back with tzinfo=UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: segflow stores only timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL for indexable properties; JSON text elsewhere.
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY, not BIGINT.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    return Field(
+        default_factory=utcnow if not nullable else None,
+        sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+class Profile(SQLModel, table=True):
+    __tablename__ = "profiles"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    # The identified user id; NULL for anonymous profiles.
+    user_id: str | None = Field(default=None, max_length=255, unique=True)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    attributes: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    # Set when this profile was merged into another; its events and identities
+    # moved there, the row stays so old references still resolve.
+    merged_into: int | None = Field(
+        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=True)
+    )
+
+
+class Identity(SQLModel, table=True):
+    __tablename__ = "identities"
+    __table_args__ = (sa.UniqueConstraint("kind", "value", name="uq_identities_kind_value"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False, index=True)
+    )
+    # user_id, anonymous_id, email, or external:<system> for ESP/CRM ids.
+    kind: str = Field(max_length=64)
+    value: str = Field(max_length=320)
+    created_at: datetime = _ts()
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_profile_ts", "profile_id", "ts"),
+        sa.Index("ix_events_type_ts", "type", "ts"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False)
+    )
+    type: str = Field(max_length=64)
+    ts: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    session_id: str | None = Field(default=None, max_length=255)
+    product_id: str | None = Field(default=None, max_length=255)
+    value: float | None = None
+    currency: str | None = Field(default=None, max_length=3)
+    url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    campaign: str | None = Field(default=None, max_length=255)
+    properties: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    source: str = Field(default="api", max_length=64)
+    message_id: str = Field(max_length=255, unique=True)
+    received_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=255, unique=True)
+    # First characters of the key, shown in listings so people can tell keys apart.
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(max_length=128, unique=True)
+    scopes: list = Field(default_factory=list, sa_column=sa.Column(JSONType, nullable=False))
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class AuditLog(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    at: datetime = _ts(index=True)
+    actor: str = Field(default="system", max_length=255)
+    action: str = Field(max_length=64, index=True)
+    target: str | None = Field(default=None, max_length=255)
+    details: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))

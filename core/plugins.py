@@ -1,0 +1,91 @@
+"""The plugin manager: built-in plugins first, then the ``segflow`` entry points.
+
+``SEGFLOW_LOAD_PLUGINS`` (comma-separated plugin names, as shown by
+``segflow plugins``) restricts loading to those plugins; set it empty to load
+none, which tests use to check a core without plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from functools import cache
+
+import pluggy
+
+from core import hookspecs
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("plugins.sources.files",)
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get("SEGFLOW_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+# plugin name -> distribution version, for plugins loaded from entry points.
+_versions: dict[str, str] = {}
+
+
+def build_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("segflow")
+    pm.add_hookspecs(hookspecs)
+    allowed = _allowed()
+    for module_name in DEFAULT_PLUGINS:
+        if allowed is not None and module_name not in allowed:
+            continue
+        pm.register(importlib.import_module(module_name), name=module_name)
+    for ep in importlib.metadata.entry_points(group="segflow"):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        pm.register(ep.load(), name=ep.name)
+        if ep.dist is not None:
+            _versions[ep.name] = ep.dist.version
+    return pm
+
+
+@cache
+def get_manager() -> pluggy.PluginManager:
+    return build_manager()
+
+
+def reset() -> None:
+    """Forget the cached manager (after registering test plugins or changing the env)."""
+    get_manager.cache_clear()
+
+
+def plugin_table(pm: pluggy.PluginManager | None = None) -> list[dict]:
+    pm = pm or get_manager()
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        rows.append(
+            {
+                "name": name,
+                "builtin": name in DEFAULT_PLUGINS,
+                "version": _versions.get(name),
+                "hooks": hooks,
+            }
+        )
+    return rows
+
+
+def event_sources(pm: pluggy.PluginManager | None = None) -> dict:
+    """All registered sources by name; two plugins claiming one name is an error."""
+    from core.sources import EventSource
+
+    pm = pm or get_manager()
+    found: dict[str, EventSource] = {}
+
+    def register(source: EventSource) -> None:
+        if source.name in found:
+            raise ValueError(f"event source {source.name!r} is registered twice")
+        found[source.name] = source
+
+    pm.hook.register_event_sources(register=register)
+    return found

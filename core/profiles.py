@@ -1,0 +1,111 @@
+"""Reading profiles: find one by any of its ids and summarise it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from core.identity import EVENTS, IDENTITIES, PROFILES
+
+RECENT_EVENTS = 20
+
+
+class ProfileNotFound(LookupError):
+    pass
+
+
+def find_profile_id(conn: Connection, key: str) -> int:
+    """Profile id for a user id, an anonymous id or an email, following merges."""
+    pid = conn.execute(sa.select(PROFILES.c.id).where(PROFILES.c.user_id == key)).scalar()
+    if pid is None:
+        pid = conn.execute(
+            sa.select(IDENTITIES.c.profile_id)
+            .where(IDENTITIES.c.value.in_([key, key.strip().lower()]))
+            .order_by(IDENTITIES.c.kind.desc())
+            .limit(1)
+        ).scalar()
+    if pid is None:
+        raise ProfileNotFound(f"no profile with user id, anonymous id or email {key!r}")
+    for _ in range(100):  # merged_into chains are compressed on merge; this is a guard
+        nxt = conn.execute(sa.select(PROFILES.c.merged_into).where(PROFILES.c.id == pid)).scalar()
+        if nxt is None:
+            return pid
+        pid = nxt
+    raise ProfileNotFound(f"profile merge chain for {key!r} does not end")
+
+
+def _event_json(row: Any) -> dict[str, Any]:
+    out = {
+        "type": row.type,
+        "ts": row.ts.isoformat(),
+        "session_id": row.session_id,
+        "product_id": row.product_id,
+        "value": row.value,
+        "currency": row.currency,
+        "url": row.url,
+        "campaign": row.campaign,
+        "properties": row.properties or {},
+        "source": row.source,
+        "message_id": row.message_id,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def profile_summary(engine: Engine, key: str, recent: int = RECENT_EVENTS) -> dict[str, Any]:
+    """The stable JSON shape of ``segflow profile show --json``."""
+    with engine.connect() as conn:
+        pid = find_profile_id(conn, key)
+        prof = conn.execute(sa.select(PROFILES).where(PROFILES.c.id == pid)).one()
+        identities = [
+            {"kind": k, "value": v}
+            for k, v in conn.execute(
+                sa.select(IDENTITIES.c.kind, IDENTITIES.c.value)
+                .where(IDENTITIES.c.profile_id == pid)
+                .order_by(IDENTITIES.c.kind, IDENTITIES.c.value)
+            )
+        ]
+        counts = dict(
+            conn.execute(
+                sa.select(EVENTS.c.type, sa.func.count())
+                .where(EVENTS.c.profile_id == pid)
+                .group_by(EVENTS.c.type)
+                .order_by(EVENTS.c.type)
+            ).all()
+        )
+        first_seen, last_seen = conn.execute(
+            sa.select(sa.func.min(EVENTS.c.ts), sa.func.max(EVENTS.c.ts)).where(
+                EVENTS.c.profile_id == pid
+            )
+        ).one()
+        rows = conn.execute(
+            sa.select(EVENTS)
+            .where(EVENTS.c.profile_id == pid)
+            .order_by(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
+            .limit(recent)
+        ).all()
+        merged_from = (
+            conn.execute(
+                sa.select(PROFILES.c.id)
+                .where(PROFILES.c.merged_into == pid)
+                .order_by(PROFILES.c.id)
+            )
+            .scalars()
+            .all()
+        )
+    return {
+        "profile_id": pid,
+        "user_id": prof.user_id,
+        "anonymous": prof.user_id is None,
+        "email": prof.email,
+        "attributes": prof.attributes or {},
+        "identities": identities,
+        "event_counts": counts,
+        "total_events": sum(counts.values()),
+        "first_seen": first_seen.isoformat() if first_seen else None,
+        "last_seen": last_seen.isoformat() if last_seen else None,
+        "merged_from": list(merged_from),
+        "created_at": prof.created_at.isoformat(),
+        "recent_events": [_event_json(r) for r in rows],
+    }

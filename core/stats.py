@@ -1,0 +1,48 @@
+"""Summary figures about what is stored, for the CLI and the notebooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from core.identity import EVENTS, PROFILES
+
+
+def database_summary(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        live = PROFILES.c.merged_into.is_(None)
+        profiles = conn.execute(sa.select(sa.func.count()).where(live)).scalar_one()
+        identified = conn.execute(
+            sa.select(sa.func.count()).where(live, PROFILES.c.user_id.is_not(None))
+        ).scalar_one()
+        merged = conn.execute(
+            sa.select(sa.func.count()).where(PROFILES.c.merged_into.is_not(None))
+        ).scalar_one()
+        by_type = dict(
+            conn.execute(
+                sa.select(EVENTS.c.type, sa.func.count())
+                .group_by(EVENTS.c.type)
+                .order_by(sa.func.count().desc(), EVENTS.c.type)
+            ).all()
+        )
+        first, last = conn.execute(
+            sa.select(sa.func.min(EVENTS.c.ts), sa.func.max(EVENTS.c.ts))
+        ).one()
+        revenue = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(EVENTS.c.value), 0.0)).where(
+                EVENTS.c.type == "purchase"
+            )
+        ).scalar_one()
+    return {
+        "profiles": profiles,
+        "identified": identified,
+        "anonymous": profiles - identified,
+        "merged": merged,
+        "events": sum(by_type.values()),
+        "by_type": by_type,
+        "first_event": first.isoformat() if first else None,
+        "last_event": last.isoformat() if last else None,
+        "revenue": round(float(revenue), 2),
+    }

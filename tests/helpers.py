@@ -1,0 +1,44 @@
+"""Small helpers shared by tests (reading the stored state back)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from core.identity import EVENTS, IDENTITIES, PROFILES
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def live_profiles(engine) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(PROFILES).where(PROFILES.c.merged_into.is_(None)).order_by(PROFILES.c.id)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def events_by_profile(engine) -> dict[int, set[str]]:
+    """profile id -> message ids of its events."""
+    out: dict[int, set[str]] = {}
+    with engine.connect() as conn:
+        for pid, mid in conn.execute(sa.select(EVENTS.c.profile_id, EVENTS.c.message_id)):
+            out.setdefault(pid, set()).add(mid)
+    return out
+
+
+def identity_map(engine) -> dict[tuple[str, str], int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.profile_id))
+        return {(k, v): p for k, v, p in rows}
+
+
+def count(engine, table=EVENTS) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()

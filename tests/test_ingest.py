@@ -1,0 +1,205 @@
+"""Ingestion on SQLite and PostgreSQL: bad lines, duplicates, identity merges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from core.db import open_db
+from core.events import ingest
+from core.identity import EVENTS, PROFILES
+from core.importer import import_file
+from core.profiles import profile_summary
+from tests.helpers import count, events_by_profile, identity_map, live_profiles, write_jsonl
+
+
+@pytest.fixture
+def engine(db_url):
+    return open_db(db_url)
+
+
+def ev(type_, ts_minute, **kw):
+    return {"type": type_, "ts": f"2026-03-01T10:{ts_minute:02d}:00Z", **kw}
+
+
+def test_import_keeps_good_lines_and_reports_bad_ones(engine, tmp_path):
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            ev("page_view", 1, user_id="u1", url="/"),
+            '{"type": "page_view", "user_id": ',  # truncated JSON
+            ev("Page View", 2, user_id="u1"),
+            ev("product_view", 3, user_id="u1", product_id="P1", properties={"price": 12.5}),
+            "[1, 2]",
+            ev("purchase", 4, user_id="u1", value="lots"),
+            ev("purchase", 5, user_id="u1", value=99.5, currency="usd"),
+        ],
+    )
+    report = import_file(engine, path)
+    assert (report.received, report.accepted, report.duplicates) == (7, 3, 0)
+    assert [(r.location, r.reason.split(":")[0]) for r in report.rejected] == [
+        (f"{path}:2", "invalid JSON"),
+        (f"{path}:3", "field 'type'"),
+        (f"{path}:5", "expected a JSON object, got list"),
+        (f"{path}:6", "field 'value'"),
+    ]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(EVENTS.c.type, EVENTS.c.ts, EVENTS.c.value, EVENTS.c.currency, EVENTS.c.properties)
+            .order_by(EVENTS.c.ts)
+        ).all()
+    assert [r.type for r in rows] == ["page_view", "product_view", "purchase"]
+    assert rows[0].ts == datetime(2026, 3, 1, 10, 1, tzinfo=UTC)
+    assert rows[1].properties == {"price": 12.5}
+    assert (rows[2].value, rows[2].currency) == (99.5, "USD")
+
+
+def test_reimport_adds_nothing_and_duplicates_are_counted(engine, tmp_path):
+    records = [ev("page_view", i, anonymous_id="a1", url=f"/p{i}") for i in range(10)]
+    records.append(records[3])  # the same line twice within the file
+    path = write_jsonl(tmp_path / "e.jsonl", records)
+    first = import_file(engine, path, batch_size=4)
+    assert (first.accepted, first.duplicates) == (10, 1)
+    again = import_file(engine, path, batch_size=3)
+    assert (again.accepted, again.duplicates, again.profiles_created) == (0, 11, 0)
+    assert count(engine) == 10
+    assert len(live_profiles(engine)) == 1
+
+
+def test_explicit_message_ids_dedupe_across_sources(engine):
+    a = ingest(engine, [ev("page_view", 1, user_id="u1", message_id="m-1")], source="api")
+    b = ingest(engine, [ev("page_view", 2, user_id="u1", message_id="m-1")], source="file")
+    assert (a.accepted, b.accepted, b.duplicates) == (1, 0, 1)
+
+
+def test_anonymous_history_merges_into_the_identified_profile(engine):
+    # Day 1: browsing anonymously on a phone and a laptop; user u1 known elsewhere.
+    ingest(
+        engine,
+        [
+            ev("page_view", 1, anonymous_id="phone"),
+            ev("product_view", 2, anonymous_id="phone", product_id="P1"),
+            ev("page_view", 3, anonymous_id="laptop"),
+            ev("purchase", 4, user_id="u1", value=10.0),
+        ],
+    )
+    assert len(live_profiles(engine)) == 3
+    # Day 2: logging in on both devices links them to u1.
+    report = ingest(
+        engine,
+        [
+            {"type": "identify", "user_id": "u1", "anonymous_id": "phone", "traits": {"plan": "pro"}},
+            ev("add_to_cart", 6, user_id="u1", anonymous_id="laptop", product_id="P1"),
+        ],
+    )
+    assert report.profiles_merged == 2
+    live = live_profiles(engine)
+    assert len(live) == 1 and live[0]["user_id"] == "u1"
+    assert live[0]["attributes"] == {"plan": "pro"}
+    owners = events_by_profile(engine)
+    assert list(owners) == [live[0]["id"]]  # every event now belongs to u1
+    assert count(engine) == 6
+    ids = identity_map(engine)
+    assert ids[("anonymous_id", "phone")] == ids[("anonymous_id", "laptop")] == live[0]["id"]
+    summary = profile_summary(engine, "phone")  # an old anonymous id still finds the person
+    assert summary["user_id"] == "u1"
+    assert summary["event_counts"] == {
+        "add_to_cart": 1,
+        "identify": 1,
+        "page_view": 2,
+        "product_view": 1,
+        "purchase": 1,
+    }
+    assert len(summary["merged_from"]) == 2
+
+
+def test_anonymous_then_identify_in_one_batch_makes_one_profile(engine):
+    report = ingest(
+        engine,
+        [
+            ev("page_view", 1, anonymous_id="a9"),
+            ev("product_view", 2, anonymous_id="a9", product_id="P2"),
+            {"type": "identify", "user_id": "u9", "anonymous_id": "a9", "traits": {"email": "U9@x.io"}},
+            ev("purchase", 4, user_id="u9", value=5.0),
+        ],
+    )
+    assert report.profiles_created == 1
+    (profile,) = live_profiles(engine)
+    assert (profile["user_id"], profile["email"]) == ("u9", "u9@x.io")
+    assert count(engine) == 4
+
+
+def test_shared_device_does_not_merge_two_users(engine):
+    ingest(engine, [ev("page_view", 1, user_id="alice", anonymous_id="family-ipad")])
+    ingest(engine, [ev("page_view", 2, user_id="bob", anonymous_id="family-ipad")])
+    live = {p["user_id"]: p["id"] for p in live_profiles(engine)}
+    assert set(live) == {"alice", "bob"}
+    owners = events_by_profile(engine)
+    assert len(owners[live["alice"]]) == 1 and len(owners[live["bob"]]) == 1
+    assert identity_map(engine)[("anonymous_id", "family-ipad")] == live["alice"]
+
+
+def test_email_finds_the_profile_and_links_anonymous_visits(engine):
+    ingest(engine, [{"type": "identify", "user_id": "u5", "traits": {"email": "five@x.io"}}])
+    ingest(engine, [ev("email_open", 1, email="FIVE@x.io", campaign="weekly")])
+    ingest(engine, [ev("page_view", 2, anonymous_id="a5", email="five@x.io")])
+    (profile,) = live_profiles(engine)
+    assert profile["user_id"] == "u5"
+    assert count(engine) == 3
+    assert identity_map(engine)[("anonymous_id", "a5")] == profile["id"]
+
+
+def test_identify_traits_merge_key_by_key(engine):
+    ingest(engine, [{"type": "identify", "user_id": "u1", "traits": {"a": 1, "b": 2}}])
+    ingest(engine, [{"type": "identify", "user_id": "u1", "traits": {"b": 3, "c": 4}}])
+    (profile,) = live_profiles(engine)
+    assert profile["attributes"] == {"a": 1, "b": 3, "c": 4}
+
+
+def test_hook_receives_only_stored_events(engine, register_plugin):
+    seen = []
+
+    class Recorder:
+        @staticmethod
+        def on_events_ingested(events):
+            seen.extend((e.type, e.profile_id, e.event.message_id) for e in events)
+
+    register_plugin(Recorder)
+    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1")])
+    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1"), ev("search", 2, user_id="u1")])
+    with engine.connect() as conn:
+        pid = conn.execute(sa.select(PROFILES.c.id)).scalar_one()
+    assert [s[0] for s in seen] == ["page_view", "search"]
+    assert {s[1] for s in seen} == {pid}
+
+
+def test_failed_batch_keeps_earlier_batches(engine, monkeypatch):
+    import core.events as events_mod
+
+    calls = {"n": 0}
+    real = events_mod.store_batch
+
+    def flaky(conn, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+        return real(conn, *args, **kwargs)
+
+    monkeypatch.setattr(events_mod, "store_batch", flaky)
+    records = [ev("page_view", i, user_id="u1", url=f"/{i}") for i in range(6)]
+    with pytest.raises(events_mod.IngestError, match=r"record 4 .. record 6 failed.*3 events"):
+        ingest(engine, records, batch_size=3)
+    assert count(engine) == 3
+
+
+def test_bulk_load_rebuilds_deferred_indexes(engine, monkeypatch):
+    import core.events as events_mod
+
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    records = [ev("page_view", i % 60, user_id=f"u{i % 7}", url=f"/{i}") for i in range(50)]
+    report = ingest(engine, records, expected=50)
+    assert report.accepted == 50
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
+    assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
