@@ -22,7 +22,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +33,15 @@ if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 co
 
 # Set by bench.run --profile: timed blocks marked profile=True run under cProfile.
 PROFILE = False
+# Set by bench.run --repeat: repetitions per case (the fastest counts).
+REPEAT: int | None = None
+
+
+def repeats(quick: bool) -> int:
+    """How often each case runs: --repeat, else 3 (quick) or 2; 1 when profiling."""
+    if PROFILE:
+        return 1
+    return REPEAT or (3 if quick else 2)
 
 
 @dataclass
@@ -102,7 +110,6 @@ def progress() -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TimeElapsedColumn(),
         console=console,
         refresh_per_second=4,
     )

@@ -145,12 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="cProfile segflow's timed calls into bench/.results/; does not touch README.md",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="runs per case, the fastest counts (default: 3 with --quick, else 2)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite README.md")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     common.PROFILE = args.profile
+    common.REPEAT = args.repeat
     started = datetime.now(UTC)
     outcomes: list[Outcome] = []
     for name in args.names or BENCHMARKS:

@@ -400,6 +400,86 @@ def demo(
         raise typer.Exit(1)
 
 
+# -- dashboard -------------------------------------------------------------------
+
+dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)
+app.add_typer(dashboard_app, name="dashboard")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _absolute_database_url(url: str) -> str:
+    """The URL with a relative SQLite path made absolute, so any working directory works."""
+    import sqlalchemy as sa
+
+    sa_url = sa.make_url(url)
+    database = sa_url.database
+    if sa_url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        path = Path(database).expanduser()
+        if not path.is_absolute():
+            return sa_url.set(database=str(path.resolve())).render_as_string(hide_password=False)
+    return url
+
+
+def _marimo(
+    ctx: typer.Context,
+    notebook_name: str,
+    host: str,
+    port: int,
+    headless: bool,
+    export_html: Path | None,
+) -> None:
+    """Serve a notebook with `marimo run`, or export it once as static HTML."""
+    import signal
+    import subprocess
+    import threading
+
+    notebook = NOTEBOOKS / notebook_name
+    if not notebook.is_file():
+        raise UsageError(f"{notebook}: notebook not found")
+    _engine(ctx)  # fail here, in one line, if the database cannot be opened
+    url = _absolute_database_url(_settings(ctx).database_url)
+    env = os.environ | {"SEGFLOW_DATABASE_URL": url}
+    marimo = [sys.executable, "-m", "marimo"]
+    if export_html is not None:
+        command = [*marimo, "export", "html", str(notebook), "-o", str(export_html)]
+        command += ["--no-include-code", "--force"]
+    else:
+        command = [*marimo, "run", str(notebook), "--host", host, "--port", str(port)]
+        if headless:
+            command.append("--headless")
+    with subprocess.Popen(command, env=env) as child:
+        # Pass a SIGTERM on (Ctrl-C reaches both already), so marimo never outlives us.
+        forward = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate()) if forward else None
+        try:
+            status = child.wait()
+        finally:
+            if forward:
+                signal.signal(signal.SIGTERM, previous)
+    if status:
+        raise typer.Exit(128 - status if status < 0 else status)  # killed by a signal: 128+N
+    if export_html is not None:
+        out.print(f"wrote {export_html}")
+
+
+@dashboard_app.command("overview")
+def dashboard_overview(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 2718,
+    headless: Annotated[
+        bool, typer.Option("--headless/--no-headless", help="Do not open a browser.")
+    ] = False,
+    export_html: Annotated[
+        Path | None,
+        typer.Option("--export-html", help="Write a static HTML report to PATH instead."),
+    ] = None,
+) -> None:
+    """Stored data at a glance: summary, events per day by type, top products."""
+    _marimo(ctx, "overview.py", host, port, headless, export_html)
+
+
 # -- entry point -----------------------------------------------------------------
 
 

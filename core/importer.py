@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,4 +62,22 @@ def import_file(
         ts_format=options.ts_format,
         on_progress=on_progress,
         notify=notify,
+        expected=estimate_records(path),
     )
+
+
+def estimate_records(path: Path, sample_bytes: int = 1 << 20) -> int:
+    """Roughly how many lines a file holds, from the line length of its start."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(sample_bytes)
+    lines = head.count(b"\n")
+    if not lines:
+        return 1
+    if len(head) < sample_bytes:
+        return lines
+    # gzip keeps no reliable uncompressed size; text compresses about 5:1.
+    size = path.stat().st_size * (5 if path.suffix == ".gz" else 1)
+    return int(size / (len(head) / lines))
+
+

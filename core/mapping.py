@@ -4,7 +4,8 @@ A mapping says which column feeds which field, with an optional cast
 (``CustomerID=user_id:int``), constants (``type=purchase``), computed fields
 (``value = abs(Quantity * UnitPrice)``) and rules (``InvoiceNo`` starting with
 ``C`` sets ``type=refund``). Columns the mapping does not name go to
-``properties`` under their own name, so nothing in the file is lost.
+``properties`` under their own name, so nothing in the file is lost; columns
+already named like event fields (``user_id``, ``ts``...) need no mapping.
 """
 
 from __future__ import annotations
@@ -208,8 +209,13 @@ class RowMapper:
             sets = [(parse_target(f"rule {i}", k).path, v) for k, v in rule["set"].items()]
             self.rules.append((conds, sets))
 
-    def check_header(self, header: list[str], where: str) -> None:
-        """Mapping names a column the file does not have: a usage error, before any row."""
+    def bind_header(self, header: list[str], where: str) -> None:
+        """Columns named like event fields map to them unless mapped otherwise; a
+        mapping that names a column the file lacks is a usage error, before any row."""
+        claimed = {t.path for t in self.targets.values()}
+        for col in header:
+            if col in EVENT_FIELDS and col not in self.targets and (col,) not in claimed:
+                self.targets[col] = parse_target(col, col)
         named = set(self.targets) | {c for conds, _ in self.rules for c, _ in conds}
         missing = sorted(named - set(header))
         if missing:

@@ -49,7 +49,7 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[RawRecord]:
             dupes = sorted({h for h in header if header.count(h) > 1})
             yield RawRecord(f"{path}:1", None, f"duplicate column names in header: {dupes}")
             return
-        mapper.check_header(header, str(path))
+        mapper.bind_header(header, str(path))
         start = reader.line_num + 1
         for row in reader:
             where = f"{path}:{start}"
