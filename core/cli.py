@@ -246,12 +246,18 @@ def import_cmd(
     if as_json:
         out.print_json(json.dumps({p: r.as_dict() for p, r in reports.items()}))
     else:
-        table = Table(
-            "file", "read", "accepted", "duplicates", "rejected", "new profiles", "merged"
-        )
         for p, r in reports.items():
+            table = Table(
+                "read",
+                "accepted",
+                "duplicates",
+                "rejected",
+                "new profiles",
+                "merged",
+                title=p,
+                title_justify="left",
+            )
             table.add_row(
-                p,
                 f"{r.received:,}",
                 f"{r.accepted:,}",
                 f"{r.duplicates:,}",
@@ -259,7 +265,7 @@ def import_cmd(
                 f"{r.profiles_created:,}",
                 f"{r.profiles_merged:,}",
             )
-        out.print(table)
+            out.print(table)
         listed = 0
         for r in reports.values():
             for rej in r.rejected:
@@ -344,7 +350,10 @@ def _summary_tables(summary: dict[str, Any]) -> list[Table]:
     head.add_row("profiles", f"{summary['profiles']:,}")
     head.add_row("  identified", f"{summary['identified']:,}")
     head.add_row("  anonymous", f"{summary['anonymous']:,}")
-    head.add_row("merged (anonymous -> identified)", f"{summary['merged']:,}")
+    head.add_row(
+        "  identified after anonymous visits", f"{summary['identified_after_anonymous']:,}"
+    )
+    head.add_row("profiles merged", f"{summary['merged']:,}")
     head.add_row("events", f"{summary['events']:,}")
     head.add_row("from", str(summary["first_event"]))
     head.add_row("to", str(summary["last_event"]))
@@ -362,27 +371,31 @@ def demo(
     people: Annotated[int, typer.Option(min=1, help="Known people in the store.")] = 5000,
     days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
-    reset: Annotated[bool, typer.Option(help="Delete all stored data first.")] = False,
+    reset: Annotated[
+        bool, typer.Option(help="Delete the previous demo run first (refused on real data).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Generate a realistic outdoor-gear store, import it and summarise."""
     from core.demo import generate
     from core.events import ingest
+    from core.maintenance import DEMO_SOURCE
     from core.stats import database_summary
 
     engine = _engine(ctx)
     if reset:
-        from core.maintenance import delete_all_data
+        from core.maintenance import reset_demo
 
-        delete_all_data(engine)
+        reset_demo(engine)
     settings = _settings(ctx)
     with progress(f"generating and importing {people:,} people x {days} days") as advance:
         report = ingest(
             engine,
             generate(people, seed=seed, days=days),
-            source="demo",
+            source=DEMO_SOURCE,
             batch_size=settings.batch_size,
             on_progress=advance,
+            expected=people * 60,
         )
     summary = database_summary(engine)
     summary["import"] = report.as_dict() | {"rejections": report.as_dict()["rejections"][:20]}
@@ -523,3 +536,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

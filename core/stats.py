@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.identity import EVENTS, PROFILES
+from core.identity import EVENTS, IDENTITIES, PROFILES
 
 
 def database_summary(engine: Engine) -> dict[str, Any]:
@@ -19,6 +19,12 @@ def database_summary(engine: Engine) -> dict[str, Any]:
         ).scalar_one()
         merged = conn.execute(
             sa.select(sa.func.count()).where(PROFILES.c.merged_into.is_not(None))
+        ).scalar_one()
+        # People first seen anonymously who later identified (merged or linked).
+        linked = conn.execute(
+            sa.select(sa.func.count(sa.distinct(IDENTITIES.c.profile_id)))
+            .join(PROFILES, PROFILES.c.id == IDENTITIES.c.profile_id)
+            .where(IDENTITIES.c.kind == "anonymous_id", PROFILES.c.user_id.is_not(None))
         ).scalar_one()
         by_type = dict(
             conn.execute(
@@ -40,6 +46,7 @@ def database_summary(engine: Engine) -> dict[str, Any]:
         "identified": identified,
         "anonymous": profiles - identified,
         "merged": merged,
+        "identified_after_anonymous": linked,
         "events": sum(by_type.values()),
         "by_type": by_type,
         "first_event": first.isoformat() if first else None,

@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration over core functions (see flows/ingest.py)."""

@@ -39,7 +39,7 @@ class IngestFlowError(RuntimeError):
     """Some files could not be imported; the others were."""
 
 
-def retry_unless_usage_error(task: Any, task_run: TaskRun, state: State) -> bool:
+def retry_unless_usage_error(_task: Any, _task_run: TaskRun, state: State) -> bool:
     """``retry_condition_fn``: retry transient failures (database), not usage errors."""
     try:
         state.result()

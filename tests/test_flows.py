@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType, TaskRun
-from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.ingest as ingest_flow
@@ -27,10 +27,14 @@ from tests.helpers import write_jsonl
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    # The harness hands the current settings to the server subprocess, so this
-    # keeps its startup telemetry off too.
-    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}), prefect_test_harness():
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # The harness hands the current settings to the server subprocess, so these
+    # also keep its startup telemetry off and its files out of ~/.prefect.
+    settings = {
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_HOME: tmp_path_factory.mktemp("prefect-home"),
+    }
+    with temporary_settings(settings), prefect_test_harness():
         yield
 
 
@@ -177,6 +181,13 @@ def test_transient_failure_is_retried(prefect_server, files, database_url, monke
     assert state.result()["totals"]["accepted"] == 3
     assert len(calls) == 2
     assert task_runs(state.state_details.flow_run_id)[f"import {web}"].run_count == 2
+
+
+def test_database_url_defaults_to_the_settings(prefect_server, files, database_url, monkeypatch):
+    web, _ = files
+    monkeypatch.setenv("SEGFLOW_DATABASE_URL", database_url)
+    assert ingest_files([web])["totals"]["accepted"] == 3
+    assert len(stored_events(database_url)) == 3
 
 
 def test_bad_mapping_fails_before_any_task(prefect_server, files, database_url):

@@ -1,0 +1,163 @@
+"""The plugin system: every hook documented and tested; loading and restriction."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core import hookspecs
+from core.db import open_db
+from core.events import ingest
+from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources
+from core.sources import EventSource, RawRecord
+from tests.conftest import PROJECT_ROOT
+
+HOOKS = sorted(
+    name
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    if hasattr(fn, "segflow_spec")
+)
+DOCS = PROJECT_ROOT / "docs" / "hooks"
+
+
+def test_there_are_hooks():
+    assert {"register_event_sources", "on_events_ingested"} <= set(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_docstring_and_a_docs_page(hook):
+    spec = getattr(hookspecs, hook)
+    assert inspect.getdoc(spec), f"hookspec {hook} has no docstring"
+    page = DOCS / f"{hook}.md"
+    assert page.is_file(), f"docs/hooks/{hook}.md is missing"
+    text = page.read_text()
+    args = ", ".join(inspect.signature(spec).parameters)
+    assert text.startswith(f"# {hook}({args})"), f"{page} must start with '# {hook}({args})'"
+    assert "```python" in text and "@hookimpl" in text, f"{page} needs an example"
+    assert f"hooks/{hook}.md" in (PROJECT_ROOT / "docs" / "plugins.md").read_text()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook):
+    names = {n for n, _ in inspect.getmembers(sys.modules[__name__], inspect.isfunction)}
+    assert f"test_hook_{hook}" in names, f"add test_hook_{hook} to tests/test_plugins.py"
+
+
+def test_hook_register_event_sources(register_plugin, tmp_path):
+    def read_lines(path, options):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            user, kind = line.split()
+            yield RawRecord(f"{path}:{n}", {"type": kind, "user_id": user})
+
+    class WordsSource:
+        @staticmethod
+        def register_event_sources(register):
+            register(EventSource("words", "user and type per line", (".words",), read_lines))
+
+    register_plugin(WordsSource)
+    assert "words" in event_sources()
+    path = tmp_path / "a.words"
+    path.write_text("u1 page_view\nu2 search\n")
+    from core.importer import import_file
+
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    report = import_file(engine, path)
+    assert (report.accepted, report.by_type) == (2, {"page_view": 1, "search": 1})
+
+
+def test_duplicate_source_names_are_an_error(register_plugin):
+    class Again:
+        @staticmethod
+        def register_event_sources(register):
+            register(EventSource("csv", "a second csv"))
+
+    register_plugin(Again)
+    with pytest.raises(ValueError, match="event source 'csv' is registered twice"):
+        event_sources()
+
+
+def test_hook_on_events_ingested(register_plugin, tmp_path):
+    batches = []
+
+    class Watcher:
+        @staticmethod
+        def on_events_ingested(events):
+            batches.append([(e.type, e.profile_id, e.ts.isoformat()) for e in events])
+
+    register_plugin(Watcher)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    records = [{"type": "page_view", "user_id": "u1", "ts": 1_700_000_000 + i} for i in range(5)]
+    ingest(engine, records, batch_size=2)
+    assert [len(b) for b in batches] == [2, 2, 1]  # after each committed batch
+    ingest(engine, records)  # all duplicates: nothing new, no call
+    assert len(batches) == 3
+    ingest(engine, [{"type": "search", "user_id": "u1"}], notify=False)
+    assert len(batches) == 3
+
+
+def test_builtin_plugins_register_like_external_ones():
+    pm = build_manager()
+    names = [name for name, _ in pm.list_name_plugin()]
+    assert names[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
+    assert {"jsonl", "csv"} <= set(event_sources(pm))
+
+
+def _fake_distribution(root: Path) -> Path:
+    """An installed third-party plugin: a module plus dist-info with an entry point."""
+    (root / "segflow_hello.py").write_text(
+        textwrap.dedent(
+            '''
+            from core import EventSource, hookimpl
+
+            @hookimpl
+            def register_event_sources(register):
+                register(EventSource("hello", "says hello", (".hello",)))
+            '''
+        )
+    )
+    info = root / "segflow_hello-1.2.3.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: segflow-hello\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[segflow]\nhello = segflow_hello\n")
+    return root
+
+
+def _plugins_json(tmp_path: Path, **env: str) -> list[dict]:
+    environ = {**os.environ, "PYTHONPATH": f"{_fake_distribution(tmp_path)}:{PROJECT_ROOT}", **env}
+    if "SEGFLOW_LOAD_PLUGINS" not in env:
+        environ.pop("SEGFLOW_LOAD_PLUGINS", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "core.cli", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_entry_point_plugins_are_loaded_and_listed(tmp_path):
+    rows = {r["name"]: r for r in _plugins_json(tmp_path)}
+    assert rows["hello"]["version"] == "1.2.3"
+    assert rows["hello"]["hooks"] == ["register_event_sources"]
+    assert rows["plugins.sources.files"]["builtin"] is True
+
+
+def test_segflow_load_plugins_restricts_loading(tmp_path):
+    rows = _plugins_json(tmp_path, SEGFLOW_LOAD_PLUGINS="hello")
+    assert [r["name"] for r in rows] == ["hello"]
+    assert _plugins_json(tmp_path, SEGFLOW_LOAD_PLUGINS="") == []
+
+
+def test_docs_index_lists_only_real_hooks():
+    listed = set(re.findall(r"hooks/(\w+)\.md", (PROJECT_ROOT / "docs" / "plugins.md").read_text()))
+    assert listed == set(HOOKS)
