@@ -79,5 +79,3 @@ def estimate_records(path: Path, sample_bytes: int = 1 << 20) -> int:
     # gzip keeps no reliable uncompressed size; text compresses about 5:1.
     size = path.stat().st_size * (5 if path.suffix == ".gz" else 1)
     return int(size / (len(head) / lines))
-
-

@@ -35,7 +35,9 @@ def events_by_profile(engine) -> dict[int, set[str]]:
 
 def identity_map(engine) -> dict[tuple[str, str], int]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.profile_id))
+        rows = conn.execute(
+            sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.profile_id)
+        )
         return {(k, v): p for k, v, p in rows}
 
 

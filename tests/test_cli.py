@@ -32,10 +32,21 @@ def run(capsys, tmp_path, monkeypatch):
 def events_file(tmp_path, bad=False):
     records = [
         {"type": "page_view", "anonymous_id": "anon-7", "ts": "2026-03-01T10:00:00Z", "url": "/"},
-        {"type": "identify", "user_id": "u7", "anonymous_id": "anon-7", "ts": "2026-03-01T10:01:00Z",
-         "traits": {"email": "seven@example.com", "first_name": "Sam"}},
-        {"type": "purchase", "user_id": "u7", "ts": "2026-03-01T10:05:00Z", "value": 120.0,
-         "currency": "EUR", "product_id": "P0001"},
+        {
+            "type": "identify",
+            "user_id": "u7",
+            "anonymous_id": "anon-7",
+            "ts": "2026-03-01T10:01:00Z",
+            "traits": {"email": "seven@example.com", "first_name": "Sam"},
+        },
+        {
+            "type": "purchase",
+            "user_id": "u7",
+            "ts": "2026-03-01T10:05:00Z",
+            "value": 120.0,
+            "currency": "EUR",
+            "product_id": "P0001",
+        },
     ]
     if bad:
         records.insert(1, {"type": "purchase", "user_id": "u7", "ts": "2026-03-01 10:00"})
@@ -85,7 +96,10 @@ def test_profile_show_json_is_the_stable_shape(run, tmp_path):
     assert json.loads(run("profile", "show", "anon-7", "--json")[1])["user_id"] == "u7"
     assert json.loads(run("profile", "show", "Seven@Example.com", "--json")[1])["user_id"] == "u7"
     status, _, err = run("profile", "show", "nobody")
-    assert status == 1 and err.strip() == "error: no profile with user id, anonymous id or email 'nobody'"
+    assert (
+        status == 1
+        and err.strip() == "error: no profile with user id, anonymous id or email 'nobody'"
+    )
 
 
 def test_init_and_db_commands(run, tmp_path):
@@ -123,7 +137,10 @@ def test_errors_never_show_a_traceback(tmp_path):
     for args in cases:
         proc = subprocess.run(
             [sys.executable, "-m", "core.cli", *args],
-            capture_output=True, text=True, env=env, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
         )
         assert proc.returncode in (1, 2), args
         assert "Traceback" not in proc.stderr, proc.stderr

@@ -71,7 +71,9 @@ def test_tsv_and_gzip(engine, tmp_path):
     path = tmp_path / "views.tsv.gz"
     with gzip.open(path, "wt") as fh:
         fh.write("user\tts\tpage\nu1\t2026-03-01T10:00:00Z\t/a\nu2\t2026-03-01T10:01:00Z\t/b\n")
-    options = ReadOptions(columns={"user": "user_id", "page": "url"}, constants={"type": "page_view"})
+    options = ReadOptions(
+        columns={"user": "user_id", "page": "url"}, constants={"type": "page_view"}
+    )
     assert import_file(engine, path, options).accepted == 2
 
 
@@ -83,7 +85,10 @@ def test_tsv_and_gzip(engine, tmp_path):
         (ReadOptions(columns={"customer": "user_id:date"}), "unknown cast ':date'"),
         (ReadOptions(computed={"value": "__import__('os')"}), "only numbers, columns"),
         (ReadOptions(computed={"value": "qty *"}), "bad expression"),
-        (ReadOptions(rules=[{"when": {"order": {"like": "C%"}}, "set": {}}]), "unknown test 'like'"),
+        (
+            ReadOptions(rules=[{"when": {"order": {"like": "C%"}}, "set": {}}]),
+            "unknown test 'like'",
+        ),
     ],
 )
 def test_mapping_mistakes_are_usage_errors_before_any_row(engine, tmp_path, options, message):
@@ -97,7 +102,9 @@ def test_mapping_mistakes_are_usage_errors_before_any_row(engine, tmp_path, opti
 
 def test_ragged_rows_are_rejected(engine, tmp_path):
     path = tmp_path / "r.csv"
-    path.write_text('user_id,type,ts\nu1,page_view,2026-01-01T00:00:00Z,extra\n"u2",page_view,2026-01-01T00:00:00Z\n')
+    path.write_text(
+        'user_id,type,ts\nu1,page_view,2026-01-01T00:00:00Z,extra\n"u2",page_view,2026-01-01T00:00:00Z\n'
+    )
     report = import_file(engine, path)
     assert report.accepted == 1
     assert report.rejected[0].location.endswith("r.csv:2")

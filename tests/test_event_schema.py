@@ -1,6 +1,6 @@
 """The canonical event schema: what is accepted, normalised and rejected."""
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -50,7 +50,7 @@ def test_custom_timestamp_format():
     event = check(
         {"type": "purchase", "user_id": "u1", "ts": "12/1/2010 8:26"},
         ts_format="%m/%d/%Y %H:%M",
-        default_tz=timezone.utc,
+        default_tz=UTC,
     )
     assert event.ts == datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
     msg = reason({"type": "purchase", "user_id": "u1", "ts": "2010-12-01"}, ts_format="%m/%d/%Y")

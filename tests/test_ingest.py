@@ -47,8 +47,9 @@ def test_import_keeps_good_lines_and_reports_bad_ones(engine, tmp_path):
     ]
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(EVENTS.c.type, EVENTS.c.ts, EVENTS.c.value, EVENTS.c.currency, EVENTS.c.properties)
-            .order_by(EVENTS.c.ts)
+            sa.select(
+                EVENTS.c.type, EVENTS.c.ts, EVENTS.c.value, EVENTS.c.currency, EVENTS.c.properties
+            ).order_by(EVENTS.c.ts)
         ).all()
     assert [r.type for r in rows] == ["page_view", "product_view", "purchase"]
     assert rows[0].ts == datetime(2026, 3, 1, 10, 1, tzinfo=UTC)
@@ -90,7 +91,12 @@ def test_anonymous_history_merges_into_the_identified_profile(engine):
     report = ingest(
         engine,
         [
-            {"type": "identify", "user_id": "u1", "anonymous_id": "phone", "traits": {"plan": "pro"}},
+            {
+                "type": "identify",
+                "user_id": "u1",
+                "anonymous_id": "phone",
+                "traits": {"plan": "pro"},
+            },
             ev("add_to_cart", 6, user_id="u1", anonymous_id="laptop", product_id="P1"),
         ],
     )
@@ -121,7 +127,12 @@ def test_anonymous_then_identify_in_one_batch_makes_one_profile(engine):
         [
             ev("page_view", 1, anonymous_id="a9"),
             ev("product_view", 2, anonymous_id="a9", product_id="P2"),
-            {"type": "identify", "user_id": "u9", "anonymous_id": "a9", "traits": {"email": "U9@x.io"}},
+            {
+                "type": "identify",
+                "user_id": "u9",
+                "anonymous_id": "a9",
+                "traits": {"email": "U9@x.io"},
+            },
             ev("purchase", 4, user_id="u9", value=5.0),
         ],
     )
@@ -168,7 +179,9 @@ def test_hook_receives_only_stored_events(engine, register_plugin):
 
     register_plugin(Recorder)
     ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1")])
-    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1"), ev("search", 2, user_id="u1")])
+    ingest(
+        engine, [ev("page_view", 1, user_id="u1", message_id="x1"), ev("search", 2, user_id="u1")]
+    )
     with engine.connect() as conn:
         pid = conn.execute(sa.select(PROFILES.c.id)).scalar_one()
     assert [s[0] for s in seen] == ["page_view", "search"]

@@ -42,9 +42,10 @@ def test_every_customer_line_is_accounted_for(fresh_sqlite):
             conn.execute(sa.select(EVENTS.c.type, sa.func.count()).group_by(EVENTS.c.type)).all()
         )
         profiles = conn.execute(sa.select(sa.func.count()).select_from(PROFILES)).scalar_one()
-        negative = conn.execute(
-            sa.select(sa.func.count()).where(EVENTS.c.value < 0)
-        ).scalar_one()
-    assert by_type == {"refund": len(distinct_refunds), "purchase": len(distinct) - len(distinct_refunds)}
+        negative = conn.execute(sa.select(sa.func.count()).where(EVENTS.c.value < 0)).scalar_one()
+    assert by_type == {
+        "refund": len(distinct_refunds),
+        "purchase": len(distinct) - len(distinct_refunds),
+    }
     assert profiles == len(customers)
     assert negative == 0  # refunds carry the amount; the type says it went back

@@ -114,13 +114,13 @@ def _fake_distribution(root: Path) -> Path:
     """An installed third-party plugin: a module plus dist-info with an entry point."""
     (root / "segflow_hello.py").write_text(
         textwrap.dedent(
-            '''
+            """
             from core import EventSource, hookimpl
 
             @hookimpl
             def register_event_sources(register):
                 register(EventSource("hello", "says hello", (".hello",)))
-            '''
+            """
         )
     )
     info = root / "segflow_hello-1.2.3.dist-info"
