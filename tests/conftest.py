@@ -11,12 +11,13 @@ Database fixtures:
 Without PostgreSQL binaries the PostgreSQL tests are skipped locally and fail under CI
 (``CI=true``). The same holds for the shared data directory (``../shared/data``).
 
-Nothing from the project's own packages is imported here on purpose.
+Project modules are imported inside fixtures, so collecting tests stays cheap.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,10 @@ except ImportError:  # tests/ became a package
     from tests.pgserver import PgServer, find_pg_bindir
 
 IN_CI = os.environ.get("CI") == "true"
+
+# Prefect keeps state under PREFECT_HOME (default ~/.prefect); tests must not
+# touch the user's. Set before anything imports prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="segflow-prefect-"))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The data lives beside the project checkout: <project>/../shared/data.
