@@ -166,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"bench.{name}")
         common.console.rule(f"[bold]{name}[/]" + (" (quick)" if args.quick else ""))
         t0 = time.perf_counter()
-        results = module.run(args.quick)
+        try:
+            results = module.run(args.quick)
+        except Exception as exc:  # record the crash, still run the others and write the file
+            common.console.print_exception()
+            crashed = Result(f"{name} crashed", 0)
+            crashed.fail(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            results = [crashed]
         outcomes.append(Outcome(name, module, results, time.perf_counter() - t0))
         print_table(outcomes[-1])
     if args.profile or args.no_write:

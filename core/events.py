@@ -12,6 +12,7 @@ import functools
 import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -280,16 +281,6 @@ class IngestReport:
 Record = RawRecord | dict | Event
 
 
-def _as_raw(records: Iterable[Record]) -> Iterator[RawRecord | Event]:
-    for n, rec in enumerate(records, 1):
-        if isinstance(rec, RawRecord | Event):
-            yield rec
-        elif isinstance(rec, dict):
-            yield RawRecord(f"record {n}", rec)
-        else:
-            yield RawRecord(f"record {n}", None, f"expected an object, got {type(rec).__name__}")
-
-
 def validate(raw: RawRecord, context: dict[str, Any] | None = None) -> Event | Rejection:
     if raw.data is None:
         return Rejection(raw.location, raw.error or "unreadable record")
@@ -326,28 +317,56 @@ def ingest(
         default_tz = parse_timezone(default_tz)
     context = {"default_tz": default_tz, "ts_format": ts_format}
     report = IngestReport()
+    rejected = report.rejected
     batch: list[Event] = []
-    first = last = ""
+    # Where the current batch starts and ends, named only if storing it fails.
+    first = last = None
+    validate_event = Event.model_validate
     with deferred_indexes(engine, expected), BatchWriter(engine, source, report, notify) as out:
-        for item in _as_raw(records):
-            report.received += 1
-            event = item if isinstance(item, Event) else validate(item, context)
-            if isinstance(event, Rejection):
-                report.rejected.append(event)
+        n = 0
+        for n, item in enumerate(records, 1):
+            # Plain dicts are the bulk case: validated inline, located by number.
+            if type(item) is dict:
+                try:
+                    batch.append(validate_event(item, context=context))
+                except ValidationError as exc:
+                    rejected.append(Rejection(f"record {n}", describe_error(exc)))
+                    continue
+            elif isinstance(item, Event):
+                batch.append(item)
             else:
+                raw = item if isinstance(item, RawRecord) else _unexpected(item, n)
+                event = validate(raw, context)
+                if isinstance(event, Rejection):
+                    rejected.append(event)
+                    continue
                 batch.append(event)
-                last = item.location if isinstance(item, RawRecord) else f"record {report.received}"
-                first = first or last
-            if report.received % batch_size == 0:
-                out.put(batch, (first, last))
-                batch, first = [], ""
+            last = (n, item)
+            first = first or last
+            if len(batch) >= batch_size:
+                out.put(batch, _span(first, last))
+                batch, first = [], None
                 if on_progress:
-                    on_progress(batch_size)
+                    on_progress(n - report.received)
+                    report.received = n
         if batch:
-            out.put(batch, (first, last))
-    if on_progress and report.received % batch_size:
-        on_progress(report.received % batch_size)
+            out.put(batch, _span(first, last))
+        if on_progress and n > report.received:
+            on_progress(n - report.received)
+        report.received = n
     return report
+
+
+def _unexpected(item: object, n: int) -> RawRecord:
+    return RawRecord(f"record {n}", None, f"expected an object, got {type(item).__name__}")
+
+
+def _span(first: tuple[int, Any], last: tuple[int, Any]) -> tuple[str, str]:
+    def where(pos: tuple[int, Any]) -> str:
+        n, item = pos
+        return item.location if isinstance(item, RawRecord) else f"record {n}"
+
+    return where(first), where(last)
 
 
 class BatchWriter:
@@ -457,15 +476,13 @@ def store_batch(
     report.profiles_merged += stats.merged
 
     now = utcnow()
-    profile_id = resolver.profile_id
-    by_type = report.by_type
+    pid_of = {h: resolver.profile_id(h) for h in set(handles)}
     rows: list[tuple] = []
     for e, h in zip(fresh, handles, strict=True):
-        by_type[e.type] = by_type.get(e.type, 0) + 1
         # Tuples in EVENT_COLUMNS order: the writers hand them to the driver as is.
         rows.append(
             (
-                profile_id(h),
+                pid_of[h],
                 e.type,
                 e.ts or now,
                 e.session_id,
@@ -485,7 +502,10 @@ def store_batch(
         # Another writer stored some of these between our check and insert.
         report.duplicates += len(rows) - inserted
     report.accepted += inserted
-    report.identifies += by_type_count(fresh, IDENTIFY)
+    types = Counter(e.type for e in fresh)
+    for type_, n in types.items():
+        report.by_type[type_] = report.by_type.get(type_, 0) + n
+    report.identifies += types[IDENTIFY]
     if not want_stored:
         return []
     return [StoredEvent(e, row[0], row[2], now) for e, row in zip(fresh, rows, strict=True)]
@@ -517,10 +537,6 @@ def _drop_duplicates(conn: Connection, batch: list[Event], report: IngestReport)
         report.duplicates += len(existing)
         unique = [e for e in unique if e.message_id not in existing]
     return unique
-
-
-def by_type_count(events: list[Event], type_: str) -> int:
-    return sum(1 for e in events if e.type == type_)
 
 
 EventWriter = Callable[[Connection, list[tuple]], int]
