@@ -34,7 +34,7 @@ from pydantic import (
 from sqlalchemy.engine import Connection, Engine
 
 from core import models
-from core.identity import EVENTS, BatchResolver, fetch_in
+from core.identity import EVENTS, BatchResolver, fetch_in, move_events
 from core.models import utcnow
 from core.sources import RawRecord
 
@@ -322,7 +322,10 @@ def ingest(
     # Where the current batch starts and ends, named only if storing it fails.
     first = last = None
     validate_event = Event.model_validate
-    with deferred_indexes(engine, expected), BatchWriter(engine, source, report, notify) as out:
+    with (
+        deferred_indexes(engine, expected) as load,
+        BatchWriter(engine, source, report, notify, load) as out,
+    ):
         n = 0
         for n, item in enumerate(records, 1):
             # Plain dicts are the bulk case: validated inline, located by number.
@@ -372,8 +375,16 @@ def _span(first: tuple[int, Any], last: tuple[int, Any]) -> tuple[str, str]:
 class BatchWriter:
     """Stores batches in order, each in its own transaction, then runs the hook."""
 
-    def __init__(self, engine: Engine, source: str, report: IngestReport, notify: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        source: str,
+        report: IngestReport,
+        notify: bool,
+        load: DeferredLoad | None = None,
+    ) -> None:
         self.engine = engine
+        self.load = load or DeferredLoad()
         self.source = source
         self.report = report
         self.writer = make_writer(engine)
@@ -398,7 +409,7 @@ class BatchWriter:
         try:
             with self.engine.begin() as conn:
                 stored = store_batch(
-                    conn, self.writer, batch, self.source, report, self.hook is not None
+                    conn, self.writer, batch, self.source, report, self.hook is not None, self.load
                 )
         except sa.exc.DBAPIError as exc:
             raise IngestError(
@@ -413,33 +424,51 @@ class BatchWriter:
 DEFER_INDEXES_MIN = 50_000
 
 
+@dataclass
+class DeferredLoad:
+    """A big load with the events' secondary indexes dropped until the end.
+
+    Without the (profile_id, ts) index, moving a merged profile's events would
+    scan the whole table, so those moves are queued in ``moves`` and applied,
+    in order, once the indexes are back.
+    """
+
+    active: bool = False
+    moves: list[tuple[int, int]] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[None]:
+def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[DeferredLoad]:
     """Drop the events' secondary indexes for a big load, rebuild them after.
 
     Keeping (profile_id, ts) and (type, ts) current costs more per row than the
     insert itself; one sorted build at the end is several times cheaper. The
     unique message_id index stays: deduplication needs it. Queries still run
-    meanwhile, only slower; the indexes come back even when the load fails.
+    meanwhile, only slower, and a merged profile's older events point at it
+    until the end; the indexes come back even when the load fails.
     """
+    load = DeferredLoad()
     if not expected or expected < DEFER_INDEXES_MIN:
-        yield
+        yield load
         return
     with engine.connect() as conn:
         existing = conn.execute(sa.select(sa.func.count()).select_from(EVENTS)).scalar_one()
     if expected < existing:
-        yield
+        yield load
         return
     indexes = [ix for ix in EVENTS.indexes if not ix.unique]
     with engine.begin() as conn:
         for ix in indexes:
             ix.drop(conn, checkfirst=True)
+    load.active = True
     try:
-        yield
+        yield load
     finally:
         with engine.begin() as conn:
             for ix in indexes:
                 ix.create(conn, checkfirst=True)
+            for source, into in load.moves:
+                move_events(conn, source, into)
 
 
 def store_batch(
@@ -449,6 +478,7 @@ def store_batch(
     source: str,
     report: IngestReport,
     want_stored: bool = True,
+    load: DeferredLoad | None = None,
 ) -> list[StoredEvent]:
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
@@ -471,36 +501,18 @@ def store_batch(
         else resolver.resolve(e.user_id, e.anonymous_id, e.email)
         for e, email in zip(fresh, emails, strict=True)
     ]
-    stats = resolver.apply()
+    moves = load.moves if load is not None and load.active else None
+    stats = resolver.apply(defer_moves=moves)
     report.profiles_created += stats.created
     report.profiles_merged += stats.merged
 
     now = utcnow()
     pid_of = {h: resolver.profile_id(h) for h in set(handles)}
-    rows: list[tuple] = []
-    for e, h in zip(fresh, handles, strict=True):
-        # Tuples in EVENT_COLUMNS order: the writers hand them to the driver as is.
-        rows.append(
-            (
-                pid_of[h],
-                e.type,
-                e.ts or now,
-                e.session_id,
-                e.product_id,
-                e.value,
-                e.currency,
-                e.url,
-                e.campaign,
-                e.traits if e.type == IDENTIFY else e.properties,
-                source,
-                e.message_id,
-                now,
-            )
-        )
-    inserted = writer(conn, rows)
-    if inserted != len(rows):
+    pids = [pid_of[h] for h in handles]
+    inserted = writer(conn, fresh, pids, source, now)
+    if inserted != len(fresh):
         # Another writer stored some of these between our check and insert.
-        report.duplicates += len(rows) - inserted
+        report.duplicates += len(fresh) - inserted
     report.accepted += inserted
     types = Counter(e.type for e in fresh)
     for type_, n in types.items():
@@ -508,7 +520,7 @@ def store_batch(
     report.identifies += types[IDENTIFY]
     if not want_stored:
         return []
-    return [StoredEvent(e, row[0], row[2], now) for e, row in zip(fresh, rows, strict=True)]
+    return [StoredEvent(e, pid, e.ts or now, now) for e, pid in zip(fresh, pids, strict=True)]
 
 
 def trait_email(event: Event) -> str | None:
@@ -539,7 +551,8 @@ def _drop_duplicates(conn: Connection, batch: list[Event], report: IngestReport)
     return unique
 
 
-EventWriter = Callable[[Connection, list[tuple]], int]
+# (connection, events, their profile ids, source, receive time) -> rows inserted
+EventWriter = Callable[[Connection, list[Event], list[int], str, datetime], int]
 
 EVENT_COLUMNS = (
     "profile_id",
@@ -556,7 +569,11 @@ EVENT_COLUMNS = (
     "message_id",
     "received_at",
 )
-_TS, _PROPS, _RECEIVED = 2, 9, 12
+
+
+def _stored_properties(e: Event) -> dict[str, Any]:
+    # An identify call keeps its traits as the event's properties.
+    return e.traits if e.type == IDENTIFY else e.properties  # type: ignore[return-value]
 
 
 def make_writer(engine: Engine) -> EventWriter:
@@ -593,19 +610,34 @@ def _sqlite_insert_sql(n_rows: int) -> str:
     )
 
 
-def _write_sqlite(conn: Connection, rows: list[tuple]) -> int:
+def _write_sqlite(
+    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+) -> int:
     """Driver-level multi-row INSERTs: SQLAlchemy's per-row parameter processing
     costs more than SQLite's insert itself, so values are converted here once."""
     dumps = orjson.dumps
-    received = _sqlite_ts(rows[0][_RECEIVED]) if rows else ""
+    received = _sqlite_ts(now)
     flat: list = []
     extend = flat.extend
-    for r in rows:
-        extend(r[:_TS])
-        flat.append(_sqlite_ts(r[_TS]))
-        extend(r[_TS + 1 : _PROPS])
-        flat.append(dumps(r[_PROPS]).decode())
-        extend((r[10], r[11], received))
+    for e, pid in zip(events, pids, strict=True):
+        ts = e.ts
+        extend(
+            (
+                pid,
+                e.type,
+                _sqlite_ts(ts) if ts is not None else received,
+                e.session_id,
+                e.product_id,
+                e.value,
+                e.currency,
+                e.url,
+                e.campaign,
+                dumps(_stored_properties(e)).decode(),
+                source,
+                e.message_id,
+                received,
+            )
+        )
     width = len(EVENT_COLUMNS)
     step = SQLITE_ROWS_PER_STATEMENT * width
     inserted = 0
@@ -620,17 +652,40 @@ def _write_sqlite(conn: Connection, rows: list[tuple]) -> int:
     return inserted
 
 
-def _write_core(conn: Connection, rows: list[tuple]) -> int:
+def _rows(events: list[Event], pids: list[int], source: str, now: datetime) -> Iterator[tuple]:
+    for e, pid in zip(events, pids, strict=True):
+        yield (
+            pid,
+            e.type,
+            e.ts or now,
+            e.session_id,
+            e.product_id,
+            e.value,
+            e.currency,
+            e.url,
+            e.campaign,
+            _stored_properties(e),
+            source,
+            e.message_id,
+            now,
+        )
+
+
+def _write_core(
+    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+) -> int:
     """Any other SQLAlchemy dialect: Core executemany (duplicates were checked before)."""
-    return conn.execute(
-        EVENTS.insert(), [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
-    ).rowcount
+    rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in _rows(events, pids, source, now)]
+    return conn.execute(EVENTS.insert(), rows).rowcount
 
 
-def _write_postgres_copy(conn: Connection, rows: list[tuple]) -> int:
+def _write_postgres_copy(
+    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+) -> int:
     """COPY into a session temp table, then one INSERT .. ON CONFLICT DO NOTHING."""
     cols = ", ".join(EVENT_COLUMNS)
     dumps = orjson.dumps
+    props = EVENT_COLUMNS.index("properties")
     dbapi = conn.connection.driver_connection
     with dbapi.cursor() as cur:
         cur.execute(
@@ -638,8 +693,8 @@ def _write_postgres_copy(conn: Connection, rows: list[tuple]) -> int:
             f"ON COMMIT DELETE ROWS AS SELECT {cols} FROM events WITH NO DATA"
         )
         with cur.copy(f"COPY events_stage ({cols}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row((*r[:_PROPS], dumps(r[_PROPS]).decode(), *r[_PROPS + 1 :]))
+            for r in _rows(events, pids, source, now):
+                copy.write_row((*r[:props], dumps(r[props]).decode(), *r[props + 1 :]))
         cur.execute(
             f"INSERT INTO events ({cols}) SELECT {cols} FROM events_stage "
             "ON CONFLICT (message_id) DO NOTHING"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -63,8 +64,14 @@ def fetch_in(
     cur = driver.cursor()
     try:
         if conn.dialect.name == "postgresql":
+            # While a big load grows the table faster than autovacuum analyses
+            # it, the planner believes it tiny and scans it per batch; these
+            # are key lookups, so the index is always the right plan.
+            cur.execute("SET LOCAL enable_seqscan = off")
             cur.execute(f"{base} AND {column} = ANY({mark})", (*fixed, list(values)))
-            return list(cur.fetchall())
+            rows = list(cur.fetchall())
+            cur.execute("SET LOCAL enable_seqscan = on")
+            return rows
         for part in chunks(values, DRIVER_IN_CHUNK if qmark else IN_CHUNK):
             cur.execute(
                 f"{base} AND {column} IN ({', '.join([mark] * len(part))})", (*fixed, *part)
@@ -222,8 +229,12 @@ class BatchResolver:
         return target
 
     # -- applying ---------------------------------------------------------------
-    def apply(self) -> ResolveStats:
-        """Write new profiles, promotions, merges, identities and attributes."""
+    def apply(self, defer_moves: list[tuple[int, int]] | None = None) -> ResolveStats:
+        """Write new profiles, promotions, merges, identities and attributes.
+
+        With ``defer_moves``, merged profiles' events are not moved now; the
+        (source, into) pairs are appended there for the caller to move later.
+        """
         stats = ResolveStats()
         now = utcnow()
         temps = [h for h in self.user_of if h < 0 and self.find(h) == h]
@@ -254,7 +265,9 @@ class BatchResolver:
             if source < 0:
                 continue  # a profile created in this batch has nothing stored to move
             dst = self.profile_id(into)
-            merge_profiles(self.conn, source, dst, now)
+            merge_profiles(self.conn, source, dst, now, move=defer_moves is None)
+            if defer_moves is not None:
+                defer_moves.append((source, dst))
             stats.merges.append((source, dst))
         stats.merged = len(stats.merges)
         if self.new_identities:
@@ -279,8 +292,17 @@ class BatchResolver:
         return self.real.get(root, root)
 
 
-def merge_profiles(conn: Connection, source: int, into: int, now=None) -> None:
-    """Move everything of profile ``source`` to ``into`` and leave a tombstone."""
+def move_events(conn: Connection, source: int, into: int) -> None:
+    conn.execute(EVENTS.update().where(EVENTS.c.profile_id == source).values(profile_id=into))
+
+
+def merge_profiles(
+    conn: Connection, source: int, into: int, now: datetime | None = None, move: bool = True
+) -> None:
+    """Move everything of profile ``source`` to ``into`` and leave a tombstone.
+
+    ``move=False`` leaves the events for the caller to move (see move_events).
+    """
     now = now or utcnow()
     src = conn.execute(
         sa.select(PROFILES.c.attributes, PROFILES.c.email).where(PROFILES.c.id == source)
@@ -290,7 +312,8 @@ def merge_profiles(conn: Connection, source: int, into: int, now=None) -> None:
     ).one()
     # The identified profile's attributes win; the anonymous one only fills gaps.
     attributes = {**(src.attributes or {}), **(dst.attributes or {})}
-    conn.execute(EVENTS.update().where(EVENTS.c.profile_id == source).values(profile_id=into))
+    if move:
+        move_events(conn, source, into)
     conn.execute(
         IDENTITIES.update().where(IDENTITIES.c.profile_id == source).values(profile_id=into)
     )

@@ -207,12 +207,24 @@ def test_failed_batch_keeps_earlier_batches(engine, monkeypatch):
     assert count(engine) == 3
 
 
-def test_bulk_load_rebuilds_deferred_indexes(engine, monkeypatch):
+def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine, monkeypatch):
     import core.events as events_mod
 
     monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
-    records = [ev("page_view", i % 60, user_id=f"u{i % 7}", url=f"/{i}") for i in range(50)]
-    report = ingest(engine, records, expected=50)
-    assert report.accepted == 50
+    browsing = [ev("page_view", i, anonymous_id=f"a{i % 5}", url=f"/{i}") for i in range(40)]
+    logins = [ev("identify", 50 + i, user_id=f"u{i}", anonymous_id=f"a{i}") for i in range(5)]
+    # Small batches: the anonymous profiles are stored before the logins merge them.
+    report = ingest(engine, browsing + logins, expected=45, batch_size=8)
+    assert (report.accepted, report.profiles_merged) == (45, 0)  # promoted, not merged
+    later = [ev("page_view", 1, anonymous_id=f"b{i}", url="/x") for i in range(5)]
+    links = [ev("search", 2, user_id=f"u{i}", anonymous_id=f"b{i}") for i in range(5)]
+    # Big enough to defer again: the merges move their events only after the rebuild.
+    report = ingest(engine, later + links, expected=100, batch_size=5)
+    assert report.profiles_merged == 5
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
+    users = {p["user_id"]: p["id"] for p in live_profiles(engine)}
+    assert sorted(users) == [f"u{i}" for i in range(5)]
+    owners = events_by_profile(engine)
+    assert set(owners) == set(users.values())  # every event, moved ones too, on a live profile
+    assert sum(len(v) for v in owners.values()) == 55
