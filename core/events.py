@@ -682,19 +682,26 @@ def _write_core(
 def _write_postgres_copy(
     conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
 ) -> int:
-    """COPY into a session temp table, then one INSERT .. ON CONFLICT DO NOTHING."""
+    """COPY straight into events; duplicates were already dropped in this
+    transaction. Should a concurrent writer have stored one of these since,
+    the COPY fails on the unique key and the batch goes through a temp table
+    and INSERT .. ON CONFLICT DO NOTHING instead."""
+    from psycopg.errors import UniqueViolation
+
     cols = ", ".join(EVENT_COLUMNS)
-    dumps = orjson.dumps
-    props = EVENT_COLUMNS.index("properties")
     dbapi = conn.connection.driver_connection
+    try:
+        with conn.begin_nested(), dbapi.cursor() as cur:
+            _copy_rows(cur, "events", events, pids, source, now)
+            return len(events)
+    except UniqueViolation:
+        pass  # the savepoint is rolled back; nothing of this batch was stored
     with dbapi.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS events_stage "
             f"ON COMMIT DELETE ROWS AS SELECT {cols} FROM events WITH NO DATA"
         )
-        with cur.copy(f"COPY events_stage ({cols}) FROM STDIN") as copy:
-            for r in _rows(events, pids, source, now):
-                copy.write_row((*r[:props], dumps(r[props]).decode(), *r[props + 1 :]))
+        _copy_rows(cur, "events_stage", events, pids, source, now)
         cur.execute(
             f"INSERT INTO events ({cols}) SELECT {cols} FROM events_stage "
             "ON CONFLICT (message_id) DO NOTHING"
@@ -702,6 +709,16 @@ def _write_postgres_copy(
         inserted = cur.rowcount
         cur.execute("TRUNCATE events_stage")
     return inserted
+
+
+def _copy_rows(
+    cur: Any, table: str, events: list[Event], pids: list[int], source: str, now: datetime
+) -> None:
+    dumps = orjson.dumps
+    props = EVENT_COLUMNS.index("properties")
+    with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+        for r in _rows(events, pids, source, now):
+            copy.write_row((*r[:props], dumps(r[props]).decode(), *r[props + 1 :]))
 
 
 def count_events(conn: Connection) -> int:

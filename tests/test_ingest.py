@@ -228,3 +228,20 @@ def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine, mon
     owners = events_by_profile(engine)
     assert set(owners) == set(users.values())  # every event, moved ones too, on a live profile
     assert sum(len(v) for v in owners.values()) == 55
+
+
+def test_duplicates_racing_past_the_check_are_still_stored_once(engine, monkeypatch):
+    import core.events as events_mod
+
+    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="race-1")])
+    # Another writer stored race-1 between our duplicate check and our insert.
+    monkeypatch.setattr(events_mod, "_drop_duplicates", lambda conn, batch, report: batch)
+    report = ingest(
+        engine,
+        [
+            ev("page_view", 1, user_id="u1", message_id="race-1"),
+            ev("page_view", 2, user_id="u1", message_id="race-2"),
+        ],
+    )
+    assert (report.accepted, report.duplicates) == (1, 1)
+    assert count(engine) == 2
