@@ -11,6 +11,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import itertools
 import math
 import re
 from collections import Counter
@@ -619,29 +620,11 @@ def _write_sqlite(
 ) -> int:
     """Driver-level multi-row INSERTs: SQLAlchemy's per-row parameter processing
     costs more than SQLite's insert itself, so values are converted here once."""
-    dumps = orjson.dumps
-    received = _sqlite_ts(now)
-    flat: list = []
-    extend = flat.extend
-    for e, pid in zip(events, pids, strict=True):
-        ts = e.ts
-        extend(
-            (
-                pid,
-                e.type,
-                _sqlite_ts(ts) if ts is not None else received,
-                e.session_id,
-                e.product_id,
-                e.value,
-                e.currency,
-                e.url,
-                e.campaign,
-                dumps(_stored_properties(e)).decode(),
-                source,
-                e.message_id,
-                received,
-            )
+    flat = list(
+        itertools.chain.from_iterable(
+            _rows(events, pids, source, now, ts_out=_sqlite_ts, props_out=_json_text)
         )
+    )
     width = len(EVENT_COLUMNS)
     step = SQLITE_ROWS_PER_STATEMENT * width
     inserted = 0
@@ -656,22 +639,39 @@ def _write_sqlite(
     return inserted
 
 
-def _rows(events: list[Event], pids: list[int], source: str, now: datetime) -> Iterator[tuple]:
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _rows(
+    events: list[Event],
+    pids: list[int],
+    source: str,
+    now: datetime,
+    ts_out: Callable[[datetime], Any] = _same,
+    props_out: Callable[[dict], Any] = _same,
+) -> Iterator[tuple]:
+    """Column values in EVENT_COLUMNS order; ``*_out`` adapt them to a driver."""
+    received = ts_out(now)
     for e, pid in zip(events, pids, strict=True):
         yield (
             pid,
             e.type,
-            e.ts or now,
+            ts_out(e.ts) if e.ts is not None else received,
             e.session_id,
             e.product_id,
             e.value,
             e.currency,
             e.url,
             e.campaign,
-            _stored_properties(e),
+            props_out(_stored_properties(e)),
             source,
             e.message_id,
-            now,
+            received,
         )
 
 
@@ -718,11 +718,9 @@ def _write_postgres_copy(
 def _copy_rows(
     cur: Any, table: str, events: list[Event], pids: list[int], source: str, now: datetime
 ) -> None:
-    dumps = orjson.dumps
-    props = EVENT_COLUMNS.index("properties")
     with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-        for r in _rows(events, pids, source, now):
-            copy.write_row((*r[:props], dumps(r[props]).decode(), *r[props + 1 :]))
+        for row in _rows(events, pids, source, now, props_out=_json_text):
+            copy.write_row(row)
 
 
 def count_events(conn: Connection) -> int:
