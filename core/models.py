@@ -142,3 +142,127 @@ class AuditLog(SQLModel, table=True):
     action: str = Field(max_length=64, index=True)
     target: str | None = Field(default=None, max_length=255)
     details: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+
+
+class Consent(SQLModel, table=True):
+    """A person's current consent per purpose (email, tracking, ...)."""
+
+    __tablename__ = "consents"
+    __table_args__ = (sa.UniqueConstraint("profile_id", "purpose"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False, index=True)
+    )
+    purpose: str = Field(max_length=64)
+    granted: bool
+    source: str | None = Field(default=None, max_length=64)
+    updated_at: datetime = _ts()
+
+
+class Score(SQLModel, table=True):
+    """A score of one profile by one model, as of a time; rows keep the history."""
+
+    __tablename__ = "scores"
+    __table_args__ = (sa.Index("ix_scores_profile_model_as_of", "profile_id", "model", "as_of"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False)
+    )
+    model: str = Field(max_length=64)
+    value: float
+    components: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    computed_at: datetime = _ts()
+
+
+class SegmentDefinition(SQLModel, table=True):
+    """A segment as saved: its canonical definition and a version bumped on change."""
+
+    __tablename__ = "segments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    description: str = ""
+    definition: dict = Field(sa_column=sa.Column(JSONType, nullable=False))
+    version: int = 1
+    source: str | None = Field(default=None, max_length=1024)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Membership(SQLModel, table=True):
+    """Who is in a segment now (as of its last evaluation)."""
+
+    __tablename__ = "memberships"
+
+    segment_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("segments.id"), primary_key=True)
+    )
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), primary_key=True, index=True)
+    )
+    since: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    version: int = 1
+
+
+class MembershipChange(SQLModel, table=True):
+    """Entered / exited, when (the as_of of the evaluation), under which rule version."""
+
+    __tablename__ = "membership_changes"
+    __table_args__ = (sa.Index("ix_membership_changes_segment_at", "segment_id", "at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    segment_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("segments.id"), nullable=False)
+    )
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False, index=True)
+    )
+    change: str = Field(max_length=8)  # entered | exited
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    version: int = 1
+    recorded_at: datetime = _ts()
+
+
+class EvaluationState(SQLModel, table=True):
+    """Per profile: when it was last evaluated and when it must be looked at again."""
+
+    __tablename__ = "evaluation_state"
+
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), primary_key=True)
+    )
+    evaluated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    next_change_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True, index=True)
+    )
+
+
+class SegmentRun(SQLModel, table=True):
+    """One evaluation run; incremental runs start from the last one's event id."""
+
+    __tablename__ = "segment_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    full: bool
+    max_event_id: int = 0
+    profiles: int = 0
+    entered: int = 0
+    exited: int = 0
+    started_at: datetime = _ts()
+
+
+class SegmentSize(SQLModel, table=True):
+    """Segment size per as_of, from runs and back-fills (history charts)."""
+
+    __tablename__ = "segment_sizes"
+
+    segment_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("segments.id"), primary_key=True)
+    )
+    as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), primary_key=True))
+    version: int = 1
+    size: int

@@ -109,7 +109,9 @@ def test_init_and_db_commands(run, tmp_path):
     status, out, _ = run("db", "upgrade")  # reads segflow.toml now
     assert status == 0 and "schema already at" in out
     status, out, _ = run("db", "current")
-    assert "database: 0001" in out and "code:     0001" in out
+    from core.db import head_revision
+
+    assert f"database: {head_revision()}" in out and f"code:     {head_revision()}" in out
 
 
 def test_demo_summarises_and_refuses_to_reset_real_data(run, tmp_path):

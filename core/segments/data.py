@@ -1,0 +1,61 @@
+"""Reading what the evaluators need from the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from core import models
+from core.segments.evaluate import EventRow, ProfileData
+
+EVENTS = models.Event.__table__
+PROFILES = models.Profile.__table__
+CONSENTS = models.Consent.__table__
+SCORES = models.Score.__table__
+
+
+def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> ProfileData:
+    """One profile's events (up to as_of), attributes, consents and scores."""
+    rows = conn.execute(
+        sa.select(
+            EVENTS.c.type,
+            EVENTS.c.ts,
+            EVENTS.c.session_id,
+            EVENTS.c.product_id,
+            EVENTS.c.value,
+            EVENTS.c.currency,
+            EVENTS.c.url,
+            EVENTS.c.campaign,
+            EVENTS.c.source,
+            EVENTS.c.properties,
+            EVENTS.c.message_id,
+        )
+        .where(EVENTS.c.profile_id == profile_id, EVENTS.c.ts <= as_of)
+        .order_by(EVENTS.c.ts, EVENTS.c.id)
+    )
+    events = [
+        EventRow(*r[:9], properties=r.properties or {}, message_id=r.message_id) for r in rows
+    ]
+    attributes = (
+        conn.execute(
+            sa.select(PROFILES.c.attributes).where(PROFILES.c.id == profile_id)
+        ).scalar_one_or_none()
+        or {}
+    )
+    consents = set(
+        conn.execute(
+            sa.select(CONSENTS.c.purpose).where(
+                CONSENTS.c.profile_id == profile_id, CONSENTS.c.granted.is_(True)
+            )
+        ).scalars()
+    )
+    scores: dict[str, float] = {}
+    for model, value in conn.execute(
+        sa.select(SCORES.c.model, SCORES.c.value)
+        .where(SCORES.c.profile_id == profile_id, SCORES.c.as_of <= as_of)
+        .order_by(SCORES.c.as_of, SCORES.c.id)
+    ):
+        scores[model] = value  # ordered by time: the latest wins
+    return ProfileData(events=events, attributes=attributes, consents=consents, scores=scores)

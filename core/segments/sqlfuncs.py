@@ -1,0 +1,132 @@
+"""SQL constructs whose spelling differs per dialect (JSON access, substring
+search), written once as SQLAlchemy elements compiled per dialect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+
+class _JsonAccess(FunctionElement):
+    """A typed read of one top-level key of a JSON column; NULL otherwise."""
+
+    inherit_cache = True
+
+    def __init__(self, column: Any, key: str) -> None:
+        self.key = key
+        super().__init__(column)
+
+
+class json_text(_JsonAccess):  # noqa: N801 - SQL function style
+    type = sa.String()
+    name = "json_text"
+    inherit_cache = True
+
+
+class json_number(_JsonAccess):  # noqa: N801
+    type = sa.Float()
+    name = "json_number"
+    inherit_cache = True
+
+
+class json_bool(_JsonAccess):  # noqa: N801
+    """1 for true, 0 for false."""
+
+    type = sa.Integer()
+    name = "json_bool"
+    inherit_cache = True
+
+
+class json_key(_JsonAccess):  # noqa: N801
+    """The value's JSON text, for counting distinct values; NULL for null/missing."""
+
+    type = sa.String()
+    name = "json_key"
+    inherit_cache = True
+
+
+class text_contains(FunctionElement):  # noqa: N801
+    type = sa.Boolean()
+    name = "text_contains"
+    inherit_cache = True
+
+
+def _col(compiler, element, **kw) -> str:
+    (column,) = list(element.clauses)
+    return compiler.process(column, **kw)
+
+
+def _path(element) -> str:
+    return f"'$.{element.key}'"
+
+
+@compiles(json_text, "sqlite")
+def _sqlite_text(element, compiler, **kw):
+    c, p = _col(compiler, element, **kw), _path(element)
+    return f"(CASE WHEN json_type({c}, {p}) = 'text' THEN json_extract({c}, {p}) END)"
+
+
+@compiles(json_number, "sqlite")
+def _sqlite_number(element, compiler, **kw):
+    c, p = _col(compiler, element, **kw), _path(element)
+    return f"(CASE WHEN json_type({c}, {p}) IN ('integer', 'real') THEN json_extract({c}, {p}) END)"
+
+
+@compiles(json_bool, "sqlite")
+def _sqlite_bool(element, compiler, **kw):
+    c, p = _col(compiler, element, **kw), _path(element)
+    return f"(CASE json_type({c}, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
+
+
+@compiles(json_key, "sqlite")
+def _sqlite_key(element, compiler, **kw):
+    c, p = _col(compiler, element, **kw), _path(element)
+    # ->, unlike json_extract, keeps the JSON spelling: true stays true, not 1.
+    return f"(CASE WHEN json_type({c}, {p}) <> 'null' THEN {c} -> {p} END)"
+
+
+@compiles(json_text, "postgresql")
+def _pg_text(element, compiler, **kw):
+    c, k = _col(compiler, element, **kw), f"'{element.key}'"
+    return f"(CASE WHEN jsonb_typeof({c} -> {k}) = 'string' THEN {c} ->> {k} END)"
+
+
+@compiles(json_number, "postgresql")
+def _pg_number(element, compiler, **kw):
+    c, k = _col(compiler, element, **kw), f"'{element.key}'"
+    return (
+        f"(CASE WHEN jsonb_typeof({c} -> {k}) = 'number' THEN ({c} ->> {k})::double precision END)"
+    )
+
+
+@compiles(json_bool, "postgresql")
+def _pg_bool(element, compiler, **kw):
+    c, k = _col(compiler, element, **kw), f"'{element.key}'"
+    return (
+        f"(CASE WHEN {c} -> {k} = 'true'::jsonb THEN 1 WHEN {c} -> {k} = 'false'::jsonb THEN 0 END)"
+    )
+
+
+@compiles(json_key, "postgresql")
+def _pg_key(element, compiler, **kw):
+    c, k = _col(compiler, element, **kw), f"'{element.key}'"
+    return f"(CASE WHEN jsonb_typeof({c} -> {k}) <> 'null' THEN ({c} -> {k})::text END)"
+
+
+@compiles(text_contains, "sqlite")
+def _sqlite_contains(element, compiler, **kw):
+    haystack, needle = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(instr({haystack}, {needle}) > 0)"
+
+
+@compiles(text_contains)
+def _default_contains(element, compiler, **kw):
+    haystack, needle = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(strpos({haystack}, {needle}) > 0)"
+
+
+def starts_with(x: ColumnElement, prefix: str) -> ColumnElement:
+    return sa.func.substr(x, 1, len(prefix)) == prefix

@@ -1,0 +1,71 @@
+"""Typed comparisons shared by both evaluators' semantics.
+
+A filter only ever matches values of its literal's type: a text literal
+matches text, a number matches numbers (never booleans), a boolean matches
+booleans. A missing value never matches, whatever the operator (``!=`` and
+``not_in`` included). The SQL compiler implements exactly this, so the
+real-time and batch answers agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def kind_of(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "other"
+
+
+def literal_kind(value: Any) -> str:
+    if isinstance(value, tuple):
+        return kind_of(value[0]) or "text"
+    return kind_of(value) or "text"
+
+
+def matches(x: Any, op: str, literal: Any) -> bool:
+    kind = literal_kind(literal)
+    if kind_of(x) != kind:
+        return False
+    if op == "==":
+        return x == literal
+    if op == "!=":
+        return x != literal
+    if op == "in":
+        return x in literal
+    if op == "not_in":
+        return x not in literal
+    if op == "contains":
+        return literal in x
+    if op == "starts_with":
+        return x.startswith(literal)
+    if op == ">":
+        return x > literal
+    if op == ">=":
+        return x >= literal
+    if op == "<":
+        return x < literal
+    if op == "<=":
+        return x <= literal
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def number(x: Any) -> float | None:
+    """A value that aggregates (sum/min/max/avg) take: numbers, not booleans."""
+    return x if kind_of(x) == "number" else None
+
+
+def distinct_key(x: Any) -> str | None:
+    """Values count as the same for ``distinct`` when their JSON text is equal."""
+    if x is None:
+        return None
+    return orjson.dumps(x).decode()
