@@ -413,6 +413,186 @@ def demo(
         raise typer.Exit(1)
 
 
+# -- segments --------------------------------------------------------------------
+
+segments_app = typer.Typer(help="Behavioural segments.", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
+
+
+def _as_of(value: str | None):
+    from datetime import UTC, datetime
+
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--as-of {value!r}: not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"--as-of {value!r}: give a UTC offset (e.g. 2026-11-01T00:00:00Z)")
+    return parsed.astimezone(UTC)
+
+
+AsOf = Annotated[
+    str | None, typer.Option("--as-of", help="Evaluate as of this time (ISO 8601); default now.")
+]
+
+
+@segments_app.command("run")
+def segments_run(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of segment YAML files.")] = Path(
+        "segments"
+    ),
+    as_of: AsOf = None,
+    full: Annotated[bool, typer.Option("--full", help="Evaluate everyone, not only changes.")] = (
+        False
+    ),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Load and save the definitions in DIR, evaluate, record entries and exits."""
+    from core.segments.store import load_segment_files, run_segments
+
+    when = _as_of(as_of)
+    definitions = load_segment_files(directory)
+    result = run_segments(_engine(ctx), when, definitions=definitions, full=full)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "as_of": result.as_of.isoformat(),
+                    "full": result.full,
+                    "evaluated": result.evaluated,
+                    "segments": {
+                        n: {
+                            "size": result.sizes[n],
+                            "entered": result.entered[n],
+                            "exited": result.exited[n],
+                        }
+                        for n in sorted(result.sizes)
+                    },
+                }
+            )
+        )
+        return
+    kind = "full" if result.full else "incremental"
+    table = Table(
+        "segment",
+        "size",
+        "entered",
+        "exited",
+        title=f"{kind} run as of {result.as_of.isoformat()}: "
+        f"{result.evaluated:,} profiles evaluated",
+    )
+    for name in sorted(result.sizes):
+        table.add_row(
+            name, f"{result.sizes[name]:,}", f"{result.entered[name]:,}", f"{result.exited[name]:,}"
+        )
+    out.print(table)
+
+
+@segments_app.command("members")
+def segments_members(
+    ctx: typer.Context,
+    name: str,
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of user ids.")] = False,
+) -> None:
+    """Members of a segment: current, or evaluated as of a time (nothing saved)."""
+    from core.segments.batch import evaluate_sql
+    from core.segments.store import members, stored_segments
+
+    engine = _engine(ctx)
+    with engine.connect() as conn:
+        rows = members(conn, name)
+        if as_of is not None:
+            segs = stored_segments(conn)
+            result = evaluate_sql(conn, {n: s for n, (_, _, s) in segs.items()}, _as_of(as_of))
+            wanted = result.members[name]
+            rows = [r for r in _all_profiles(conn) if r["profile_id"] in wanted]
+    ids = [r["id"] for r in rows]
+    if as_json:
+        out.print_json(json.dumps(ids))
+        return
+    for who in ids:
+        out.print(who, markup=False, highlight=False)
+    err.print(f"{len(ids):,} members")
+
+
+def _all_profiles(conn) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from core import models
+
+    profiles, ident = models.Profile.__table__, models.Identity.__table__
+    anon = (
+        sa.select(sa.func.min(ident.c.value))
+        .where(ident.c.profile_id == profiles.c.id, ident.c.kind == "anonymous_id")
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        sa.select(profiles.c.id, sa.func.coalesce(profiles.c.user_id, anon))
+        .where(profiles.c.merged_into.is_(None))
+        .order_by(profiles.c.id)
+    )
+    return [{"profile_id": p, "id": who} for p, who in rows]
+
+
+@segments_app.command("list")
+def segments_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Saved segments with their version and current size."""
+    import sqlalchemy as sa
+
+    from core import models
+
+    seg, mem = models.SegmentDefinition.__table__, models.Membership.__table__
+    with _engine(ctx).connect() as conn:
+        rows = conn.execute(
+            sa.select(seg.c.name, seg.c.version, seg.c.description, sa.func.count(mem.c.profile_id))
+            .outerjoin(mem, mem.c.segment_id == seg.c.id)
+            .group_by(seg.c.id, seg.c.name, seg.c.version, seg.c.description)
+            .order_by(seg.c.name)
+        ).all()
+    data = [{"name": n, "version": v, "description": d, "size": c} for n, v, d, c in rows]
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("segment", "version", "size", "description")
+    for r in data:
+        table.add_row(r["name"], str(r["version"]), f"{r['size']:,}", r["description"])
+    out.print(table)
+
+
+@segments_app.command("history")
+def segments_history(
+    ctx: typer.Context, name: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Size of a segment at each run or back-filled day."""
+    import sqlalchemy as sa
+
+    from core import models
+    from core.segments.language import SegmentError
+
+    seg, sizes = models.SegmentDefinition.__table__, models.SegmentSize.__table__
+    with _engine(ctx).connect() as conn:
+        sid = conn.execute(sa.select(seg.c.id).where(seg.c.name == name)).scalar()
+        if sid is None:
+            raise SegmentError(f"no segment named '{name}'")
+        rows = conn.execute(
+            sa.select(sizes.c.as_of, sizes.c.size, sizes.c.version)
+            .where(sizes.c.segment_id == sid)
+            .order_by(sizes.c.as_of)
+        ).all()
+    data = [{"as_of": a.isoformat(), "size": s, "version": v} for a, s, v in rows]
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("as of", "size", "version", title=name)
+    for r in data:
+        table.add_row(r["as_of"], f"{r['size']:,}", str(r["version"]))
+    out.print(table)
+
+
 # -- dashboard -------------------------------------------------------------------
 
 dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)
@@ -502,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.importer import ImportUsageError
     from core.mapping import MappingError
     from core.profiles import ProfileNotFound
+    from core.segments.language import SegmentError
 
     try:
         # Outside standalone mode click returns the status of typer.Exit instead of raising.
@@ -511,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ImportUsageError, MappingError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
-    except (ConfigError, dbmod.DatabaseError, ProfileNotFound, IngestError) as exc:
+    except (ConfigError, dbmod.DatabaseError, ProfileNotFound, IngestError, SegmentError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:

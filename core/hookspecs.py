@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from core.events import StoredEvent
+    from core.segments.store import Change
     from core.sources import EventSource
 
 hookspec = pluggy.HookspecMarker("segflow")
@@ -39,4 +40,15 @@ def on_events_ingested(events: Sequence[StoredEvent]) -> None:
     each with the ``profile_id`` it was attributed to after identity
     resolution. Runs in the ingesting process, after the commit, so an error
     here never loses events; keep it quick or hand work to a queue.
+    """
+
+
+@hookspec
+def on_segment_change(changes: Sequence[Change]) -> None:
+    """Called after a segment run committed membership changes.
+
+    ``changes`` lists every entry and exit of the run: ``segment`` (name),
+    ``profile_id``, ``change`` ("entered" or "exited"), ``at`` (the run's
+    as_of) and ``version`` (of the segment's definition). Workflows start
+    from here; like ``on_events_ingested`` it runs after the commit.
     """

@@ -59,7 +59,10 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def _ts(nullable: bool = False, index: bool = False) -> Any:
     return Field(
         default_factory=utcnow if not nullable else None,
-        sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index),
+        # The column default too, so Core inserts (the bulk paths) get it.
+        sa_column=sa.Column(
+            UTCDateTime(), nullable=nullable, index=index, default=None if nullable else utcnow
+        ),
     )
 
 

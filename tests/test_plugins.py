@@ -161,3 +161,26 @@ def test_segflow_load_plugins_restricts_loading(tmp_path):
 def test_docs_index_lists_only_real_hooks():
     listed = set(re.findall(r"hooks/(\w+)\.md", (PROJECT_ROOT / "docs" / "plugins.md").read_text()))
     assert listed == set(HOOKS)
+
+
+def test_hook_on_segment_change(register_plugin, tmp_path):
+    from core.segments.store import load_segment_files, run_segments
+
+    seen = []
+
+    class Listener:
+        @staticmethod
+        def on_segment_change(changes):
+            seen.extend((c.segment, c.change, c.version) for c in changes)
+
+    register_plugin(Listener)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(engine, [{"type": "search", "user_id": "u1", "ts": "2026-01-01T00:00:00Z"}])
+    (tmp_path / "s.yaml").write_text("name: searchers\nrule: {event: search, within: 1d}\n")
+    from datetime import UTC, datetime
+
+    run_segments(
+        engine, datetime(2026, 1, 1, 1, tzinfo=UTC), definitions=load_segment_files(tmp_path)
+    )
+    run_segments(engine, datetime(2026, 1, 3, tzinfo=UTC), definitions=load_segment_files(tmp_path))
+    assert seen == [("searchers", "entered", 1), ("searchers", "exited", 1)]

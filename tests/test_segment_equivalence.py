@@ -72,7 +72,9 @@ def events(draw):
         age = draw(st.sampled_from([None, 25, 40]))
         if age is not None:
             traits["age"] = age
-        out.append({"type": "identify", "user_id": user, "traits": traits, "ts": "2026-01-01T00:00:00Z"})
+        out.append(
+            {"type": "identify", "user_id": user, "traits": traits, "ts": "2026-01-01T00:00:00Z"}
+        )
     return out
 
 
@@ -197,7 +199,9 @@ def pg_engine(pg_server):
 
 
 @pytest.mark.postgres
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(records=events(), rule=rules)
 def test_postgresql_and_python_agree(pg_engine, records, rule):
     check_same(pg_engine, records, rule)

@@ -1,0 +1,327 @@
+"""Segment definitions on disk and in the database, and membership state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Connection, Engine
+
+from core import models
+from core.identity import EVENTS, PROFILES
+from core.models import utcnow
+from core.segments.batch import evaluate_sql
+from core.segments.language import Segment, SegmentError, check_references, parse_segment
+
+SEGMENTS = models.SegmentDefinition.__table__
+MEMBERSHIPS = models.Membership.__table__
+CHANGES = models.MembershipChange.__table__
+STATE = models.EvaluationState.__table__
+RUNS = models.SegmentRun.__table__
+SIZES = models.SegmentSize.__table__
+
+
+# -- definitions -------------------------------------------------------------------
+
+
+def load_segment_files(directory: Path) -> dict[str, tuple[Segment, dict, str]]:
+    """Every segment in the YAML files of ``directory``: name -> (segment, raw, file)."""
+    if not directory.is_dir():
+        raise SegmentError(f"{directory}: no such directory")
+    found: dict[str, tuple[Segment, dict, str]] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        found.update(load_segment_file(path, found))
+    return found
+
+
+def load_segment_file(path: Path, seen: dict | None = None) -> dict[str, tuple[Segment, dict, str]]:
+    seen = seen or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SegmentError(f"not valid YAML: {exc}", file=str(path)) from None
+    items = data if isinstance(data, list) else [data]
+    out: dict[str, tuple[Segment, dict, str]] = {}
+    for item in items:
+        segment = parse_segment(item, file=str(path))
+        if segment.name in seen or segment.name in out:
+            other = (seen.get(segment.name) or out[segment.name])[2]
+            raise SegmentError(
+                f"defined twice (also in {other})", file=str(path), segment=segment.name
+            )
+        out[segment.name] = (segment, item, str(path))
+    return out
+
+
+def canonical(segment: Segment) -> bytes:
+    return orjson.dumps(
+        segment.model_dump(mode="json", exclude_none=True, exclude={"tests"}),
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+@dataclass
+class Saved:
+    id: int
+    version: int
+    changed: bool  # new, or its definition differs from the stored one
+
+
+def save_segments(conn: Connection, defs: dict[str, tuple[Segment, dict, str]]) -> dict[str, Saved]:
+    check_references({n: d[0] for n, d in defs.items()}, known=set(stored_names(conn)))
+    now = utcnow()
+    saved: dict[str, Saved] = {}
+    existing = {r.name: r for r in conn.execute(sa.select(SEGMENTS))}
+    for name, (segment, raw, source) in defs.items():
+        row = existing.get(name)
+        if row is None:
+            sid = conn.execute(
+                SEGMENTS.insert()
+                .values(
+                    name=name,
+                    description=segment.description,
+                    definition=raw,
+                    version=1,
+                    source=source,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(SEGMENTS.c.id)
+            ).scalar_one()
+            saved[name] = Saved(sid, 1, True)
+            continue
+        old = parse_segment(row.definition)
+        if canonical(old) == canonical(segment):
+            saved[name] = Saved(row.id, row.version, False)
+            continue
+        conn.execute(
+            SEGMENTS.update()
+            .where(SEGMENTS.c.id == row.id)
+            .values(
+                description=segment.description,
+                definition=raw,
+                version=row.version + 1,
+                source=source,
+                updated_at=now,
+            )
+        )
+        saved[name] = Saved(row.id, row.version + 1, True)
+    return saved
+
+
+def stored_names(conn: Connection) -> list[str]:
+    return list(conn.execute(sa.select(SEGMENTS.c.name).order_by(SEGMENTS.c.name)).scalars())
+
+
+def stored_segments(conn: Connection) -> dict[str, tuple[int, int, Segment]]:
+    return {
+        r.name: (r.id, r.version, parse_segment(r.definition, file=f"segment row {r.id}"))
+        for r in conn.execute(sa.select(SEGMENTS))
+    }
+
+
+# -- runs --------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    segment: str
+    profile_id: int
+    change: str  # entered | exited
+    at: datetime
+    version: int
+
+
+@dataclass
+class RunResult:
+    as_of: datetime
+    full: bool
+    evaluated: int
+    sizes: dict[str, int]
+    entered: dict[str, int]
+    exited: dict[str, int]
+    changes: list[Change] = field(default_factory=list)
+
+
+def run_segments(
+    engine: Engine,
+    as_of: datetime,
+    *,
+    definitions: dict[str, tuple[Segment, dict, str]] | None = None,
+    full: bool = False,
+    plugins: dict[str, Any] | None = None,
+) -> RunResult:
+    """Save ``definitions`` (if given), evaluate and record membership changes.
+
+    Incremental unless ``full``: only profiles with events ingested since the
+    last run, with a due ``next_change_at``, or changed since (traits, merges)
+    are evaluated; a new or changed segment is evaluated for everyone.
+    """
+    with engine.begin() as conn:
+        saved = save_segments(conn, definitions) if definitions else {}
+        segs = stored_segments(conn)
+        if not segs:
+            raise SegmentError("no segments defined (segflow segments run --dir DIR)")
+        last = conn.execute(sa.select(RUNS).order_by(RUNS.c.id.desc()).limit(1)).first()
+        max_event_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0)))
+        max_event_id = max_event_id.scalar_one()
+        started = utcnow()
+        changed = {n for n, s in saved.items() if s.changed}
+        full = full or last is None
+        segments = {n: s for n, (_, _, s) in segs.items()}
+        everyone = (
+            evaluate_sql(conn, {n: segments[n] for n in changed}, as_of, None, plugins)
+            if changed and not full
+            else None
+        )
+        candidates = None if full else _candidates(conn, last, as_of)
+        result = evaluate_sql(conn, segments, as_of, candidates, plugins)
+        if everyone is not None:
+            for name in changed:
+                result.members[name] = everyone.members[name]
+        changes = _apply(conn, segs, result, as_of, candidates, changed)
+        _retire_merged(conn, segs, as_of, changes)
+        _sizes = _record_sizes(conn, segs, as_of)
+        entered = {n: 0 for n in segs}
+        exited = {n: 0 for n in segs}
+        for c in changes:
+            (entered if c.change == "entered" else exited)[c.segment] += 1
+        conn.execute(
+            RUNS.insert().values(
+                as_of=as_of,
+                full=full,
+                max_event_id=max_event_id,
+                profiles=len(result.evaluated),
+                entered=sum(entered.values()),
+                exited=sum(exited.values()),
+                started_at=started,
+            )
+        )
+    from core.plugins import get_manager
+
+    if changes:
+        get_manager().hook.on_segment_change(changes=changes)
+    return RunResult(as_of, full, len(result.evaluated), _sizes, entered, exited, changes)
+
+
+def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
+    new_events = sa.select(EVENTS.c.profile_id).where(EVENTS.c.id > last.max_event_id)
+    due = sa.select(STATE.c.profile_id).where(STATE.c.next_change_at <= as_of)
+    touched = sa.select(PROFILES.c.id).where(PROFILES.c.updated_at >= last.started_at)
+    ids = conn.execute(sa.union(new_events, due, touched)).scalars()
+    return sorted(set(ids))
+
+
+def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
+    changes: list[Change] = []
+    for name, (sid, version, _) in segs.items():
+        scope = None if (candidates is None or name in changed) else set(candidates)
+        q = sa.select(MEMBERSHIPS.c.profile_id).where(MEMBERSHIPS.c.segment_id == sid)
+        current = set(conn.execute(q).scalars())
+        if scope is not None:
+            current &= scope
+        new = result.members[name]
+        entered, exited = sorted(new - current), sorted(current - new)
+        if entered:
+            conn.execute(
+                MEMBERSHIPS.insert(),
+                [
+                    {"segment_id": sid, "profile_id": p, "since": as_of, "version": version}
+                    for p in entered
+                ],
+            )
+        for part in _chunks(exited):
+            conn.execute(
+                MEMBERSHIPS.delete().where(
+                    MEMBERSHIPS.c.segment_id == sid, MEMBERSHIPS.c.profile_id.in_(part)
+                )
+            )
+        rows = [
+            {"segment_id": sid, "profile_id": p, "change": kind, "at": as_of, "version": version}
+            for kind, ids in (("entered", entered), ("exited", exited))
+            for p in ids
+        ]
+        if rows:
+            conn.execute(CHANGES.insert(), rows)
+        changes += [Change(name, r["profile_id"], r["change"], as_of, version) for r in rows]
+    evaluated = sorted(result.evaluated)
+    for part in _chunks(evaluated):
+        conn.execute(STATE.delete().where(STATE.c.profile_id.in_(part)))
+    if evaluated:
+        conn.execute(
+            STATE.insert(),
+            [
+                {
+                    "profile_id": p,
+                    "evaluated_at": as_of,
+                    "next_change_at": result.next_change_at.get(p),
+                }
+                for p in evaluated
+            ],
+        )
+    return changes
+
+
+def _retire_merged(conn, segs, as_of, changes) -> None:
+    """Profiles merged into another leave their segments (the survivor is evaluated)."""
+    by_id = {sid: (name, version) for name, (sid, version, _) in segs.items()}
+    rows = conn.execute(
+        sa.select(MEMBERSHIPS.c.segment_id, MEMBERSHIPS.c.profile_id)
+        .join(PROFILES, PROFILES.c.id == MEMBERSHIPS.c.profile_id)
+        .where(PROFILES.c.merged_into.is_not(None))
+    ).all()
+    for sid, pid in rows:
+        name, version = by_id[sid]
+        conn.execute(
+            MEMBERSHIPS.delete().where(
+                MEMBERSHIPS.c.segment_id == sid, MEMBERSHIPS.c.profile_id == pid
+            )
+        )
+        conn.execute(
+            CHANGES.insert().values(
+                segment_id=sid, profile_id=pid, change="exited", at=as_of, version=version
+            )
+        )
+        changes.append(Change(name, pid, "exited", as_of, version))
+
+
+def _record_sizes(conn, segs, as_of) -> dict[str, int]:
+    sizes = {}
+    for name, (sid, version, _) in segs.items():
+        size = conn.execute(
+            sa.select(sa.func.count()).where(MEMBERSHIPS.c.segment_id == sid)
+        ).scalar_one()
+        sizes[name] = size
+        conn.execute(SIZES.delete().where(SIZES.c.segment_id == sid, SIZES.c.as_of == as_of))
+        conn.execute(SIZES.insert().values(segment_id=sid, as_of=as_of, version=version, size=size))
+    return sizes
+
+
+def _chunks(seq: list, size: int = 900):
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def members(conn: Connection, name: str) -> list[dict[str, Any]]:
+    """Current members: profile id, user id (or anonymous id), since."""
+    sid = conn.execute(sa.select(SEGMENTS.c.id).where(SEGMENTS.c.name == name)).scalar()
+    if sid is None:
+        raise SegmentError(f"no segment named '{name}'")
+    ident = models.Identity.__table__
+    anon = (
+        sa.select(sa.func.min(ident.c.value))
+        .where(ident.c.profile_id == PROFILES.c.id, ident.c.kind == "anonymous_id")
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        sa.select(PROFILES.c.id, sa.func.coalesce(PROFILES.c.user_id, anon), MEMBERSHIPS.c.since)
+        .join(MEMBERSHIPS, MEMBERSHIPS.c.profile_id == PROFILES.c.id)
+        .where(MEMBERSHIPS.c.segment_id == sid)
+        .order_by(PROFILES.c.id)
+    )
+    return [{"profile_id": p, "id": who, "since": since} for p, who, since in rows]

@@ -1,0 +1,183 @@
+"""Segment runs: memberships, changes, versions, incremental = full, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from core import models
+from core.cli import main
+from core.db import open_db
+from core.demo import generate
+from core.events import ingest
+from core.segments.language import SegmentError
+from core.segments.store import load_segment_files, run_segments
+from tests.conftest import PROJECT_ROOT
+
+EXAMPLES = PROJECT_ROOT / "examples" / "segments"
+END = datetime(2026, 5, 1, tzinfo=UTC)
+MEMBERSHIPS = models.Membership.__table__
+SEGMENTS = models.SegmentDefinition.__table__
+CHANGES = models.MembershipChange.__table__
+
+
+def memberships(engine) -> dict[str, set[int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SEGMENTS.c.name, MEMBERSHIPS.c.profile_id).join(
+                MEMBERSHIPS, MEMBERSHIPS.c.segment_id == SEGMENTS.c.id
+            )
+        ).all()
+    out: dict[str, set[int]] = {}
+    for name, pid in rows:
+        out.setdefault(name, set()).add(pid)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store_events():
+    return list(generate(150, seed=3, days=40, end=END))
+
+
+def test_incremental_runs_give_the_same_memberships_as_full_runs(db_url, store_events, tmp_path):
+    definitions = load_segment_files(EXAMPLES)
+    cut = END - timedelta(days=10)
+    early = [e for e in store_events if e["ts"] <= cut.isoformat()]
+    late = [e for e in store_events if e["ts"] > cut.isoformat()]
+    incremental = open_db(db_url)
+    ingest(incremental, early, notify=False)
+    first = run_segments(incremental, cut, definitions=definitions)
+    assert first.full and sum(first.sizes.values()) > 0
+    for step, as_of in enumerate([cut + timedelta(days=3), END, END + timedelta(days=20)]):
+        if step == 1:
+            ingest(incremental, late, notify=False)
+        result = run_segments(incremental, as_of, definitions=definitions)
+        assert not result.full
+        reference = open_db(f"sqlite:///{tmp_path}/full{step}.db")
+        ingest(reference, early + (late if step >= 1 else []), notify=False)
+        run_segments(reference, as_of, definitions=definitions, full=True)
+        # Profile ids differ between databases; compare by user id.
+        assert by_user(incremental) == by_user(reference), as_of
+    # Twenty days on, windows have expired without new events: people left.
+    assert sum(result.exited.values()) > 0
+
+
+def by_user(engine) -> dict[str, set[str]]:
+    profiles = models.Profile.__table__
+    with engine.connect() as conn:
+        who = dict(conn.execute(sa.select(profiles.c.id, profiles.c.user_id)).all())
+    return {name: {who[p] or f"#{p}" for p in ids} for name, ids in memberships(engine).items()}
+
+
+def test_changes_are_recorded_and_versions_bump(fresh_sqlite, tmp_path):
+    engine = open_db(fresh_sqlite())
+    ingest(
+        engine,
+        [
+            {"type": "purchase", "user_id": "a", "ts": "2026-04-01T10:00:00Z", "value": 600},
+            {"type": "purchase", "user_id": "b", "ts": "2026-04-01T10:00:00Z", "value": 100},
+        ],
+    )
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    spec = folder / "spend.yaml"
+    spec.write_text(
+        "name: spenders\nrule: {event: purchase, sum: {property: value, op: '>= 500'}}\n"
+    )
+    r1 = run_segments(engine, END, definitions=load_segment_files(folder))
+    assert (r1.sizes, r1.entered) == ({"spenders": 1}, {"spenders": 1})
+    spec.write_text(
+        "name: spenders\nrule: {event: purchase, sum: {property: value, op: '>= 50'}}\n"
+    )
+    r2 = run_segments(engine, END + timedelta(hours=1), definitions=load_segment_files(folder))
+    assert r2.entered == {"spenders": 1} and r2.sizes == {"spenders": 2}
+    with engine.connect() as conn:
+        version = conn.execute(sa.select(SEGMENTS.c.version)).scalar_one()
+        changes = conn.execute(
+            sa.select(CHANGES.c.change, CHANGES.c.version, CHANGES.c.at).order_by(CHANGES.c.id)
+        ).all()
+    assert version == 2
+    assert [(c.change, c.version) for c in changes] == [("entered", 1), ("entered", 2)]
+    assert changes[1].at == END + timedelta(hours=1)
+    # Same definition again: no new version, nothing changes.
+    r3 = run_segments(engine, END + timedelta(hours=2), definitions=load_segment_files(folder))
+    assert r3.entered == {"spenders": 0} and r3.evaluated == 0
+
+
+def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_path):
+    engine = open_db(fresh_sqlite())
+    ingest(engine, [{"type": "add_to_cart", "anonymous_id": "anon", "ts": "2026-04-30T10:00:00Z"}])
+    ingest(engine, [{"type": "page_view", "user_id": "u", "ts": "2026-04-30T11:00:00Z"}])
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "carts.yaml").write_text("name: carts\nrule: {event: add_to_cart}\n")
+    run_segments(engine, END, definitions=load_segment_files(folder))
+    before = memberships(engine)["carts"]
+    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}])
+    result = run_segments(
+        engine, END + timedelta(minutes=1), definitions=load_segment_files(folder)
+    )
+    after = memberships(engine)["carts"]
+    assert len(before) == len(after) == 1 and before != after
+    assert result.exited == {"carts": 1} and result.entered == {"carts": 1}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "name: x\nrule: {event: purchase, within: 2 days}\n",
+            "x.yaml: segment 'x': rule.within: '2 days' is not a duration",
+        ),
+        (
+            "name: x\nrule: {all: [{event: a}, {not: {event: b, count: '=> 2'}}]}\n",
+            "x.yaml: segment 'x': rule.all[1].not.count",
+        ),
+        ("name: x\nrule: {event: a, where: {url: {like: '%'}}}\n", "rule.where"),
+        ("name: x\nrule: {segment: x}\n", "cycle: x -> x"),
+        ("name: x\nrule: {segment: nope}\n", "unknown segment 'nope'"),
+        ("name: X\nrule: {event: a}\n", "must be snake_case"),
+        ("name: x\nrule: [oops\n", "not valid YAML"),
+    ],
+)
+def test_bad_definitions_name_file_segment_and_path(tmp_path, content, message):
+    (tmp_path / "x.yaml").write_text(content)
+    with pytest.raises(SegmentError) as info:
+        defs = load_segment_files(tmp_path)
+        from core.segments.language import check_references
+
+        check_references({n: d[0] for n, d in defs.items()})
+    assert message in str(info.value)
+
+
+def test_cli_run_members_list_history(tmp_path, monkeypatch, capsys, store_events):
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path}/cli.db"
+    ingest(open_db(db), store_events, notify=False)
+    shutil.copytree(EXAMPLES, tmp_path / "segments")
+    assert main(["--db", db, "segments", "run", "--as-of", END.isoformat(), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["full"] is True and run["evaluated"] > 150
+    size = run["segments"]["engaged_readers"]["size"]
+    assert main(["--db", db, "segments", "members", "engaged_readers", "--json"]) == 0
+    ids = json.loads(capsys.readouterr().out)
+    assert len(ids) == size and all(isinstance(i, str) for i in ids)
+    # As of a past time, evaluated on the fly, nothing saved.
+    past = (END - timedelta(days=20)).isoformat()
+    assert (
+        main(["--db", db, "segments", "members", "engaged_readers", "--as-of", past, "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) != ids
+    assert main(["--db", db, "segments", "list", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["engaged_readers"]["size"] == size and listed["high_intent"]["version"] == 1
+    assert main(["--db", db, "segments", "history", "engaged_readers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"as_of": END.isoformat(), "size": size, "version": 1}
+    ]
+    assert main(["--db", db, "segments", "members", "nope"]) == 1
+    assert "no segment named 'nope'" in capsys.readouterr().err
