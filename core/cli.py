@@ -593,6 +593,168 @@ def segments_history(
     out.print(table)
 
 
+@segments_app.command("test")
+def segments_test(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of segment YAML files.")] = Path(
+        "segments"
+    ),
+    as_of: AsOf = None,
+) -> None:
+    """Run the test profiles in the segment files; fails like pytest does."""
+    from core.segments.store import load_segment_files
+    from core.segments.testing import run_tests
+
+    outcomes = run_tests(load_segment_files(directory), _as_of(as_of))
+    failed = [o for o in outcomes if not o.passed]
+    for o in outcomes:
+        status = "[green]PASSED[/green]" if o.passed else "[red]FAILED[/red]"
+        out.print(f"{o.nodeid} {status}", highlight=False, soft_wrap=True)
+    for o in failed:
+        reason = o.error or f"expected {o.expected}, got {o.got}"
+        err.print(f"FAILED {o.nodeid} - {reason}", markup=False, highlight=False)
+    out.print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@segments_app.command("preview")
+def segments_preview(
+    ctx: typer.Context,
+    file: Path,
+    as_of: AsOf = None,
+    sample: Annotated[int, typer.Option(help="How many members to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Size and a sample of members of the segments in FILE, saving nothing."""
+    from core.segments.batch import evaluate_sql
+    from core.segments.store import load_segment_file, stored_segments
+
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    defs = {n: s for n, (s, _, _) in load_segment_file(file).items()}
+    engine = _engine(ctx)
+    with engine.connect() as conn:
+        known = {n: s for n, (_, _, s) in stored_segments(conn).items()}
+        result = evaluate_sql(conn, known | defs, _as_of(as_of))
+        who = {r["profile_id"]: r["id"] for r in _all_profiles(conn)}
+    data = {
+        name: {
+            "size": len(result.members[name]),
+            "sample": [who[p] for p in sorted(result.members[name])[:sample]],
+        }
+        for name in defs
+    }
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("segment", "size", "sample", title=f"preview of {file} (nothing saved)")
+    for name, d in data.items():
+        table.add_row(name, f"{d['size']:,}", ", ".join(map(str, d["sample"])))
+    out.print(table)
+
+
+@segments_app.command("backfill")
+def segments_backfill(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option("--from", help="First as_of (ISO 8601 with offset).")],
+    end: Annotated[str, typer.Option("--to", help="Last as_of.")],
+    every: Annotated[str, typer.Option(help="Step, e.g. 1d, 12h.")] = "1d",
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Save these definitions first.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate every saved segment at each step and store its size (history)."""
+    from core.segments.language import parse_duration
+    from core.segments.store import backfill, load_segment_files
+
+    try:
+        step = parse_duration(every)
+    except ValueError as exc:
+        raise UsageError(f"--every: {exc}") from None
+    first, last = _as_of(start), _as_of(end)
+    if last < first:
+        raise UsageError("--to is before --from")
+    steps = int((last - first) / step) + 1
+    definitions = load_segment_files(directory) if directory else None
+    with progress("back-filling segment sizes", total=steps) as advance:
+        sizes = backfill(
+            _engine(ctx), first, last, step, definitions=definitions, on_step=lambda: advance(1)
+        )
+    if as_json:
+        out.print_json(
+            json.dumps([{"as_of": when.isoformat(), "sizes": row} for when, row in sizes])
+        )
+        return
+    names = sorted(sizes[0][1]) if sizes else []
+    table = Table(
+        "segment",
+        "first",
+        "min",
+        "max",
+        "last",
+        title=f"sizes at {len(sizes)} steps from {first.isoformat()} to "
+        f"{sizes[-1][0].isoformat() if sizes else last.isoformat()} (stored for history)",
+    )
+    for name in names:
+        series = [row[name] for _, row in sizes]
+        table.add_row(name, *(f"{v:,}" for v in (series[0], min(series), max(series), series[-1])))
+    out.print(table)
+
+
+@segments_app.command("explain")
+def segments_explain(
+    ctx: typer.Context,
+    name: str,
+    user_id: Annotated[str, typer.Argument(help="User id, anonymous id or email.")],
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Why someone is in a segment or not: each condition, its figures and events."""
+    from rich.tree import Tree
+
+    from core.profiles import find_profile_id
+    from core.segments.data import load_profile_data
+    from core.segments.evaluate import evaluate
+    from core.segments.explain import explain
+    from core.segments.language import SegmentError, check_references
+    from core.segments.store import stored_segments
+
+    when = _as_of(as_of)
+    with _engine(ctx).connect() as conn:
+        segs = {n: s for n, (_, _, s) in stored_segments(conn).items()}
+        if name not in segs:
+            raise SegmentError(f"no segment named '{name}'")
+        pid = find_profile_id(conn, user_id)
+        data = load_profile_data(conn, pid, when)
+    for dep in check_references(segs):
+        data.segments[dep] = evaluate(segs[dep].rule, data, when).member
+    report = explain(segs[name].rule, data, when) | {"segment": name, "profile_id": pid}
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+
+    def label(node: dict[str, Any]) -> str:
+        mark = "[green]✔[/green]" if node["value"] else "[red]✘[/red]"
+        params = ", ".join(f"{k}: {v}" for k, v in node["params"].items())
+        figures = ", ".join(f"{k}={v}" for k, v in (node.get("figures") or {}).items())
+        return f"{mark} {node['kind']} {params}" + (f"  [dim]{figures}[/dim]" if figures else "")
+
+    def grow(tree: Tree, node: dict[str, Any]) -> None:
+        branch = tree.add(label(node))
+        for e in node.get("events", []):
+            branch.add(f"[dim]{e['ts']} {e['type']} {e.get('product_id', '')}[/dim]")
+        for child in node.get("children", []):
+            grow(branch, child)
+
+    verdict = "IN" if report["member"] else "OUT"
+    root = Tree(f"{name} for {user_id} as of {report['as_of']}: [bold]{verdict}[/bold]")
+    grow(root, report["rule"])
+    out.print(root)
+    if report["next_change_at"]:
+        out.print(f"could change without new events at {report['next_change_at']}")
+
+
 # -- dashboard -------------------------------------------------------------------
 
 dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)

@@ -415,7 +415,7 @@ class BatchWriter:
                 f"the {report.accepted:,} events committed before are kept"
             ) from exc
         if self.hook is not None and stored:
-            self.hook(events=stored)
+            self.hook(events=stored, engine=self.engine)
 
 
 # Below this many rows, dropping and rebuilding indexes is not worth it.

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from core.events import StoredEvent
     from core.segments.store import Change
     from core.sources import EventSource
@@ -33,22 +35,25 @@ def register_event_sources(register: Callable[[EventSource], None]) -> None:
 
 
 @hookspec
-def on_events_ingested(events: Sequence[StoredEvent]) -> None:
+def on_events_ingested(events: Sequence[StoredEvent], engine: Engine) -> None:
     """Called after a batch of new events has been committed.
 
     ``events`` holds only events that were stored (duplicates are left out),
     each with the ``profile_id`` it was attributed to after identity
-    resolution. Runs in the ingesting process, after the commit, so an error
-    here never loses events; keep it quick or hand work to a queue.
+    resolution; ``engine`` is the database they were stored in. Runs in the
+    ingesting process, after the commit, so an error here never loses events;
+    keep it quick or hand work to a queue. The built-in real-time segment
+    evaluation is an implementation of this hook.
     """
 
 
 @hookspec
-def on_segment_change(changes: Sequence[Change]) -> None:
+def on_segment_change(changes: Sequence[Change], engine: Engine) -> None:
     """Called after a segment run committed membership changes.
 
     ``changes`` lists every entry and exit of the run: ``segment`` (name),
     ``profile_id``, ``change`` ("entered" or "exited"), ``at`` (the run's
-    as_of) and ``version`` (of the segment's definition). Workflows start
-    from here; like ``on_events_ingested`` it runs after the commit.
+    as_of) and ``version`` (of the segment's definition); ``engine`` is the
+    database. Workflows start from here; like ``on_events_ingested`` it runs
+    after the commit.
     """

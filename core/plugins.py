@@ -16,7 +16,10 @@ import pluggy
 
 from core import hookspecs
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("plugins.sources.files",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins.sources.files",
+    "plugins.segments.realtime",
+)
 
 
 def _allowed() -> set[str] | None:

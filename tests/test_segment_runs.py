@@ -117,7 +117,8 @@ def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_p
     (folder / "carts.yaml").write_text("name: carts\nrule: {event: add_to_cart}\n")
     run_segments(engine, END, definitions=load_segment_files(folder))
     before = memberships(engine)["carts"]
-    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}])
+    # Without real time, so the run is what notices the merge.
+    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}], notify=False)
     result = run_segments(
         engine, END + timedelta(minutes=1), definitions=load_segment_files(folder)
     )
@@ -181,3 +182,32 @@ def test_cli_run_members_list_history(tmp_path, monkeypatch, capsys, store_event
     ]
     assert main(["--db", db, "segments", "members", "nope"]) == 1
     assert "no segment named 'nope'" in capsys.readouterr().err
+
+
+def test_realtime_evaluation_follows_ingestion(fresh_sqlite, tmp_path):
+    from core.segments.realtime import evaluate_profiles
+
+    engine = open_db(fresh_sqlite())
+    folder = tmp_path / "rt"
+    folder.mkdir()
+    (folder / "s.yaml").write_text("name: fresh_carts\nrule: {event: add_to_cart, within: 1h}\n")
+    now = datetime.now(UTC)
+    ingest(engine, [{"type": "page_view", "user_id": "u1", "ts": now.isoformat()}])
+    run_segments(engine, now, definitions=load_segment_files(folder))
+    assert memberships(engine) == {}
+    # The built-in plugin re-evaluates u1 as soon as the batch is committed.
+    ingest(engine, [{"type": "add_to_cart", "user_id": "u1", "ts": now.isoformat()}])
+    assert len(memberships(engine)["fresh_carts"]) == 1
+    with engine.connect() as conn:
+        change = conn.execute(sa.select(CHANGES.c.change)).scalars().all()
+    assert change == ["entered"]
+    # Without real time (bulk loads), nothing moves until the next run.
+    ingest(engine, [{"type": "add_to_cart", "user_id": "u2", "ts": now.isoformat()}], notify=False)
+    assert len(memberships(engine)["fresh_carts"]) == 1
+    # An hour later the window has passed: re-evaluating u1 records the exit,
+    # the same answer the SQL path gives for many profiles at once.
+    later = now + timedelta(hours=1, seconds=1)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(models.Profile.__table__.c.id)).scalars().all()
+    changes = evaluate_profiles(engine, set(ids), later)
+    assert [(c.segment, c.change) for c in changes] == [("fresh_carts", "exited")]

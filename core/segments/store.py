@@ -205,7 +205,7 @@ def run_segments(
     from core.plugins import get_manager
 
     if changes:
-        get_manager().hook.on_segment_change(changes=changes)
+        get_manager().hook.on_segment_change(changes=changes, engine=engine)
     return RunResult(as_of, full, len(result.evaluated), _sizes, entered, exited, changes)
 
 
@@ -325,3 +325,41 @@ def members(conn: Connection, name: str) -> list[dict[str, Any]]:
         .order_by(PROFILES.c.id)
     )
     return [{"profile_id": p, "id": who, "since": since} for p, who, since in rows]
+
+
+def backfill(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    step: Any,
+    *,
+    definitions: dict[str, tuple[Segment, dict, str]] | None = None,
+    on_step: Any = None,
+) -> list[tuple[datetime, dict[str, int]]]:
+    """Segment sizes at each as_of from start to end: history from old events.
+
+    Memberships are not touched; only segment_sizes rows are written.
+    """
+    out = []
+    with engine.begin() as conn:
+        if definitions:
+            save_segments(conn, definitions)
+        segs = stored_segments(conn)
+    segments = {n: s for n, (_, _, s) in segs.items()}
+    when = start
+    while when <= end:
+        with engine.begin() as conn:
+            result = evaluate_sql(conn, segments, when)
+            sizes = {n: len(result.members[n]) for n in segments}
+            for name, (sid, version, _) in segs.items():
+                conn.execute(SIZES.delete().where(SIZES.c.segment_id == sid, SIZES.c.as_of == when))
+                conn.execute(
+                    SIZES.insert().values(
+                        segment_id=sid, as_of=when, version=version, size=sizes[name]
+                    )
+                )
+        out.append((when, sizes))
+        if on_step:
+            on_step()
+        when += step
+    return out
