@@ -1,6 +1,7 @@
 """segflow core. Plugins import only what is exported here."""
 
 from core.hookspecs import hookimpl
+from core.segments.conditions import ConditionKind, SqlContext
 from core.sources import EventSource, RawRecord, ReadOptions
 
-__all__ = ["EventSource", "RawRecord", "ReadOptions", "hookimpl"]
+__all__ = ["ConditionKind", "EventSource", "RawRecord", "ReadOptions", "SqlContext", "hookimpl"]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from core.events import StoredEvent
+    from core.segments.conditions import ConditionKind
     from core.segments.store import Change
     from core.sources import EventSource
 
@@ -56,4 +57,16 @@ def on_segment_change(changes: Sequence[Change], engine: Engine) -> None:
     as_of) and ``version`` (of the segment's definition); ``engine`` is the
     database. Workflows start from here; like ``on_events_ingested`` it runs
     after the commit.
+    """
+
+
+@hookspec
+def register_conditions(register: Callable[[ConditionKind], None]) -> None:
+    """Contribute segment condition kinds.
+
+    Call ``register(ConditionKind(name, description, python, sql, validate))``.
+    The kind is used in segment rules as ``{name: params}``; ``validate``
+    checks the params when definitions load, ``python`` answers for one
+    profile in real time and ``sql`` gives the same answer as a boolean SQL
+    expression for the batch evaluator.
     """

@@ -73,7 +73,9 @@ class Profile(SQLModel, table=True):
     # The identified user id; NULL for anonymous profiles.
     user_id: str | None = Field(default=None, max_length=255, unique=True)
     email: str | None = Field(default=None, max_length=320, index=True)
-    attributes: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    attributes: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     # Set when this profile was merged into another; its events and identities
@@ -116,7 +118,9 @@ class Event(SQLModel, table=True):
     currency: str | None = Field(default=None, max_length=3)
     url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     campaign: str | None = Field(default=None, max_length=255)
-    properties: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    properties: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
     source: str = Field(default="api", max_length=64)
     message_id: str = Field(max_length=255, unique=True)
     received_at: datetime = _ts()
@@ -130,7 +134,9 @@ class ApiKey(SQLModel, table=True):
     # First characters of the key, shown in listings so people can tell keys apart.
     prefix: str = Field(max_length=16)
     key_hash: str = Field(max_length=128, unique=True)
-    scopes: list = Field(default_factory=list, sa_column=sa.Column(JSONType, nullable=False))
+    scopes: list = Field(
+        default_factory=list, sa_column=sa.Column(JSONType, nullable=False, default=list)
+    )
     created_at: datetime = _ts()
     last_used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
@@ -144,7 +150,9 @@ class AuditLog(SQLModel, table=True):
     actor: str = Field(default="system", max_length=255)
     action: str = Field(max_length=64, index=True)
     target: str | None = Field(default=None, max_length=255)
-    details: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    details: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
 
 
 class Consent(SQLModel, table=True):
@@ -175,7 +183,9 @@ class Score(SQLModel, table=True):
     )
     model: str = Field(max_length=64)
     value: float
-    components: dict = Field(default_factory=dict, sa_column=sa.Column(JSONType, nullable=False))
+    components: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
     as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     computed_at: datetime = _ts()
 

@@ -184,3 +184,78 @@ def test_hook_on_segment_change(register_plugin, tmp_path):
     )
     run_segments(engine, datetime(2026, 1, 3, tzinfo=UTC), definitions=load_segment_files(tmp_path))
     assert seen == [("searchers", "entered", 1), ("searchers", "exited", 1)]
+
+
+def test_hook_register_conditions(register_plugin, tmp_path):
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from core import ConditionKind
+    from core.segments.batch import evaluate_sql
+    from core.segments.data import load_profile_data
+    from core.segments.evaluate import evaluate
+    from core.segments.language import SegmentError, parse_segment
+
+    def validate(params):
+        if not isinstance(params, str) or not params.startswith("/"):
+            raise ValueError("visited_path needs a path starting with /")
+        return params
+
+    def python(path, profile, as_of):
+        return any(
+            e.type == "page_view" and e.url == path and e.ts <= as_of for e in profile.events
+        )
+
+    def sql(path, ctx):
+        e = ctx.events
+        return sa.exists().where(
+            e.c.profile_id == ctx.profile_id,
+            e.c.type == "page_view",
+            e.c.url == path,
+            e.c.ts <= ctx.as_of,
+        )
+
+    class Paths:
+        @staticmethod
+        def register_conditions(register):
+            register(ConditionKind("visited_path", "viewed this path", python, sql, validate))
+
+    register_plugin(Paths)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(
+        engine,
+        [
+            {"type": "page_view", "user_id": "a", "url": "/pricing", "ts": "2026-01-01T00:00:00Z"},
+            {"type": "page_view", "user_id": "b", "url": "/blog", "ts": "2026-01-01T00:00:00Z"},
+            {"type": "page_view", "user_id": "c", "url": "/pricing", "ts": "2026-03-01T00:00:00Z"},
+        ],
+    )
+    segment = parse_segment({"name": "p", "rule": {"all": [{"visited_path": "/pricing"}]}})
+    as_of = datetime(2026, 2, 1, tzinfo=UTC)
+    with engine.connect() as conn:
+        in_sql = evaluate_sql(conn, {"p": segment}, as_of).members["p"]
+        in_python = {
+            pid
+            for pid in (1, 2, 3)
+            if evaluate(segment.rule, load_profile_data(conn, pid, as_of), as_of).member
+        }
+    assert in_sql == in_python == {1}
+    with pytest.raises(
+        SegmentError, match=r"rule.any\[0\].visited_path: visited_path needs a path"
+    ):
+        parse_segment({"name": "p", "rule": {"any": [{"visited_path": "pricing"}]}})
+
+
+def test_condition_kinds_cannot_shadow_built_ins(register_plugin):
+    from core import ConditionKind
+    from core.segments.conditions import condition_kinds
+
+    class Shadow:
+        @staticmethod
+        def register_conditions(register):
+            register(ConditionKind("event", "no", lambda *a: True, lambda *a: None))
+
+    register_plugin(Shadow)
+    with pytest.raises(ValueError, match="'event' is built in"):
+        condition_kinds()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import models
 from core.db import open_db
 from core.events import ingest
 from core.maintenance import delete_all_data
@@ -151,7 +153,22 @@ attribute_conditions = st.sampled_from(
         {"attribute": "tier", "op": "in", "value": ["gold", "silver"]},
     ]
 )
-leaves = st.one_of(event_conditions(), time_conditions(), sequence_conditions, attribute_conditions)
+profile_conditions = st.sampled_from(
+    [
+        {"consent": "email"},
+        {"score": "engagement", "op": "> 50"},
+        {"score": "engagement", "op": "<= 50"},
+        {"segment": "base"},
+    ]
+)
+leaves = st.one_of(
+    event_conditions(),
+    time_conditions(),
+    sequence_conditions,
+    attribute_conditions,
+    profile_conditions,
+)
+base_rules = st.one_of(event_conditions(), time_conditions(), attribute_conditions)
 rules = st.recursive(
     leaves,
     lambda children: st.one_of(
@@ -163,20 +180,61 @@ rules = st.recursive(
 )
 
 
-def check_same(engine, records, rule):
+@st.composite
+def profile_facts(draw):
+    """Consents and scores per user: (user, granted) and (user, value, hours before as_of)."""
+    consents = [(u, draw(st.booleans())) for u in USERS if draw(st.booleans())]
+    scores = [
+        (u, draw(st.sampled_from([10.0, 50.0, 90.0])), draw(st.sampled_from([-2, 0, 5])))
+        for u in USERS
+        for _ in range(draw(st.integers(0, 2)))
+    ]
+    return consents, scores
+
+
+def store_facts(engine, facts) -> None:
+    consents, scores = facts
+    profiles = models.Profile.__table__
+    with engine.begin() as conn:
+        ids = dict(conn.execute(sa.select(profiles.c.user_id, profiles.c.id)).all())
+        for user, granted in consents:
+            if user in ids:
+                conn.execute(
+                    models.Consent.__table__.insert().values(
+                        profile_id=ids[user], purpose="email", granted=granted
+                    )
+                )
+        for user, value, hours in scores:
+            if user in ids:
+                conn.execute(
+                    models.Score.__table__.insert().values(
+                        profile_id=ids[user],
+                        model="engagement",
+                        value=value,
+                        as_of=AS_OF - timedelta(hours=hours),
+                    )
+                )
+
+
+def check_same(engine, records, rule, base=None, facts=((), ())):
     delete_all_data(engine)
     ingest(engine, records, notify=False)
+    store_facts(engine, facts)
+    base = parse_segment({"name": "base", "rule": base or {"event": "view"}})
     segment = parse_segment({"name": "s", "rule": rule})
     with engine.connect() as conn:
-        batch = evaluate_sql(conn, {"s": segment}, AS_OF)
+        batch = evaluate_sql(conn, {"s": segment, "base": base}, AS_OF)
         python_members, python_next = set(), {}
         for profile in live_profiles(engine):
             data = load_profile_data(conn, profile["id"], AS_OF)
+            data.segments["base"] = evaluate(base.rule, data, AS_OF).member
             outcome = evaluate(segment.rule, data, AS_OF)
             if outcome.member:
                 python_members.add(profile["id"])
-            if outcome.next_change_at is not None:
-                python_next[profile["id"]] = outcome.next_change_at
+            base_next = evaluate(base.rule, data, AS_OF).next_change_at
+            times = [t for t in (outcome.next_change_at, base_next) if t is not None]
+            if times:
+                python_next[profile["id"]] = min(times)
     assert batch.members["s"] == python_members, rule
     assert batch.next_change_at == python_next, rule
 
@@ -187,9 +245,9 @@ SETTINGS = settings(
 
 
 @SETTINGS
-@given(records=events(), rule=rules)
-def test_sqlite_and_python_agree(fresh_sqlite, records, rule):
-    check_same(open_db(fresh_sqlite()), records, rule)
+@given(records=events(), rule=rules, base=base_rules, facts=profile_facts())
+def test_sqlite_and_python_agree(fresh_sqlite, records, rule, base, facts):
+    check_same(open_db(fresh_sqlite()), records, rule, base, facts)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +260,6 @@ def pg_engine(pg_server):
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(records=events(), rule=rules)
-def test_postgresql_and_python_agree(pg_engine, records, rule):
-    check_same(pg_engine, records, rule)
+@given(records=events(), rule=rules, base=base_rules, facts=profile_facts())
+def test_postgresql_and_python_agree(pg_engine, records, rule, base, facts):
+    check_same(pg_engine, records, rule, base, facts)

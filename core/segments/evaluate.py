@@ -21,7 +21,7 @@ test could flip with no new event; re-evaluating then is always safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,9 +83,6 @@ class ProfileData:
     segments: dict[str, bool] = field(default_factory=dict)
 
 
-PluginEvaluator = Callable[[Any, ProfileData, datetime], bool]
-
-
 @dataclass
 class Outcome:
     member: bool
@@ -97,11 +94,11 @@ class Evaluator:
         self,
         data: ProfileData,
         as_of: datetime,
-        plugins: dict[str, PluginEvaluator] | None = None,
+        plugins: dict[str, Any] | None = None,
     ) -> None:
         self.data = data
         self.as_of = as_of
-        self.plugins = plugins or {}
+        self.plugins = plugins
         self.visible = [e for e in data.events if e.ts <= as_of]
         self.changes: list[datetime] = []
 
@@ -144,9 +141,13 @@ class Evaluator:
         if isinstance(rule, SegmentRef):
             return bool(self.data.segments.get(rule.segment, False))
         if isinstance(rule, PluginCondition):
+            if self.plugins is None:
+                from core.segments.conditions import condition_kinds
+
+                self.plugins = condition_kinds()
             if rule.kind not in self.plugins:
                 raise LookupError(f"no plugin provides condition kind {rule.kind!r}")
-            return bool(self.plugins[rule.kind](rule.params, self.data, self.as_of))
+            return bool(self.plugins[rule.kind].python(rule.params, self.data, self.as_of))
         raise TypeError(f"unknown rule {rule!r}")
 
     # -- conditions ---------------------------------------------------------------
@@ -222,7 +223,7 @@ def evaluate(
     rule: Any,
     data: ProfileData,
     as_of: datetime,
-    plugins: dict[str, PluginEvaluator] | None = None,
+    plugins: dict[str, Any] | None = None,
 ) -> Outcome:
     return Evaluator(data, as_of, plugins).outcome(rule)
 

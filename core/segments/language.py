@@ -453,8 +453,13 @@ def _pydantic_reason(exc: ValidationError) -> tuple[str, str]:
     return loc, msg
 
 
-def parse_rule(data: Any, path: str = "rule", plugin_kinds: frozenset[str] = frozenset()) -> Rule:
-    """Validate one rule (recursively); errors raise SegmentError with the path."""
+def parse_rule(data: Any, path: str = "rule", plugins: dict[str, Any] | None = None) -> Rule:
+    """Validate one rule (recursively); errors raise SegmentError with the path.
+
+    ``plugins``: condition kinds from ``register_conditions`` (name -> kind).
+    """
+    plugins = plugins or {}
+    plugin_kinds = frozenset(plugins)
     if not isinstance(data, dict) or not data:
         raise SegmentError("expected a condition (a mapping like {event: ...})", path=path)
     kinds = [k for k in data if k in KIND_KEYS or k in plugin_kinds]
@@ -468,7 +473,11 @@ def parse_rule(data: Any, path: str = "rule", plugin_kinds: frozenset[str] = fro
     if kind in plugin_kinds and kind not in KIND_KEYS:
         if len(data) != 1:
             raise SegmentError(f"{kind}: put the parameters under '{kind}'", path=path)
-        return PluginCondition(kind=kind, params=data[kind])
+        try:
+            params = plugins[kind].validate(data[kind])
+        except ValueError as exc:
+            raise SegmentError(str(exc), path=f"{path}.{kind}") from None
+        return PluginCondition(kind=kind, params=params)
     if kind in ("all", "any"):
         items = data[kind]
         if len(data) != 1:
@@ -478,13 +487,13 @@ def parse_rule(data: Any, path: str = "rule", plugin_kinds: frozenset[str] = fro
                 f"'{kind}' needs a non-empty list of conditions", path=f"{path}.{kind}"
             )
         children = tuple(
-            parse_rule(item, f"{path}.{kind}[{i}]", plugin_kinds) for i, item in enumerate(items)
+            parse_rule(item, f"{path}.{kind}[{i}]", plugins) for i, item in enumerate(items)
         )
         return AllOf(all=children) if kind == "all" else AnyOf(any=children)
     if kind == "not":
         if len(data) != 1:
             raise SegmentError("'not' takes exactly one condition", path=path)
-        return NotOf(not_=parse_rule(data["not"], f"{path}.not", plugin_kinds))
+        return NotOf(not_=parse_rule(data["not"], f"{path}.not", plugins))
     model = KIND_KEYS[kind]
     try:
         return model.model_validate(data)
@@ -530,8 +539,14 @@ def segment_refs(rule: Any) -> list[str]:
 
 
 def parse_segment(
-    data: Any, *, file: str | None = None, plugin_kinds: frozenset[str] = frozenset()
+    data: Any, *, file: str | None = None, plugins: dict[str, Any] | None = None
 ) -> Segment:
+    """Validate a segment; plugin condition kinds come from the plugin manager
+    unless ``plugins`` is given."""
+    if plugins is None:
+        from core.segments.conditions import condition_kinds
+
+        plugins = condition_kinds()
     if not isinstance(data, dict):
         raise SegmentError("a segment is a mapping with name, description, rule", file=file)
     name = data.get("name")
@@ -543,7 +558,7 @@ def parse_segment(
     if "rule" not in data:
         raise SegmentError("rule is required", file=file, segment=name)
     try:
-        rule = parse_rule(data["rule"], "rule", plugin_kinds)
+        rule = parse_rule(data["rule"], "rule", plugins)
     except SegmentError as exc:
         raise SegmentError(exc.reason, file=file, segment=name, path=exc.path) from None
     try:

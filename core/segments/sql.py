@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.expression import ColumnElement
 
 from core import models
+from core.segments.conditions import SqlContext
 from core.segments.language import (
     EVENT_COLUMNS,
     AllOf,
@@ -205,8 +206,7 @@ class Compiler:
         self.as_of = as_of
         self.f = Features(as_of)
         self.segments = segments or {}
-        self.plugins = plugins or {}
-        self._pending: list[tuple[str, Any]] = []  # (kind, payload) resolved at query time
+        self.plugins = plugins
 
     # Column references are resolved once the feature subqueries exist.
     def compile(self, rule: Any) -> Any:
@@ -250,9 +250,13 @@ class Compiler:
                 raise LookupError(f"unknown segment {rule.segment!r}")
             return self.compile(self.segments[rule.segment])
         if isinstance(rule, PluginCondition):
+            if self.plugins is None:
+                from core.segments.conditions import condition_kinds
+
+                self.plugins = condition_kinds()
             if rule.kind not in self.plugins:
                 raise LookupError(f"no plugin provides condition kind {rule.kind!r}")
-            return ("plugin", rule)
+            return ("plugin", self.plugins[rule.kind], rule.params)
         raise TypeError(f"unknown rule {rule!r}")
 
     # -- the query ------------------------------------------------------------------
@@ -365,6 +369,10 @@ class _Ctx:
             )
         if op == "profile":
             return self._profile(tree[1])
+        if op == "plugin":
+            _, kind, params = tree
+            ctx = SqlContext(self.p.c.id, self.p, EVENTS, self.as_of)
+            return sa.case((kind.sql(params, ctx), 1), else_=0) == 1
         raise TypeError(f"cannot render {op}")
 
     def _profile(self, rule: Any) -> ColumnElement:

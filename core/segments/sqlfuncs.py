@@ -122,10 +122,52 @@ def _sqlite_contains(element, compiler, **kw):
     return f"(instr({haystack}, {needle}) > 0)"
 
 
+@compiles(text_contains, "postgresql")
+def _pg_contains(element, compiler, **kw):
+    haystack, needle = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(strpos({haystack}, {needle}) > 0)"
+
+
+# Other dialects: standard POSITION and the JSON_EXTRACT / JSON_TYPE family
+# (MySQL, MariaDB). Compiled and checked for shape, not run against a server.
 @compiles(text_contains)
 def _default_contains(element, compiler, **kw):
     haystack, needle = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(strpos({haystack}, {needle}) > 0)"
+    return f"(POSITION({needle} IN {haystack}) > 0)"
+
+
+def _extract(compiler, element, **kw) -> str:
+    return f"JSON_EXTRACT({_col(compiler, element, **kw)}, {_path(element)})"
+
+
+@compiles(json_text)
+def _default_text(element, compiler, **kw):
+    x = _extract(compiler, element, **kw)
+    return f"(CASE WHEN JSON_TYPE({x}) = 'STRING' THEN JSON_UNQUOTE({x}) END)"
+
+
+@compiles(json_number)
+def _default_number(element, compiler, **kw):
+    x = _extract(compiler, element, **kw)
+    return (
+        f"(CASE WHEN JSON_TYPE({x}) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL') "
+        f"THEN {x} + 0 END)"
+    )
+
+
+@compiles(json_bool)
+def _default_bool(element, compiler, **kw):
+    x = _extract(compiler, element, **kw)
+    return (
+        f"(CASE WHEN JSON_TYPE({x}) = 'BOOLEAN' "
+        f"THEN (CASE WHEN {x} = CAST('true' AS JSON) THEN 1 ELSE 0 END) END)"
+    )
+
+
+@compiles(json_key)
+def _default_key(element, compiler, **kw):
+    x = _extract(compiler, element, **kw)
+    return f"(CASE WHEN JSON_TYPE({x}) <> 'NULL' THEN CAST({x} AS CHAR) END)"
 
 
 def starts_with(x: ColumnElement, prefix: str) -> ColumnElement:
