@@ -365,6 +365,9 @@ def _summary_tables(summary: dict[str, Any]) -> list[Table]:
     return [head, types]
 
 
+EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "examples" / "segments"
+
+
 @app.command()
 def demo(
     ctx: typer.Context,
@@ -374,9 +377,13 @@ def demo(
     reset: Annotated[
         bool, typer.Option(help="Delete the previous demo run first (refused on real data).")
     ] = False,
+    segments: Annotated[
+        Path | None,
+        typer.Option(help="Segment definitions to run on the store (default: the examples)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Generate a realistic outdoor-gear store, import it and summarise."""
+    """Generate a realistic outdoor-gear store, import it, run the segments, summarise."""
     from core.demo import generate
     from core.events import ingest
     from core.maintenance import DEMO_SOURCE
@@ -396,14 +403,30 @@ def demo(
             batch_size=settings.batch_size,
             on_progress=advance,
             expected=people * 60,
+            # A bulk load: segments are evaluated once, below, not per batch.
+            notify=False,
         )
+    from datetime import UTC, datetime
+
+    from core.segments.store import load_segment_files, run_segments
+
+    run = run_segments(
+        engine, datetime.now(UTC), definitions=load_segment_files(segments or EXAMPLE_SEGMENTS)
+    )
     summary = database_summary(engine)
+    summary["segments"] = dict(sorted(run.sizes.items()))
     summary["import"] = report.as_dict() | {"rejections": report.as_dict()["rejections"][:20]}
     if as_json:
         out.print_json(json.dumps(summary))
     else:
         for t in _summary_tables(summary):
             out.print(t)
+        sizes = Table(
+            "segment", "members", title=f"segments ({'full' if run.full else 'incremental'} run)"
+        )
+        for name, size in summary["segments"].items():
+            sizes.add_row(name, f"{size:,}")
+        out.print(sizes)
         out.print(
             f"imported {report.accepted:,} events ({report.duplicates:,} duplicates skipped, "
             f"{len(report.rejected):,} rejected) into "
