@@ -339,3 +339,25 @@ def test_rules_compile_for_other_dialects():
     stmt, _ = compiler.query({"s": compiler.compile(rule)})
     text = str(stmt.compile(dialect=mysql.dialect()))
     assert "JSON_EXTRACT" in text.upper() and "GROUP BY" in text
+
+
+def test_identical_conditions_share_one_feature_and_one_scan():
+    from core.segments.language import parse_segment
+    from core.segments.sql import Compiler
+
+    views = {"event": "product_view", "within": "48h", "count": ">= 3"}
+    segments = {
+        "a": parse_segment({"name": "a", "rule": views}).rule,
+        "b": parse_segment({"name": "b", "rule": {"all": [views, {"not": {"event": "buy"}}]}}).rule,
+        "c": parse_segment({"name": "c", "rule": {"any": [
+            {"event": "product_view", "within": "48h", "count": ">= 5"}, {"event": "buy"}
+        ]}}).rule,
+    }
+    compiler = Compiler(END)
+    compiled = {n: compiler.compile(r) for n, r in segments.items()}
+    # product_view in 48h is one count feature for all three segments; buy is one more;
+    # the window's oldest event (for next_change_at) is one time feature.
+    assert len(compiler.f.event) == 3
+    stmt, _ = compiler.query(compiled)
+    sql = str(stmt.compile())
+    assert sql.count("FROM events") == 1

@@ -127,15 +127,19 @@ class Filter(BaseModel):
         field_ref(self.field)
         if self.op in ("in", "not_in"):
             if not isinstance(self.value, tuple) or not self.value:
-                raise ValueError(f"'{self.op}' needs a non-empty list")
+                raise ValueError(f"{self.field}: '{self.op}' needs a non-empty list")
         elif isinstance(self.value, tuple):
-            raise ValueError(f"'{self.op}' needs a single value, not a list")
+            raise ValueError(f"{self.field}: '{self.op}' needs a single value, not a list")
         if self.op in (">", ">=", "<", "<=") and (
             isinstance(self.value, bool) or not isinstance(self.value, int | float)
         ):
-            raise ValueError(f"'{self.op}' compares numbers; {self.value!r} is not a number")
+            raise ValueError(
+                f"{self.field}: '{self.op}' compares numbers; {self.value!r} is not a number"
+            )
         if self.op in ("contains", "starts_with") and not isinstance(self.value, str):
-            raise ValueError(f"'{self.op}' needs a text value")
+            raise ValueError(f"{self.field}: '{self.op}' needs a text value")
+        if isinstance(self.value, tuple) and len({type(v) for v in self.value}) > 1:
+            raise ValueError(f"{self.field}: the values of '{self.op}' must all be of one type")
         return self
 
 

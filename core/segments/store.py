@@ -73,7 +73,11 @@ class Saved:
 
 
 def save_segments(conn: Connection, defs: dict[str, tuple[Segment, dict, str]]) -> dict[str, Saved]:
-    check_references({n: d[0] for n, d in defs.items()}, known=set(stored_names(conn)))
+    try:
+        check_references({n: d[0] for n, d in defs.items()}, known=set(stored_names(conn)))
+    except SegmentError as exc:
+        file = defs[exc.segment][2] if exc.segment in defs else None
+        raise SegmentError(exc.reason, file=file, segment=exc.segment) from None
     now = utcnow()
     saved: dict[str, Saved] = {}
     existing = {r.name: r for r in conn.execute(sa.select(SEGMENTS))}
