@@ -365,7 +365,9 @@ def _summary_tables(summary: dict[str, Any]) -> list[Table]:
     return [head, types]
 
 
-EXAMPLE_SEGMENTS = Path(__file__).resolve().parents[1] / "examples" / "segments"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_SEGMENTS = EXAMPLES / "segments"
+EXAMPLE_SCORES = EXAMPLES / "scores"
 
 
 @app.command()
@@ -380,6 +382,10 @@ def demo(
     segments: Annotated[
         Path | None,
         typer.Option(help="Segment definitions to run on the store (default: the examples)."),
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Score definitions to compute first (default: the examples)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -408,13 +414,16 @@ def demo(
         )
     from datetime import UTC, datetime
 
+    from core.scoring import load_score_files, run_scores
     from core.segments.store import load_segment_files, run_segments
 
-    run = run_segments(
-        engine, datetime.now(UTC), definitions=load_segment_files(segments or EXAMPLE_SEGMENTS)
-    )
+    now = datetime.now(UTC)
+    # Scores first: segments such as loyal_high_engagement read them.
+    scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES), now)
+    run = run_segments(engine, now, definitions=load_segment_files(segments or EXAMPLE_SEGMENTS))
     summary = database_summary(engine)
     summary["segments"] = dict(sorted(run.sizes.items()))
+    summary["scores"] = scored
     summary["import"] = report.as_dict() | {"rejections": report.as_dict()["rejections"][:20]}
     if as_json:
         out.print_json(json.dumps(summary))
@@ -778,6 +787,96 @@ def segments_explain(
         out.print(f"could change without new events at {report['next_change_at']}")
 
 
+# -- scores ----------------------------------------------------------------------
+
+scores_app = typer.Typer(
+    help="Scores: engagement points, RFM, predictive value.", no_args_is_help=True
+)
+app.add_typer(scores_app, name="scores")
+
+
+@scores_app.command("run")
+def scores_run(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of score YAML files.")] = Path(
+        "scores"
+    ),
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compute every score defined in DIR for everyone and store it (history kept)."""
+    from core.scoring import load_score_files, run_scores
+
+    when = _as_of(as_of)
+    counts = run_scores(_engine(ctx), load_score_files(directory), when)
+    if as_json:
+        out.print_json(json.dumps({"as_of": when.isoformat(), "scored": counts}))
+        return
+    table = Table("score", "profiles scored", title=f"scores as of {when.isoformat()}")
+    for name, n in sorted(counts.items()):
+        table.add_row(name, f"{n:,}")
+    out.print(table)
+
+
+@scores_app.command("show")
+def scores_show(
+    ctx: typer.Context,
+    user_id: Annotated[str, typer.Argument(help="User id, anonymous id or email.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A person's latest scores, with their components."""
+    from core.profiles import find_profile_id
+    from core.scoring import latest_scores
+
+    with _engine(ctx).connect() as conn:
+        rows = latest_scores(conn, find_profile_id(conn, user_id))
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("score", "value", "as of", "runs", "components", title=user_id)
+    for r in rows:
+        comps = ", ".join(f"{k}={v}" for k, v in r["components"].items())
+        table.add_row(r["score"], f"{r['value']:.3f}", r["as_of"], str(r["history"]), comps)
+    out.print(table)
+
+
+@scores_app.command("fit")
+def scores_fit(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The model to fit: bgnbd.")],
+    event: Annotated[str, typer.Option(help="The purchase event type.")] = "purchase",
+    as_of: AsOf = None,
+    horizon: Annotated[float, typer.Option(help="Prediction horizon, in weeks.")] = 39.0,
+    name: Annotated[str, typer.Option(help="Name of the stored scores.")] = "bgnbd",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fit BG/NBD (+ Gamma-Gamma) by maximum likelihood; store P(alive), purchases, CLV."""
+    if model != "bgnbd":
+        raise UsageError(f"unknown model {model!r} (available: bgnbd)")
+    from plugins.scoring.predictive import fit_and_score
+
+    from core.scoring import store_scores
+
+    when = _as_of(as_of)
+    engine = _engine(ctx)
+    with engine.begin() as conn:
+        fit, values = fit_and_score(conn, event=event, as_of=when, horizon=horizon, name=name)
+        stored = store_scores(conn, values, when)
+    result = {
+        k: getattr(fit, k)
+        for k in ("r", "alpha", "a", "b", "log_likelihood", "profiles", "p", "q", "v")
+        if getattr(fit, k, None) is not None
+    }
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table("parameter", "value", title=f"BG/NBD fit as of {when.isoformat()}")
+    for k, v in result.items():
+        table.add_row(k, f"{v:,.4f}" if isinstance(v, float) else f"{v:,}")
+    out.print(table)
+    out.print(", ".join(f"{n}: {c:,} profiles" for n, c in stored.items()))
+
+
 # -- dashboard -------------------------------------------------------------------
 
 dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)
@@ -867,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.importer import ImportUsageError
     from core.mapping import MappingError
     from core.profiles import ProfileNotFound
+    from core.scoring import ScoreError
     from core.segments.language import SegmentError
 
     try:
@@ -877,7 +977,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ImportUsageError, MappingError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
-    except (ConfigError, dbmod.DatabaseError, ProfileNotFound, IngestError, SegmentError) as exc:
+    except (
+        ConfigError,
+        dbmod.DatabaseError,
+        ProfileNotFound,
+        IngestError,
+        SegmentError,
+        ScoreError,
+    ) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:

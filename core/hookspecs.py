@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from core.events import StoredEvent
+    from core.scoring import ScoringModel
     from core.segments.conditions import ConditionKind
     from core.segments.store import Change
     from core.sources import EventSource
@@ -69,4 +70,17 @@ def register_conditions(register: Callable[[ConditionKind], None]) -> None:
     checks the params when definitions load, ``python`` answers for one
     profile in real time and ``sql`` gives the same answer as a boolean SQL
     expression for the batch evaluator.
+    """
+
+
+@hookspec
+def register_scoring_models(register: Callable[[ScoringModel], None]) -> None:
+    """Contribute scoring model kinds (points, rfm, bgnbd, ...).
+
+    Call ``register(ScoringModel(kind, description, score_all, validate,
+    score_one))``. Score definitions (YAML) name a kind and give its params;
+    ``validate`` checks them, ``score_all(conn, params, as_of, name)`` scores
+    every profile in batch and returns ``{score name: {profile_id:
+    ScoreValue}}``, and the optional ``score_one(profile, params, as_of)``
+    scores one profile in real time with the same result.
     """

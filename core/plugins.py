@@ -19,6 +19,7 @@ from core import hookspecs
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.files",
     "plugins.segments.realtime",
+    "plugins.scoring.points",
 )
 
 

@@ -259,3 +259,44 @@ def test_condition_kinds_cannot_shadow_built_ins(register_plugin):
     register_plugin(Shadow)
     with pytest.raises(ValueError, match="'event' is built in"):
         condition_kinds()
+
+
+def test_hook_register_scoring_models(register_plugin, tmp_path):
+    from datetime import UTC, datetime
+
+    from core import ScoreValue, ScoringModel
+    from core.scoring import latest_scores, parse_definition, run_scores, scoring_models
+
+    def score_all(conn, params, as_of, name):
+        import sqlalchemy as sa
+
+        from core.identity import EVENTS
+
+        rows = conn.execute(
+            sa.select(EVENTS.c.profile_id, sa.func.count())
+            .where(EVENTS.c.ts <= as_of)
+            .group_by(EVENTS.c.profile_id)
+        )
+        return {name: {pid: ScoreValue(n * params["weight"], {"events": n}) for pid, n in rows}}
+
+    def validate(params):
+        if not isinstance(params.get("weight"), int | float):
+            raise ValueError("weight must be a number")
+        return params
+
+    class Activity:
+        @staticmethod
+        def register_scoring_models(register):
+            register(ScoringModel("activity", "events times a weight", score_all, validate))
+
+    register_plugin(Activity)
+    assert {"points", "activity"} <= set(scoring_models())
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(engine, [{"type": "x", "user_id": "u", "ts": 1_700_000_000 + i} for i in range(3)])
+    definition = parse_definition({"name": "act", "model": "activity", "params": {"weight": 2}})
+    assert run_scores(engine, {"act": definition}, datetime(2030, 1, 1, tzinfo=UTC)) == {"act": 1}
+    with engine.connect() as conn:
+        (row,) = latest_scores(conn, 1)
+    assert (row["score"], row["value"], row["components"]) == ("act", 6.0, {"events": 3})
+    with pytest.raises(ValueError, match="weight must be a number"):
+        parse_definition({"name": "act", "model": "activity", "params": {}})

@@ -301,12 +301,12 @@ def test_cli_explain_preview_backfill_and_segment_tests(tmp_path, monkeypatch, c
     assert [h["size"] for h in json.loads(capsys.readouterr().out)] == [0, 0, 1]
 
     assert main(["segments", "test", "--dir", str(tmp_path / "segments")]) == 0
-    assert "6 passed, 0 failed" in capsys.readouterr().out
+    assert "8 passed, 0 failed" in capsys.readouterr().out
     broken = tmp_path / "segments" / "high_intent.yaml"
     broken.write_text(broken.read_text().replace('count: ">= 3"', 'count: ">= 4"'))
     assert main(["segments", "test", "--dir", str(tmp_path / "segments")]) == 1
     captured = capsys.readouterr()
-    assert "5 passed, 1 failed" in captured.out
+    assert "7 passed, 1 failed" in captured.out
     assert (
         "FAILED" in captured.err
         and "browsed and added, did not buy - expected in, got out" in captured.err
@@ -349,9 +349,17 @@ def test_identical_conditions_share_one_feature_and_one_scan():
     segments = {
         "a": parse_segment({"name": "a", "rule": views}).rule,
         "b": parse_segment({"name": "b", "rule": {"all": [views, {"not": {"event": "buy"}}]}}).rule,
-        "c": parse_segment({"name": "c", "rule": {"any": [
-            {"event": "product_view", "within": "48h", "count": ">= 5"}, {"event": "buy"}
-        ]}}).rule,
+        "c": parse_segment(
+            {
+                "name": "c",
+                "rule": {
+                    "any": [
+                        {"event": "product_view", "within": "48h", "count": ">= 5"},
+                        {"event": "buy"},
+                    ]
+                },
+            }
+        ).rule,
     }
     compiler = Compiler(END)
     compiled = {n: compiler.compile(r) for n, r in segments.items()}

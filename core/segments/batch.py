@@ -26,12 +26,18 @@ def evaluate_sql(
     as_of: datetime,
     profile_ids: list[int] | None = None,
     plugins: dict[str, Any] | None = None,
+    only: set[str] | None = None,
 ) -> BatchResult:
-    """Members of each segment as of ``as_of`` among ``profile_ids`` (None: all)."""
+    """Members of each segment as of ``as_of`` among ``profile_ids`` (None: all).
+
+    ``only`` restricts the answer to some segments; the others are still there
+    for ``segment:`` references.
+    """
     check_references(segments)
     compiler = Compiler(as_of, {n: s.rule for n, s in segments.items()}, plugins)
-    compiled = {name: compiler.compile(seg.rule) for name, seg in segments.items()}
-    members: dict[str, set[int]] = {name: set() for name in segments}
+    wanted = {n: s for n, s in segments.items() if only is None or n in only}
+    compiled = {name: compiler.compile(seg.rule) for name, seg in wanted.items()}
+    members: dict[str, set[int]] = {name: set() for name in wanted}
     next_change: dict[int, datetime] = {}
     evaluated: set[int] = set()
     id_sets = [None] if profile_ids is None else list(chunks(sorted(profile_ids), 5000))
@@ -40,7 +46,7 @@ def evaluate_sql(
         for row in conn.execute(stmt).mappings():
             pid = row["profile_id"]
             evaluated.add(pid)
-            for name in segments:
+            for name in wanted:
                 if row[f"seg_{name}"]:
                     members[name].add(pid)
             times = [

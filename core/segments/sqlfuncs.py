@@ -172,3 +172,29 @@ def _default_key(element, compiler, **kw):
 
 def starts_with(x: ColumnElement, prefix: str) -> ColumnElement:
     return sa.func.substr(x, 1, len(prefix)) == prefix
+
+
+class epoch_seconds(FunctionElement):  # noqa: N801
+    """Whole seconds since 1970 of a UTC timestamp column (fractions dropped)."""
+
+    type = sa.BigInteger()
+    name = "epoch_seconds"
+    inherit_cache = True
+
+
+@compiles(epoch_seconds, "sqlite")
+def _sqlite_epoch(element, compiler, **kw):
+    (column,) = list(element.clauses)
+    return f"CAST(strftime('%s', {compiler.process(column, **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _pg_epoch(element, compiler, **kw):
+    (column,) = list(element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {compiler.process(column, **kw)})) AS BIGINT)"
+
+
+@compiles(epoch_seconds)
+def _default_epoch(element, compiler, **kw):
+    (column,) = list(element.clauses)
+    return f"UNIX_TIMESTAMP({compiler.process(column, **kw)})"

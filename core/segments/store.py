@@ -162,9 +162,10 @@ def run_segments(
 ) -> RunResult:
     """Save ``definitions`` (if given), evaluate and record membership changes.
 
-    Incremental unless ``full``: only profiles with events ingested since the
-    last run, with a due ``next_change_at``, or changed since (traits, merges)
-    are evaluated; a new or changed segment is evaluated for everyone.
+    Incremental unless ``full`` (or the first run, or an as_of earlier than the
+    last run's): only profiles with events ingested since the last run, with a
+    due ``next_change_at``, or changed since (traits, merges) are evaluated; a
+    new or changed segment is evaluated for everyone.
     """
     with engine.begin() as conn:
         saved = save_segments(conn, definitions) if definitions else {}
@@ -176,10 +177,11 @@ def run_segments(
         max_event_id = max_event_id.scalar_one()
         started = utcnow()
         changed = {n for n, s in saved.items() if s.changed}
-        full = full or last is None
+        # Going back in time (replays) cannot build on a later run's state.
+        full = full or last is None or as_of < last.as_of
         segments = {n: s for n, (_, _, s) in segs.items()}
         everyone = (
-            evaluate_sql(conn, {n: segments[n] for n in changed}, as_of, None, plugins)
+            evaluate_sql(conn, segments, as_of, None, plugins, only=changed)
             if changed and not full
             else None
         )

@@ -1,0 +1,182 @@
+"""Scores: definitions, the scoring-model plugin contract, runs and storage.
+
+A *model kind* (points, rfm, bgnbd...) is contributed by a plugin through
+``register_scoring_models``; a *score definition* is data (YAML) naming a
+kind and its parameters, e.g. ``examples/scores/engagement.yaml``:
+
+    name: engagement
+    model: points
+    params: {...}
+
+Running a definition stores one row per profile in ``scores`` (the history is
+kept: every run adds rows with its as_of); the segment condition
+``{score: engagement, op: "> 70"}`` reads the latest value at or before the
+segment's as_of.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Connection, Engine
+
+from core import models
+from core.models import utcnow
+
+SCORES = models.Score.__table__
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ScoreError(ValueError):
+    """A score definition or fit is wrong or impossible; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ScoreValue:
+    value: float
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+# Batch: (connection, validated params, as_of) -> {score name: {profile_id: ScoreValue}}.
+# One definition may store several scores (e.g. rfm stores rfm and rfm_group...);
+# the definition's own name is passed in params as "__name__" by the runner.
+BatchScorer = Callable[[Connection, Any, datetime, str], dict[str, dict[int, ScoreValue]]]
+# Real time, optional: (ProfileData, validated params, as_of) -> ScoreValue.
+ProfileScorer = Callable[[Any, Any, datetime], ScoreValue]
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    kind: str
+    description: str
+    score_all: BatchScorer
+    validate: Callable[[Any], Any] = lambda params: params
+    score_one: ProfileScorer | None = None
+
+
+@dataclass(frozen=True)
+class ScoreDefinition:
+    name: str
+    model: str
+    params: Any
+    description: str = ""
+    file: str | None = None
+
+
+def scoring_models(pm: pluggy.PluginManager | None = None) -> dict[str, ScoringModel]:
+    from core.plugins import get_manager
+
+    pm = pm or get_manager()
+    found: dict[str, ScoringModel] = {}
+
+    def register(model: ScoringModel) -> None:
+        if model.kind in found:
+            raise ValueError(f"scoring model {model.kind!r} is registered twice")
+        found[model.kind] = model
+
+    pm.hook.register_scoring_models(register=register)
+    return found
+
+
+def parse_definition(data: Any, file: str | None = None) -> ScoreDefinition:
+    where = f"{file}: " if file else ""
+    if not isinstance(data, dict):
+        raise ScoreError(f"{where}a score definition is a mapping with name, model, params")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ScoreError(f"{where}name {name!r} must be snake_case (a-z, 0-9, _)")
+    unknown = set(data) - {"name", "model", "params", "description"}
+    if unknown:
+        raise ScoreError(f"{where}score '{name}': unknown key(s) {', '.join(sorted(unknown))}")
+    kinds = scoring_models()
+    kind = data.get("model")
+    if kind not in kinds:
+        raise ScoreError(
+            f"{where}score '{name}': model {kind!r} is not one of {', '.join(sorted(kinds))}"
+        )
+    try:
+        params = kinds[kind].validate(data.get("params") or {})
+    except ValueError as exc:
+        raise ScoreError(f"{where}score '{name}': params: {exc}") from None
+    return ScoreDefinition(name, kind, params, str(data.get("description") or ""), file)
+
+
+def load_score_files(directory: Path) -> dict[str, ScoreDefinition]:
+    if not directory.is_dir():
+        raise ScoreError(f"{directory}: no such directory")
+    found: dict[str, ScoreDefinition] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ScoreError(f"{path}: not valid YAML: {exc}") from None
+        for item in data if isinstance(data, list) else [data]:
+            definition = parse_definition(item, str(path))
+            if definition.name in found:
+                raise ScoreError(f"{path}: score '{definition.name}' is defined twice")
+            found[definition.name] = definition
+    return found
+
+
+def store_scores(
+    conn: Connection, values: dict[str, dict[int, ScoreValue]], as_of: datetime
+) -> dict[str, int]:
+    """Add one row per profile and score name; earlier rows stay as history."""
+    now = utcnow()
+    counts = {}
+    for name, per_profile in values.items():
+        rows = [
+            {
+                "profile_id": pid,
+                "model": name,
+                "value": float(v.value),
+                "components": v.components,
+                "as_of": as_of,
+                "computed_at": now,
+            }
+            for pid, v in per_profile.items()
+        ]
+        for row in rows:
+            if row["value"] != row["value"] or row["value"] in (float("inf"), float("-inf")):
+                raise ScoreError(f"score '{name}': not a number for profile {row['profile_id']}")
+        conn.execute(SCORES.delete().where(SCORES.c.model == name, SCORES.c.as_of == as_of))
+        if rows:
+            conn.execute(SCORES.insert(), rows)
+        counts[name] = len(rows)
+    return counts
+
+
+def run_scores(
+    engine: Engine, definitions: dict[str, ScoreDefinition], as_of: datetime
+) -> dict[str, int]:
+    """Compute every definition for everyone and store the rows; name -> profiles scored."""
+    kinds = scoring_models()
+    counts: dict[str, int] = {}
+    with engine.begin() as conn:
+        for name, definition in definitions.items():
+            values = kinds[definition.model].score_all(conn, definition.params, as_of, name)
+            counts |= store_scores(conn, values, as_of)
+    return counts
+
+
+def latest_scores(conn: Connection, profile_id: int) -> list[dict[str, Any]]:
+    """Each score name's latest row for one profile, with its history length."""
+    rows = conn.execute(
+        sa.select(SCORES.c.model, SCORES.c.value, SCORES.c.components, SCORES.c.as_of)
+        .where(SCORES.c.profile_id == profile_id)
+        .order_by(SCORES.c.model, SCORES.c.as_of, SCORES.c.id)
+    ).all()
+    out: dict[str, dict[str, Any]] = {}
+    for model, value, components, as_of in rows:
+        entry = out.setdefault(model, {"score": model, "history": 0})
+        entry.update(value=value, components=components or {}, as_of=as_of.isoformat())
+        entry["history"] += 1
+    return list(out.values())

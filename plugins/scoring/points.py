@@ -1,0 +1,186 @@
+"""Engagement points: points per behaviour, decayed by age, capped, 0..100.
+
+Definition (YAML, like segments)::
+
+    name: engagement
+    model: points
+    params:
+      rules:
+        - {event: email_open, points: 1}
+        - {event: product_view, points: 2, cap: {events: 10, per: 1d}}
+        - {event: purchase, points: 10, where: {value: {">=": 50}}}
+      half_life: 14d
+      window: 365d          # optional: older events give nothing
+      cap: 100              # raw points at which the score reaches 100
+
+Semantics, the same in SQL (batch) and Python (one profile):
+- an event counts for every rule it matches (type and ``where``), with
+  ts <= as_of and, with ``window``, ts > as_of - window;
+- its age is measured in whole seconds (both timestamps truncated to the
+  second) and its points decay by 0.5 ** (age / half_life);
+- ``cap: {events: N, per: D}`` counts at most the N most recent matching
+  events in each bucket of length D counted back from as_of (bucket k holds
+  ages in [k*D, (k+1)*D)); equal times give equal points, so ties do not matter;
+- score = 100 * min(total, cap) / cap, with the decayed total in components.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core import ScoreValue, ScoringModel, hookimpl
+from core.identity import EVENTS, PROFILES
+from core.segments.language import Duration, EventTypes, Where, _check_types
+from core.segments.sql import where_sql
+from core.segments.sqlfuncs import epoch_seconds
+from core.segments.values import matches
+
+
+class Cap(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: int = Field(ge=1)
+    per: Duration
+
+
+class PointsRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: EventTypes
+    points: float
+    where: Where = ()
+    cap: Cap | None = None
+
+    def model_post_init(self, _context: Any) -> None:
+        _check_types(self.event)
+
+
+class PointsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: tuple[PointsRule, ...] = Field(min_length=1)
+    half_life: Duration
+    window: Duration | None = None
+    cap: float = Field(gt=0)
+
+
+def validate(params: Any) -> PointsParams:
+    try:
+        return PointsParams.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _seconds(d: timedelta) -> int:
+    return int(d.total_seconds())
+
+
+# -- Python (one profile) ----------------------------------------------------------
+
+
+def score_one(profile: Any, params: PointsParams, as_of: datetime) -> ScoreValue:
+    now = math.floor(as_of.timestamp())
+    half = _seconds(params.half_life)
+    oldest = as_of - params.window if params.window else None
+    total = 0.0
+    per_rule = []
+    for rule in params.rules:
+        types = set(rule.event)
+        ages = []
+        for e in profile.events:
+            if e.type not in types or e.ts > as_of or (oldest is not None and e.ts <= oldest):
+                continue
+            age = now - math.floor(e.ts.timestamp())
+            if all(matches(e.get(f.field), f.op, f.value) for f in rule.where):
+                ages.append(age)
+        if rule.cap is not None:
+            per = _seconds(rule.cap.per)
+            buckets: dict[int, list[int]] = {}
+            for age in ages:
+                buckets.setdefault(age // per, []).append(age)
+            ages = [a for b in buckets.values() for a in sorted(b)[: rule.cap.events]]
+        points = sum(rule.points * 0.5 ** (a / half) for a in ages)
+        per_rule.append(points)
+        total += points
+    return _value(total, per_rule, params)
+
+
+def _value(total: float, per_rule: list[float], params: PointsParams) -> ScoreValue:
+    value = 100.0 * min(max(total, 0.0), params.cap) / params.cap
+    return ScoreValue(
+        value, {"points": round(total, 6), "by_rule": [round(p, 6) for p in per_rule]}
+    )
+
+
+# -- SQL (everyone) ------------------------------------------------------------------
+
+
+def points_query(params: PointsParams, as_of: datetime) -> sa.Select:
+    """profile_id, rule index, decayed points per (profile, rule)."""
+    now = math.floor(as_of.timestamp())
+    half = float(_seconds(params.half_life))
+    age = (sa.literal(now, sa.BigInteger) - epoch_seconds(EVENTS.c.ts)).label("age")
+    parts = []
+    for i, rule in enumerate(params.rules):
+        cond = [EVENTS.c.type.in_(rule.event), EVENTS.c.ts <= as_of, *where_sql(rule.where)]
+        if params.window is not None:
+            cond.append(EVENTS.c.ts > as_of - params.window)
+        parts.append(sa.select(EVENTS.c.profile_id, sa.literal(i).label("rule"), age).where(*cond))
+    matched = sa.union_all(*parts).subquery("matched")
+    bucket_size = [
+        (i, _seconds(r.cap.per), r.cap.events) for i, r in enumerate(params.rules) if r.cap
+    ]
+    if bucket_size:
+        bucket = sa.case(
+            *[
+                (matched.c.rule == i, sa.func.floor(matched.c.age / float(per)))
+                for i, per, _ in bucket_size
+            ],
+            else_=0,
+        )
+        limit = sa.case(*[(matched.c.rule == i, n) for i, _, n in bucket_size], else_=None)
+        rank = sa.func.row_number().over(
+            partition_by=(matched.c.profile_id, matched.c.rule, bucket),
+            order_by=matched.c.age,
+        )
+        ranked = sa.select(matched, rank.label("rn"), limit.label("lim")).subquery("ranked")
+        source = sa.select(ranked).where(
+            sa.or_(ranked.c.lim.is_(None), ranked.c.rn <= ranked.c.lim)
+        )
+        matched = source.subquery("capped")
+    weights = sa.case(*[(matched.c.rule == i, r.points) for i, r in enumerate(params.rules)])
+    decayed = weights * sa.func.power(0.5, matched.c.age / half)
+    return sa.select(
+        matched.c.profile_id, matched.c.rule, sa.func.sum(decayed).label("points")
+    ).group_by(matched.c.profile_id, matched.c.rule)
+
+
+def score_all(conn: Any, params: PointsParams, as_of: datetime, name: str):
+    # Everyone gets a score: no points is a score of 0, which "disengaged"
+    # segments (score < 10) rely on.
+    live = sa.select(PROFILES.c.id).where(PROFILES.c.merged_into.is_(None))
+    per_profile = {pid: [0.0] * len(params.rules) for pid in conn.execute(live).scalars()}
+    for pid, rule, points in conn.execute(points_query(params, as_of)):
+        if pid in per_profile:
+            per_profile[pid][rule] = float(points)
+    return {name: {pid: _value(sum(rules), rules, params) for pid, rules in per_profile.items()}}
+
+
+@hookimpl
+def register_scoring_models(register) -> None:
+    register(
+        ScoringModel(
+            kind="points",
+            description="points per behaviour with decay, caps and 0..100 normalisation",
+            score_all=score_all,
+            validate=validate,
+            score_one=score_one,
+        )
+    )
