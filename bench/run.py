@@ -90,27 +90,26 @@ def command_line(argv: list[str]) -> str:
     return shlex.join([exe_s, "-m", "bench.run", *argv])
 
 
-def markdown(outcomes: list[Outcome], argv: list[str], quick: bool, started: datetime) -> str:
+def markdown(outcomes: list[Outcome], argv: list[str], quick: bool, started: datetime) -> dict:
+    """One block per benchmark (name -> markdown), each with its own run facts,
+    so running one benchmark leaves the others' last figures in place."""
     m = common.machine()
-    lines = [
-        MARKER,
-        "<!-- Everything below is rewritten by `python -m bench.run`; edit above the marker. -->",
-        "",
-        "## Results",
-        "",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: nproc {m['nproc']}, {m['CPU']}, {m['OS']}",
-        f"- Python {m['Python']}, SQLite {m['SQLite']}",
-        f"- command: `{command_line(argv)}`" + (" (quick sizes)" if quick else ""),
-        "",
-    ]
+    blocks = {}
     for o in outcomes:
         title = getattr(o.module, "TITLE", o.name)
-        lines += [f"### {o.name}: {title}", ""]
+        lines = [
+            f"### {o.name}: {title}",
+            "",
+            f"- run: {started.strftime('%Y-%m-%d %H:%M UTC')}, "
+            f"`{command_line(argv)}`" + (" (quick sizes)" if quick else ""),
+            f"- machine: nproc {m['nproc']}, {m['CPU']}, {m['OS']}; "
+            f"Python {m['Python']}, SQLite {m['SQLite']}",
+        ]
         describe = getattr(o.module, "describe", None)
         if describe is not None:
-            lines += [describe(quick), ""]
+            lines += [describe(quick)]
         lines += [
+            "",
             "| " + " | ".join(HEADERS) + " |",
             "| --- | ---: | ---: | ---: | ---: | --- | --- |",
         ]
@@ -124,15 +123,33 @@ def markdown(outcomes: list[Outcome], argv: list[str], quick: bool, started: dat
             lines.append("")
         lines += [f"- {case}: {note}" for case, note in notes]
         lines += ["", f"Benchmark wall time: {o.seconds:.0f} s.", ""]
-    return "\n".join(lines)
+        blocks[o.name] = "\n".join(lines)
+    return blocks
 
 
-def write_readme(section: str) -> None:
+def write_readme(blocks: dict) -> None:
     text = README.read_text(encoding="utf-8") if README.exists() else ""
-    head, found, _ = text.partition(MARKER)
+    head, found, tail = text.partition(MARKER)
     if not found:
         head = text.rstrip("\n") + "\n\n" if text.strip() else "# Benchmarks\n\n"
-    README.write_text(head + section.rstrip("\n") + "\n", encoding="utf-8")
+    kept: dict[str, str] = {}
+    for part in ("\n" + tail).split("\n### ")[1:]:
+        name = part.split(":", 1)[0].strip()
+        kept[name] = "### " + part.rstrip("\n") + "\n"
+    kept.update(blocks)
+    order = [n for n in BENCHMARKS if n in kept] + [n for n in kept if n not in BENCHMARKS]
+    section = [
+        MARKER,
+        "<!-- Below the marker, each benchmark's block is rewritten when it runs; "
+        "edit above it. -->",
+        "",
+        "## Results",
+        "",
+    ]
+    README.write_text(
+        head + "\n".join(section) + "\n" + "\n".join(kept[n] for n in order).rstrip("\n") + "\n",
+        encoding="utf-8",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
