@@ -552,22 +552,9 @@ def segments_members(
 
 
 def _all_profiles(conn) -> list[dict[str, Any]]:
-    import sqlalchemy as sa
+    from core.profiles import profile_labels
 
-    from core import models
-
-    profiles, ident = models.Profile.__table__, models.Identity.__table__
-    anon = (
-        sa.select(sa.func.min(ident.c.value))
-        .where(ident.c.profile_id == profiles.c.id, ident.c.kind == "anonymous_id")
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        sa.select(profiles.c.id, sa.func.coalesce(profiles.c.user_id, anon))
-        .where(profiles.c.merged_into.is_(None))
-        .order_by(profiles.c.id)
-    )
-    return [{"profile_id": p, "id": who} for p, who in rows]
+    return [{"profile_id": p, "id": label} for p, label in profile_labels(conn).items()]
 
 
 @segments_app.command("list")
@@ -853,9 +840,8 @@ def scores_fit(
     """Fit BG/NBD (+ Gamma-Gamma) by maximum likelihood; store P(alive), purchases, CLV."""
     if model != "bgnbd":
         raise UsageError(f"unknown model {model!r} (available: bgnbd)")
-    from plugins.scoring.predictive import fit_and_score
-
     from core.scoring import store_scores
+    from plugins.scoring.predictive import fit_and_score
 
     when = _as_of(as_of)
     engine = _engine(ctx)

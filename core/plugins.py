@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+from collections.abc import Callable, Iterable
 from functools import cache
+from typing import Any
 
 import pluggy
 
@@ -79,17 +81,34 @@ def plugin_table(pm: pluggy.PluginManager | None = None) -> list[dict]:
     return rows
 
 
-def event_sources(pm: pluggy.PluginManager | None = None) -> dict:
-    """All registered sources by name; two plugins claiming one name is an error."""
-    from core.sources import EventSource
+def collect(
+    hook: str,
+    what: str,
+    key: Callable[[Any], str],
+    pm: pluggy.PluginManager | None = None,
+    reserved: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Call a ``register_*`` hook and gather what plugins register, by name.
 
+    Two plugins claiming one name, or a plugin taking a ``reserved`` (built-in)
+    name, is an error naming it.
+    """
     pm = pm or get_manager()
-    found: dict[str, EventSource] = {}
+    reserved = set(reserved)
+    found: dict[str, Any] = {}
 
-    def register(source: EventSource) -> None:
-        if source.name in found:
-            raise ValueError(f"event source {source.name!r} is registered twice")
-        found[source.name] = source
+    def register(item: Any) -> None:
+        name = key(item)
+        if name in reserved:
+            raise ValueError(f"{what} {name!r} is built in; choose another name")
+        if name in found:
+            raise ValueError(f"{what} {name!r} is registered twice")
+        found[name] = item
 
-    pm.hook.register_event_sources(register=register)
+    getattr(pm.hook, hook)(register=register)
     return found
+
+
+def event_sources(pm: pluggy.PluginManager | None = None) -> dict:
+    """All registered event sources by name."""
+    return collect("register_event_sources", "event source", lambda s: s.name, pm)

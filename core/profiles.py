@@ -36,6 +36,21 @@ def find_profile_id(conn: Connection, key: str) -> int:
     raise ProfileNotFound(f"profile merge chain for {key!r} does not end")
 
 
+def profile_labels(conn: Connection, ids: list[int] | None = None) -> dict[int, str]:
+    """How people are named to users: user id, else their first anonymous id."""
+    anon = (
+        sa.select(sa.func.min(IDENTITIES.c.value))
+        .where(IDENTITIES.c.profile_id == PROFILES.c.id, IDENTITIES.c.kind == "anonymous_id")
+        .scalar_subquery()
+    )
+    query = sa.select(PROFILES.c.id, sa.func.coalesce(PROFILES.c.user_id, anon))
+    query = query.where(PROFILES.c.merged_into.is_(None)).order_by(PROFILES.c.id)
+    if ids is not None:
+        query = query.where(PROFILES.c.id.in_(ids))
+    # Profiles known only by email get their number.
+    return {pid: label or f"#{pid}" for pid, label in conn.execute(query)}
+
+
 def _event_json(row: Any) -> dict[str, Any]:
     out = {
         "type": row.type,

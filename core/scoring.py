@@ -72,18 +72,9 @@ class ScoreDefinition:
 
 
 def scoring_models(pm: pluggy.PluginManager | None = None) -> dict[str, ScoringModel]:
-    from core.plugins import get_manager
+    from core.plugins import collect
 
-    pm = pm or get_manager()
-    found: dict[str, ScoringModel] = {}
-
-    def register(model: ScoringModel) -> None:
-        if model.kind in found:
-            raise ValueError(f"scoring model {model.kind!r} is registered twice")
-        found[model.kind] = model
-
-    pm.hook.register_scoring_models(register=register)
-    return found
+    return collect("register_scoring_models", "scoring model", lambda m: m.kind, pm)
 
 
 def parse_definition(data: Any, file: str | None = None) -> ScoreDefinition:

@@ -42,18 +42,7 @@ class ConditionKind:
 
 
 def condition_kinds(pm: pluggy.PluginManager | None = None) -> dict[str, ConditionKind]:
-    from core.plugins import get_manager
+    from core.plugins import collect
     from core.segments.language import KIND_KEYS
 
-    pm = pm or get_manager()
-    found: dict[str, ConditionKind] = {}
-
-    def register(kind: ConditionKind) -> None:
-        if kind.name in KIND_KEYS:
-            raise ValueError(f"condition kind {kind.name!r} is built in; choose another name")
-        if kind.name in found:
-            raise ValueError(f"condition kind {kind.name!r} is registered twice")
-        found[kind.name] = kind
-
-    pm.hook.register_conditions(register=register)
-    return found
+    return collect("register_conditions", "condition kind", lambda k: k.name, pm, KIND_KEYS)

@@ -315,22 +315,18 @@ def _chunks(seq: list, size: int = 900):
 
 def members(conn: Connection, name: str) -> list[dict[str, Any]]:
     """Current members: profile id, user id (or anonymous id), since."""
+    from core.profiles import profile_labels
+
     sid = conn.execute(sa.select(SEGMENTS.c.id).where(SEGMENTS.c.name == name)).scalar()
     if sid is None:
         raise SegmentError(f"no segment named '{name}'")
-    ident = models.Identity.__table__
-    anon = (
-        sa.select(sa.func.min(ident.c.value))
-        .where(ident.c.profile_id == PROFILES.c.id, ident.c.kind == "anonymous_id")
-        .scalar_subquery()
-    )
     rows = conn.execute(
-        sa.select(PROFILES.c.id, sa.func.coalesce(PROFILES.c.user_id, anon), MEMBERSHIPS.c.since)
-        .join(MEMBERSHIPS, MEMBERSHIPS.c.profile_id == PROFILES.c.id)
+        sa.select(MEMBERSHIPS.c.profile_id, MEMBERSHIPS.c.since)
         .where(MEMBERSHIPS.c.segment_id == sid)
-        .order_by(PROFILES.c.id)
-    )
-    return [{"profile_id": p, "id": who, "since": since} for p, who, since in rows]
+        .order_by(MEMBERSHIPS.c.profile_id)
+    ).all()
+    labels = profile_labels(conn, [p for p, _ in rows]) if rows else {}
+    return [{"profile_id": p, "id": labels.get(p, f"#{p}"), "since": since} for p, since in rows]
 
 
 def backfill(
