@@ -175,7 +175,11 @@ class Score(SQLModel, table=True):
     """A score of one profile by one model, as of a time; rows keep the history."""
 
     __tablename__ = "scores"
-    __table_args__ = (sa.Index("ix_scores_profile_model_as_of", "profile_id", "model", "as_of"),)
+    __table_args__ = (
+        sa.Index("ix_scores_profile_model_as_of", "profile_id", "model", "as_of"),
+        # Finding a model's latest run (score conditions) without a scan.
+        sa.Index("ix_scores_model_as_of", "model", "as_of"),
+    )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     profile_id: int = Field(

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.files",
     "plugins.segments.realtime",
     "plugins.scoring.points",
+    "plugins.scoring.rfm",
 )
 
 

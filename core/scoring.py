@@ -158,6 +158,50 @@ def run_scores(
     return counts
 
 
+def latest_score_sql(model: str, profile_id: Any, as_of: datetime) -> Any:
+    """A profile's value of ``model`` from the model's latest run at or before
+    as_of; NULL when that run did not score the profile.
+
+    Taking the run, not the profile's latest row, means someone a later run no
+    longer scores (e.g. no purchase left in the window) has no score then,
+    instead of keeping an old one.
+    """
+    runs = SCORES.alias("runs")
+    run = (
+        sa.select(sa.func.max(runs.c.as_of))
+        .where(runs.c.model == model, runs.c.as_of <= as_of)
+        .scalar_subquery()
+    )
+    s = SCORES.alias("s")
+    return (
+        sa.select(s.c.value)
+        .where(s.c.profile_id == profile_id, s.c.model == model, s.c.as_of == run)
+        .order_by(s.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def scores_as_of(conn: Connection, profile_id: int, as_of: datetime) -> dict[str, float]:
+    """The same rule as ``latest_score_sql``, for one profile and every model."""
+    runs = dict(
+        conn.execute(
+            sa.select(SCORES.c.model, sa.func.max(SCORES.c.as_of))
+            .where(SCORES.c.as_of <= as_of)
+            .group_by(SCORES.c.model)
+        ).all()
+    )
+    out: dict[str, float] = {}
+    for model, value, when in conn.execute(
+        sa.select(SCORES.c.model, SCORES.c.value, SCORES.c.as_of)
+        .where(SCORES.c.profile_id == profile_id, SCORES.c.as_of <= as_of)
+        .order_by(SCORES.c.id)
+    ):
+        if runs.get(model) == when:
+            out[model] = value
+    return out
+
+
 def latest_scores(conn: Connection, profile_id: int) -> list[dict[str, Any]]:
     """Each score name's latest row for one profile, with its history length."""
     rows = conn.execute(

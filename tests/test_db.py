@@ -111,3 +111,14 @@ def test_bad_config_file_names_the_field(tmp_path, monkeypatch):
     (tmp_path / "segflow.toml").write_text("not toml at all ===")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings()
+
+
+def test_migrations_build_exactly_the_models_schema(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = dbmod.open_db(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], "models changed without a migration: " + repr(diff)

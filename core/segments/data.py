@@ -13,7 +13,6 @@ from core.segments.evaluate import EventRow, ProfileData
 EVENTS = models.Event.__table__
 PROFILES = models.Profile.__table__
 CONSENTS = models.Consent.__table__
-SCORES = models.Score.__table__
 
 
 def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> ProfileData:
@@ -51,11 +50,7 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
             )
         ).scalars()
     )
-    scores: dict[str, float] = {}
-    for model, value in conn.execute(
-        sa.select(SCORES.c.model, SCORES.c.value)
-        .where(SCORES.c.profile_id == profile_id, SCORES.c.as_of <= as_of)
-        .order_by(SCORES.c.as_of, SCORES.c.id)
-    ):
-        scores[model] = value  # ordered by time: the latest wins
+    from core.scoring import scores_as_of
+
+    scores = scores_as_of(conn, profile_id, as_of)
     return ProfileData(events=events, attributes=attributes, consents=consents, scores=scores)

@@ -18,6 +18,7 @@ from core.segments.language import (
     FirstCondition,
     LastCondition,
     NotOf,
+    PluginCondition,
     SegmentRef,
     SequenceCondition,
 )
@@ -37,6 +38,8 @@ def describe(rule: Any) -> dict[str, Any]:
     """The node's own parameters (children left out), as JSON."""
     if isinstance(rule, AllOf | AnyOf | NotOf):
         return {}
+    if isinstance(rule, PluginCondition):
+        return {rule.kind: _plain(rule.params)}
     return {k: _plain(v) for k, v in rule if v not in (None, (), [], {})}
 
 
@@ -67,6 +70,8 @@ def kind_of(rule: Any) -> str:
         return "any"
     if isinstance(rule, NotOf):
         return "not"
+    if isinstance(rule, PluginCondition):
+        return rule.kind
     return next(iter(describe(rule)), type(rule).__name__)
 
 

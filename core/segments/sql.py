@@ -392,17 +392,8 @@ class _Ctx:
                 consents.c.granted.is_(True),
             )
         if isinstance(rule, ScoreCondition):
-            scores = models.Score.__table__
-            latest = (
-                sa.select(scores.c.value)
-                .where(
-                    scores.c.profile_id == p.c.id,
-                    scores.c.model == rule.score.score,
-                    scores.c.as_of <= self.as_of,
-                )
-                .order_by(scores.c.as_of.desc(), scores.c.id.desc())
-                .limit(1)
-                .scalar_subquery()
-            )
+            from core.scoring import latest_score_sql
+
+            latest = latest_score_sql(rule.score.score, p.c.id, self.as_of)
             return sa.and_(latest.is_not(None), _compare(latest, rule.score.op))
         raise TypeError(f"not a profile condition: {rule!r}")

@@ -149,6 +149,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_scores_profile_model_as_of", ["profile_id", "model", "as_of"], unique=False
         )
+        batch_op.create_index("ix_scores_model_as_of", ["model", "as_of"], unique=False)
 
     op.create_table(
         "segment_sizes",
@@ -166,6 +167,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("segment_sizes")
     with op.batch_alter_table("scores", schema=None) as batch_op:
+        batch_op.drop_index("ix_scores_model_as_of")
         batch_op.drop_index("ix_scores_profile_model_as_of")
 
     op.drop_table("scores")

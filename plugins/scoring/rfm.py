@@ -1,0 +1,346 @@
+"""RFM scores (recency, frequency, monetary) and the ``rfm_group`` segment condition.
+
+Definition (YAML)::
+
+    name: rfm
+    model: rfm
+    params:
+      purchase: purchase   # event type of a purchase (default "purchase")
+      refund: refund       # event type of a refund (default "refund"; null: none)
+      window: 365d         # optional: only events with ts > as_of - window count
+
+What one run computes, over events with ``ts <= as_of`` (and ``ts > as_of -
+window`` when a window is given), for every live profile with at least one
+purchase event (nobody else is scored):
+
+- **recency_days**: whole days (86 400 s periods, rounded down) from the last
+  purchase to as_of;
+- **frequency**: the number of distinct orders. A purchase event's order is
+  ``properties.order_id``, else ``properties.invoice``, else the UTC calendar
+  day of the event: purchases without an id on one day are one order. Several
+  lines of one order (one event per product, like the Online Retail file) are
+  one order;
+- **monetary**: the sum of ``value`` over purchases minus the sum of
+  ``|value|`` over refunds (refunds carry a positive value; the type says the
+  money went back), rounded to cents; a missing value counts as 0 and
+  currencies are not converted. It can be negative (a refund of a purchase
+  made before the window).
+
+Quintiles 1..5 per dimension over the scored customers, by the mid-rank
+percentile: customers are sorted by the dimension (R: fewer days is better;
+F and M: more is better); a group of equal values occupying sorted positions
+s..e (1-based, of n) has the percentile p = (s - 1 + e) / (2n), the middle of
+its span (``scipy.stats.percentileofscore(kind="mean")``), and scores
+``floor(5 * p) + 1``. Equal values always get equal scores, a tie group lands
+in the quintile holding its middle, and with distinct values each quintile
+holds a fifth of the customers (one customer alone, or everyone tied, is 3).
+
+Named groups come from R and F with the R-F segment map reproduced in most
+public RFM tutorials (the regex ``seg_map`` over the "RF" string: ``[1-2][1-2]``
+hibernating, ``[1-2][3-4]`` at_risk, ``[1-2]5`` cant_loose, ``3[1-2]``
+about_to_sleep, ``33`` need_attention, ``[3-4][4-5]`` loyal_customers, ``41``
+promising, ``51`` new_customers, ``[4-5][2-3]`` potential_loyalists,
+``5[4-5]`` champions), with the names shortened to ``loyal``,
+``potential_loyalist`` and ``cant_lose``; see ``GROUP_CELLS``. It is total
+by construction: each of the 25 (R, F) cells has exactly one group. The
+11-segment table with "lost" (Putler's RFM analysis table, used by the rfm R
+package's ``rfm_segment`` examples) was not used: its ranges are over R and a
+combined F&M score and overlap, so on R and F alone they give no unambiguous
+map (in the table's order, potential_loyalist hides new_customers and
+promising, and hibernating and lost cover the same cells).
+
+Stored scores, one row per scored profile each, all with components
+``{recency_days, frequency, monetary, group}``: ``<name>_r``, ``<name>_f``,
+``<name>_m`` (1..5) and ``<name>`` = R*100 + F*10 + M.
+
+There is no ``score_one``: a quintile depends on the whole population, so one
+profile cannot be scored from its own events.
+
+A profile that was scored once and has no purchase in a later run (e.g. its
+purchases left the window) gets no new row, so its older row stays the latest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from core import ConditionKind, ScoreValue, ScoringModel, hookimpl
+from core.identity import EVENTS, PROFILES
+from core.models import Score
+from core.scoring import latest_score_sql
+from core.segments.language import parse_duration
+from core.segments.sqlfuncs import json_key
+
+SCORES = Score.__table__
+SCORE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,61}$")  # + "_r" stays within 64
+
+# -- the R-F group map ---------------------------------------------------------------
+
+# group -> (R scores, F scores); the cells of the map in the module docstring.
+GROUP_CELLS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "champions": ((5,), (4, 5)),
+    "loyal": ((3, 4), (4, 5)),
+    "potential_loyalist": ((4, 5), (2, 3)),
+    "new_customers": ((5,), (1,)),
+    "promising": ((4,), (1,)),
+    "need_attention": ((3,), (3,)),
+    "about_to_sleep": ((3,), (1, 2)),
+    "at_risk": ((1, 2), (3, 4)),
+    "cant_lose": ((1, 2), (5,)),
+    "hibernating": ((1, 2), (1, 2)),
+}
+GROUPS: tuple[str, ...] = tuple(GROUP_CELLS)
+
+
+def _group_map() -> dict[tuple[int, int], str]:
+    out: dict[tuple[int, int], str] = {}
+    for group, (rs, fs) in GROUP_CELLS.items():
+        for r in rs:
+            for f in fs:
+                if (r, f) in out:
+                    raise AssertionError(f"R{r} F{f} is both {out[(r, f)]} and {group}")
+                out[(r, f)] = group
+    missing = [(r, f) for r in range(1, 6) for f in range(1, 6) if (r, f) not in out]
+    if missing:
+        raise AssertionError(f"cells without a group: {missing}")
+    return out
+
+
+GROUP_OF: dict[tuple[int, int], str] = _group_map()
+
+
+def group_of(r: int, f: int) -> str:
+    return GROUP_OF[(r, f)]
+
+
+# -- params ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RfmParams:
+    purchase: str = "purchase"
+    refund: str | None = "refund"
+    window: timedelta | None = None
+
+
+def _event_type(key: str, value: Any, nullable: bool) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        allowed = "an event type name or null" if nullable else "an event type name"
+        raise ValueError(f"{key}: expected {allowed}, got {value!r}")
+    return value
+
+
+def validate(params: Any) -> RfmParams:
+    if params is None:
+        params = {}
+    if isinstance(params, RfmParams):
+        return params
+    if not isinstance(params, dict):
+        raise ValueError("rfm params are a mapping with purchase, refund, window")
+    unknown = set(params) - {"purchase", "refund", "window"}
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+            "(rfm takes purchase, refund, window)"
+        )
+    purchase = _event_type("purchase", params.get("purchase", "purchase"), nullable=False)
+    refund = _event_type("refund", params.get("refund", "refund"), nullable=True)
+    if refund == purchase:
+        raise ValueError(f"refund: must differ from purchase ({purchase!r})")
+    window = params.get("window")
+    if window is not None:
+        try:
+            window = parse_duration(window)
+        except ValueError as exc:
+            raise ValueError(f"window: {exc}") from None
+    return RfmParams(purchase, refund, window)  # type: ignore[arg-type]
+
+
+# -- batch scoring -------------------------------------------------------------------
+
+
+def _day(ts: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
+    """The UTC calendar day of a timestamp as YYYY-MM-DD text."""
+    if dialect == "sqlite":  # stored as naive UTC text "YYYY-MM-DD HH:MM:SS..."
+        return sa.func.substr(ts, 1, 10)
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", ts), "YYYY-MM-DD")
+    return sa.cast(sa.cast(ts, sa.Date), sa.String)
+
+
+def _order_key(dialect: str) -> sa.ColumnElement:
+    """An order's identity: order_id, else invoice, else the purchase's UTC day."""
+    order_id = json_key(EVENTS.c.properties, "order_id")
+    invoice = json_key(EVENTS.c.properties, "invoice")
+    return sa.case(
+        (order_id.is_not(None), sa.literal("o:") + order_id),
+        (invoice.is_not(None), sa.literal("o:") + invoice),
+        else_=sa.literal("d:") + _day(EVENTS.c.ts, dialect),
+    )
+
+
+def rfm_query(params: RfmParams, as_of: datetime, dialect: str) -> sa.Select:
+    """profile_id, last_purchase, frequency, monetary for profiles with a purchase."""
+    is_purchase = EVENTS.c.type == params.purchase
+    value = sa.func.coalesce(EVENTS.c.value, 0.0)
+    money = [(is_purchase, value)]
+    types = [params.purchase]
+    if params.refund is not None:
+        money.append((EVENTS.c.type == params.refund, -sa.func.abs(value)))
+        types.append(params.refund)
+    cond = [EVENTS.c.ts <= as_of, EVENTS.c.type.in_(types), PROFILES.c.merged_into.is_(None)]
+    if params.window is not None:
+        cond.append(EVENTS.c.ts > as_of - params.window)
+    last = sa.func.max(sa.case((is_purchase, EVENTS.c.ts)))
+    return (
+        sa.select(
+            EVENTS.c.profile_id,
+            last.label("last_purchase"),
+            sa.func.count(sa.distinct(sa.case((is_purchase, _order_key(dialect))))).label(
+                "frequency"
+            ),
+            sa.func.sum(sa.case(*money, else_=0.0)).label("monetary"),
+        )
+        .select_from(EVENTS.join(PROFILES, PROFILES.c.id == EVENTS.c.profile_id))
+        .where(*cond)
+        .group_by(EVENTS.c.profile_id)
+        .having(last.is_not(None))
+    )
+
+
+def quintiles(values: list[float]) -> list[int]:
+    """1..5 per value by mid-rank percentile; higher values score higher."""
+    n = len(values)
+    order = sorted(range(n), key=values.__getitem__)
+    out = [0] * n
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        # 0-based positions i..j are 1-based s..e = i+1..j+1; p = (s - 1 + e) / 2n.
+        score = (5 * (i + j + 1)) // (2 * n) + 1
+        for k in range(i, j + 1):
+            out[order[k]] = score
+        i = j + 1
+    return out
+
+
+def score_all(conn: Any, params: RfmParams, as_of: datetime, name: str):
+    if not SCORE_NAME_RE.match(name):
+        raise ValueError(f"rfm score name {name!r} is too long to add _r/_f/_m (62 at most)")
+    rows = conn.execute(rfm_query(params, as_of, conn.dialect.name)).all()
+    pids = [r.profile_id for r in rows]
+    recency = [int((as_of - r.last_purchase).total_seconds() // 86400) for r in rows]
+    frequency = [int(r.frequency) for r in rows]
+    monetary = [round(float(r.monetary or 0.0), 2) for r in rows]
+    r_scores = quintiles([-d for d in recency])
+    f_scores = quintiles([float(f) for f in frequency])
+    m_scores = quintiles(monetary)
+    out: dict[str, dict[int, ScoreValue]] = {name: {}, f"{name}_r": {}, f"{name}_f": {}}
+    out[f"{name}_m"] = {}
+    for i, pid in enumerate(pids):
+        r, f, m = r_scores[i], f_scores[i], m_scores[i]
+        components = {
+            "recency_days": recency[i],
+            "frequency": frequency[i],
+            "monetary": monetary[i],
+            "group": group_of(r, f),
+        }
+        out[name][pid] = ScoreValue(float(r * 100 + f * 10 + m), components)
+        out[f"{name}_r"][pid] = ScoreValue(float(r), components)
+        out[f"{name}_f"][pid] = ScoreValue(float(f), components)
+        out[f"{name}_m"][pid] = ScoreValue(float(m), components)
+    return out
+
+
+# -- the rfm_group condition ----------------------------------------------------------
+
+
+def validate_condition(params: Any) -> dict[str, Any]:
+    """``champions`` | ``[champions, loyal]`` | ``{score: rfm, group: ...}``."""
+    valid = ", ".join(sorted(GROUPS))
+    score: Any = "rfm"
+    if isinstance(params, dict):
+        unknown = set(params) - {"score", "group"}
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                "(rfm_group takes score and group)"
+            )
+        if "group" not in params:
+            raise ValueError(f"group: required (one or more of {valid})")
+        score = params.get("score", "rfm")
+        groups = params["group"]
+    else:
+        groups = params
+    if not isinstance(score, str) or not SCORE_NAME_RE.match(score):
+        raise ValueError(f"score: {score!r} is not an rfm score name")
+    if isinstance(groups, str):
+        groups = [groups]
+    if not isinstance(groups, list) or not groups:
+        raise ValueError(f"expected a group or a list of groups (of {valid})")
+    unknown_groups = [g for g in groups if g not in GROUP_CELLS]
+    if unknown_groups:
+        names = ", ".join(repr(g) for g in unknown_groups)
+        raise ValueError(f"unknown rfm group {names}; valid groups: {valid}")
+    return {"score": score, "group": sorted(set(groups))}
+
+
+def _codes(groups: list[str]) -> list[int]:
+    """R*10 + F of every cell of these groups."""
+    return sorted(10 * r + f for (r, f), g in GROUP_OF.items() if g in groups)
+
+
+# Both forms test R*10 + F (the latest _r and _f values) against the groups'
+# cells with the same float arithmetic, so they agree for any stored values.
+def condition_python(params: dict[str, Any], profile: Any, as_of: datetime) -> bool:
+    r = profile.scores.get(f"{params['score']}_r")
+    f = profile.scores.get(f"{params['score']}_f")
+    if r is None or f is None:
+        return False
+    return r * 10 + f in _codes(params["group"])
+
+
+def _latest(model: str, ctx: Any) -> sa.ScalarSelect:
+    return latest_score_sql(model, ctx.profile_id, ctx.as_of)
+
+
+def condition_sql(params: dict[str, Any], ctx: Any) -> sa.ColumnElement:
+    r = _latest(f"{params['score']}_r", ctx)
+    f = _latest(f"{params['score']}_f", ctx)
+    # NULL (no score) is not a match: the evaluator reads only a true result.
+    return (r * 10 + f).in_([float(c) for c in _codes(params["group"])])
+
+
+@hookimpl
+def register_scoring_models(register) -> None:
+    register(
+        ScoringModel(
+            kind="rfm",
+            description="recency, frequency, monetary quintiles (1..5) and named R-F groups",
+            score_all=score_all,
+            validate=validate,
+            score_one=None,  # quintiles need the whole population
+        )
+    )
+
+
+@hookimpl
+def register_conditions(register) -> None:
+    register(
+        ConditionKind(
+            "rfm_group",
+            "the profile's latest RFM group (from <score>_r and <score>_f) is one of these",
+            condition_python,
+            condition_sql,
+            validate_condition,
+        )
+    )
