@@ -247,16 +247,9 @@ def import_cmd(
         out.print_json(json.dumps({p: r.as_dict() for p, r in reports.items()}))
     else:
         for p, r in reports.items():
-            table = Table(
-                "read",
-                "accepted",
-                "duplicates",
-                "rejected",
-                "new profiles",
-                "merged",
-                title=p,
-                title_justify="left",
-            )
+            # The path on a line of its own: long paths must stay whole to be copied.
+            out.print(p, soft_wrap=True, markup=False, highlight=False)
+            table = Table("read", "accepted", "duplicates", "rejected", "new profiles", "merged")
             table.add_row(
                 f"{r.received:,}",
                 f"{r.accepted:,}",
