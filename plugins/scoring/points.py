@@ -114,9 +114,7 @@ def score_one(profile: Any, params: PointsParams, as_of: datetime) -> ScoreValue
 
 def _value(total: float, per_rule: list[float], params: PointsParams) -> ScoreValue:
     value = 100.0 * min(max(total, 0.0), params.cap) / params.cap
-    return ScoreValue(
-        value, {"points": round(total, 6), "by_rule": [round(p, 6) for p in per_rule]}
-    )
+    return ScoreValue(value, {"points": total, "by_rule": per_rule})
 
 
 # -- SQL (everyone) ------------------------------------------------------------------
@@ -166,8 +164,8 @@ def score_all(conn: Any, params: PointsParams, as_of: datetime, name: str):
     # Everyone gets a score: no points is a score of 0, which "disengaged"
     # segments (score < 10) rely on.
     live = sa.select(PROFILES.c.id).where(PROFILES.c.merged_into.is_(None))
-    per_profile = {pid: [0.0] * len(params.rules) for pid in conn.execute(live).scalars()}
-    for pid, rule, points in conn.execute(points_query(params, as_of)):
+    per_profile = {pid: [0.0] * len(params.rules) for pid in conn.execute(live).scalars().all()}
+    for pid, rule, points in conn.execute(points_query(params, as_of)).all():
         if pid in per_profile:
             per_profile[pid][rule] = float(points)
     return {name: {pid: _value(sum(rules), rules, params) for pid, rules in per_profile.items()}}
