@@ -192,7 +192,9 @@ def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
     run_scores(engine, definitions, AS_OF)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(models.Score.as_of, models.Score.value).order_by(models.Score.as_of)
+            sa.select(models.Score.as_of, models.Score.value)
+            .where(models.Score.model == "engagement")
+            .order_by(models.Score.as_of)
         ).all()
     assert [r.value for r in rows] == [0.0, pytest.approx(rows[1].value)] and rows[1].value > 70
     run = run_segments(
