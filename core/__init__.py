@@ -1,7 +1,7 @@
 """segflow core. Plugins import only what is exported here."""
 
 from core.hookspecs import hookimpl
-from core.scoring import ScoreValue, ScoringModel
+from core.scoring import ScoreError, ScoreValue, ScoringModel
 from core.segments.conditions import ConditionKind, SqlContext
 from core.sources import EventSource, RawRecord, ReadOptions
 
@@ -10,6 +10,7 @@ __all__ = [
     "EventSource",
     "RawRecord",
     "ReadOptions",
+    "ScoreError",
     "ScoreValue",
     "ScoringModel",
     "SqlContext",

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",
+    "plugins.scoring.predictive",
 )
 
 
