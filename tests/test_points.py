@@ -204,3 +204,26 @@ def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
     # As of a month earlier, the stored score then was 0: not a member.
     early = run_segments(engine, AS_OF - timedelta(days=29))
     assert early.sizes["loyal_high_engagement"] == 0
+
+
+def test_cli_scores_run_and_show(tmp_path, monkeypatch, capsys):
+    import json
+
+    from core.cli import main
+    from tests.conftest import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path}/s.db"
+    ingest(open_db(db), [{"type": "email_click", "user_id": "kim", "ts": AS_OF.isoformat()}])
+    scores = str(PROJECT_ROOT / "examples" / "scores")
+    assert (
+        main(["--db", db, "scores", "run", "--dir", scores, "--as-of", AS_OF.isoformat(), "--json"])
+        == 0
+    )
+    run = json.loads(capsys.readouterr().out)
+    assert run["scored"]["engagement"] == 1 and run["scored"]["rfm"] == 0  # kim never bought
+    assert main(["--db", db, "scores", "show", "kim", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["score"] == "engagement" and row["value"] == pytest.approx(3.0)  # 3 points of 100
+    assert main(["--db", db, "scores", "run", "--dir", str(tmp_path / "nope")]) == 1
+    assert "no such directory" in capsys.readouterr().err
