@@ -121,7 +121,7 @@ def _value(total: float, per_rule: list[float], params: PointsParams) -> ScoreVa
 
 
 def points_query(params: PointsParams, as_of: datetime) -> sa.Select:
-    """profile_id, rule index, decayed points per (profile, rule)."""
+    """profile_id and, per rule, the sum of decay factors (times points: the rule's points)."""
     now = math.floor(as_of.timestamp())
     half = float(_seconds(params.half_life))
     age = (sa.literal(now, sa.BigInteger) - epoch_seconds(EVENTS.c.ts)).label("age")
@@ -153,21 +153,27 @@ def points_query(params: PointsParams, as_of: datetime) -> sa.Select:
             sa.or_(ranked.c.lim.is_(None), ranked.c.rn <= ranked.c.lim)
         )
         matched = source.subquery("capped")
-    weights = sa.case(*[(matched.c.rule == i, r.points) for i, r in enumerate(params.rules)])
-    decayed = weights * sa.func.power(0.5, matched.c.age / half)
-    return sa.select(
-        matched.c.profile_id, matched.c.rule, sa.func.sum(decayed).label("points")
-    ).group_by(matched.c.profile_id, matched.c.rule)
+    decay = sa.func.power(0.5, matched.c.age / half)
+    # One row per profile, a column per rule: half the rows of grouping by rule.
+    per_rule = [
+        sa.func.sum(sa.case((matched.c.rule == i, decay))).label(f"r{i}")
+        for i in range(len(params.rules))
+    ]
+    return sa.select(matched.c.profile_id, *per_rule).group_by(matched.c.profile_id)
 
 
 def score_all(conn: Any, params: PointsParams, as_of: datetime, name: str):
     # Everyone gets a score: no points is a score of 0, which "disengaged"
     # segments (score < 10) rely on.
     live = sa.select(PROFILES.c.id).where(PROFILES.c.merged_into.is_(None))
-    per_profile = {pid: [0.0] * len(params.rules) for pid in conn.execute(live).scalars().all()}
-    for pid, rule, points in conn.execute(points_query(params, as_of)).all():
+    zero = [0.0] * len(params.rules)
+    per_profile = {pid: zero for pid in conn.execute(live).scalars().all()}
+    weights = [r.points for r in params.rules]
+    for pid, *sums in conn.execute(points_query(params, as_of)).all():
         if pid in per_profile:
-            per_profile[pid][rule] = float(points)
+            per_profile[pid] = [
+                w * s if s is not None else 0.0 for w, s in zip(weights, sums, strict=True)
+            ]
     return {name: {pid: _value(sum(rules), rules, params) for pid, rules in per_profile.items()}}
 
 
