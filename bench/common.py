@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -185,3 +186,31 @@ def machine() -> dict[str, str]:
         "SQLite": sqlite3.sqlite_version,
         "OS": f"{platform.system()} {platform.release()}",
     }
+
+
+def start_pg_server() -> tuple[Any, str | None]:
+    """A throwaway PostgreSQL server (tests/pgserver.py), or why there is none.
+
+    Returns ``(server, None)``, or ``(None, reason)`` for the cases to be
+    recorded as skipped. The caller stops the server.
+    """
+    import importlib.util
+    import sys
+
+    path = ROOT / "tests" / "pgserver.py"
+    spec = importlib.util.spec_from_file_location("_segflow_bench_pgserver", path)
+    if spec is None or spec.loader is None:
+        return None, f"cannot import {path}"
+    pgs = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pgs
+    try:
+        spec.loader.exec_module(pgs)
+    except ImportError as exc:
+        return None, f"cannot import tests/pgserver.py: {exc}"
+    bindir = pgs.find_pg_bindir()
+    if bindir is None:
+        return None, "PostgreSQL binaries (initdb, pg_ctl) not found; run `make system-deps`"
+    try:
+        return pgs.PgServer(bindir).start(), None
+    except pgs.PgServerError as exc:
+        return None, f"PostgreSQL server did not start: {str(exc).splitlines()[0]}"

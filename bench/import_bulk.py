@@ -8,15 +8,12 @@ the same, already converted rows into a bare table without indexes.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import sqlite3
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -283,17 +280,6 @@ PG_CASES = (
 )
 
 
-def _load_pgserver() -> ModuleType:
-    path = common.ROOT / "tests" / "pgserver.py"
-    spec = importlib.util.spec_from_file_location("_segflow_bench_pgserver", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) -> Attempt:
     import psycopg
 
@@ -337,17 +323,9 @@ def bench_postgres(events: list[dict[str, Any]], prog: Progress, repeats: int) -
     def skipped(reason: str) -> list[Result]:
         return [Result(case, n, skipped=reason) for case in PG_CASES]
 
-    try:
-        pgs = _load_pgserver()
-    except ImportError as exc:
-        return skipped(f"cannot import tests/pgserver.py: {exc}")
-    bindir = pgs.find_pg_bindir()
-    if bindir is None:
-        return skipped("PostgreSQL binaries (initdb, pg_ctl) not found; run `make system-deps`")
-    try:
-        server = pgs.PgServer(bindir).start()
-    except pgs.PgServerError as exc:
-        return skipped(f"PostgreSQL server did not start: {str(exc).splitlines()[0]}")
+    server, reason = common.start_pg_server()
+    if reason is not None:
+        return skipped(reason)
     attempts: list[list[Attempt]] = [[], [], []]
     try:
         with server.connect() as conn:
@@ -367,7 +345,7 @@ def bench_postgres(events: list[dict[str, Any]], prog: Progress, repeats: int) -
     base, copy, seg = (best_of(case, n, a) for case, a in zip(PG_CASES, attempts, strict=True))
     base.ratio = 1.0
     base.notes.append(
-        f"PostgreSQL {version} ({bindir}), the throwaway server of tests/pgserver.py: "
+        f"PostgreSQL {version} ({server.bindir}), the throwaway server of tests/pgserver.py: "
         "fsync, synchronous_commit and full_page_writes off"
     )
     copy.ratio = ratio(copy.seconds, base.seconds)

@@ -13,18 +13,15 @@ database, built once with ``core.events.ingest`` and cached in
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
@@ -454,17 +451,6 @@ def bench_sqlite(n: int, name: str, params: Any) -> list[Result]:
 PG_CASES = ("postgresql: hand-written SQL (baseline)", "postgresql: segflow score_all")
 
 
-def _load_pgserver() -> ModuleType:
-    path = common.ROOT / "tests" / "pgserver.py"
-    spec = importlib.util.spec_from_file_location("_segflow_bench_pgserver", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def pg_baseline_once(server: Any, db: str) -> Attempt:
     import psycopg
 
@@ -487,17 +473,9 @@ def bench_postgres(n: int, name: str, params: Any) -> list[Result]:
     def skipped(reason: str) -> list[Result]:
         return [Result(case, n, skipped=reason) for case in PG_CASES]
 
-    try:
-        pgs = _load_pgserver()
-    except ImportError as exc:
-        return skipped(f"cannot import tests/pgserver.py: {exc}")
-    bindir = pgs.find_pg_bindir()
-    if bindir is None:
-        return skipped("PostgreSQL binaries (initdb, pg_ctl) not found; run `make system-deps`")
-    try:
-        server = pgs.PgServer(bindir).start()
-    except pgs.PgServerError as exc:
-        return skipped(f"PostgreSQL server did not start: {str(exc).splitlines()[0]}")
+    server, reason = common.start_pg_server()
+    if reason is not None:
+        return skipped(reason)
     db = "bench_points"
     try:
         with server.connect() as conn:
@@ -521,7 +499,7 @@ def bench_postgres(n: int, name: str, params: Any) -> list[Result]:
     finally:
         server.stop()
     results[0].notes.append(
-        f"PostgreSQL {version} ({bindir}), the throwaway server of tests/pgserver.py; "
+        f"PostgreSQL {version} ({server.bindir}), the throwaway server of tests/pgserver.py; "
         f"loaded with ingest in {meta['build_seconds']:.0f} s (not timed), then VACUUM ANALYZE"
     )
     return results
