@@ -856,6 +856,78 @@ def scores_fit(
     out.print(", ".join(f"{n}: {c:,} profiles" for n, c in stored.items()))
 
 
+# -- keys ------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="API keys with scopes.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="A name to tell the key by.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated: events:write, profiles:read, admin.")
+    ],
+) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    from core.keys import create_key
+
+    try:
+        info, key = create_key(
+            _engine(ctx), name, [s.strip() for s in scopes.split(",") if s.strip()]
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    err.print(
+        f"created key {info.name!r} ({info.prefix}) with scopes {', '.join(info.scopes)}; "
+        "store it now, it is not shown again:"
+    )
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Keys by name, prefix, scopes and state (never the keys themselves)."""
+    from core.keys import list_keys
+
+    keys = list_keys(_engine(ctx))
+    rows = [
+        {
+            "name": k.name,
+            "prefix": k.prefix,
+            "scopes": list(k.scopes),
+            "created_at": k.created_at.isoformat(),
+            "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in keys
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "prefix", "scopes", "created", "last used", "state")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["prefix"],
+            ", ".join(r["scopes"]),
+            r["created_at"][:19],
+            (r["last_used_at"] or "")[:19],
+            "revoked" if r["revoked"] else "active",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, name: str) -> None:
+    """Revoke a key: it stops working at once."""
+    from core.keys import revoke_key
+
+    info = revoke_key(_engine(ctx), name)
+    out.print(f"revoked {info.name!r} ({info.prefix})")
+
+
 # -- dashboard -------------------------------------------------------------------
 
 dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)
@@ -943,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors become one line on stderr and an exit status."""
     from core.events import IngestError
     from core.importer import ImportUsageError
+    from core.keys import UnknownKey
     from core.mapping import MappingError
     from core.profiles import ProfileNotFound
     from core.scoring import ScoreError
@@ -963,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
         IngestError,
         SegmentError,
         ScoreError,
+        UnknownKey,
     ) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 1

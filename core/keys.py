@@ -1,0 +1,144 @@
+"""API keys with scopes, stored hashed.
+
+A key looks like ``sf_<prefix>_<secret>``; only its SHA-256 is stored (the
+secret part is 32 random bytes, so a fast hash is as good as a slow one: there
+is nothing to brute-force), plus the prefix so listings can tell keys apart.
+The key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from core import models
+from core.models import utcnow
+
+KEYS = models.ApiKey.__table__
+AUDIT = models.AuditLog.__table__
+SCOPES = ("events:write", "profiles:read", "admin")
+
+
+class UnknownKey(LookupError):
+    """No such key, or it was revoked (HTTP 401)."""
+
+
+class ScopeError(PermissionError):
+    """The key is valid but lacks the scope (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_scopes(scopes: list[str]) -> tuple[str, ...]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise ValueError(
+            f"unknown scope(s) {', '.join(unknown)}; use {', '.join(SCOPES)}"
+            if unknown
+            else f"give at least one scope ({', '.join(SCOPES)})"
+        )
+    return tuple(s for s in SCOPES if s in scopes)
+
+
+def create_key(
+    engine: Engine, name: str, scopes: list[str], actor: str = "cli"
+) -> tuple[KeyInfo, str]:
+    """Store a new key; returns its info and the key itself (shown only now)."""
+    scopes_t = check_scopes(scopes)
+    if not name.strip():
+        raise ValueError("a key needs a name")
+    prefix = secrets.token_hex(4)
+    key = f"sf_{prefix}_{secrets.token_urlsafe(32)}"
+    now = utcnow()
+    with engine.begin() as conn:
+        if conn.execute(sa.select(KEYS.c.id).where(KEYS.c.name == name)).first():
+            raise ValueError(f"a key named {name!r} exists already")
+        kid = conn.execute(
+            KEYS.insert()
+            .values(
+                name=name, prefix=prefix, key_hash=_hash(key), scopes=list(scopes_t), created_at=now
+            )
+            .returning(KEYS.c.id)
+        ).scalar_one()
+        conn.execute(
+            AUDIT.insert().values(
+                at=now,
+                actor=actor,
+                action="key.create",
+                target=name,
+                details={"scopes": list(scopes_t), "prefix": prefix},
+            )
+        )
+    return KeyInfo(kid, name, prefix, scopes_t, now, None, None), key
+
+
+def _info(row) -> KeyInfo:
+    return KeyInfo(
+        row.id,
+        row.name,
+        row.prefix,
+        tuple(row.scopes),
+        row.created_at,
+        row.last_used_at,
+        row.revoked_at,
+    )
+
+
+def verify_key(engine: Engine, key: str, scope: str) -> KeyInfo:
+    """The key's info if it exists, is not revoked and has ``scope``."""
+    digest = _hash(key or "")
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == digest)).first()
+    if row is None:
+        raise UnknownKey("unknown API key")
+    if row.revoked_at is not None:
+        raise UnknownKey(f"API key {row.name!r} was revoked")
+    info = _info(row)
+    if not info.allows(scope):
+        raise ScopeError(f"API key {row.name!r} lacks the scope {scope!r}")
+    return info
+
+
+def touch(engine: Engine, key_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(KEYS.update().where(KEYS.c.id == key_id).values(last_used_at=utcnow()))
+
+
+def list_keys(engine: Engine) -> list[KeyInfo]:
+    with engine.connect() as conn:
+        return [_info(r) for r in conn.execute(sa.select(KEYS).order_by(KEYS.c.name))]
+
+
+def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
+    now = utcnow()
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(KEYS).where(KEYS.c.name == name)).first()
+        if row is None:
+            raise UnknownKey(f"no API key named {name!r}")
+        conn.execute(KEYS.update().where(KEYS.c.id == row.id).values(revoked_at=now))
+        conn.execute(
+            AUDIT.insert().values(at=now, actor=actor, action="key.revoke", target=name, details={})
+        )
+        row = conn.execute(sa.select(KEYS).where(KEYS.c.id == row.id)).one()
+    return _info(row)
