@@ -97,7 +97,12 @@ def init(
     dbmod.upgrade(engine)
     cfg = Path(os.environ.get("SEGFLOW_CONFIG", "segflow.toml"))
     if write_config and not cfg.exists():
-        cfg.write_text(f'[segflow]\ndatabase_url = "{settings.database_url}"\n')
+        import secrets
+
+        cfg.write_text(
+            f'[segflow]\ndatabase_url = "{settings.database_url}"\n'
+            f'secret_key = "{secrets.token_urlsafe(32)}"  # signs tracking links; keep it private\n'
+        )
         out.print(f"wrote {cfg}")
     out.print(f"database ready: {engine.url.render_as_string(hide_password=True)}")
 

@@ -3,6 +3,7 @@
 Precedence, highest first: the ``--db`` option, the ``SEGFLOW_DATABASE_URL``
 environment variable, a ``segflow.toml`` in the working directory (or the file
 named by ``SEGFLOW_CONFIG``), then the default ``sqlite:///segflow.db``.
+``SEGFLOW_SECRET_KEY`` likewise overrides ``secret_key``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Settings(BaseModel):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     # Upgrade the schema automatically when a command opens an old database.
     auto_upgrade: bool = True
+    # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
+    secret_key: str | None = Field(default=None, min_length=16)
     # Where database_url came from, for `segflow info` and error messages.
     _source: str = PrivateAttr(default="default")
 
@@ -62,6 +65,8 @@ def load_settings(db: str | None = None) -> Settings:
     if path.is_file():
         values.update(load_file(path))
         source = str(path)
+    if os.environ.get("SEGFLOW_SECRET_KEY"):
+        values["secret_key"] = os.environ["SEGFLOW_SECRET_KEY"]
     env_url = os.environ.get("SEGFLOW_DATABASE_URL")
     if env_url:
         values["database_url"] = env_url

@@ -105,7 +105,8 @@ def test_profile_show_json_is_the_stable_shape(run, tmp_path):
 def test_init_and_db_commands(run, tmp_path):
     status, out, _ = run("--db", f"sqlite:///{tmp_path}/new.db", "init")
     assert status == 0 and "database ready" in out
-    assert 'database_url = "sqlite:///' in (tmp_path / "segflow.toml").read_text()
+    config = (tmp_path / "segflow.toml").read_text()
+    assert 'database_url = "sqlite:///' in config and "secret_key = " in config
     status, out, _ = run("db", "upgrade")  # reads segflow.toml now
     assert status == 0 and "schema already at" in out
     status, out, _ = run("db", "current")
