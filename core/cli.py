@@ -933,6 +933,23 @@ def keys_revoke(ctx: typer.Context, name: str) -> None:
     out.print(f"revoked {info.name!r} ({info.prefix})")
 
 
+# -- serve -----------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Run the ingestion API (Segment-compatible /v1, tracking pixel and links)."""
+    import uvicorn
+
+    from core.api import create_app
+
+    uvicorn.run(create_app(_engine(ctx), _settings(ctx)), host=host, port=port, log_level="info")
+
+
 # -- dashboard -------------------------------------------------------------------
 
 dashboard_app = typer.Typer(help="Analyst dashboards (marimo apps).", no_args_is_help=True)

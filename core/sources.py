@@ -56,4 +56,7 @@ class EventSource:
     # variants (.gz) are handled for every file source.
     suffixes: tuple[str, ...] = ()
     read: FileReader | None = None
+    # HTTP sources: mount(router, api) adds routes to the ingestion API;
+    # ``api`` (core.api.ApiContext) authorises requests and ingests events.
+    mount: Callable[[Any, Any], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,161 @@
+"""The HTTP ingestion API (FastAPI): a thin shell over core.
+
+Sources that receive events over HTTP are plugins: each registered
+``EventSource`` with ``mount`` adds its routes. This module adds what every
+source shares (keys, errors, size limits) and the email tracking routes.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.engine import Engine
+
+from core.config import Settings
+from core.events import IngestReport, ingest
+from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
+from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
+
+# Segment's documented limits: 32 KB per call, 500 KB per batch.
+MAX_BODY_BYTES = 512 * 1024
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        body = {"error": message} | ({"field": field} if field else {})
+        super().__init__(status_code=status, detail=body)
+
+
+@dataclass
+class ApiContext:
+    """What source plugins use to authorise requests and store events."""
+
+    engine: Engine
+    settings: Settings
+
+    def authorize(self, request: Request, scope: str, body_key: str | None = None) -> KeyInfo:
+        """The API key from HTTP Basic (``key:``), ``Bearer``, or the body."""
+        key = body_key or _key_from_header(request.headers.get("authorization", ""))
+        if not key:
+            raise ApiError(401, "missing API key (HTTP Basic 'key:' or Bearer)")
+        try:
+            info = verify_key(self.engine, key, scope)
+        except UnknownKey as exc:
+            raise ApiError(401, str(exc)) from None
+        except ScopeError as exc:
+            raise ApiError(403, str(exc)) from None
+        touch(self.engine, info.id)
+        return info
+
+    def ingest(self, events: list[dict[str, Any]], source: str) -> IngestReport:
+        """Validate and store; committed before the caller answers."""
+        return ingest(self.engine, events, source=source)
+
+
+def _key_from_header(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic" and value:
+        try:
+            user, _, _password = base64.b64decode(value).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return user or None
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return None
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    from core.plugins import event_sources
+
+    app = FastAPI(title="segflow ingestion API", version="1")
+    ctx = ApiContext(engine, settings)
+    app.state.segflow = ctx
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException):
+        body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(tracking_router(ctx))
+    for source in event_sources().values():
+        if source.mount is not None:
+            router = APIRouter(tags=[source.name])
+            source.mount(router, ctx)
+            app.include_router(router)
+    return app
+
+
+def tracking_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(tags=["tracking"])
+
+    def secret() -> str:
+        if not ctx.settings.secret_key:
+            raise ApiError(503, "tracking is not configured (secret_key)")
+        return ctx.settings.secret_key
+
+    def record(kind: str, token: str, request: Request) -> dict[str, Any]:
+        try:
+            data = verify(kind, token, secret())
+        except BadToken:
+            # 404, not 400: a bad token looks like any unknown URL.
+            raise ApiError(404, "not found") from None
+        extra = {"user_agent": request.headers.get("user-agent", "")[:255]}
+        ctx.ingest([tracking_event(kind, data, datetime.now(UTC), extra)], f"tracking:{kind}")
+        return data
+
+    @router.get("/t/o/{token}.gif", include_in_schema=False)
+    def open_pixel(token: str, request: Request) -> Response:
+        record("open", token, request)
+        return Response(
+            PIXEL_GIF,
+            media_type="image/gif",
+            headers={"Cache-Control": "no-store, max-age=0", "Pragma": "no-cache"},
+        )
+
+    @router.get("/t/c/{token}", include_in_schema=False)
+    def click(token: str, request: Request) -> RedirectResponse:
+        data = record("click", token, request)
+        return RedirectResponse(data["d"], status_code=302)
+
+    @router.get("/t/u/{token}", include_in_schema=False)
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        # A GET never unsubscribes (mail scanners follow links): it asks to confirm.
+        try:
+            verify("unsubscribe", token, secret())
+        except BadToken:
+            raise ApiError(404, "not found") from None
+        return HTMLResponse(
+            "<!doctype html><title>Unsubscribe</title><form method=post>"
+            "<input type=hidden name=List-Unsubscribe value=One-Click>"
+            "<p>Stop receiving these emails?</p><button>Unsubscribe</button></form>"
+        )
+
+    @router.post("/t/u/{token}", include_in_schema=False)
+    def unsubscribe(token: str, request: Request) -> HTMLResponse:
+        """RFC 8058 one-click: the mail client POSTs List-Unsubscribe=One-Click."""
+        from core.consents import set_consent
+
+        data = record("unsubscribe", token, request)
+        set_consent(ctx.engine, data.get("u") or data["e"], "email", False, "unsubscribe")
+        return HTMLResponse("<!doctype html><title>Unsubscribed</title><p>You are unsubscribed.")
+
+    return router

@@ -1,0 +1,227 @@
+"""The ingestion API over real HTTP on 127.0.0.1: Segment calls, keys, tracking."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from core import models
+from core.api import create_app
+from core.config import Settings
+from core.consents import granted
+from core.db import open_db
+from core.keys import create_key, revoke_key
+from core.profiles import profile_summary
+from core.tracking import click_url, open_url, unsubscribe_url
+
+SECRET = "a-test-secret-of-enough-length"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(fresh_sqlite) -> Iterator[tuple[str, object, str]]:
+    url = fresh_sqlite()
+    engine = open_db(url)
+    settings = Settings(database_url=url, secret_key=SECRET)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    _, key = create_key(engine, "site", ["events:write"])
+    yield f"http://127.0.0.1:{port}", engine, key
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def count(engine, table=models.Event) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_segment_calls_land_once_with_identity_and_merge(server):
+    base, engine, key = server
+    auth = (key, "")
+    calls = [
+        (
+            "page",
+            {
+                "anonymousId": "anon-1",
+                "messageId": "m1",
+                "properties": {"url": "https://s/p"},
+                "timestamp": "2026-03-01T10:00:00Z",
+            },
+        ),
+        (
+            "track",
+            {
+                "anonymousId": "anon-1",
+                "event": "Product Viewed",
+                "messageId": "m2",
+                "properties": {"product_id": "P1", "price": 30, "category": "tents"},
+                "timestamp": "2026-03-01T10:01:00Z",
+            },
+        ),
+        (
+            "identify",
+            {
+                "userId": "u1",
+                "anonymousId": "anon-1",
+                "messageId": "m3",
+                "traits": {"email": "u1@example.com", "plan": "pro"},
+            },
+        ),
+        (
+            "track",
+            {
+                "userId": "u1",
+                "event": "Order Completed",
+                "messageId": "m4",
+                "properties": {"revenue": 99.5, "currency": "usd", "order_id": "o1"},
+                "timestamp": "2026-03-01T10:05:00Z",
+            },
+        ),
+        ("track", {"userId": "u1", "event": "Signed Up", "messageId": "m5"}),
+    ]
+    with httpx.Client(base_url=base) as client:
+        for call, body in calls:
+            r = client.post(f"/v1/{call}", json=body, auth=auth)
+            assert r.status_code == 200 and r.json() == {"success": True}, r.text
+        # A client retry with the same messageIds, via batch and writeKey in the body.
+        r = client.post(
+            "/v1/batch", json={"writeKey": key, "batch": [{"type": c, **b} for c, b in calls]}
+        )
+        assert r.status_code == 200
+    assert count(engine) == 5
+    summary = profile_summary(engine, "anon-1")
+    assert summary["user_id"] == "u1" and summary["attributes"]["plan"] == "pro"
+    assert summary["event_counts"] == {
+        "identify": 1,
+        "page_view": 1,
+        "product_view": 1,
+        "purchase": 1,
+        "signed_up": 1,
+    }
+    purchase = next(e for e in summary["recent_events"] if e["type"] == "purchase")
+    assert (purchase["value"], purchase["currency"], purchase["properties"]) == (
+        99.5,
+        "USD",
+        {"order_id": "o1"},
+    )
+
+
+def test_bad_keys_and_bodies_are_refused_and_nothing_is_stored(server):
+    base, engine, key = server
+    good = {"userId": "u1", "event": "Product Viewed", "messageId": "x1"}
+    with httpx.Client(base_url=base) as client:
+        assert client.post("/v1/track", json=good).status_code == 401
+        r = client.post("/v1/track", json=good, auth=("sf_nope_nope", ""))
+        assert r.status_code == 401 and r.json() == {"error": "unknown API key"}
+        _, reader = create_key(engine, "reader", ["profiles:read"])
+        r = client.post("/v1/track", json=good, auth=(reader, ""))
+        assert r.status_code == 403 and "lacks the scope 'events:write'" in r.json()["error"]
+        r = client.post(
+            "/v1/batch",
+            auth=(key, ""),
+            json={
+                "batch": [
+                    good,
+                    {
+                        "type": "track",
+                        "userId": "u1",
+                        "event": "Order Completed",
+                        "timestamp": "yesterday",
+                    },
+                ]
+            },
+        )
+        assert r.status_code == 400 and r.json()["field"] == "batch[0].type"
+        r = client.post(
+            "/v1/batch",
+            auth=(key, ""),
+            json={
+                "batch": [
+                    {"type": "track", **good},
+                    {
+                        "type": "track",
+                        "userId": "u1",
+                        "event": "Order Completed",
+                        "timestamp": "yesterday",
+                    },
+                ]
+            },
+        )
+        assert r.status_code == 400 and r.json()["field"] == "batch[1]"
+        assert "field 'ts'" in r.json()["error"]
+        r = client.post("/v1/track", auth=(key, ""), json={"userId": "u1"})
+        assert r.status_code == 400 and r.json()["field"] == "body.event"
+        r = client.post(
+            "/v1/track",
+            auth=(key, ""),
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json() == {"error": "body is not valid JSON"}
+        r = client.post("/v1/batch", auth=(key, ""), content=b"x" * (600 * 1024))
+        assert r.status_code == 413
+        revoke_key(engine, "site")
+        assert client.post("/v1/track", json=good, auth=(key, "")).status_code == 401
+    assert count(engine) == 0
+
+
+def test_pixel_click_and_one_click_unsubscribe(server):
+    base, engine, key = server
+    with httpx.Client(base_url=base) as client:
+        client.post(
+            "/v1/identify",
+            auth=(key, ""),
+            json={"userId": "u7", "traits": {"email": "seven@example.com"}},
+        )
+        pixel = client.get(
+            open_url(base, SECRET, message_id="msg-1", user_id="u7", campaign="weekly")
+        )
+        assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+        assert len(pixel.content) == 43 and "no-store" in pixel.headers["cache-control"]
+        link = click_url(
+            base,
+            SECRET,
+            "https://shop.example.com/p/P1",
+            message_id="msg-1",
+            link=0,
+            user_id="u7",
+            campaign="weekly",
+        )
+        r = client.get(link)
+        assert r.status_code == 302 and r.headers["location"] == "https://shop.example.com/p/P1"
+        tampered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+        assert client.get(tampered).status_code == 404
+        assert client.get(f"{base}/t/o/garbage.gif").status_code == 404
+        unsub = unsubscribe_url(base, SECRET, message_id="msg-1", email="seven@example.com")
+        page = client.get(unsub)
+        assert page.status_code == 200 and "<form method=post>" in page.text
+        pid = profile_summary(engine, "u7")["profile_id"]
+        assert granted(engine, pid, "email") is None  # a GET changes nothing
+        r = client.post(unsub, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 200 and "unsubscribed" in r.text
+    assert granted(engine, pid, "email") is False
+    counts = profile_summary(engine, "u7")["event_counts"]
+    assert counts == {"email_click": 1, "email_open": 1, "identify": 1, "unsubscribe": 1}
