@@ -225,3 +225,60 @@ def test_pixel_click_and_one_click_unsubscribe(server):
     assert granted(engine, pid, "email") is False
     counts = profile_summary(engine, "u7")["event_counts"]
     assert counts == {"email_click": 1, "email_open": 1, "identify": 1, "unsubscribe": 1}
+
+
+@pytest.mark.parametrize("sdk", ["segment", "rudderstack"])
+def test_official_clients_land_every_event_exactly_once(server, sdk):
+    if sdk == "segment":
+        from segment.analytics import Client
+    else:
+        from rudderstack.analytics import Client
+    base, engine, key = server
+    errors = []
+    client = Client(
+        write_key=key,
+        host=base,
+        sync_mode=True,
+        max_retries=0,
+        on_error=lambda e, batch: errors.append(e),
+    )
+
+    def send() -> None:
+        client.page(
+            anonymous_id="a-9", name="Home", properties={"url": "https://s/"}, message_id=f"{sdk}-1"
+        )
+        client.track(
+            anonymous_id="a-9",
+            event="Product Added",
+            properties={"product_id": "P9", "price": 12.0},
+            message_id=f"{sdk}-2",
+        )
+        client.identify(
+            user_id="u9",
+            anonymous_id="a-9",
+            traits={"email": "nine@example.com"},
+            message_id=f"{sdk}-3",
+        )
+        client.track(
+            user_id="u9",
+            event="Order Completed",
+            properties={"revenue": 12.0},
+            message_id=f"{sdk}-4",
+        )
+        client.alias(previous_id="old-device", user_id="u9", message_id=f"{sdk}-5")
+        client.flush()
+
+    send()
+    send()  # a resend: same messageIds, nothing new
+    assert errors == []
+    summary = profile_summary(engine, "a-9")
+    assert summary["user_id"] == "u9" and summary["attributes"] == {"email": "nine@example.com"}
+    assert summary["event_counts"] == {
+        "add_to_cart": 1,
+        "identify": 2,
+        "page_view": 1,
+        "purchase": 1,
+    }
+    assert count(engine) == 5
+    ids = {i["value"] for i in summary["identities"]}
+    assert {"a-9", "old-device", "u9", "nine@example.com"} <= ids  # alias linked the device

@@ -9,9 +9,12 @@ types; other names become snake_case custom types ("Signed Up" -> signed_up).
 
 from __future__ import annotations
 
+import gzip
+import io
 import re
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 
 from core import EventSource, RawRecord, hookimpl
@@ -36,6 +39,8 @@ EVENT_NAMES = {
     "Unsubscribed": "unsubscribe",
 }
 CALLS = ("track", "identify", "page", "screen", "alias")
+# A gzip body may not inflate beyond this (a small bomb must not fill memory).
+MAX_INFLATED = 4 * 1024 * 1024
 
 
 def snake_case(name: str) -> str:
@@ -68,7 +73,10 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
             raise BadCall(f"{where}.event", "track needs an event name")
         event["type"] = EVENT_NAMES.get(name.strip(), snake_case(name))
     elif call == "identify":
-        traits = body.get("traits") if isinstance(body.get("traits"), dict) else {}
+        traits = body.get("traits")
+        if not isinstance(traits, dict):
+            # RudderStack's SDK sends identify traits in context.traits.
+            traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
         event |= {"type": "identify", "traits": traits, "email": traits.get("email")}
         return {k: v for k, v in event.items() if v is not None}
     elif call in ("page", "screen"):
@@ -121,9 +129,18 @@ def mount(router: APIRouter, api) -> None:
         return {"success": True}
 
     async def read(request: Request) -> Any:
+        raw = await request.body()
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            # The official clients gzip their batches (RudderStack by default).
+            try:
+                raw = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(MAX_INFLATED + 1)
+            except (OSError, EOFError):
+                raise ApiError(400, "body is not valid gzip") from None
+            if len(raw) > MAX_INFLATED:
+                raise ApiError(413, f"inflated body over {MAX_INFLATED} bytes")
         try:
-            return await request.json()
-        except ValueError:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise ApiError(400, "body is not valid JSON") from None
 
     for call in CALLS:
