@@ -8,6 +8,9 @@ source shares (keys, errors, size limits) and the email tracking routes.
 from __future__ import annotations
 
 import base64
+import math
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,12 +34,34 @@ class ApiError(HTTPException):
         super().__init__(status_code=status, detail=body)
 
 
+class RateLimiter:
+    """A token bucket per API key: ``rate`` requests a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, at)
+        self.lock = threading.Lock()
+
+    def take(self, key_id: int) -> float:
+        """0 when the request may go ahead, else the seconds to wait."""
+        now = time.monotonic()
+        with self.lock:
+            tokens, at = self.buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if tokens >= 1:
+                self.buckets[key_id] = (tokens - 1, now)
+                return 0.0
+            self.buckets[key_id] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
 @dataclass
 class ApiContext:
     """What source plugins use to authorise requests and store events."""
 
     engine: Engine
     settings: Settings
+    limiter: RateLimiter | None = None
 
     def authorize(self, request: Request, scope: str, body_key: str | None = None) -> KeyInfo:
         """The API key from HTTP Basic (``key:``), ``Bearer``, or the body."""
@@ -49,6 +74,15 @@ class ApiContext:
             raise ApiError(401, str(exc)) from None
         except ScopeError as exc:
             raise ApiError(403, str(exc)) from None
+        if self.limiter is not None and (wait := self.limiter.take(info.id)):
+            retry = max(1, math.ceil(wait))
+            exc = ApiError(
+                429,
+                f"rate limit of {self.settings.api_rate_limit:g} requests/s "
+                f"for key {info.name!r} reached; retry after {retry} s",
+            )
+            exc.headers = {"Retry-After": str(retry)}
+            raise exc
         touch(self.engine, info.id)
         return info
 
@@ -74,7 +108,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     from core.plugins import event_sources
 
     app = FastAPI(title="segflow ingestion API", version="1")
-    ctx = ApiContext(engine, settings)
+    ctx = ApiContext(engine, settings, RateLimiter(settings.api_rate_limit, settings.api_burst))
     app.state.segflow = ctx
 
     @app.middleware("http")

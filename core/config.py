@@ -31,6 +31,9 @@ class Settings(BaseModel):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     # Upgrade the schema automatically when a command opens an old database.
     auto_upgrade: bool = True
+    # Ingestion API: requests per second per API key, and the burst allowed above it.
+    api_rate_limit: float = Field(default=200.0, gt=0)
+    api_burst: int = Field(default=400, ge=1)
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
     # Where database_url came from, for `segflow info` and error messages.

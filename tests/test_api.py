@@ -31,10 +31,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(fresh_sqlite) -> Iterator[tuple[str, object, str]]:
+def server(fresh_sqlite, request) -> Iterator[tuple[str, object, str]]:
     url = fresh_sqlite()
     engine = open_db(url)
-    settings = Settings(database_url=url, secret_key=SECRET)
+    limits = getattr(request, "param", {})
+    settings = Settings(database_url=url, secret_key=SECRET, **limits)
     port = free_port()
     config = uvicorn.Config(
         create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning"
@@ -282,3 +283,23 @@ def test_official_clients_land_every_event_exactly_once(server, sdk):
     assert count(engine) == 5
     ids = {i["value"] for i in summary["identities"]}
     assert {"a-9", "old-device", "u9", "nine@example.com"} <= ids  # alias linked the device
+
+
+@pytest.mark.parametrize("server", [{"api_rate_limit": 1.0, "api_burst": 3}], indirect=True)
+def test_rate_limit_per_key_answers_429_with_retry_after(server):
+    base, engine, key = server
+    _, other = create_key(engine, "other", ["events:write"])
+    body = {"userId": "u1", "event": "Product Viewed"}
+    with httpx.Client(base_url=base) as client:
+        codes = [
+            client.post("/v1/track", json=body | {"messageId": f"r{i}"}, auth=(key, ""))
+            for i in range(5)
+        ]
+        assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+        assert codes[3].headers["retry-after"] == "1" and "rate limit" in codes[3].json()["error"]
+        # Another key has its own budget.
+        assert (
+            client.post("/v1/track", json=body | {"messageId": "o1"}, auth=(other, "")).status_code
+            == 200
+        )
+    assert count(engine) == 4  # refused requests stored nothing
