@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -20,6 +21,16 @@ CONFIG_FILE = "segflow.toml"
 
 class ConfigError(Exception):
     """A configuration file or value is wrong; the message names where."""
+
+
+class WebhookConfig(BaseModel):
+    """One signed webhook endpoint: POST /webhooks/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    style: Literal["stripe", "shopify"]
+    secret: str = Field(min_length=8)
 
 
 class Settings(BaseModel):
@@ -34,6 +45,7 @@ class Settings(BaseModel):
     # Ingestion API: requests per second per API key, and the burst allowed above it.
     api_rate_limit: float = Field(default=200.0, gt=0)
     api_burst: int = Field(default=400, ge=1)
+    webhooks: list[WebhookConfig] = []
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
     # Where database_url came from, for `segflow info` and error messages.

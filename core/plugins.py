@@ -21,6 +21,7 @@ from core import hookspecs
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.files",
     "plugins.sources.segment_spec",
+    "plugins.sources.webhooks",
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",

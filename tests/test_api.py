@@ -303,3 +303,84 @@ def test_rate_limit_per_key_answers_429_with_retry_after(server):
             == 200
         )
     assert count(engine) == 4  # refused requests stored nothing
+
+
+WEBHOOKS = {
+    "webhooks": [
+        {"name": "shop", "style": "shopify", "secret": "shopify-secret"},
+        {"name": "pay", "style": "stripe", "secret": "whsec_test_secret"},
+    ]
+}
+
+
+@pytest.mark.parametrize("server", [WEBHOOKS], indirect=True)
+def test_signed_webhooks_shopify_and_stripe(server):
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    base, engine, _ = server
+    order = {
+        "id": 4501,
+        "email": "buyer@example.com",
+        "created_at": "2026-04-01T10:00:00-04:00",
+        "total_price": "59.90",
+        "currency": "USD",
+        "customer": {"id": 77},
+        "line_items": [{"product_id": 9, "quantity": 1, "price": "59.90"}],
+    }
+    body = json.dumps(order).encode()
+    good = base64.b64encode(hmac.new(b"shopify-secret", body, hashlib.sha256).digest()).decode()
+    headers = {"X-Shopify-Topic": "orders/create", "content-type": "application/json"}
+    session = {
+        "id": "evt_1",
+        "type": "checkout.session.completed",
+        "created": 1775000000,
+        "data": {
+            "object": {
+                "id": "cs_1",
+                "amount_total": 1999,
+                "currency": "eur",
+                "customer_email": "payer@example.com",
+            }
+        },
+    }
+    sbody = json.dumps(session).encode()
+    now = int(time.time())
+    sig = hmac.new(b"whsec_test_secret", f"{now}.".encode() + sbody, hashlib.sha256).hexdigest()
+    with httpx.Client(base_url=base) as client:
+        assert client.post("/webhooks/shop", content=body, headers=headers).status_code == 401
+        bad = headers | {"X-Shopify-Hmac-Sha256": good[:-4] + "AAAA"}
+        assert client.post("/webhooks/shop", content=body, headers=bad).status_code == 401
+        ok = headers | {"X-Shopify-Hmac-Sha256": good}
+        r = client.post("/webhooks/shop", content=body, headers=ok)
+        assert r.status_code == 200 and r.json()["type"] == "purchase"
+        assert client.post("/webhooks/shop", content=body, headers=ok).status_code == 200  # resent
+        old = (
+            f"t={now - 301},v1="
+            + hmac.new(
+                b"whsec_test_secret", f"{now - 301}.".encode() + sbody, hashlib.sha256
+            ).hexdigest()
+        )
+        r = client.post("/webhooks/pay", content=sbody, headers={"Stripe-Signature": old})
+        assert r.status_code == 401 and "tolerance" in r.json()["error"]
+        r = client.post(
+            "/webhooks/pay", content=sbody, headers={"Stripe-Signature": f"t={now},v1=00"}
+        )
+        assert r.status_code == 401
+        r = client.post(
+            "/webhooks/pay", content=sbody, headers={"Stripe-Signature": f"t={now},v1={sig}"}
+        )
+        assert r.status_code == 200 and r.json()["type"] == "purchase"
+        assert client.post("/webhooks/nope", content=b"{}").status_code == 404
+    buyer = profile_summary(engine, "77")
+    assert buyer["email"] == "buyer@example.com" and buyer["event_counts"] == {"purchase": 1}
+    (purchase,) = buyer["recent_events"]
+    assert (purchase["value"], purchase["currency"], purchase["ts"]) == (
+        59.9,
+        "USD",
+        "2026-04-01T14:00:00+00:00",
+    )
+    payer = profile_summary(engine, "payer@example.com")
+    assert payer["recent_events"][0]["value"] == 19.99 and count(engine) == 2
