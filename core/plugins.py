@@ -22,6 +22,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.files",
     "plugins.sources.segment_spec",
     "plugins.sources.webhooks",
+    "plugins.sources.ga4",
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",

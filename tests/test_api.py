@@ -384,3 +384,74 @@ def test_signed_webhooks_shopify_and_stripe(server):
     )
     payer = profile_summary(engine, "payer@example.com")
     assert payer["recent_events"][0]["value"] == 19.99 and count(engine) == 2
+
+
+def test_ga4_measurement_protocol(server):
+    base, engine, key = server
+    q = {"measurement_id": "G-TEST123", "api_secret": key}
+    body = {
+        "client_id": "555.777",
+        "user_id": "g1",
+        "timestamp_micros": 1_775_000_000_000_000,
+        "user_properties": {"tier": {"value": "gold"}},
+        "events": [
+            {
+                "name": "view_item",
+                "params": {
+                    "currency": "EUR",
+                    "value": 30.0,
+                    "items": [{"item_id": "SKU1", "price": 30.0}],
+                },
+            },
+            {
+                "name": "purchase",
+                "params": {
+                    "transaction_id": "T1",
+                    "value": 30.0,
+                    "currency": "EUR",
+                    "items": [{"item_id": "SKU1"}],
+                },
+            },
+            {"name": "newsletter_signup", "params": {"source": "footer"}},
+        ],
+    }
+    with httpx.Client(base_url=base) as client:
+        bad = {
+            "client_id": "x",
+            "events": [{"name": "session_start"}, {"name": "9lives"}, *[{"name": "e"}] * 25],
+        }
+        r = client.post("/debug/mp/collect", params=q, json=bad)
+        codes = {(m["fieldPath"], m["validationCode"]) for m in r.json()["validationMessages"]}
+        assert (
+            r.status_code == 200
+            and {
+                ("events", "EXCEEDED_MAX_ENTITIES"),
+                ("events[0].name", "NAME_RESERVED"),
+                ("events[1].name", "NAME_INVALID"),
+            }
+            <= codes
+        )
+        assert client.post("/mp/collect", params=q, json=bad).status_code == 400
+        assert client.post("/debug/mp/collect", params=q, json=body).json() == {
+            "validationMessages": []
+        }
+        assert (
+            client.post("/mp/collect", params={"measurement_id": "G-1"}, json=body).status_code
+            == 401
+        )
+        r = client.post("/mp/collect", params=q, json=body)
+        assert r.status_code == 204
+        assert client.post("/mp/collect", params=q, json=body).status_code == 204  # resent
+    summary = profile_summary(engine, "g1")
+    assert summary["attributes"] == {"tier": "gold"}
+    assert summary["event_counts"] == {
+        "identify": 1,
+        "newsletter_signup": 1,
+        "product_view": 1,
+        "purchase": 1,
+    }
+    view = next(e for e in summary["recent_events"] if e["type"] == "product_view")
+    assert (view["product_id"], view["value"], view["currency"]) == ("SKU1", 30.0, "EUR")
+    assert view["ts"].startswith("2026-03-31T23:33:20")
+    assert {"kind": "anonymous_id", "value": "555.777"} in summary["identities"]
+    assert count(engine) == 4  # the invalid and debug requests stored nothing
