@@ -65,6 +65,8 @@ class ApiContext:
 
     def authorize(self, request: Request, scope: str, body_key: str | None = None) -> KeyInfo:
         """The API key from HTTP Basic (``key:``), ``Bearer``, or the body."""
+        if body_key is not None and not isinstance(body_key, str):
+            raise ApiError(400, "the write key must be a string", "writeKey")
         key = body_key or _key_from_header(request.headers.get("authorization", ""))
         if not key:
             raise ApiError(401, "missing API key (HTTP Basic 'key:' or Bearer)")

@@ -455,3 +455,41 @@ def test_ga4_measurement_protocol(server):
     assert view["ts"].startswith("2026-03-31T23:33:20")
     assert {"kind": "anonymous_id", "value": "555.777"} in summary["identities"]
     assert count(engine) == 4  # the invalid and debug requests stored nothing
+
+
+def test_schemathesis_finds_no_server_errors(server, tmp_path):
+    """Property-based requests generated from the served OpenAPI document."""
+    import base64
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, _, key = server
+    spec = httpx.get(f"{base}/openapi.json").json()
+    assert {"/v1/track", "/v1/batch", "/mp/collect", "/webhooks/{name}"} <= set(spec["paths"])
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st, "schemathesis is in the dev extra"
+    auth = base64.b64encode(f"{key}:".encode()).decode()
+    proc = subprocess.run(
+        [
+            st,
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "20",
+            "--generation-deterministic",
+            "--request-timeout",
+            "10",
+            "--header",
+            f"Authorization: Basic {auth}",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

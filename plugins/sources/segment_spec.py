@@ -39,6 +39,47 @@ EVENT_NAMES = {
     "Unsubscribed": "unsubscribe",
 }
 CALLS = ("track", "identify", "page", "screen", "alias")
+
+# Documentation of the bodies (OpenAPI); validation is the code below, which
+# names the failing field in its 400 answers.
+_OBJECT = {"type": "object", "additionalProperties": True}
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "userId": {"type": "string"},
+        "anonymousId": {"type": "string"},
+        "event": {"type": "string"},
+        "name": {"type": "string"},
+        "previousId": {"type": "string"},
+        "properties": _OBJECT,
+        "traits": _OBJECT,
+        "context": _OBJECT,
+        "timestamp": {"type": "string", "format": "date-time"},
+        "messageId": {"type": "string"},
+        "writeKey": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["batch"],
+    "properties": {
+        "batch": {
+            "type": "array",
+            "items": {
+                **CALL_SCHEMA,
+                "properties": {**CALL_SCHEMA["properties"], "type": {"enum": list(CALLS)}},
+            },
+        },
+        "writeKey": {"type": "string"},
+    },
+}
+
+
+def _body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 # A gzip body may not inflate beyond this (a small bomb must not fill memory).
 MAX_INFLATED = 4 * 1024 * 1024
 
@@ -149,9 +190,15 @@ def mount(router: APIRouter, api) -> None:
             body = await read(request)
             return accept(request, body, [(call, body, "body")])
 
-        router.add_api_route(f"/v1/{call}", single, methods=["POST"], name=f"segment_{call}")
+        router.add_api_route(
+            f"/v1/{call}",
+            single,
+            methods=["POST"],
+            name=f"segment_{call}",
+            openapi_extra=_body(CALL_SCHEMA),
+        )
 
-    @router.post("/v1/batch", name="segment_batch")
+    @router.post("/v1/batch", name="segment_batch", openapi_extra=_body(BATCH_SCHEMA))
     async def batch(request: Request) -> dict:
         body = await read(request)
         items = body.get("batch") if isinstance(body, dict) else None
