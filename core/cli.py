@@ -933,6 +933,48 @@ def keys_revoke(ctx: typer.Context, name: str) -> None:
     out.print(f"revoked {info.name!r} ({info.prefix})")
 
 
+# -- poll ------------------------------------------------------------------------
+
+
+@app.command()
+def poll(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A [[segflow.polls]] entry of segflow.toml.")],
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+) -> None:
+    """Pull events from a paginated HTTP endpoint every interval, resuming at its cursor."""
+    import time
+
+    from plugins.sources.polling import PollError, poll_once
+
+    settings = _settings(ctx)
+    config = next((p for p in settings.polls if p.name == name), None)
+    if config is None:
+        known = ", ".join(p.name for p in settings.polls) or "none configured"
+        raise UsageError(f"no poll named {name!r} ({known})")
+    engine = _engine(ctx)
+    while True:
+        try:
+            result = poll_once(engine, config)
+        except PollError as exc:
+            if once:
+                raise dbmod.DatabaseError(str(exc)) from None
+            err.print(
+                f"poll {name}: {exc}; trying again in {config.interval_seconds:g} s", markup=False
+            )
+        else:
+            r = result.report
+            out.print(
+                f"{name}: {result.pages} page(s), {r.accepted:,} new events, "
+                f"{r.duplicates:,} duplicates, {len(r.rejected):,} rejected"
+            )
+            if once:
+                if r.rejected:
+                    raise typer.Exit(1)
+                return
+        time.sleep(config.interval_seconds)
+
+
 # -- serve -----------------------------------------------------------------------
 
 

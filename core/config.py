@@ -33,6 +33,21 @@ class WebhookConfig(BaseModel):
     secret: str = Field(min_length=8)
 
 
+class PollConfig(BaseModel):
+    """A paginated HTTP JSON endpoint to pull events from (``segflow poll NAME``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    url: str
+    interval_seconds: float = Field(default=60.0, gt=0)
+    headers: dict[str, str] = {}
+    cursor_param: str = "cursor"
+    items_field: str = "events"
+    next_field: str = "next_cursor"
+    max_attempts: int = Field(default=5, ge=1)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +61,7 @@ class Settings(BaseModel):
     api_rate_limit: float = Field(default=200.0, gt=0)
     api_burst: int = Field(default=400, ge=1)
     webhooks: list[WebhookConfig] = []
+    polls: list[PollConfig] = []
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
     # Where database_url came from, for `segflow info` and error messages.

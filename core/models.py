@@ -283,3 +283,15 @@ class SegmentSize(SQLModel, table=True):
     as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), primary_key=True))
     version: int = 1
     size: int
+
+
+class SourceState(SQLModel, table=True):
+    """Where a pulling source (polling, streams) has got to, so restarts resume."""
+
+    __tablename__ = "source_states"
+
+    name: str = Field(max_length=128, primary_key=True)
+    cursor: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
+    updated_at: datetime = _ts()

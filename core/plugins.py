@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.segment_spec",
     "plugins.sources.webhooks",
     "plugins.sources.ga4",
+    "plugins.sources.polling",
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",
