@@ -975,6 +975,31 @@ def poll(
         time.sleep(config.interval_seconds)
 
 
+@app.command()
+def consume(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A [[segflow.streams]] entry of segflow.toml.")],
+    once: Annotated[bool, typer.Option("--once", help="Drain what is there, then exit.")] = False,
+) -> None:
+    """Consume a Redis Stream with a consumer group; acknowledge after committing."""
+    from plugins.sources.redis_stream import consume_once
+
+    config = next((c for c in _settings(ctx).streams if c.name == name), None)
+    if config is None:
+        raise UsageError(f"no stream named {name!r} in the settings")
+    engine = _engine(ctx)
+    while True:
+        result = consume_once(engine, config, block_ms=0 if once else None)
+        r = result.report
+        if result.entries or once:
+            out.print(
+                f"{name}: {result.entries:,} entries, {r.accepted:,} new events, "
+                f"{r.duplicates:,} duplicates, {len(r.rejected):,} rejected"
+            )
+        if once:
+            return
+
+
 # -- serve -----------------------------------------------------------------------
 
 

@@ -48,6 +48,22 @@ class PollConfig(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
 
 
+class StreamConfig(BaseModel):
+    """A Redis Stream to consume events from (``segflow consume NAME``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str
+    group: str = "segflow"
+    consumer: str = "segflow-1"
+    # The entry field holding the event as JSON.
+    field: str = "event"
+    batch: int = Field(default=500, ge=1)
+    block_ms: int = Field(default=5000, ge=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +78,7 @@ class Settings(BaseModel):
     api_burst: int = Field(default=400, ge=1)
     webhooks: list[WebhookConfig] = []
     polls: list[PollConfig] = []
+    streams: list[StreamConfig] = []
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
     # Where database_url came from, for `segflow info` and error messages.

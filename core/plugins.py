@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.webhooks",
     "plugins.sources.ga4",
     "plugins.sources.polling",
+    "plugins.sources.redis_stream",
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the Debian packages the tests need when they are missing.
-# PostgreSQL: the tests start a throwaway server with initdb + pg_ctl.
+# PostgreSQL and Redis: the tests start throwaway servers of both.
 set -e
 have_pg() {
     command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] && return 0
@@ -8,6 +8,8 @@ have_pg() {
 }
 missing=""
 have_pg || missing="$missing postgresql"
+# Redis: the stream source's tests start a throwaway redis-server.
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages:$missing (install them, e.g. sudo apt-get install$missing)" >&2
