@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -24,6 +25,7 @@ from core.events import IngestReport, ingest
 from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
 from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
 
+SNIPPET = Path(__file__).parent / "static" / "segflow.js"
 # Segment's documented limits: 32 KB per call, 500 KB per batch.
 MAX_BODY_BYTES = 512 * 1024
 
@@ -157,6 +159,14 @@ def tracking_router(ctx: ApiContext) -> APIRouter:
         extra = {"user_agent": request.headers.get("user-agent", "")[:255]}
         ctx.ingest([tracking_event(kind, data, datetime.now(UTC), extra)], f"tracking:{kind}")
         return data
+
+    @router.get("/t/segflow.js", include_in_schema=False)
+    def snippet() -> Response:
+        return Response(
+            SNIPPET.read_bytes(),
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
 
     @router.get("/t/o/{token}.gif", include_in_schema=False)
     def open_pixel(token: str, request: Request) -> Response:

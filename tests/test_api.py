@@ -493,3 +493,86 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server, tmp_path):
+    """Debian's chromium, driven by playwright with its executable path (no download)."""
+    import shutil
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import IN_CI, PROJECT_ROOT
+
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        reason = "needs Debian's chromium and the playwright package (make test installs both)"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    base, engine, key = server
+    page_html = (PROJECT_ROOT / "examples" / "snippet.html").read_text()
+    page_html = page_html.replace("http://127.0.0.1:8000", base).replace("sf_REPLACE_ME", key)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tent.html").write_text(page_html)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(site), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=flags)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/tent.html")
+            page.wait_for_timeout(1200)
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.click("button")
+            page.wait_for_timeout(300)
+            page.close(run_before_unload=True)  # pagehide: time on page, sent with keepalive
+            deadline = time.monotonic() + 10
+            while "time_on_page" not in types_of(engine) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            browser.close()
+    finally:
+        httpd.shutdown()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                models.Event.type,
+                models.Event.product_id,
+                models.Event.url,
+                models.Event.properties,
+                models.Event.profile_id,
+            )
+        ).all()
+    by_type: dict[str, list] = {}
+    for row in rows:
+        by_type.setdefault(row.type, []).append(row)
+    assert len(by_type["page_view"]) == 1 and "/tent.html" in by_type["page_view"][0].url
+    assert [r.product_id for r in by_type["product_view"]] == ["P0007"]
+    assert [r.product_id for r in by_type["add_to_cart"]] == ["P0007"]
+    assert sorted(r.properties["percent"] for r in by_type["scroll_depth"]) == [25, 50, 75, 100]
+    assert by_type["time_on_page"][0].properties["seconds"] >= 1
+    assert len({r.profile_id for r in rows}) == 1  # one anonymous visitor
+    assert len({r.properties.get("session_id") for r in rows}) == 1
+
+
+def types_of(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(models.Event.type).distinct()).scalars())
