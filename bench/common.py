@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import platform
@@ -214,3 +215,37 @@ def start_pg_server() -> tuple[Any, str | None]:
         return pgs.PgServer(bindir).start(), None
     except pgs.PgServerError as exc:
         return None, f"PostgreSQL server did not start: {str(exc).splitlines()[0]}"
+
+
+class Quiet:
+    """gc.collect + gc.freeze around a timed block, on both sides alike.
+
+    The materialised input is the harness's, not the workload's: frozen, the
+    collector does not walk it during either side's timing.
+    """
+
+    def __enter__(self) -> Quiet:
+        gc.collect()
+        gc.freeze()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.unfreeze()
+
+
+def best_of(case: str, n: int, attempts: list[Any], precision: int = 2) -> Result:
+    """The fastest repetition's time, with the notes and failures of all of them.
+
+    An attempt is anything with ``seconds`` and optionally ``notes`` and
+    ``failures`` lists.
+    """
+    r = Result(case, n, min(a.seconds for a in attempts))
+    if len(attempts) > 1:
+        times = ", ".join(f"{a.seconds:.{precision}f}" for a in attempts)
+        r.notes.append(f"best of {len(attempts)} runs ({times} s)")
+    for a in attempts:
+        r.notes += [x for x in getattr(a, "notes", ()) if x not in r.notes]
+        for x in getattr(a, "failures", ()):
+            if x not in r.failures:
+                r.fail(x)
+    return r

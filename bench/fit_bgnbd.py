@@ -9,7 +9,6 @@ reach the same maximum; the ratio says what the gradient and the compression buy
 
 from __future__ import annotations
 
-import gc
 import math
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from scipy import optimize, special
 
 from bench import common
 from bench.common import Result, ratio, timer
+from tests.helpers import cdnow_events
 
 TITLE = "BG/NBD fit on CDNOW"
 
@@ -49,18 +49,6 @@ class Attempt:
     notes: list[str] = field(default_factory=list)
 
 
-class Quiet:
-    """gc.collect + gc.freeze around a timed block (the input is the harness's)."""
-
-    def __enter__(self) -> Quiet:
-        gc.collect()
-        gc.freeze()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.unfreeze()
-
-
 def repeats() -> int:
     """Each fit takes well under a second, so more runs than the harness default."""
     if common.PROFILE:
@@ -68,37 +56,7 @@ def repeats() -> int:
     return common.REPEAT or 5
 
 
-def best_of(case: str, n: int, attempts: list[Attempt]) -> Result:
-    r = Result(case, n, min(a.seconds for a in attempts))
-    if len(attempts) > 1:
-        times = ", ".join(f"{a.seconds:.3f}" for a in attempts)
-        r.notes.append(f"best of {len(attempts)} runs ({times} s)")
-    return r
-
-
 # -- input ------------------------------------------------------------------------
-
-
-def cdnow_events(path: Path) -> list[dict[str, Any]]:
-    """CDNOW lines as segflow purchase events (master: id date cds $; sample: +sample id)."""
-    events = []
-    with open(path, encoding="ascii") as fh:
-        for n, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields or not fields[0].isdigit():
-                continue  # the master file's header
-            customer, day, cds, dollars = fields if len(fields) == 4 else fields[:1] + fields[2:]
-            events.append(
-                {
-                    "type": "purchase",
-                    "user_id": str(int(customer)),
-                    "ts": f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00Z",
-                    "value": float(dollars),
-                    "properties": {"cds": int(cds)},
-                    "message_id": f"{path.name}:{n}",
-                }
-            )
-    return events
 
 
 # -- the baseline: textbook log-likelihood, derivative-free ------------------------
@@ -125,7 +83,7 @@ def textbook_negative_ll(theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: n
 
 
 def baseline_once(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, x0: np.ndarray) -> Attempt:
-    with Quiet(), timer() as t:
+    with common.Quiet(), timer() as t:
         res = optimize.minimize(
             textbook_negative_ll,
             x0,
@@ -184,16 +142,16 @@ def run(quick: bool) -> list[Result]:
             for _ in range(k):  # interleaved, so a slow spell hits every case alike
                 attempts[0].append(baseline_once(x, t_x, T, x0))
                 prog.advance(task)
-                with Quiet(), timer("fit_bgnbd", profile=True) as t:
+                with common.Quiet(), timer("fit_bgnbd", profile=True) as t:
                     fit = fit_bgnbd(x, t_x, T)
                 attempts[1].append(Attempt(t[0], value=fit))
                 prog.advance(task)
                 with engine.connect() as conn:
-                    with Quiet(), timer() as t:
+                    with common.Quiet(), timer() as t:
                         again = summary(conn, as_of=AS_OF)
                     attempts[2].append(Attempt(t[0], value=again))
                     prog.advance(task)
-                    with Quiet(), timer() as t:
+                    with common.Quiet(), timer() as t:
                         fit_all, values = fit_and_score(conn, as_of=AS_OF)
                     attempts[3].append(Attempt(t[0], value=(fit_all, values)))
                     prog.advance(task)
@@ -201,7 +159,9 @@ def run(quick: bool) -> list[Result]:
         engine.dispose()
         shutil.rmtree(prep["tmp"], ignore_errors=True)
 
-    base, seg, summ, full = (best_of(case, n, a) for case, a in zip(CASES, attempts, strict=True))
+    base, seg, summ, full = (
+        common.best_of(case, n, a, precision=3) for case, a in zip(CASES, attempts, strict=True)
+    )
     base.ratio = 1.0
     params, base_ll = attempts[0][-1].value
     base.notes += attempts[0][-1].notes

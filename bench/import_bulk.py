@@ -7,7 +7,6 @@ the same, already converted rows into a bare table without indexes.
 
 from __future__ import annotations
 
-import gc
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,23 +144,6 @@ def _stepper(prog: Progress, description: str, total: int) -> Step:
     return step
 
 
-class Quiet:
-    """gc.collect + gc.freeze around a timed block.
-
-    The materialised input (a million dicts) is the harness's, not the
-    workload's: frozen, the collector does not walk it during either side's
-    timing. Applied to baseline and segflow alike.
-    """
-
-    def __enter__(self) -> Quiet:
-        gc.collect()
-        gc.freeze()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.unfreeze()
-
-
 @dataclass
 class Attempt:
     """One timed repetition of a case."""
@@ -169,20 +151,6 @@ class Attempt:
     seconds: float
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def best_of(case: str, n: int, attempts: list[Attempt]) -> Result:
-    """The fastest repetition's time; notes and failures of all of them."""
-    r = Result(case, n, min(a.seconds for a in attempts))
-    if len(attempts) > 1:
-        times = ", ".join(f"{a.seconds:.2f}" for a in attempts)
-        r.notes.append(f"best of {len(attempts)} runs ({times} s)")
-    for a in attempts:
-        r.notes += [x for x in a.notes if x not in r.notes]
-        for x in a.failures:
-            if x not in r.failures:
-                r.fail(x)
-    return r
 
 
 # -- segflow ---------------------------------------------------------------------------
@@ -195,7 +163,7 @@ def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step)
     n = len(events)
     engine = open_db(url)
     try:
-        with Quiet(), timer(f"import_bulk {label}", profile=True) as t:
+        with common.Quiet(), timer(f"import_bulk {label}", profile=True) as t:
             report = ingest(
                 engine, events, source=SOURCE, notify=False, expected=n, on_progress=step
             )
@@ -235,7 +203,7 @@ def sqlite_raw_once(path: Path, chunks: list[list[tuple]], step: Step) -> Attemp
         con.execute(bare_table_ddl("events_raw", sqlite.dialect()))
         con.commit()
         sql = _insert_sql("events_raw", "?")
-        with Quiet(), timer() as t:
+        with common.Quiet(), timer() as t:
             for chunk in chunks:
                 con.executemany(sql, chunk)
                 con.commit()
@@ -263,9 +231,9 @@ def bench_sqlite(events: list[dict[str, Any]], prog: Progress, repeats: int) -> 
         with common.scratch_dir() as tmp:
             url = f"sqlite:///{tmp}/segflow.db"
             seg.append(segflow_once(url, events, SQLITE_CASES[1], steps[1]))
-    base = best_of(SQLITE_CASES[0], n, raw)
+    base = common.best_of(SQLITE_CASES[0], n, raw)
     base.ratio = 1.0
-    r = best_of(SQLITE_CASES[1], n, seg)
+    r = common.best_of(SQLITE_CASES[1], n, seg)
     r.ratio = ratio(r.seconds, base.seconds)
     r.check(min_rate=SQLITE_MIN_RATE, max_ratio=MAX_RATIO)
     return [base, r]
@@ -294,7 +262,7 @@ def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) 
         with conn.cursor() as cur:
             if copy:
                 stmt = f"COPY events_raw ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
-                with Quiet(), timer() as t:
+                with common.Quiet(), timer() as t:
                     for chunk in chunks:
                         with cur.copy(stmt) as cp:
                             for row in chunk:
@@ -303,7 +271,7 @@ def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) 
                         step(len(chunk))
             else:
                 stmt = _insert_sql("events_raw", "%s")
-                with Quiet(), timer() as t:
+                with common.Quiet(), timer() as t:
                     for chunk in chunks:
                         cur.executemany(stmt, chunk)
                         conn.commit()
@@ -342,7 +310,9 @@ def bench_postgres(events: list[dict[str, Any]], prog: Progress, repeats: int) -
             server.drop_database(db)
     finally:
         server.stop()
-    base, copy, seg = (best_of(case, n, a) for case, a in zip(PG_CASES, attempts, strict=True))
+    base, copy, seg = (
+        common.best_of(case, n, a) for case, a in zip(PG_CASES, attempts, strict=True)
+    )
     base.ratio = 1.0
     base.notes.append(
         f"PostgreSQL {version} ({server.bindir}), the throwaway server of tests/pgserver.py: "

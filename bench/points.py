@@ -12,7 +12,6 @@ database, built once with ``core.events.ingest`` and cached in
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import sqlite3
@@ -270,33 +269,11 @@ def sqlite_cache(n: int) -> tuple[Path, dict[str, Any]]:
 # -- timing helpers ---------------------------------------------------------------------
 
 
-class Quiet:
-    """gc.collect + gc.freeze around a timed block, on both sides alike."""
-
-    def __enter__(self) -> Quiet:
-        gc.collect()
-        gc.freeze()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.unfreeze()
-
-
 @dataclass
 class Attempt:
     seconds: float
     output: dict[int, tuple[float, float]]  # profile_id -> (value, raw points)
     notes: list[str] = field(default_factory=list)
-
-
-def best_of(case: str, n: int, attempts: list[Attempt]) -> Result:
-    r = Result(case, n, min(a.seconds for a in attempts))
-    if len(attempts) > 1:
-        times = ", ".join(f"{a.seconds:.2f}" for a in attempts)
-        r.notes.append(f"best of {len(attempts)} runs ({times} s)")
-    for a in attempts:
-        r.notes += [x for x in a.notes if x not in r.notes]
-    return r
 
 
 def repeats() -> int:
@@ -334,7 +311,7 @@ def segflow_once(engine: sa.Engine, params: Any, name: str, label: str) -> Attem
 
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1")).scalar_one()  # connection made before timing
-        with Quiet(), timer(f"points {label}", profile=True) as t:
+        with common.Quiet(), timer(f"points {label}", profile=True) as t:
             scores = score_all(conn, params, AS_OF, name)
     values = scores[name]
     out = {pid: (v.value, v.components["points"]) for pid, v in values.items()}
@@ -358,9 +335,9 @@ def pairs(
             prog.update(tasks[0], advance=1)
             seg_att.append(run_seg())
             prog.update(tasks[1], advance=1)
-    base = best_of(cases[0], n, base_att)
+    base = common.best_of(cases[0], n, base_att)
     base.ratio = 1.0
-    seg = best_of(cases[1], n, seg_att)
+    seg = common.best_of(cases[1], n, seg_att)
     seg.ratio = ratio(seg.seconds, base.seconds)
     reference = base_att[0].output
     scored = sum(1 for v in reference.values() if v[1] > 0)
@@ -410,7 +387,7 @@ def sqlite_baseline_once(path: Path) -> Attempt:
     con = sqlite3.connect(path)
     try:
         _sqlite_pragmas(con, None)
-        with Quiet(), timer() as t:
+        with common.Quiet(), timer() as t:
             points = dict(con.execute(BASELINE_SQLITE, bounds))
             live = [pid for (pid,) in con.execute(LIVE_PROFILES)]
             out = {}
@@ -457,7 +434,7 @@ def pg_baseline_once(server: Any, db: str) -> Attempt:
     bounds = {"as_of": AS_OF, "oldest": AS_OF - WINDOW}
     with psycopg.connect(**server.conninfo(db)) as conn:
         conn.execute("SELECT 1").fetchone()
-        with Quiet(), timer() as t:
+        with common.Quiet(), timer() as t:
             points = {pid: float(p) for pid, p in conn.execute(BASELINE_PG, bounds)}
             live = [pid for (pid,) in conn.execute(LIVE_PROFILES)]
             out = {}

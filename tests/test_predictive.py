@@ -23,7 +23,6 @@ import math
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,35 +38,11 @@ from core.scoring import ScoreError, parse_definition, run_scores, store_scores
 from core.sources import ReadOptions
 from plugins.scoring import predictive as pred
 from tests.conftest import PROJECT_ROOT, require_shared
+from tests.helpers import cdnow_events
 
 # The end of the CDNOW calibration period (39 weeks from 1997-01-01).
 CDNOW_AS_OF = datetime(1997, 9, 30, 23, 59, 59, 999999, tzinfo=UTC)
 PUBLISHED = pred.BgnbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426, log_likelihood=-9582.4)
-
-
-def cdnow_events(path: Path, *, sample: bool) -> list[dict]:
-    """One purchase event per line; the line number makes same-day repeats distinct."""
-    events = []
-    with open(path, encoding="ascii") as fh:
-        for n, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields or not fields[0].isdigit():
-                continue  # CDNOW_master.txt has a header line
-            if sample:
-                customer, _sample_id, day, cds, dollars = fields
-            else:
-                customer, day, cds, dollars = fields
-            events.append(
-                {
-                    "type": "purchase",
-                    "user_id": str(int(customer)),
-                    "ts": f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00Z",
-                    "value": float(dollars),
-                    "properties": {"cds": int(cds)},
-                    "message_id": f"{path.name}:{n}",
-                }
-            )
-    return events
 
 
 def user_ids(conn: sa.Connection) -> dict[int, str]:
@@ -81,7 +56,7 @@ def cdnow_sample(_migrated_sqlite, tmp_path_factory):
     target = tmp_path_factory.mktemp("cdnow") / "segflow.db"
     shutil.copy(_migrated_sqlite, target)
     engine = open_db(f"sqlite:///{target}")
-    events = cdnow_events(path, sample=True)
+    events = cdnow_events(path)
     report = ingest(engine, events, notify=False)
     assert (report.accepted, report.duplicates, report.rejected) == (len(events), 0, [])
     return engine
@@ -504,7 +479,7 @@ def test_cdnow_master_fits(fresh_sqlite):
     """All 23,570 customers through ingestion; speed is measured in bench/fit_bgnbd.py."""
     path = require_shared("cdnow/CDNOW_master.txt")
     engine = open_db(fresh_sqlite())
-    events = cdnow_events(path, sample=False)
+    events = cdnow_events(path)
     assert ingest(engine, events, notify=False).accepted == len(events) == 69_659
     with engine.connect() as conn:
         fit, values = pred.fit_and_score(conn, as_of=CDNOW_AS_OF)
