@@ -17,24 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.events import Event
 from core.sources import ReadOptions
 
-EVENT_FIELDS = frozenset(
-    {
-        "type",
-        "user_id",
-        "anonymous_id",
-        "email",
-        "ts",
-        "session_id",
-        "product_id",
-        "value",
-        "currency",
-        "url",
-        "campaign",
-        "message_id",
-    }
-)
+# Fields a column can feed directly; properties are reached as properties.NAME.
+EVENT_FIELDS = frozenset(set(Event.model_fields) - {"properties", "traits"})
 
 
 class MappingError(ValueError):

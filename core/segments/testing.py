@@ -7,24 +7,15 @@ A segment file may carry ``tests:``; each test lists events relative to as_of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from core.segments.evaluate import EventRow, ProfileData, evaluate
 from core.segments.language import Segment, SegmentError, check_references, parse_duration
 
-EVENT_KEYS = {
-    "type",
-    "ago",
-    "session_id",
-    "product_id",
-    "value",
-    "currency",
-    "url",
-    "campaign",
-    "properties",
-}
+# A test event is an EventRow written relative to as_of: ``ago`` instead of ts.
+EVENT_KEYS = ({f.name for f in fields(EventRow)} - {"ts", "message_id"}) | {"ago"}
 
 
 @dataclass
