@@ -35,7 +35,6 @@ from pydantic import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from core import models
 from core.identity import EVENTS, BatchResolver, fetch_in, move_events
 from core.models import utcnow
 from core.sources import RawRecord
@@ -721,7 +720,3 @@ def _copy_rows(
     with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
         for row in _rows(events, pids, source, now, props_out=_json_text):
             copy.write_row(row)
-
-
-def count_events(conn: Connection) -> int:
-    return conn.execute(sa.select(sa.func.count()).select_from(models.Event)).scalar_one()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from core.segments.language import (
@@ -226,7 +226,3 @@ def evaluate(
     plugins: dict[str, Any] | None = None,
 ) -> Outcome:
     return Evaluator(data, as_of, plugins).outcome(rule)
-
-
-def window_edge(as_of: datetime, within: timedelta | None) -> datetime | None:
-    return as_of - within if within is not None else None

@@ -133,24 +133,21 @@ class Features:
             self.event[key] = expr_fn().label(f"f{len(self.event)}")
         return key
 
+    def _aggregate(self, kind: str, prop: str | None, types, within, where):
+        """The measure over matching events, for a per-profile or per-session GROUP BY."""
+        cond = self._cond(types, within, where)
+        if kind == "count":
+            return sa.func.count(sa.case((cond, 1)))
+        if kind == "distinct":
+            ref_kind, name = field_ref(prop)
+            value = EVENTS.c[name] if ref_kind == "column" else json_key(EVENTS.c.properties, name)
+            return sa.func.count(sa.distinct(sa.case((cond, value))))
+        agg = {"sum": sa.func.sum, "min": sa.func.min, "max": sa.func.max, "avg": sa.func.avg}
+        return agg[kind](sa.case((cond, event_field(prop, "number"))))
+
     def measure(self, kind: str, prop: str | None, types, within, where) -> tuple:
         key = ("m", kind, prop, types, within, where)
-
-        def build():
-            cond = self._cond(types, within, where)
-            if kind == "count":
-                return sa.func.count(sa.case((cond, 1)))
-            if kind == "distinct":
-                ref_kind, name = field_ref(prop)
-                value = (
-                    EVENTS.c[name] if ref_kind == "column" else json_key(EVENTS.c.properties, name)
-                )
-                return sa.func.count(sa.distinct(sa.case((cond, value))))
-            value = event_field(prop, "number")
-            agg = {"sum": sa.func.sum, "min": sa.func.min, "max": sa.func.max, "avg": sa.func.avg}
-            return agg[kind](sa.case((cond, value)))
-
-        return self._event_feature(key, build)
+        return self._event_feature(key, lambda: self._aggregate(kind, prop, types, within, where))
 
     def time(self, last: bool, types, within, where) -> tuple:
         key = ("t", last, types, within, where)
@@ -165,28 +162,9 @@ class Features:
         """1 when some session alone satisfies the measure, else 0."""
         inner_n = ("sm", "count", None, types, within, where)
         inner = ("sm", kind, prop, types, within, where)
-        for k in {inner_n, inner}:
+        for k in (inner_n, inner):
             if k not in self.session_inner:
-                _, kd, pr, ty, wi, wh = k
-                cond = self._cond(ty, wi, wh)
-                if kd == "count":
-                    expr = sa.func.count(sa.case((cond, 1)))
-                elif kd == "distinct":
-                    ref_kind, name = field_ref(pr)
-                    value = (
-                        EVENTS.c[name]
-                        if ref_kind == "column"
-                        else json_key(EVENTS.c.properties, name)
-                    )
-                    expr = sa.func.count(sa.distinct(sa.case((cond, value))))
-                else:
-                    agg = {
-                        "sum": sa.func.sum,
-                        "min": sa.func.min,
-                        "max": sa.func.max,
-                        "avg": sa.func.avg,
-                    }[kd]
-                    expr = agg(sa.case((cond, event_field(pr, "number"))))
+                expr = self._aggregate(*k[1:])
                 self.session_inner[k] = expr.label(f"s{len(self.session_inner)}")
         key = ("s", inner, cmp)
         if key not in self.session:
