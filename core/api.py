@@ -7,10 +7,13 @@ source shares (keys, errors, size limits) and the email tracking routes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import math
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +22,17 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.commits import GroupCommitter
 from core.config import Settings
-from core.events import IngestReport, ingest
+from core.events import Event
 from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
 from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
 
 SNIPPET = Path(__file__).parent / "static" / "segflow.js"
+# A key checked less than this long ago is not read again (see verify_key).
+KEY_CHECK_SECONDS = 1.0
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one key
 # Segment's documented limits: 32 KB per call, 500 KB per batch.
 MAX_BODY_BYTES = 512 * 1024
@@ -64,6 +71,7 @@ class ApiContext:
 
     engine: Engine
     settings: Settings
+    committer: GroupCommitter
     limiter: RateLimiter | None = None
     touched: dict[int, float] = field(default_factory=dict)
 
@@ -75,7 +83,7 @@ class ApiContext:
         if not key:
             raise ApiError(401, "missing API key (HTTP Basic 'key:' or Bearer)")
         try:
-            info = verify_key(self.engine, key, scope)
+            info = verify_key(self.engine, key, scope, max_age=KEY_CHECK_SECONDS)
         except UnknownKey as exc:
             raise ApiError(401, str(exc)) from None
         except ScopeError as exc:
@@ -97,9 +105,39 @@ class ApiContext:
             touch(self.engine, info.id)
         return info
 
-    def ingest(self, events: list[dict[str, Any]], source: str) -> IngestReport:
-        """Validate and store; committed before the caller answers."""
-        return ingest(self.engine, events, source=source)
+    def ingest(self, events: list[Event | dict[str, Any]], source: str) -> None:
+        """Store validated events; returns once they are committed (and the
+        ``on_events_ingested`` hook has run). Blocks: for sync routes."""
+        self.committer.store(events, source)
+
+    async def ingest_async(self, events: list[Event | dict[str, Any]], source: str) -> None:
+        """``ingest`` for async routes: waits without holding up the event loop."""
+        await asyncio.wrap_future(self.committer.submit(events, source))
+
+
+class SizeLimit:
+    """413 for a declared body over MAX_BODY_BYTES, before the body is read.
+
+    Plain ASGI rather than ``@app.middleware``: that wrapper costs more per
+    request than a single-event track call itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                        response = JSONResponse(
+                            {"error": f"request body over {MAX_BODY_BYTES} bytes"},
+                            status_code=413,
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
 
 
 def _key_from_header(header: str) -> str | None:
@@ -118,18 +156,21 @@ def _key_from_header(header: str) -> str | None:
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     from core.plugins import event_sources
 
-    app = FastAPI(title="segflow ingestion API", version="1")
-    ctx = ApiContext(engine, settings, RateLimiter(settings.api_rate_limit, settings.api_burst))
+    committer = GroupCommitter(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Store what requests already handed over before the process ends.
+        await asyncio.to_thread(committer.close)
+
+    app = FastAPI(title="segflow ingestion API", version="1", lifespan=lifespan)
+    ctx = ApiContext(
+        engine, settings, committer, RateLimiter(settings.api_rate_limit, settings.api_burst)
+    )
     app.state.segflow = ctx
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(SizeLimit)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException):

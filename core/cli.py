@@ -1008,13 +1008,27 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log every request (off by default: at thousands of events a second "
+            "the log costs more than storing them; errors are logged either way).",
+        ),
+    ] = False,
 ) -> None:
     """Run the ingestion API (Segment-compatible /v1, tracking pixel and links)."""
     import uvicorn
 
     from core.api import create_app
 
-    uvicorn.run(create_app(_engine(ctx), _settings(ctx)), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(_engine(ctx), _settings(ctx)),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+    )
 
 
 # -- dashboard -------------------------------------------------------------------

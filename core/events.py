@@ -300,12 +300,15 @@ def ingest(
     on_progress: Callable[[int], None] | None = None,
     notify: bool = True,
     expected: int | None = None,
+    on_stored: Callable[[list[StoredEvent]], None] | None = None,
 ) -> IngestReport:
     """Validate, dedupe, resolve and store events; one transaction per batch.
 
     Bad records are reported, never fatal: good ones in the same batch are kept.
     ``on_progress(n)`` is called with the number of records read per batch.
     ``notify=False`` skips the ``on_events_ingested`` hook (bulk back-loads).
+    ``on_stored(events)``: called after each committed batch instead of the hook
+    (for a caller that runs the hook itself, elsewhere or later).
     ``expected``: roughly how many records are coming; a load at least as big
     as the events already stored builds the secondary indexes once at the end
     instead of updating them row by row.
@@ -321,7 +324,7 @@ def ingest(
     validate_event = Event.model_validate
     with (
         deferred_indexes(engine, expected) as load,
-        BatchWriter(engine, source, report, notify, load) as out,
+        BatchWriter(engine, source, report, notify, load, on_stored) as out,
     ):
         n = 0
         for n, item in enumerate(records, 1):
@@ -379,18 +382,20 @@ class BatchWriter:
         report: IngestReport,
         notify: bool,
         load: DeferredLoad | None = None,
+        on_stored: Callable[[list[StoredEvent]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.load = load or DeferredLoad()
         self.source = source
         self.report = report
         self.writer = make_writer(engine)
-        self.hook = None
-        if notify:
+        self.hook: Callable[[list[StoredEvent]], None] | None = on_stored
+        if notify and on_stored is None:
             from core.plugins import get_manager
 
             hook = get_manager().hook.on_events_ingested
-            self.hook = hook if hook.get_hookimpls() else None
+            if hook.get_hookimpls():
+                self.hook = lambda events: hook(events=events, engine=engine)
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -414,7 +419,7 @@ class BatchWriter:
                 f"the {report.accepted:,} events committed before are kept"
             ) from exc
         if self.hook is not None and stored:
-            self.hook(events=stored, engine=self.engine)
+            self.hook(stored)
 
 
 # Below this many rows, dropping and rebuilding indexes is not worth it.

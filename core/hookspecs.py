@@ -43,9 +43,11 @@ def on_events_ingested(events: Sequence[StoredEvent], engine: Engine) -> None:
     ``events`` holds only events that were stored (duplicates are left out),
     each with the ``profile_id`` it was attributed to after identity
     resolution; ``engine`` is the database they were stored in. Runs in the
-    ingesting process, after the commit, so an error here never loses events;
-    keep it quick or hand work to a queue. The built-in real-time segment
-    evaluation is an implementation of this hook.
+    ingesting process, after the commit, so an error here never loses events:
+    inline for imports, on a hook thread after the answer for the HTTP API
+    (one call may then hold many requests' events). Keep it quick or hand work
+    to a queue. The built-in real-time segment evaluation is an implementation
+    of this hook.
     """
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,18 +107,37 @@ def _info(row) -> KeyInfo:
     )
 
 
-def verify_key(engine: Engine, key: str, scope: str) -> KeyInfo:
-    """The key's info if it exists, is not revoked and has ``scope``."""
+# Keys verified recently, by hash: digest -> (info, monotonic time of the check).
+# Only valid keys are kept; a revocation in this process clears them at once.
+_verified: dict[str, tuple[KeyInfo, float]] = {}
+_verified_lock = threading.Lock()
+
+
+def verify_key(engine: Engine, key: str, scope: str, max_age: float = 0.0) -> KeyInfo:
+    """The key's info if it exists, is not revoked and has ``scope``.
+
+    ``max_age``: seconds a successful check may be reused without reading the
+    database (the API answers thousands of requests a second with a handful of
+    keys); a key revoked by another process then stops working within that time.
+    """
     digest = _hash(key or "")
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == digest)).first()
-    if row is None:
-        raise UnknownKey("unknown API key")
-    if row.revoked_at is not None:
-        raise UnknownKey(f"API key {row.name!r} was revoked")
-    info = _info(row)
+    now = time.monotonic()
+    cached = _verified.get(digest) if max_age > 0 else None
+    if cached is not None and now - cached[1] < max_age:
+        info = cached[0]
+    else:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == digest)).first()
+        if row is None:
+            raise UnknownKey("unknown API key")
+        if row.revoked_at is not None:
+            raise UnknownKey(f"API key {row.name!r} was revoked")
+        info = _info(row)
+        if max_age > 0:
+            with _verified_lock:
+                _verified[digest] = (info, now)
     if not info.allows(scope):
-        raise ScopeError(f"API key {row.name!r} lacks the scope {scope!r}")
+        raise ScopeError(f"API key {info.name!r} lacks the scope {scope!r}")
     return info
 
 
@@ -131,6 +152,8 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
 
 
 def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
+    with _verified_lock:
+        _verified.clear()
     now = utcnow()
     with engine.begin() as conn:
         row = conn.execute(sa.select(KEYS).where(KEYS.c.name == name)).first()

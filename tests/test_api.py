@@ -576,3 +576,32 @@ def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server
 def types_of(engine) -> set[str]:
     with engine.connect() as conn:
         return set(conn.execute(sa.select(models.Event.type).distinct()).scalars())
+
+
+def test_a_tracked_event_moves_the_profile_into_its_segment_in_real_time(server, tmp_path):
+    from datetime import UTC, datetime
+
+    from core.segments.store import load_segment_files, members, run_segments
+
+    base, engine, key = server
+    (tmp_path / "carts.yaml").write_text(
+        "name: fresh_carts\nrule: {event: add_to_cart, within: 1h}\n"
+    )
+    run_segments(engine, datetime.now(UTC), definitions=load_segment_files(tmp_path))
+    with httpx.Client(base_url=base, auth=(key, "")) as client:
+        r = client.post("/v1/track", json={"userId": "shopper", "event": "Product Added"})
+        assert r.status_code == 200
+    # The 200 means stored; the evaluation follows on the server's hook thread.
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as conn:
+            found = [m for m in members(conn, "fresh_carts") if m["id"] == "shopper"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert found, "no real-time segment entry within 10 s"
+    with engine.connect() as conn:
+        changes = (
+            conn.execute(sa.select(models.MembershipChange.__table__.c.change)).scalars().all()
+        )
+    assert changes == ["entered"]

@@ -32,6 +32,35 @@ def test_keys_are_hashed_scoped_and_revocable(db_url):
         verify_key(engine, key, "events:write")
 
 
+def test_a_recent_check_is_reused_for_max_age_and_scopes_still_apply(fresh_sqlite):
+    import time
+
+    engine = open_db(fresh_sqlite())
+    _, key = create_key(engine, "site", ["events:write"])
+    assert verify_key(engine, key, "events:write", max_age=0.3).name == "site"
+    # Revoked by another process (a plain UPDATE, not revoke_key): the cached
+    # check holds for max_age, a fresh check sees the revocation at once.
+    with engine.begin() as conn:
+        conn.execute(sa.update(models.ApiKey.__table__).values(revoked_at=sa.func.now()))
+    assert verify_key(engine, key, "events:write", max_age=0.3).name == "site"
+    with pytest.raises(ScopeError):
+        verify_key(engine, key, "profiles:read", max_age=0.3)
+    with pytest.raises(UnknownKey, match="revoked"):
+        verify_key(engine, key, "events:write")
+    time.sleep(0.35)
+    with pytest.raises(UnknownKey, match="revoked"):
+        verify_key(engine, key, "events:write", max_age=0.3)
+
+
+def test_revoking_in_this_process_ends_cached_checks_at_once(fresh_sqlite):
+    engine = open_db(fresh_sqlite())
+    _, key = create_key(engine, "site", ["events:write"])
+    assert verify_key(engine, key, "events:write", max_age=60).name == "site"
+    revoke_key(engine, "site")
+    with pytest.raises(UnknownKey, match="revoked"):
+        verify_key(engine, key, "events:write", max_age=60)
+
+
 @pytest.mark.parametrize(
     "scopes, message",
     [([], "at least one scope"), (["events:read"], "unknown scope(s) events:read")],

@@ -242,11 +242,15 @@ def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
 def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
     changes: list[Change] = []
     for name, (sid, version, _) in segs.items():
-        scope = None if (candidates is None or name in changed) else set(candidates)
         q = sa.select(MEMBERSHIPS.c.profile_id).where(MEMBERSHIPS.c.segment_id == sid)
-        current = set(conn.execute(q).scalars())
-        if scope is not None:
-            current &= scope
+        if candidates is None or name in changed:
+            current = set(conn.execute(q).scalars())
+        else:
+            # Only the candidates' memberships: a real-time call must not read a
+            # whole (large) segment to update a few profiles.
+            current = set()
+            for part in _chunks(sorted(candidates)):
+                current.update(conn.execute(q.where(MEMBERSHIPS.c.profile_id.in_(part))).scalars())
         new = result.members[name]
         entered, exited = sorted(new - current), sorted(current - new)
         if entered:

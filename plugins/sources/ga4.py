@@ -243,7 +243,7 @@ def mount(router: APIRouter, api) -> None:
         body, messages = await parse(request)
         if messages:
             return JSONResponse({"validationMessages": messages}, status_code=400)
-        api.ingest(to_events(body, request.query_params["measurement_id"]), "ga4")
+        await api.ingest_async(to_events(body, request.query_params["measurement_id"]), "ga4")
         return Response(status_code=204)
 
     @router.post("/debug/mp/collect", name="ga4_debug_collect")

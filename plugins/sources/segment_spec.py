@@ -150,7 +150,7 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
 def mount(router: APIRouter, api) -> None:
     from core.api import ApiError
 
-    def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
+    async def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
         api.authorize(
             request, "events:write", body.get("writeKey") if isinstance(body, dict) else None
         )
@@ -166,7 +166,7 @@ def mount(router: APIRouter, api) -> None:
             if isinstance(checked, Rejection):
                 raise ApiError(400, checked.reason, where)
             events.append(checked)
-        api.ingest(events, "segment")
+        await api.ingest_async(events, "segment")
         return {"success": True}
 
     async def read(request: Request) -> Any:
@@ -184,15 +184,18 @@ def mount(router: APIRouter, api) -> None:
         except orjson.JSONDecodeError:
             raise ApiError(400, "body is not valid JSON") from None
 
-    for call in CALLS:
-
-        async def single(request: Request, call: str = call) -> dict:
+    def single_call(call: str):
+        # A closure, not a default argument: FastAPI would read one from the query string.
+        async def single(request: Request) -> dict:
             body = await read(request)
-            return accept(request, body, [(call, body, "body")])
+            return await accept(request, body, [(call, body, "body")])
 
+        return single
+
+    for call in CALLS:
         router.add_api_route(
             f"/v1/{call}",
-            single,
+            single_call(call),
             methods=["POST"],
             name=f"segment_{call}",
             openapi_extra=_body(CALL_SCHEMA),
@@ -210,7 +213,7 @@ def mount(router: APIRouter, api) -> None:
             if call not in CALLS:
                 raise ApiError(400, f"type must be one of {', '.join(CALLS)}", f"batch[{i}].type")
             calls.append((call, item, f"batch[{i}]"))
-        return accept(request, body, calls)
+        return await accept(request, body, calls)
 
 
 @hookimpl

@@ -149,7 +149,7 @@ def mount(router: APIRouter, api) -> None:
         checked = validate(RawRecord(f"webhook {name}", raw))
         if isinstance(checked, Rejection):
             raise ApiError(422, checked.reason)
-        api.ingest([checked], f"webhook:{name}")
+        await api.ingest_async([checked], f"webhook:{name}")
         return {"received": True, "type": checked.type, "at": datetime.now(UTC).isoformat()}
 
 
