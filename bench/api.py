@@ -48,6 +48,9 @@ def describe(quick: bool) -> str:
             "each user's segment entry is visible: latency = seen - sent",
             "- baseline: the same batch events through `ingest()` in-process "
             "(the bulk import path); the track ratio compares seconds per event",
+            "- batch, track and the baseline run "
+            f"{common.repeats(quick)} time(s), each run with users and message ids of its own; "
+            "the fastest counts; the latency case runs once",
             "- targets: /v1/batch >= 10,000 events/s; /v1/track >= 1,500 requests/s; "
             "request-to-segment-change p99 < 50 ms at 200 requests/s",
         ]
@@ -68,12 +71,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(i: int, kind: str = "Product Viewed") -> dict:
+def call(i: int, kind: str = "Product Viewed", run: int = 0) -> dict:
+    """A Segment track call; each run has its own users and message ids."""
     return {
         "type": "track",
-        "userId": f"u{i % 5000}",
+        "userId": f"u{run}-{i % 5000}",
         "event": kind,
-        "messageId": f"{kind}-{i}",
+        "messageId": f"{kind}-{run}-{i}",
         "properties": {"product_id": f"P{i % 200}", "price": 10.0},
     }
 
@@ -140,6 +144,7 @@ def run(quick: bool) -> list[Result]:
     from core.segments.store import load_segment_files, run_segments
 
     n = sizes(quick)
+    repeats = common.repeats(quick)
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-api-"))
     db = f"sqlite:///{work}/api.db"
     engine = open_db(db)
@@ -174,28 +179,36 @@ def run(quick: bool) -> list[Result]:
                 time.sleep(0.1)
         from bench.loadgen import post_bytes, run_load
 
-        batches = [[call(b * 100 + i) for i in range(100)] for b in range(n["batches"])]
-        loaded = run_load(
-            HOST,
-            port,
-            [post_bytes(HOST, port, "/v1/batch", {"batch": b}, key) for b in batches],
-            connections=CONNECTIONS,
-        )
-        batch_s = loaded.seconds
-        check(loaded, "/v1/batch")
+        batch_s: list[float] = []
+        track_s: list[float] = []
+        for run in range(repeats):  # the fastest run counts, as in every benchmark
+            batches = [
+                [call(b * 100 + i, run=run) for i in range(100)] for b in range(n["batches"])
+            ]
+            loaded = run_load(
+                HOST,
+                port,
+                [post_bytes(HOST, port, "/v1/batch", {"batch": b}, key) for b in batches],
+                connections=CONNECTIONS,
+            )
+            check(loaded, "/v1/batch")
+            batch_s.append(loaded.seconds)
+            tracks = [
+                {k: v for k, v in call(10**7 + i, run=run).items() if k != "type"}
+                for i in range(n["tracks"])
+            ]
+            loaded = run_load(
+                HOST,
+                port,
+                [post_bytes(HOST, port, "/v1/track", t, key) for t in tracks],
+                connections=CONNECTIONS,
+            )
+            check(loaded, "/v1/track")
+            track_s.append(loaded.seconds)
 
-        tracks = [
-            {k: v for k, v in call(10**7 + i).items() if k != "type"} for i in range(n["tracks"])
-        ]
-        loaded = run_load(
-            HOST,
-            port,
-            [post_bytes(HOST, port, "/v1/track", t, key) for t in tracks],
-            connections=CONNECTIONS,
-        )
-        track_s = loaded.seconds
-        check(loaded, "/v1/track")
-
+        # The server evaluates the track load's profiles after answering; the
+        # latency case measures a steady 200 requests/s, not that backlog.
+        time.sleep(2)
         paced = [
             {k: v for k, v in call(2 * 10**7 + i, "Product Added").items() if k != "type"}
             | {"userId": f"carter{i}"}
@@ -219,26 +232,38 @@ def run(quick: bool) -> list[Result]:
         server.terminate()
         server.wait(timeout=30)
 
-    base_engine = open_db(f"sqlite:///{work}/baseline.db")
     from plugins.sources.segment_spec import to_event
 
-    events = [to_event("track", c, "x") for b in batches for c in b]
-    t0 = time.perf_counter()
-    ingest(base_engine, events, notify=False)
-    baseline_s = time.perf_counter() - t0
+    baseline_s: list[float] = []
+    for run in range(repeats):
+        base_engine = open_db(f"sqlite:///{work}/baseline-{run}.db")
+        events = [
+            to_event("track", call(b * 100 + i, run=run), "x")
+            for b in range(n["batches"])
+            for i in range(100)
+        ]
+        t0 = time.perf_counter()
+        ingest(base_engine, events, notify=False)
+        baseline_s.append(time.perf_counter() - t0)
+        base_engine.dispose()
     total = n["batches"] * 100
 
-    baseline = Result("bulk import path, same events (baseline)", total, baseline_s, 1.0)
-    batch = Result("/v1/batch, 100 events a request", total, batch_s, ratio(batch_s, baseline_s))
+    base_best, batch_best, track_best = min(baseline_s), min(batch_s), min(track_s)
+    baseline = Result("bulk import path, same events (baseline)", total, base_best, 1.0)
+    batch = Result(
+        "/v1/batch, 100 events a request", total, batch_best, ratio(batch_best, base_best)
+    )
     batch.check(min_rate=10_000)
     track = Result(
         "/v1/track, one event a request",
         n["tracks"],
-        track_s,
-        ratio(track_s * total / n["tracks"], baseline_s),
+        track_best,
+        ratio(track_best * total / n["tracks"], base_best),
     )
     track.check(min_rate=1_500)
-    track.notes.append(f"{n['tracks'] / track_s:,.0f} requests/s")
+    track.notes.append(f"{n['tracks'] / track_best:,.0f} requests/s")
+    for r, runs in ((baseline, baseline_s), (batch, batch_s), (track, track_s)):
+        r.notes.append(f"best of {len(runs)} runs ({', '.join(f'{x:.2f}' for x in runs)} s)")
     latency = Result("request to recorded segment change at 200 requests/s", n["paced"], paced_s)
     latency.target = "p99 < 50 ms"
     latency.notes.append(f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
