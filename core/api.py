@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -22,13 +23,16 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.commits import GroupCommitter
+from core.commits import CommitterClosed, GroupCommitter
 from core.config import Settings
-from core.events import Event
+from core.events import Event, IngestError, Rejection, validate
 from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
+from core.sources import RawRecord
 from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
+
+log = logging.getLogger(__name__)
 
 SNIPPET = Path(__file__).parent / "static" / "segflow.js"
 # A key checked less than this long ago is not read again (see verify_key).
@@ -102,21 +106,46 @@ class ApiContext:
         # plenty, and a write per request would queue behind SQLite's one writer.
         if now - self.touched.get(info.id, -TOUCH_EVERY) >= TOUCH_EVERY:
             self.touched[info.id] = now
-            touch(self.engine, info.id)
+            # Off the event loop: the write may wait for SQLite's lock.
+            threading.Thread(target=_touch_quietly, args=(self.engine, info.id)).start()
         return info
 
     def ingest(self, events: list[Event | dict[str, Any]], source: str) -> None:
-        """Store validated events; returns once they are committed (and the
-        ``on_events_ingested`` hook has run). Blocks: for sync routes."""
-        self.committer.store(events, source)
+        """Store events; returns once they are committed. Blocks: for sync routes.
+
+        Dicts are validated first (ApiError 400 naming the event). The
+        ``on_events_ingested`` hook (real-time segments) runs afterwards on the
+        committer's hook thread, not before this returns.
+        """
+        self.committer.store(_validated(events), source)
 
     async def ingest_async(self, events: list[Event | dict[str, Any]], source: str) -> None:
         """``ingest`` for async routes: waits without holding up the event loop."""
-        await asyncio.wrap_future(self.committer.submit(events, source))
+        await asyncio.wrap_future(self.committer.submit(_validated(events), source))
+
+
+def _validated(events: list[Event | dict[str, Any]]) -> list[Event]:
+    out = []
+    for i, e in enumerate(events):
+        if not isinstance(e, Event):
+            checked = validate(RawRecord(f"event {i}", e))
+            if isinstance(checked, Rejection):
+                raise ApiError(400, checked.reason, checked.location)
+            e = checked
+        out.append(e)
+    return out
+
+
+def _touch_quietly(engine: Engine, key_id: int) -> None:
+    try:
+        touch(engine, key_id)
+    except Exception:  # noqa: BLE001 - a missed last_used_at is not worth a failed request
+        log.warning("could not record the use of API key %s", key_id, exc_info=True)
 
 
 class SizeLimit:
-    """413 for a declared body over MAX_BODY_BYTES, before the body is read.
+    """413 for a body over MAX_BODY_BYTES: at once when its declared length is,
+    else (chunked) as soon as the bytes read pass the limit.
 
     Plain ASGI rather than ``@app.middleware``: that wrapper costs more per
     request than a single-event track call itself.
@@ -126,18 +155,34 @@ class SizeLimit:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    if value.isdigit() and int(value) > MAX_BODY_BYTES:
-                        response = JSONResponse(
-                            {"error": f"request body over {MAX_BODY_BYTES} bytes"},
-                            status_code=413,
-                        )
-                        await response(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                    await _too_large()(scope, receive, send)
+                    return
+                # Within the limit; the server holds the body to its length.
+                await self.app(scope, receive, send)
+                return
+        read = 0
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > MAX_BODY_BYTES:
+                    # Raised inside the route's body read: answered as JSON 413.
+                    raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large() -> JSONResponse:
+    return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
 
 
 def _key_from_header(header: str) -> str | None:
@@ -176,6 +221,19 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     async def http_error(_request: Request, exc: HTTPException):
         body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(IngestError)
+    async def not_stored(_request: Request, exc: IngestError):
+        # Nothing of the request was stored (its group was retried alone).
+        return JSONResponse({"error": f"events not stored: {exc}"}, status_code=500)
+
+    @app.exception_handler(CommitterClosed)
+    async def closing(_request: Request, _exc: CommitterClosed):
+        return JSONResponse(
+            {"error": "the server is shutting down; retry"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.get("/health")
     def health() -> dict[str, str]:

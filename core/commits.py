@@ -4,7 +4,9 @@ A request carrying one event would otherwise pay for a whole transaction
 alone, and SQLite has one writer, so such requests queue behind each other.
 Here one thread takes every submission waiting at that moment and stores them
 with one ``ingest`` call; each submitter is answered once its events are
-committed, and nothing is acknowledged that was not stored.
+committed, and nothing is acknowledged that was not stored. Should a group
+fail, each of its submissions is tried alone, so one bad request cannot fail
+the others.
 
 ``on_events_ingested`` (real-time segment evaluation) then runs on a second
 thread, off the request path: it takes every committed batch waiting for it,
@@ -36,15 +38,22 @@ MAX_GROUP_EVENTS = 5000
 # requests, and groups under load grow from a few to about the number of
 # concurrent clients. The pause is the most a request can lose to it.
 GATHER_SECONDS = 0.0005
-# The hook thread lets committed events gather this long before evaluating:
-# under load one evaluation then covers hundreds of requests' profiles. It
-# adds at most this much to the time from a request to its segment change.
+# The hook thread waits this long after being woken before it takes what has
+# been committed: under load one evaluation then covers hundreds of requests'
+# profiles. It adds this much to the time from a request to its segment change.
 HOOK_GATHER_SECONDS = 0.005
+# Committed events waiting for the hook: beyond this the writer waits for the
+# hook to catch up (answers slow down) rather than let memory grow.
+MAX_HOOK_BACKLOG = 50_000
+
+
+class CommitterClosed(RuntimeError):
+    """The committer was closed; nothing more is accepted."""
 
 
 @dataclass
 class Submission:
-    events: list[Event | dict]
+    events: list[Event]
     source: str
     done: Future[None] = field(default_factory=Future)
 
@@ -57,134 +66,171 @@ class GroupCommitter:
         self.max_events = max_events
         self._queue: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
         self._stored: list[StoredEvent] = []
-        self._stored_ready = threading.Condition()
-        self._closing = False
+        self._stored_changed = threading.Condition()
+        self._lock = threading.Lock()  # orders submit, start and close
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._hook = None
+        self._closed = False
+        self._writer_done = False
 
-    def submit(self, events: list[Event | dict], source: str) -> Future[None]:
+    def submit(self, events: list[Event], source: str) -> Future[None]:
         """Queue validated events; the future resolves once they are committed.
 
-        Events should be validated by the caller (an invalid dict would only
-        be reported in a group's report that no single submitter sees).
+        Cancelling the future before the writer takes it withdraws the events.
         """
+        for e in events:
+            if not isinstance(e, Event):
+                raise TypeError(f"submit takes validated Event objects, not {type(e).__name__}")
         item = Submission(events, source)
         if not events:
             item.done.set_result(None)
             return item.done
-        self._ensure_started()
-        self._queue.put(item)
+        with self._lock:
+            if self._closed:
+                raise CommitterClosed("the event writer is closed")
+            if not self._threads:
+                self._start()
+            self._queue.put(item)
         return item.done
 
-    def store(self, events: list[Event | dict], source: str) -> None:
+    def store(self, events: list[Event], source: str) -> None:
         """Submit and wait (for callers on a worker thread)."""
         self.submit(events, source).result()
 
     def close(self) -> None:
         """Store what is queued, run the hook for it, then stop both threads."""
         with self._lock:
-            threads, self._threads = self._threads, []
-        if not threads:
-            return
-        self._queue.put(None)
-        threads[0].join()
-        with self._stored_ready:
-            self._closing = True
-            self._stored_ready.notify()
-        threads[1].join()
-
-    def _ensure_started(self) -> None:
-        if self._threads:
-            return
-        with self._lock:
-            if self._threads:
+            if self._closed:
                 return
-            from core.plugins import get_manager
+            self._closed = True
+            threads = self._threads
+            if threads:
+                self._queue.put(None)
+        for t in threads:
+            t.join()
 
-            hook = get_manager().hook.on_events_ingested
-            self._hook = hook if hook.get_hookimpls() else None
-            self._closing = False
-            self._threads = [
-                threading.Thread(target=self._write, name="segflow-group-commit", daemon=True),
-                threading.Thread(target=self._notify, name="segflow-ingest-hook", daemon=True),
-            ]
-            for t in self._threads:
-                t.start()
+    def _start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._write, name="segflow-group-commit", daemon=True),
+            threading.Thread(target=self._notify, name="segflow-ingest-hook", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     # -- the writer thread ------------------------------------------------------------
 
     def _write(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group, stop = [first], False
-            size = len(first.events)
-            waited = False
-            while size < self.max_events:
+        try:
+            while (group := self._take()) is not None:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    if waited:
-                        break
-                    waited = True
-                    time.sleep(GATHER_SECONDS)
-                    continue
-                if item is None:
-                    stop = True
+                    self._store(group)
+                except BaseException as exc:  # noqa: BLE001 - a bug here must not hang anyone
+                    log.exception("storing a group of %d submissions failed", len(group))
+                    for s in group:
+                        if not s.done.done():
+                            s.done.set_exception(exc)
+        finally:
+            with self._stored_changed:
+                self._writer_done = True
+                self._stored_changed.notify_all()
+
+    def _take(self) -> list[Submission] | None:
+        """The next group: everything waiting now (None once closed and drained)."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        group: list[Submission] = []
+        size, waited = 0, False
+        while True:
+            if item is not None:
+                # A submitter that gave up (cancelled) before now is left out.
+                if item.done.set_running_or_notify_cancel():
+                    group.append(item)
+                    size += len(item.events)
+                item = None
+            if size >= self.max_events:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if waited:
                     break
-                group.append(item)
-                size += len(item.events)
-            self._store(group)
-            if stop:
-                return
+                waited = True
+                time.sleep(GATHER_SECONDS)
+                continue
+            if item is None:
+                self._queue.put(None)  # seen again after this group is stored
+                break
+        return group
 
     def _store(self, group: list[Submission]) -> None:
-        on_stored = self._hand_over if self._hook is not None else None
         # One ingest call per run of the same source (the source is a column).
-        for source, run in groupby(group, key=lambda s: s.source):
+        for _, run in groupby(group, key=lambda s: s.source):
             subs = list(run)
-            events = [e for s in subs for e in s.events]
             try:
-                ingest(
-                    self.engine,
-                    events,
-                    source=source,
-                    batch_size=len(events),
-                    notify=False,
-                    on_stored=on_stored,
-                )
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+                self._ingest(subs)
+            except Exception as exc:  # noqa: BLE001 - answered below
+                if len(subs) == 1:
+                    subs[0].done.set_exception(exc)
+                    continue
+                # Something in this run could not be stored: alone, each
+                # submission succeeds or fails on its own content.
                 for s in subs:
-                    s.done.set_exception(exc)
-                continue
-            for s in subs:
-                s.done.set_result(None)
+                    try:
+                        self._ingest([s])
+                    except Exception as one:  # noqa: BLE001
+                        s.done.set_exception(one)
+                    else:
+                        s.done.set_result(None)
+            else:
+                for s in subs:
+                    s.done.set_result(None)
+
+    def _ingest(self, subs: list[Submission]) -> None:
+        events = [e for s in subs for e in s.events]
+        hook = self._hook()
+        ingest(
+            self.engine,
+            events,
+            source=subs[0].source,
+            batch_size=len(events),
+            notify=False,
+            on_stored=self._hand_over if hook is not None else None,
+        )
+
+    @staticmethod
+    def _hook():
+        from core.plugins import get_manager
+
+        hook = get_manager().hook.on_events_ingested
+        return hook if hook.get_hookimpls() else None
 
     def _hand_over(self, stored: list[StoredEvent]) -> None:
-        with self._stored_ready:
+        with self._stored_changed:
+            while len(self._stored) >= MAX_HOOK_BACKLOG:
+                self._stored_changed.wait()
             self._stored.extend(stored)
-            self._stored_ready.notify()
+            self._stored_changed.notify_all()
 
     # -- the hook thread --------------------------------------------------------------
 
     def _notify(self) -> None:
         while True:
-            with self._stored_ready:
-                while not self._stored and not self._closing:
-                    self._stored_ready.wait()
-            if not self._closing:
-                time.sleep(HOOK_GATHER_SECONDS)
-            with self._stored_ready:
+            with self._stored_changed:
+                while not self._stored and not self._writer_done:
+                    self._stored_changed.wait()
+                if not self._stored:
+                    return  # the writer stopped and everything was handed on
+            time.sleep(HOOK_GATHER_SECONDS)
+            with self._stored_changed:
                 events, self._stored = self._stored, []
-                closing = self._closing
-            if events and self._hook is not None:
-                try:
-                    self._hook(events=events, engine=self.engine)
-                except Exception:
-                    # The events are stored; a failing plugin must not stop the
-                    # hook for later ones. A segment run catches up what it missed.
-                    log.exception("on_events_ingested failed for %d events", len(events))
-            if closing and not events:
-                return
+                self._stored_changed.notify_all()  # room for a waiting writer
+            hook = self._hook()
+            if hook is None:
+                continue
+            try:
+                hook(events=events, engine=self.engine)
+            except Exception:
+                # The events are stored; a failing plugin must not stop the hook
+                # for later ones. Their profiles are not re-evaluated now: the
+                # next segment run (incremental) catches them up.
+                log.exception("on_events_ingested failed for %d events", len(events))

@@ -12,6 +12,7 @@ import functools
 import gc
 import hashlib
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -185,7 +186,10 @@ def content_id(event: Event) -> str:
         event.properties,
         event.traits,
     )
-    raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    try:
+        raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        raw = _json_fallback(payload, sort_keys=True, default=str)
     return "h-" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
@@ -413,9 +417,12 @@ class BatchWriter:
                 stored = store_batch(
                     conn, self.writer, batch, self.source, report, self.hook is not None, self.load
                 )
-        except sa.exc.DBAPIError as exc:
+        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+            # Driver errors come wrapped from SQLAlchemy, or bare from the
+            # driver-level COPY and multi-row INSERT.
+            reason = getattr(exc, "orig", None) or exc
             raise IngestError(
-                f"storing {span[0]} .. {span[1]} failed: {' '.join(str(exc.orig).split())}; "
+                f"storing {span[0]} .. {span[1]} failed: {' '.join(str(reason).split())}; "
                 f"the {report.accepted:,} events committed before are kept"
             ) from exc
         if self.hook is not None and stored:
@@ -644,7 +651,16 @@ def _write_sqlite(
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return _json_fallback(value).decode()
+
+
+def _json_fallback(value: Any, **options: Any) -> bytes:
+    """JSON for what orjson refuses: integers beyond 64 bits (Python callers can
+    send them; JSON parsers hand back floats for them anyway)."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"), **options).encode()
 
 
 def _same(value: Any) -> Any:

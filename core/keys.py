@@ -107,9 +107,9 @@ def _info(row) -> KeyInfo:
     )
 
 
-# Keys verified recently, by hash: digest -> (info, monotonic time of the check).
+# Keys verified recently: (database URL, key hash) -> (info, monotonic time of the check).
 # Only valid keys are kept; a revocation in this process clears them at once.
-_verified: dict[str, tuple[KeyInfo, float]] = {}
+_verified: dict[tuple[object, str], tuple[KeyInfo, float]] = {}
 _verified_lock = threading.Lock()
 
 
@@ -121,21 +121,24 @@ def verify_key(engine: Engine, key: str, scope: str, max_age: float = 0.0) -> Ke
     keys); a key revoked by another process then stops working within that time.
     """
     digest = _hash(key or "")
+    slot = (engine.url, digest)
     now = time.monotonic()
-    cached = _verified.get(digest) if max_age > 0 else None
+    cached = _verified.get(slot) if max_age > 0 else None
     if cached is not None and now - cached[1] < max_age:
         info = cached[0]
     else:
         with engine.connect() as conn:
             row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == digest)).first()
-        if row is None:
-            raise UnknownKey("unknown API key")
-        if row.revoked_at is not None:
+        if row is None or row.revoked_at is not None:
+            with _verified_lock:
+                _verified.pop(slot, None)
+            if row is None:
+                raise UnknownKey("unknown API key")
             raise UnknownKey(f"API key {row.name!r} was revoked")
         info = _info(row)
         if max_age > 0:
             with _verified_lock:
-                _verified[digest] = (info, now)
+                _verified[slot] = (info, now)
     if not info.allows(scope):
         raise ScopeError(f"API key {info.name!r} lacks the scope {scope!r}")
     return info
@@ -152,8 +155,6 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
 
 
 def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
-    with _verified_lock:
-        _verified.clear()
     now = utcnow()
     with engine.begin() as conn:
         row = conn.execute(sa.select(KEYS).where(KEYS.c.name == name)).first()
@@ -164,4 +165,7 @@ def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
             AUDIT.insert().values(at=now, actor=actor, action="key.revoke", target=name, details={})
         )
         row = conn.execute(sa.select(KEYS).where(KEYS.c.id == row.id)).one()
+    # After the commit: a check racing the revocation cannot re-cache the key.
+    with _verified_lock:
+        _verified.clear()
     return _info(row)

@@ -605,3 +605,34 @@ def test_a_tracked_event_moves_the_profile_into_its_segment_in_real_time(server,
             conn.execute(sa.select(models.MembershipChange.__table__.c.change)).scalars().all()
         )
     assert changes == ["entered"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_nothing_stored(server):
+    base, engine, key = server
+
+    def chunks():
+        yield b'{"userId": "u1", "event": "Big", "properties": {"pad": "'
+        for _ in range(600):
+            yield b"x" * 1024
+        yield b'"}}'
+
+    with httpx.Client(base_url=base) as client:
+        r = client.post(
+            "/v1/track",
+            auth=(key, ""),
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+    assert r.status_code == 413
+    assert "request body over" in r.json()["error"]
+    assert count(engine) == 0
+
+
+def test_dicts_handed_to_the_api_context_are_validated_first():
+    from core.api import ApiError, _validated
+
+    with pytest.raises(ApiError) as caught:
+        _validated([{"type": "page_view", "user_id": "u1"}, {"type": "Bad Type", "user_id": "u"}])
+    assert caught.value.status_code == 400
+    assert caught.value.detail["field"] == "event 1"
+    assert "snake_case" in caught.value.detail["error"]

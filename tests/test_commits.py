@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from core import models
-from core.commits import GroupCommitter
+from core.commits import CommitterClosed, GroupCommitter
 from core.db import open_db
-from core.events import IngestError, validate
+from core.events import IngestError, Rejection, validate
 from core.sources import RawRecord
 
 
@@ -27,8 +30,20 @@ def event(i: int, user: str | None = None) -> object:
             },
         )
     )
-    assert not isinstance(checked, str)
+    assert not isinstance(checked, Rejection), checked
     return checked
+
+
+@contextlib.contextmanager
+def write_lock(url: str) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection, as another process would."""
+    con = sqlite3.connect(sa.make_url(url).database, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
 
 
 def stored_ids(engine) -> list[str]:
@@ -68,6 +83,8 @@ def test_concurrent_submissions_are_stored_once_and_visible_when_answered(fresh_
 def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_plugin):
     engine = open_db(fresh_sqlite())
     seen: list[tuple[str, int]] = []
+    early: list[str] = []
+    calls: list[int] = []
     lock = threading.Lock()
 
     class Recorder:
@@ -78,8 +95,10 @@ def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_p
             with lock:
                 for e in events:
                     # The hook never sees an event before it is committed.
-                    assert e.event.message_id in stored
+                    if e.event.message_id not in stored:
+                        early.append(e.event.message_id)
                     seen.append((e.event.message_id, e.profile_id))
+                calls.append(len(events))
 
     register_plugin(Recorder, name="recorder")
     committer = GroupCommitter(engine)
@@ -87,7 +106,10 @@ def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_p
     for f in futures:
         f.result(timeout=10)
     committer.close()  # runs the hook for whatever is still waiting
+    assert early == []
     assert sorted(m for m, _ in seen) == sorted(f"m{i}" for i in range(50))
+    # Submitted together, they were gathered: fewer hook calls than requests.
+    assert len(calls) < 50
     with engine.connect() as conn:
         pids = dict(
             conn.execute(
@@ -108,32 +130,70 @@ def test_a_failing_store_fails_every_waiter_of_its_group_and_later_ones_go_on(
     engine = open_db(url)
     committer = GroupCommitter(engine)
     committer.store([event(0)], "test")
-    # Another process-like writer holds the write lock: the group cannot commit.
-    blocker = sa.create_engine(url).raw_connection()
-    blocker.driver_connection.isolation_level = None
-    blocker.driver_connection.execute("BEGIN EXCLUSIVE")
-    try:
+    # Another writer holds the write lock: the group cannot commit.
+    with write_lock(url):
         futures = [committer.submit([event(i)], "test") for i in range(1, 4)]
         for f in futures:
             with pytest.raises(IngestError, match="locked"):
                 f.result(timeout=30)
-    finally:
-        blocker.driver_connection.execute("ROLLBACK")
-        blocker.close()
     committer.store([event(9)], "test")
     committer.close()
     assert stored_ids(engine) == ["m0", "m9"]
 
 
-def test_close_stores_what_was_queued(fresh_sqlite):
+def test_close_stores_what_was_queued_and_then_refuses(fresh_sqlite):
     engine = open_db(fresh_sqlite())
     committer = GroupCommitter(engine)
     futures = [committer.submit([event(i)], "test") for i in range(30)]
     committer.close()
     assert all(f.done() and f.exception() is None for f in futures)
     assert len(stored_ids(engine)) == 30
-    # A closed committer starts again on the next submission.
-    start = time.monotonic()
-    committer.store([event(30)], "test")
+    with pytest.raises(CommitterClosed):
+        committer.submit([event(30)], "test")
+    committer.close()  # closing twice is fine
+
+
+def test_a_withdrawn_submission_is_not_stored_and_the_writer_goes_on(fresh_sqlite):
+    url = fresh_sqlite()
+    engine = open_db(url)
+    committer = GroupCommitter(engine)
+    committer.store([event(0)], "test")
+    with write_lock(url):
+        first = committer.submit([event(1)], "test")
+        time.sleep(0.3)  # the writer has taken it and waits for the lock
+        second = committer.submit([event(2)], "test")
+        # What asyncio.wrap_future does when the request's task is cancelled.
+        assert second.cancel()
+    first.result(timeout=30)
+    committer.store([event(3)], "test")
     committer.close()
-    assert len(stored_ids(engine)) == 31 and time.monotonic() - start < 5
+    assert stored_ids(engine) == ["m0", "m1", "m3"]
+
+
+def test_one_bad_submission_does_not_fail_the_others_in_its_group(postgres_url):
+    # PostgreSQL cannot store a NUL character in text: the COPY of the whole
+    # group fails, and each submission is then tried alone.
+    engine = open_db(postgres_url)
+    committer = GroupCommitter(engine)
+    bad = validate(RawRecord("bad", {"type": "x", "user_id": "u\x00nul", "message_id": "bad"}))
+    assert not isinstance(bad, Rejection)
+    blocker = engine.connect()
+    tx = blocker.begin()
+    # Reads pass, writes wait: the writer stalls on its first group while the
+    # next three submissions gather into one.
+    blocker.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+    try:
+        first = committer.submit([event(0)], "test")
+        time.sleep(0.3)
+        good = [committer.submit([event(i)], "test") for i in (1, 2)]
+        poison = committer.submit([bad], "test")
+    finally:
+        tx.rollback()
+        blocker.close()
+    first.result(timeout=30)
+    for f in good:
+        f.result(timeout=30)
+    with pytest.raises(IngestError, match="0x00"):
+        poison.result(timeout=30)
+    committer.close()
+    assert stored_ids(engine) == ["m0", "m1", "m2"]

@@ -239,12 +239,19 @@ def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
     return sorted(set(ids))
 
 
+# Up to this many candidates, their memberships are looked up by key; more,
+# and one scan of the segment is cheaper than the many lookups.
+FEW_CANDIDATES = 5000
+
+
 def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
     changes: list[Change] = []
     for name, (sid, version, _) in segs.items():
         q = sa.select(MEMBERSHIPS.c.profile_id).where(MEMBERSHIPS.c.segment_id == sid)
         if candidates is None or name in changed:
             current = set(conn.execute(q).scalars())
+        elif len(candidates) > FEW_CANDIDATES:
+            current = set(conn.execute(q).scalars()) & set(candidates)
         else:
             # Only the candidates' memberships: a real-time call must not read a
             # whole (large) segment to update a few profiles.

@@ -212,14 +212,16 @@ def to_events(body: dict[str, Any], measurement_id: str) -> list[dict[str, Any]]
 
 def mount(router: APIRouter, api) -> None:
     from core.api import ApiError
-    from core.events import Rejection, validate
+    from core.events import Event, Rejection, validate
 
-    async def parse(request: Request) -> tuple[Any, list[dict[str, str]]]:
+    async def parse(request: Request) -> tuple[list[Event], list[dict[str, str]]]:
+        """The request's events, validated, and GA4-style messages for what is wrong."""
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return None, [_message("", "Body is not valid JSON.", "VALUE_INVALID")]
+            return [], [_message("", "Body is not valid JSON.", "VALUE_INVALID")]
         messages = validate_body(body)
+        events: list[Event] = []
         if not messages:
             for i, raw in enumerate(
                 to_events(body, request.query_params.get("measurement_id", ""))
@@ -227,7 +229,9 @@ def mount(router: APIRouter, api) -> None:
                 checked = validate(RawRecord(f"events[{i}]", raw))
                 if isinstance(checked, Rejection):
                     messages.append(_message(checked.location, checked.reason, "VALUE_INVALID"))
-        return body, messages
+                else:
+                    events.append(checked)
+        return events, messages
 
     def authorize(request: Request) -> None:
         if not request.query_params.get("measurement_id"):
@@ -240,10 +244,10 @@ def mount(router: APIRouter, api) -> None:
     @router.post("/mp/collect", name="ga4_collect")
     async def collect(request: Request) -> Response:
         authorize(request)
-        body, messages = await parse(request)
+        events, messages = await parse(request)
         if messages:
             return JSONResponse({"validationMessages": messages}, status_code=400)
-        await api.ingest_async(to_events(body, request.query_params["measurement_id"]), "ga4")
+        await api.ingest_async(events, "ga4")
         return Response(status_code=204)
 
     @router.post("/debug/mp/collect", name="ga4_debug_collect")
