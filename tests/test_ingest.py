@@ -245,3 +245,14 @@ def test_duplicates_racing_past_the_check_are_still_stored_once(engine, monkeypa
     )
     assert (report.accepted, report.duplicates) == (1, 1)
     assert count(engine) == 2
+
+
+def test_integers_beyond_64_bits_in_properties_are_stored_not_fatal(engine):
+    # orjson refuses them; Python callers (and CSV mappings with :int) can send them.
+    big = 2**70
+    first = ingest(engine, [ev("page_view", 1, user_id="u1", properties={"n": big})])
+    again = ingest(engine, [ev("page_view", 1, user_id="u1", properties={"n": big})])
+    assert (first.accepted, again.duplicates) == (1, 1)  # content id works for them too
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(EVENTS.c.properties)).scalar_one()
+    assert stored["n"] == pytest.approx(float(big))
