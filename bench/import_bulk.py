@@ -154,6 +154,14 @@ class Attempt:
     notes: list[str] = field(default_factory=list)
 
 
+def counted(seconds: float, stored: int, n: int, *notes: str) -> Attempt:
+    """A baseline attempt, failed unless all n rows were stored."""
+    a = Attempt(seconds, notes=list(notes))
+    if stored != n:
+        a.failures.append(f"verification failed: {stored} rows stored of {n}")
+    return a
+
+
 # -- segflow ---------------------------------------------------------------------------
 
 
@@ -218,10 +226,7 @@ def sqlite_raw_once(path: Path, chunks: list[list[tuple]], step: Step) -> Attemp
         sync = con.execute("PRAGMA synchronous").fetchone()[0]
     finally:
         con.close()
-    a = Attempt(t[0], notes=[f"journal_mode={mode}, synchronous={sync} (1 = NORMAL)"])
-    if stored != n:
-        a.failures.append(f"verification failed: {stored} rows stored of {n}")
-    return a
+    return counted(t[0], stored, n, f"journal_mode={mode}, synchronous={sync} (1 = NORMAL)")
 
 
 def sqlite_floor_once(path: Path, chunks: list[list[tuple]], step: Step) -> Attempt:
@@ -273,10 +278,7 @@ def sqlite_floor_once(path: Path, chunks: list[list[tuple]], step: Step) -> Atte
         stored = con.execute("SELECT count(*) FROM events").fetchone()[0]
     finally:
         con.close()
-    a = Attempt(t[0])
-    if stored != n:
-        a.failures.append(f"verification failed: {stored} rows stored of {n}")
-    return a
+    return counted(t[0], stored, n)
 
 
 def bench_sqlite(events: list[dict[str, Any]], prog: Progress, repeats: int) -> list[Result]:
@@ -349,10 +351,7 @@ def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) 
             stored = cur.execute("SELECT count(*) FROM events_raw").fetchone()[0]
         conn.execute("DROP TABLE events_raw")
         conn.commit()
-    a = Attempt(t[0])
-    if stored != n:
-        a.failures.append(f"verification failed: {stored} rows stored of {n}")
-    return a
+    return counted(t[0], stored, n)
 
 
 def bench_postgres(events: list[dict[str, Any]], prog: Progress, repeats: int) -> list[Result]:
