@@ -38,9 +38,10 @@ MAX_GROUP_EVENTS = 5000
 # requests, and groups under load grow from a few to about the number of
 # concurrent clients. The pause is the most a request can lose to it.
 GATHER_SECONDS = 0.0005
-# The hook thread waits this long after being woken before it takes what has
-# been committed: under load one evaluation then covers hundreds of requests'
-# profiles. It adds this much to the time from a request to its segment change.
+# Under load (more than one event in its last round) the hook thread waits
+# this long after being woken before it takes what has been committed: one
+# evaluation then covers hundreds of requests' profiles. Light traffic is
+# evaluated at once.
 HOOK_GATHER_SECONDS = 0.005
 # Committed events waiting for the hook: beyond this the writer waits for the
 # hook to catch up (answers slow down) rather than let memory grow.
@@ -214,16 +215,21 @@ class GroupCommitter:
     # -- the hook thread --------------------------------------------------------------
 
     def _notify(self) -> None:
+        gather = 0.0
         while True:
             with self._stored_changed:
                 while not self._stored and not self._writer_done:
                     self._stored_changed.wait()
                 if not self._stored:
                     return  # the writer stopped and everything was handed on
-            time.sleep(HOOK_GATHER_SECONDS)
+            if gather:
+                time.sleep(gather)
             with self._stored_changed:
                 events, self._stored = self._stored, []
                 self._stored_changed.notify_all()  # room for a waiting writer
+            # Light traffic (one event a round) is evaluated at once; under load
+            # the next round waits to gather.
+            gather = HOOK_GATHER_SECONDS if len(events) > 1 else 0.0
             hook = self._hook()
             if hook is None:
                 continue
