@@ -38,11 +38,12 @@ MAX_GROUP_EVENTS = 5000
 # requests, and groups under load grow from a few to about the number of
 # concurrent clients. The pause is the most a request can lose to it.
 GATHER_SECONDS = 0.0005
-# Under load (more than one event in its last round) the hook thread waits
-# this long after being woken before it takes what has been committed: one
-# evaluation then covers hundreds of requests' profiles. Light traffic is
-# evaluated at once.
+# Under load (at least BUSY_ROUND events in its last round) the hook thread
+# waits this long after being woken before it takes what has been committed:
+# one evaluation then covers hundreds of requests' profiles. Lighter traffic
+# (200 requests/s brings 1-3 events a round) is evaluated at once.
 HOOK_GATHER_SECONDS = 0.005
+BUSY_ROUND = 8
 # Committed events waiting for the hook: beyond this the writer waits for the
 # hook to catch up (answers slow down) rather than let memory grow.
 MAX_HOOK_BACKLOG = 50_000
@@ -227,9 +228,9 @@ class GroupCommitter:
             with self._stored_changed:
                 events, self._stored = self._stored, []
                 self._stored_changed.notify_all()  # room for a waiting writer
-            # Light traffic (one event a round) is evaluated at once; under load
-            # the next round waits to gather.
-            gather = HOOK_GATHER_SECONDS if len(events) > 1 else 0.0
+            # Light traffic is evaluated at once; under load the next round
+            # waits to gather.
+            gather = HOOK_GATHER_SECONDS if len(events) >= BUSY_ROUND else 0.0
             hook = self._hook()
             if hook is None:
                 continue

@@ -14,9 +14,9 @@ from core.segments.language import check_references
 from core.segments.store import Change, _apply, _retire_merged, stored_segments
 
 # Above this many profiles in one batch, one SQL query beats loading each
-# profile's events (measured with bench/api.py); both give the same answer
-# (property-tested).
-PYTHON_LIMIT = 20
+# profile's events (measured with bench/api.py: /v1/track gained 10-15% when
+# this went from 20 to 2); both give the same answer (property-tested).
+PYTHON_LIMIT = 2
 
 
 def evaluate_profiles(
