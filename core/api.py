@@ -40,6 +40,7 @@ KEY_CHECK_SECONDS = 1.0
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one key
 # Segment's documented limits: 32 KB per call, 500 KB per batch.
 MAX_BODY_BYTES = 512 * 1024
+TOO_LARGE = f"request body over {MAX_BODY_BYTES} bytes"
 
 
 class ApiError(HTTPException):
@@ -124,16 +125,18 @@ class ApiContext:
         await asyncio.wrap_future(self.committer.submit(_validated(events), source))
 
 
+def checked_event(raw: Any, where: str) -> Event:
+    """One event dict validated, or ApiError 400 naming ``where`` and the field."""
+    checked = validate(RawRecord(where, raw))
+    if isinstance(checked, Rejection):
+        raise ApiError(400, checked.reason, where)
+    return checked
+
+
 def _validated(events: list[Event | dict[str, Any]]) -> list[Event]:
-    out = []
-    for i, e in enumerate(events):
-        if not isinstance(e, Event):
-            checked = validate(RawRecord(f"event {i}", e))
-            if isinstance(checked, Rejection):
-                raise ApiError(400, checked.reason, checked.location)
-            e = checked
-        out.append(e)
-    return out
+    return [
+        e if isinstance(e, Event) else checked_event(e, f"event {i}") for i, e in enumerate(events)
+    ]
 
 
 def _touch_quietly(engine: Engine, key_id: int) -> None:
@@ -161,7 +164,7 @@ class SizeLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > MAX_BODY_BYTES:
-                    await _too_large()(scope, receive, send)
+                    await JSONResponse({"error": TOO_LARGE}, status_code=413)(scope, receive, send)
                     return
                 # Within the limit; the server holds the body to its length.
                 await self.app(scope, receive, send)
@@ -175,14 +178,10 @@ class SizeLimit:
                 read += len(message.get("body", b""))
                 if read > MAX_BODY_BYTES:
                     # Raised inside the route's body read: answered as JSON 413.
-                    raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+                    raise ApiError(413, TOO_LARGE)
             return message
 
         await self.app(scope, counted, send)
-
-
-def _too_large() -> JSONResponse:
-    return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
 
 
 def _key_from_header(header: str) -> str | None:

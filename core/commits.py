@@ -28,6 +28,7 @@ from itertools import groupby
 from sqlalchemy.engine import Engine
 
 from core.events import Event, StoredEvent, ingest
+from core.plugins import ingest_hook
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class GroupCommitter:
 
     def _ingest(self, subs: list[Submission]) -> None:
         events = [e for s in subs for e in s.events]
-        hook = self._hook()
+        hook = ingest_hook()
         ingest(
             self.engine,
             events,
@@ -198,13 +199,6 @@ class GroupCommitter:
             notify=False,
             on_stored=self._hand_over if hook is not None else None,
         )
-
-    @staticmethod
-    def _hook():
-        from core.plugins import get_manager
-
-        hook = get_manager().hook.on_events_ingested
-        return hook if hook.get_hookimpls() else None
 
     def _hand_over(self, stored: list[StoredEvent]) -> None:
         with self._stored_changed:
@@ -231,7 +225,7 @@ class GroupCommitter:
             # Light traffic is evaluated at once; under load the next round
             # waits to gather.
             gather = HOOK_GATHER_SECONDS if len(events) >= BUSY_ROUND else 0.0
-            hook = self._hook()
+            hook = ingest_hook()
             if hook is None:
                 continue
             try:

@@ -395,10 +395,9 @@ class BatchWriter:
         self.writer = make_writer(engine)
         self.hook: Callable[[list[StoredEvent]], None] | None = on_stored
         if notify and on_stored is None:
-            from core.plugins import get_manager
+            from core.plugins import ingest_hook
 
-            hook = get_manager().hook.on_events_ingested
-            if hook.get_hookimpls():
+            if (hook := ingest_hook()) is not None:
                 self.hook = lambda events: hook(events=events, engine=engine)
 
     def __enter__(self) -> BatchWriter:

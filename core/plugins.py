@@ -67,6 +67,13 @@ def get_manager() -> pluggy.PluginManager:
     return build_manager()
 
 
+def ingest_hook() -> Any:
+    """The ``on_events_ingested`` hook caller, or None when no plugin implements
+    it (callers then need not build the stored events at all)."""
+    hook = get_manager().hook.on_events_ingested
+    return hook if hook.get_hookimpls() else None
+
+
 def reset() -> None:
     """Forget the cached manager (after registering test plugins or changing the env)."""
     get_manager.cache_clear()

@@ -17,8 +17,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 
-from core import EventSource, RawRecord, hookimpl
-from core.events import Rejection, validate
+from core import EventSource, hookimpl
 
 # Segment's e-commerce and email spec names -> segflow types.
 EVENT_NAMES = {
@@ -148,7 +147,7 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError
+    from core.api import ApiError, checked_event
 
     async def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
         api.authorize(
@@ -162,10 +161,7 @@ def mount(router: APIRouter, api) -> None:
                 raise ApiError(400, str(exc), exc.field) from None
             # Everything is validated before anything is stored: a bad call
             # rejects its whole request, so a client's retry cannot half-apply.
-            checked = validate(RawRecord(where, raw))
-            if isinstance(checked, Rejection):
-                raise ApiError(400, checked.reason, where)
-            events.append(checked)
+            events.append(checked_event(raw, where))
         await api.ingest_async(events, "segment")
         return {"success": True}
 
