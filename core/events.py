@@ -14,12 +14,15 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Annotated, Any
+from typing import Annotated, Any, Required
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -29,12 +32,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from sqlalchemy.engine import Connection, Engine
+from typing_extensions import TypedDict
 
 from core.identity import EVENTS, BatchResolver, fetch_in, move_events
 from core.models import utcnow
@@ -67,6 +72,13 @@ MAX_EPOCH_SECONDS = 1e11
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, StringConstraints(max_length=255)]
+EventType = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=64)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Url = Annotated[str, StringConstraints(max_length=4096)]
+Properties = dict[str, Any]
+# An event's validated values by field name, as ``Event`` holds them (ts an
+# aware UTC datetime); a field left out has its default. The bulk path's form.
+Fields = dict[str, Any]
 
 
 def parse_timezone(name: str) -> tzinfo:
@@ -89,7 +101,7 @@ class Event(BaseModel):
         extra="forbid", coerce_numbers_to_str=True, frozen=True, allow_inf_nan=False
     )
 
-    type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=64)]
+    type: EventType
     user_id: Id | None = None
     anonymous_id: Id | None = None
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
@@ -97,11 +109,11 @@ class Event(BaseModel):
     session_id: ShortText | None = None
     product_id: ShortText | None = None
     value: float | None = None
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
-    url: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    currency: Currency | None = None
+    url: Url | None = None
     campaign: ShortText | None = None
-    properties: dict[str, Any] = Field(default_factory=dict)
-    traits: dict[str, Any] | None = None
+    properties: Properties = Field(default_factory=dict)
+    traits: Properties | None = None
     message_id: ShortText | None = None
 
     @field_validator("ts", mode="before")
@@ -126,13 +138,12 @@ class Event(BaseModel):
         if isinstance(v, int | float):
             if not math.isfinite(v) or abs(v) >= MAX_EPOCH_SECONDS:
                 raise ValueError(f"epoch timestamp {v} out of range (use seconds, not ms)")
-            return datetime.fromtimestamp(v, UTC)
+            try:
+                return datetime.fromtimestamp(v, UTC)
+            except (OverflowError, OSError):
+                raise ValueError(f"epoch timestamp {v} out of range") from None
         if not isinstance(v, datetime):
             return v  # pydantic reports the wrong type
-        # fromisoformat hands back the shared UTC singleton for +00:00 and Z,
-        # so most events skip the conversion.
-        if v.tzinfo is UTC:
-            return v
         if v.tzinfo is None:
             tz = ctx.get("default_tz")
             if tz is None:
@@ -141,7 +152,7 @@ class Event(BaseModel):
                     "(add Z or +HH:MM, or give a default timezone)"
                 )
             v = v.replace(tzinfo=tz)
-        return v.astimezone(UTC)
+        return as_utc(v)
 
     @field_validator("currency", mode="before")
     @classmethod
@@ -167,6 +178,83 @@ class Event(BaseModel):
         if self.message_id is None:
             object.__setattr__(self, "message_id", content_id(self))
         return self
+
+
+def as_utc(v: datetime) -> datetime:
+    """An aware datetime in UTC; ValueError when UTC cannot hold it (year 1 at +01:00)."""
+    # fromisoformat hands back the shared UTC singleton for +00:00 and Z, so
+    # most events skip the conversion.
+    if v.tzinfo is UTC:
+        return v
+    try:
+        return v.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {v.isoformat()!r} is out of range in UTC") from None
+
+
+# -- the plain form -------------------------------------------------------------------
+# Nearly every record trackers and exports write is already in the form
+# ``Event`` normalises to: ISO timestamps with an offset, lower-case addresses,
+# a message_id. Such records are checked by pydantic-core alone, without
+# ``Event``'s Python validators and without building a model (a third of the
+# cost); everything else goes through ``Event``, which accepts more forms and
+# names what is wrong. tests/test_plain.py holds the two to the same answers.
+
+PLAIN_TS = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+PLAIN_EMAIL = r"^[a-z0-9._%+-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$"
+
+
+class PlainEvent(TypedDict, total=False):
+    """``Event``'s fields, strictly typed and already normalised."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # type: ignore[misc]
+
+    type: Required[EventType]
+    user_id: Id | None
+    anonymous_id: Id | None
+    email: Annotated[str, StringConstraints(pattern=PLAIN_EMAIL, max_length=320)] | None
+    ts: Annotated[str, StringConstraints(pattern=PLAIN_TS)]
+    session_id: ShortText | None
+    product_id: ShortText | None
+    value: float | None
+    currency: Currency | None
+    url: Url | None
+    campaign: ShortText | None
+    properties: Properties
+    traits: Properties | None
+    message_id: Required[ShortText]
+
+
+_check_plain = TypeAdapter(PlainEvent).validator.validate_python
+
+
+def plain_fields(data: dict[str, Any]) -> Fields | None:
+    """The validated fields of a record in plain form, exactly as ``Event``
+    would hold them; None when ``Event`` must decide (other forms, errors)."""
+    try:
+        fields = _check_plain(data)
+    except ValidationError:
+        return None
+    get = fields.get
+    if get("user_id") is None and get("anonymous_id") is None and get("email") is None:
+        return None
+    if get("traits") is not None and fields["type"] != IDENTIFY:
+        return None
+    if (ts := get("ts")) is not None:
+        try:
+            fields["ts"] = as_utc(datetime.fromisoformat(ts))
+        except ValueError:
+            return None
+    return fields
+
+
+def as_event(item: Event | Fields) -> Event:
+    if isinstance(item, Event):
+        return item
+    return Event.model_construct(_fields_set=set(item), **item)
 
 
 def content_id(event: Event) -> str:
@@ -322,32 +410,44 @@ def ingest(
     context = {"default_tz": default_tz, "ts_format": ts_format}
     report = IngestReport()
     rejected = report.rejected
-    batch: list[Event] = []
+    # ts_format changes how Event reads every timestamp; the plain form assumes ISO.
+    plain = plain_fields if ts_format is None else None
+    batch: list[Event | Fields] = []
     # Where the current batch starts and ends, named only if storing it fails.
     first = last = None
     validate_event = Event.model_validate
     with (
         deferred_indexes(engine, expected) as load,
-        BatchWriter(engine, source, report, notify, load, on_stored) as out,
+        BatchWriter(
+            engine, source, report, notify, load, on_stored, pipeline=_is_big(expected)
+        ) as out,
     ):
         n = 0
         for n, item in enumerate(records, 1):
             # Plain dicts are the bulk case: validated inline, located by number.
             if type(item) is dict:
-                try:
-                    batch.append(validate_event(item, context=context))
-                except ValidationError as exc:
-                    rejected.append(Rejection(f"record {n}", describe_error(exc)))
-                    continue
+                checked: Event | Fields | None = plain(item) if plain is not None else None
+                if checked is None:
+                    try:
+                        checked = validate_event(item, context=context)
+                    except ValidationError as exc:
+                        rejected.append(Rejection(f"record {n}", describe_error(exc)))
+                        continue
+                batch.append(checked)
             elif isinstance(item, Event):
                 batch.append(item)
             else:
                 raw = item if isinstance(item, RawRecord) else _unexpected(item, n)
-                event = validate(raw, context)
-                if isinstance(event, Rejection):
-                    rejected.append(event)
-                    continue
-                batch.append(event)
+                checked = None
+                if plain is not None and type(raw.data) is dict:
+                    checked = plain(raw.data)
+                if checked is None:
+                    event = validate(raw, context)
+                    if isinstance(event, Rejection):
+                        rejected.append(event)
+                        continue
+                    checked = event
+                batch.append(checked)
             last = (n, item)
             first = first or last
             if len(batch) >= batch_size:
@@ -377,7 +477,14 @@ def _span(first: tuple[int, Any], last: tuple[int, Any]) -> tuple[str, str]:
 
 
 class BatchWriter:
-    """Stores batches in order, each in its own transaction, then runs the hook."""
+    """Stores batches in order, each in its own transaction, then runs the hook.
+
+    With ``pipeline`` (big loads, SQLite), a batch's INSERT statements and
+    commit run on a helper thread, SQLite working without the GIL, while the
+    caller validates the next batch. Every batch still starts after the one
+    before it committed: its duplicate check and identity lookups must see
+    those rows and profiles.
+    """
 
     def __init__(
         self,
@@ -387,6 +494,7 @@ class BatchWriter:
         notify: bool,
         load: DeferredLoad | None = None,
         on_stored: Callable[[list[StoredEvent]], None] | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.engine = engine
         self.load = load or DeferredLoad()
@@ -399,37 +507,151 @@ class BatchWriter:
 
             if (hook := ingest_hook()) is not None:
                 self.hook = lambda events: hook(events=events, engine=engine)
+        self.helper: ThreadPoolExecutor | None = None
+        if pipeline and engine.dialect.name == "sqlite":
+            self.helper = ThreadPoolExecutor(1, thread_name_prefix="segflow-insert")
+        self.pending: _Pending | None = None
+        self._switch_interval = sys.getswitchinterval()
 
     def __enter__(self) -> BatchWriter:
+        if self.helper is not None:
+            # When SQLite is done with a statement, the helper waits for the
+            # GIL for up to the switch interval while this thread validates;
+            # at the default 5 ms, that wait would be longer than the statement.
+            sys.setswitchinterval(PIPELINE_SWITCH_INTERVAL)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        return None
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self.helper is None:
+            return
+        try:
+            if exc_type is None:
+                self._finish()
+            elif self.pending is not None:
+                self.pending.future.exception()  # let it end; the error under way is the one to see
+        finally:
+            self.helper.shutdown()
+            sys.setswitchinterval(self._switch_interval)
 
-    def put(self, batch: list[Event], span: tuple[str, str]) -> None:
-        self._store(batch, span)
+    def put(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
+        if self.helper is None:
+            self._store(batch, span)
+        else:
+            self._finish()
+            self._start(batch, span)
 
-    def _store(self, batch: list[Event], span: tuple[str, str]) -> None:
-        report = self.report
+    def _store(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
         try:
             with self.engine.begin() as conn:
                 stored = store_batch(
-                    conn, self.writer, batch, self.source, report, self.hook is not None, self.load
+                    conn,
+                    self.writer,
+                    batch,
+                    self.source,
+                    self.report,
+                    self.hook is not None,
+                    self.load,
                 )
         except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
-            # Driver errors come wrapped from SQLAlchemy, or bare from the
-            # driver-level COPY and multi-row INSERT.
-            reason = getattr(exc, "orig", None) or exc
-            raise IngestError(
-                f"storing {span[0]} .. {span[1]} failed: {' '.join(str(reason).split())}; "
-                f"the {report.accepted:,} events committed before are kept"
-            ) from exc
+            raise self._failed(span, exc) from exc
         if self.hook is not None and stored:
             self.hook(stored)
 
+    def _start(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
+        """Everything but the INSERTs and commit now; those on the helper."""
+        conn = self.engine.connect()
+        try:
+            conn.begin()
+            insert = _LaterSqliteInsert()
+            stored = store_batch(
+                conn, insert, batch, self.source, self.report, self.hook is not None, self.load
+            )
+        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+            conn.close()
+            raise self._failed(span, exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        assert self.helper is not None
+        future = self.helper.submit(insert.run, conn)
+        self.pending = _Pending(future, span, stored, insert.claimed)
 
-# Below this many rows, dropping and rebuilding indexes is not worth it.
+    def _finish(self) -> None:
+        """Wait for the batch on the helper, then account for it and run the hook."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        report = self.report
+        try:
+            inserted = pending.future.result()
+        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+            report.accepted -= pending.claimed
+            raise self._failed(pending.span, exc) from exc
+        if inserted != pending.claimed:
+            # Another writer stored some of these between our check and insert.
+            report.accepted -= pending.claimed - inserted
+            report.duplicates += pending.claimed - inserted
+        if self.hook is not None and pending.stored:
+            self.hook(pending.stored)
+
+    def _failed(self, span: tuple[str, str], exc: Exception) -> IngestError:
+        # Driver errors come wrapped from SQLAlchemy, or bare from the
+        # driver-level COPY and multi-row INSERT.
+        reason = getattr(exc, "orig", None) or exc
+        return IngestError(
+            f"storing {span[0]} .. {span[1]} failed: {' '.join(str(reason).split())}; "
+            f"the {self.report.accepted:,} events committed before are kept"
+        )
+
+
+# The GIL switch interval while a pipelined load runs (see BatchWriter).
+PIPELINE_SWITCH_INTERVAL = 0.0005
+
+
+@dataclass
+class _Pending:
+    future: Future[int]
+    span: tuple[str, str]
+    stored: list[StoredEvent]
+    claimed: int
+
+
+class _LaterSqliteInsert:
+    """An EventWriter that converts the rows at once and inserts them later,
+    on the pipeline's helper; it claims every row meanwhile."""
+
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+        self.claimed = 0
+
+    def __call__(
+        self, conn: Connection, events: list[Fields], pids: list[int], source: str, now: datetime
+    ) -> int:
+        self.params = _sqlite_params(events, pids, source, now)
+        self.claimed = len(events)
+        return self.claimed
+
+    def run(self, conn: Connection) -> int:
+        """Insert, commit and close ``conn``; rows inserted."""
+        try:
+            cur = conn.connection.driver_connection.cursor()
+            try:
+                inserted = _insert_sqlite(cur, self.params, SQLITE_PIPELINE_ROWS_PER_STATEMENT)
+            finally:
+                cur.close()
+            conn.commit()
+            return inserted
+        finally:
+            conn.close()
+
+
+# Below this many rows, dropping and rebuilding indexes is not worth it, nor
+# is a pipeline.
 DEFER_INDEXES_MIN = 50_000
+
+
+def _is_big(expected: int | None) -> bool:
+    return expected is not None and expected >= DEFER_INDEXES_MIN
 
 
 @dataclass
@@ -445,6 +667,10 @@ class DeferredLoad:
     moves: list[tuple[int, int]] = field(default_factory=list)
 
 
+# Lets SQLite sort for an index build on every core (a quarter faster on two).
+SQLITE_SORT_THREADS = min(os.cpu_count() or 1, 8)
+
+
 @contextlib.contextmanager
 def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[DeferredLoad]:
     """Drop the events' secondary indexes for a big load, rebuild them after.
@@ -456,7 +682,7 @@ def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[DeferredL
     until the end; the indexes come back even when the load fails.
     """
     load = DeferredLoad()
-    if not expected or expected < DEFER_INDEXES_MIN:
+    if not _is_big(expected):
         yield load
         return
     with engine.connect() as conn:
@@ -480,6 +706,8 @@ def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[DeferredL
         if collecting:
             gc.enable()
         with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(f"PRAGMA threads = {SQLITE_SORT_THREADS}")
             for ix in indexes:
                 ix.create(conn, checkfirst=True)
             for source, into in load.moves:
@@ -489,7 +717,7 @@ def deferred_indexes(engine: Engine, expected: int | None) -> Iterator[DeferredL
 def store_batch(
     conn: Connection,
     writer: EventWriter,
-    batch: list[Event],
+    batch: list[Event | Fields],
     source: str,
     report: IngestReport,
     want_stored: bool = True,
@@ -498,23 +726,26 @@ def store_batch(
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
         return []
+    records: list[Fields] = [e if type(e) is dict else e.__dict__ for e in fresh]
     resolver = BatchResolver(conn)
-    emails = [trait_email(e) if e.type == IDENTIFY else None for e in fresh]
+    emails = [trait_email(r.get("traits")) if r["type"] == IDENTIFY else None for r in records]
     keys: set[tuple[str, str]] = set()
-    for e, email in zip(fresh, emails, strict=True):
-        if e.user_id is not None:
-            keys.add(("user_id", e.user_id))
-        if e.anonymous_id is not None:
-            keys.add(("anonymous_id", e.anonymous_id))
-        for address in (e.email, email):
-            if address is not None:
-                keys.add(("email", address))
+    ids = [(r.get("user_id"), r.get("anonymous_id"), r.get("email")) for r in records]
+    for (user_id, anonymous_id, address), email in zip(ids, emails, strict=True):
+        if user_id is not None:
+            keys.add(("user_id", user_id))
+        if anonymous_id is not None:
+            keys.add(("anonymous_id", anonymous_id))
+        if address is not None:
+            keys.add(("email", address))
+        if email is not None:
+            keys.add(("email", email))
     resolver.prefetch(keys)
     handles = [
-        resolver.resolve(e.user_id, e.anonymous_id, e.email, e.traits, email)
-        if e.type == IDENTIFY
-        else resolver.resolve(e.user_id, e.anonymous_id, e.email)
-        for e, email in zip(fresh, emails, strict=True)
+        resolver.resolve(*who, r.get("traits"), email)
+        if r["type"] == IDENTIFY
+        else resolver.resolve(*who)
+        for who, r, email in zip(ids, records, emails, strict=True)
     ]
     moves = load.moves if load is not None and load.active else None
     stats = resolver.apply(defer_moves=moves)
@@ -524,50 +755,57 @@ def store_batch(
     now = utcnow()
     pid_of = {h: resolver.profile_id(h) for h in set(handles)}
     pids = [pid_of[h] for h in handles]
-    inserted = writer(conn, fresh, pids, source, now)
-    if inserted != len(fresh):
+    inserted = writer(conn, records, pids, source, now)
+    if inserted != len(records):
         # Another writer stored some of these between our check and insert.
-        report.duplicates += len(fresh) - inserted
+        report.duplicates += len(records) - inserted
     report.accepted += inserted
-    types = Counter(e.type for e in fresh)
+    types = Counter(r["type"] for r in records)
     for type_, n in types.items():
         report.by_type[type_] = report.by_type.get(type_, 0) + n
     report.identifies += types[IDENTIFY]
     if not want_stored:
         return []
-    return [StoredEvent(e, pid, e.ts or now, now) for e, pid in zip(fresh, pids, strict=True)]
+    return [
+        StoredEvent(as_event(e), pid, r.get("ts") or now, now)
+        for e, r, pid in zip(fresh, records, pids, strict=True)
+    ]
 
 
-def trait_email(event: Event) -> str | None:
+def trait_email(traits: Properties | None) -> str | None:
     """The email an identify call sets, normalised, if it is a valid address."""
-    if event.traits is None:
+    if traits is None:
         return None
-    value = event.traits.get("email")
+    value = traits.get("email")
     if isinstance(value, str) and EMAIL_RE.match(value.strip()):
         return value.strip().lower()
     return None
 
 
-def _drop_duplicates(conn: Connection, batch: list[Event], report: IngestReport) -> list[Event]:
+def _drop_duplicates(
+    conn: Connection, batch: list[Event | Fields], report: IngestReport
+) -> list[Event | Fields]:
     seen: set[str] = set()
-    unique: list[Event] = []
+    unique: list[Event | Fields] = []
+    ids: list[str] = []
     for e in batch:
-        if e.message_id in seen:
+        message_id = e["message_id"] if type(e) is dict else e.message_id
+        if message_id in seen:
             report.duplicates += 1
             continue
-        seen.add(e.message_id)
+        seen.add(message_id)
         unique.append(e)
-    ids = [e.message_id for e in unique]
+        ids.append(message_id)
     rows = fetch_in(conn, "SELECT message_id FROM events WHERE 1 = 1", "message_id", ids)
     existing = {r[0] for r in rows}
     if existing:
         report.duplicates += len(existing)
-        unique = [e for e in unique if e.message_id not in existing]
+        unique = [e for e, i in zip(unique, ids, strict=True) if i not in existing]
     return unique
 
 
-# (connection, events, their profile ids, source, receive time) -> rows inserted
-EventWriter = Callable[[Connection, list[Event], list[int], str, datetime], int]
+# (connection, events' fields, their profile ids, source, receive time) -> rows inserted
+EventWriter = Callable[[Connection, list[Fields], list[int], str, datetime], int]
 
 EVENT_COLUMNS = (
     "profile_id",
@@ -584,11 +822,6 @@ EVENT_COLUMNS = (
     "message_id",
     "received_at",
 )
-
-
-def _stored_properties(e: Event) -> dict[str, Any]:
-    # An identify call keeps its traits as the event's properties.
-    return e.traits if e.type == IDENTIFY else e.properties  # type: ignore[return-value]
 
 
 def make_writer(engine: Engine) -> EventWriter:
@@ -613,11 +846,35 @@ def _sqlite_ts(value: datetime) -> str:
 # 32766 bound parameters SQLite allows, and one statement per 500 rows spends
 # less time in the driver than executemany's row-by-row loop.
 SQLITE_ROWS_PER_STATEMENT = 500
+# On the pipeline's helper, each statement ends waiting for the GIL: fewer,
+# bigger statements (13 x 2500 bound values, near the 32766 limit) wait less.
+SQLITE_PIPELINE_ROWS_PER_STATEMENT = 2500
+
+
+# Binding None costs the sqlite3 module an adapter lookup per value, a fifth
+# of the insert's time with the three or four fields an event usually leaves
+# out. So on SQLite a missing optional field is bound as a marker its column
+# never holds, and SQLite turns it into NULL: 0 in text columns (validated
+# text is always a str), '' for value (always a float).
+SQLITE_ABSENT: dict[str, Any] = {
+    "session_id": 0,
+    "product_id": 0,
+    "value": "",
+    "currency": 0,
+    "url": 0,
+    "campaign": 0,
+}
 
 
 @functools.cache
 def _sqlite_insert_sql(n_rows: int) -> str:
-    one = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+    one = (
+        "("
+        + ", ".join(
+            f"NULLIF(?, {SQLITE_ABSENT[c]!r})" if c in SQLITE_ABSENT else "?" for c in EVENT_COLUMNS
+        )
+        + ")"
+    )
     return (
         f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
         + ", ".join([one] * n_rows)
@@ -626,34 +883,33 @@ def _sqlite_insert_sql(n_rows: int) -> str:
 
 
 def _write_sqlite(
-    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+    conn: Connection, events: list[Fields], pids: list[int], source: str, now: datetime
 ) -> int:
     """Driver-level multi-row INSERTs: SQLAlchemy's per-row parameter processing
     costs more than SQLite's insert itself, so values are converted here once."""
-    flat = list(
-        itertools.chain.from_iterable(
-            _rows(events, pids, source, now, ts_out=_sqlite_ts, props_out=_json_text)
-        )
-    )
-    width = len(EVENT_COLUMNS)
-    step = SQLITE_ROWS_PER_STATEMENT * width
-    inserted = 0
     cur = conn.connection.driver_connection.cursor()
     try:
-        for start in range(0, len(flat), step):
-            params = flat[start : start + step]
-            cur.execute(_sqlite_insert_sql(len(params) // width), params)
-            inserted += cur.rowcount
+        return _insert_sqlite(cur, _sqlite_params(events, pids, source, now))
     finally:
         cur.close()
+
+
+def _sqlite_params(events: list[Fields], pids: list[int], source: str, now: datetime) -> list:
+    """The rows' bound values, one flat list."""
+    return list(itertools.chain.from_iterable(_rows(events, pids, source, now, for_sqlite=True)))
+
+
+def _insert_sqlite(
+    cur: Any, flat: list, rows_per_statement: int = SQLITE_ROWS_PER_STATEMENT
+) -> int:
+    width = len(EVENT_COLUMNS)
+    step = rows_per_statement * width
+    inserted = 0
+    for start in range(0, len(flat), step):
+        params = flat[start : start + step]
+        cur.execute(_sqlite_insert_sql(len(params) // width), params)
+        inserted += cur.rowcount
     return inserted
-
-
-def _json_text(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return _json_fallback(value).decode()
 
 
 def _json_fallback(value: Any, **options: Any) -> bytes:
@@ -662,40 +918,69 @@ def _json_fallback(value: Any, **options: Any) -> bytes:
     return json.dumps(value, allow_nan=False, separators=(",", ":"), **options).encode()
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 def _rows(
-    events: list[Event],
+    events: list[Fields],
     pids: list[int],
     source: str,
     now: datetime,
-    ts_out: Callable[[datetime], Any] = _same,
-    props_out: Callable[[dict], Any] = _same,
-) -> Iterator[tuple]:
-    """Column values in EVENT_COLUMNS order; ``*_out`` adapt them to a driver."""
-    received = ts_out(now)
+    *,
+    for_sqlite: bool = False,
+    props_json: bool = False,
+) -> list[tuple]:
+    """Column values in EVENT_COLUMNS order; properties as JSON text with
+    ``props_json``; ``for_sqlite``: times as SQLite's text, properties as JSON
+    text and missing fields as SQLITE_ABSENT's markers.
+
+    The hottest loop of a bulk load, hence written out inline.
+    """
+    received: datetime | str = _sqlite_ts(now) if for_sqlite else now
+    props_json = props_json or for_sqlite
+    absent = SQLITE_ABSENT if for_sqlite else dict.fromkeys(SQLITE_ABSENT)
+    no_session, no_product, no_value, no_currency, no_url, no_campaign = (
+        absent[c] for c in ("session_id", "product_id", "value", "currency", "url", "campaign")
+    )
+    dumps = orjson.dumps
+    rows = []
+    append = rows.append
     for e, pid in zip(events, pids, strict=True):
-        yield (
-            pid,
-            e.type,
-            ts_out(e.ts) if e.ts is not None else received,
-            e.session_id,
-            e.product_id,
-            e.value,
-            e.currency,
-            e.url,
-            e.campaign,
-            props_out(_stored_properties(e)),
-            source,
-            e.message_id,
-            received,
+        get = e.get
+        type_ = e["type"]
+        ts = get("ts")
+        if ts is None:
+            ts = received
+        elif for_sqlite:
+            ts = _sqlite_ts(ts)
+        # An identify call keeps its traits as the event's properties.
+        props = get("traits") if type_ == IDENTIFY else get("properties", {})
+        if props_json:
+            try:
+                props = dumps(props).decode()
+            except TypeError:
+                props = _json_fallback(props).decode()
+        append(
+            (
+                pid,
+                type_,
+                ts,
+                # A field given as None (always so in an Event's fields) is
+                # bound as None, which SQLite stores as NULL too.
+                get("session_id", no_session),
+                get("product_id", no_product),
+                get("value", no_value),
+                get("currency", no_currency),
+                get("url", no_url),
+                get("campaign", no_campaign),
+                props,
+                source,
+                e["message_id"],
+                received,
+            )
         )
+    return rows
 
 
 def _write_core(
-    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+    conn: Connection, events: list[Fields], pids: list[int], source: str, now: datetime
 ) -> int:
     """Any other SQLAlchemy dialect: Core executemany (duplicates were checked before)."""
     rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in _rows(events, pids, source, now)]
@@ -703,7 +988,7 @@ def _write_core(
 
 
 def _write_postgres_copy(
-    conn: Connection, events: list[Event], pids: list[int], source: str, now: datetime
+    conn: Connection, events: list[Fields], pids: list[int], source: str, now: datetime
 ) -> int:
     """COPY straight into events; duplicates were already dropped in this
     transaction. Should a concurrent writer have stored one of these since,
@@ -735,8 +1020,8 @@ def _write_postgres_copy(
 
 
 def _copy_rows(
-    cur: Any, table: str, events: list[Event], pids: list[int], source: str, now: datetime
+    cur: Any, table: str, events: list[Fields], pids: list[int], source: str, now: datetime
 ) -> None:
     with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-        for row in _rows(events, pids, source, now, props_out=_json_text):
+        for row in _rows(events, pids, source, now, props_json=True):
             copy.write_row(row)

@@ -115,6 +115,7 @@ class BatchResolver:
         self.merges: list[tuple[int, int]] = []
         self._next_temp = -1
         self.real: dict[int, int] = {}
+        self._known: dict[tuple[str | None, str | None, str | None], int] = {}
 
     # -- lookup ------------------------------------------------------------
     def prefetch(self, keys: set[tuple[str, str]]) -> None:
@@ -186,7 +187,16 @@ class BatchResolver:
 
         ``traits`` (from an identify call) are merged into its attributes;
         ``trait_email`` sets its address, a plain ``email`` only fills a gap.
+
+        Without traits, the same ids a second time in a batch resolve to the
+        same profile and change nothing, so the first answer is reused: the
+        first call links every id it was given (or found it tied to an
+        identified profile, which is never merged away), and merges only join
+        profiles, never split them.
         """
+        plain = traits is None and trait_email is None
+        if plain and (known := self._known.get((user_id, anonymous_id, email))) is not None:
+            return known
         email = email or trait_email
         by_anon = self._lookup("anonymous_id", anonymous_id)
         by_email = self._lookup("email", email)
@@ -226,6 +236,8 @@ class BatchResolver:
         elif email and not self.email_of[target]:
             self.email_of[target] = email
             self.touched.add(target)
+        if plain:
+            self._known[(user_id, anonymous_id, email)] = target
         return target
 
     # -- applying ---------------------------------------------------------------
@@ -249,10 +261,7 @@ class BatchResolver:
                 }
                 for h in temps
             ]
-            result = self.conn.execute(
-                PROFILES.insert().returning(PROFILES.c.id, sort_by_parameter_order=True), rows
-            )
-            for h, (pid,) in zip(temps, result, strict=True):
+            for h, pid in zip(temps, insert_profiles(self.conn, rows), strict=True):
                 self.real[h] = pid
             stats.created = len(temps)
         for pid, user_id in self.promoted.items():
@@ -290,6 +299,28 @@ class BatchResolver:
     def profile_id(self, handle: int) -> int:
         root = self.find(handle)
         return self.real.get(root, root)
+
+
+def insert_profiles(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert profile rows; their new ids, in row order."""
+    if conn.dialect.name != "sqlite":
+        result = conn.execute(
+            PROFILES.insert().returning(PROFILES.c.id, sort_by_parameter_order=True), rows
+        )
+        return [pid for (pid,) in result]
+    # SQLAlchemy can only keep RETURNING in row order on SQLite by inserting
+    # one row per statement (~40 us each). The first insert takes the write
+    # lock, which this transaction keeps until it ends, and SQLite gives a new
+    # row the largest id plus one: the ids after the first are free, so the
+    # rest go in as one statement with their ids given.
+    first = conn.execute(PROFILES.insert().returning(PROFILES.c.id), rows[0]).scalar_one()
+    ids = list(range(first, first + len(rows)))
+    if len(rows) > 1:
+        conn.execute(
+            PROFILES.insert(),
+            [{**row, "id": pid} for pid, row in zip(ids[1:], rows[1:], strict=True)],
+        )
+    return ids
 
 
 def move_events(conn: Connection, source: int, into: int) -> None:

@@ -114,3 +114,8 @@ def test_message_id_is_a_content_hash_when_absent():
 def test_all_errors_of_a_record_are_reported_together():
     msg = reason({"type": "Bad", "ts": "nope", "user_id": "u"})
     assert "field 'type'" in msg and "field 'ts'" in msg
+
+
+def test_timestamps_utc_cannot_hold_are_rejected_not_fatal():
+    msg = reason({"type": "page_view", "user_id": "u1", "ts": "0001-01-01T00:00:00+01:00"})
+    assert "field 'ts'" in msg and "out of range" in msg

@@ -59,3 +59,46 @@ def test_batch_size_never_changes_who_did_what(fresh_sqlite, events, split):
     owners_one = {p["user_id"]: p["attributes"] for p in live_profiles(one) if p["user_id"]}
     owners_many = {p["user_id"]: p["attributes"] for p in live_profiles(many) if p["user_id"]}
     assert owners_one == owners_many
+
+
+class _Forgetful(dict):
+    """A memo that never remembers: every call resolves from scratch."""
+
+    def __setitem__(self, key, value) -> None:
+        return None
+
+
+def _decide(events, memo: bool) -> tuple:
+    from core.events import trait_email
+    from core.identity import BatchResolver
+
+    resolver = BatchResolver(conn=None)  # decisions only; nothing is applied
+    if not memo:
+        resolver._known = _Forgetful()
+    handles = []
+    for e in events:
+        who = (e.get("user_id"), e.get("anonymous_id"), e.get("email"))
+        if e["type"] == "identify":
+            traits = e["traits"]
+            handles.append(resolver.resolve(*who, traits, trait_email(traits)))
+        else:
+            handles.append(resolver.resolve(*who))
+    roots = [resolver.find(h) for h in handles]
+    live = set(roots) | {resolver.find(h) for h in resolver.user_of}
+    return (
+        roots,
+        {h: (resolver.user_of[h], resolver.email_of[h], resolver.attrs[h]) for h in live},
+        {k: resolver.find(h) for k, h in resolver.new_identities.items()},
+        resolver.merges,
+        resolver.promoted,
+        {resolver.find(h) for h in resolver.touched},
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=event_streams())
+def test_reusing_the_answer_for_repeated_ids_changes_no_decision(events):
+    # Repeats are what the memo is for: play every stream twice over.
+    stream = events + [dict(e, type="page_view", traits=None) for e in events]
+    stream = [{k: v for k, v in e.items() if v is not None} for e in stream]
+    assert _decide(stream, memo=True) == _decide(stream, memo=False)

@@ -256,3 +256,99 @@ def test_integers_beyond_64_bits_in_properties_are_stored_not_fatal(engine):
     with engine.connect() as conn:
         stored = conn.execute(sa.select(EVENTS.c.properties)).scalar_one()
     assert stored["n"] == pytest.approx(float(big))
+
+
+def test_optional_fields_store_null_only_when_missing(engine):
+    # On SQLite a missing field is bound as a marker that SQLite turns into
+    # NULL; values that look like the markers must stay values.
+    from core.events import Event
+
+    given = {"session_id": "0", "product_id": "", "url": "", "campaign": "0", "value": 0.0}
+    records = [
+        ev("page_view", 1, user_id="u1", message_id="given", currency="EUR", **given),
+        ev("page_view", 2, user_id="u1", message_id="missing"),
+        Event.model_validate(ev("page_view", 3, user_id="u1", message_id="none-event")),
+        ev("page_view", 4, user_id="u1", message_id="none-dict", session_id=None, value=None),
+    ]
+    ingest(engine, records)
+    cols = ["session_id", "product_id", "url", "campaign", "value", "currency"]
+    with engine.connect() as conn:
+        rows = {
+            r.message_id: tuple(r)[1:]
+            for r in conn.execute(sa.select(EVENTS.c.message_id, *(EVENTS.c[c] for c in cols)))
+        }
+    assert rows["given"] == ("0", "", "", "0", 0.0, "EUR")
+    assert rows["missing"] == rows["none-event"] == rows["none-dict"] == (None,) * 6
+
+
+def test_new_profiles_of_one_batch_each_get_their_own_row(engine):
+    # Profiles created together are inserted together; ids must still pair up.
+    records = []
+    for i in range(30):
+        records.append(ev("page_view", i, anonymous_id=f"anon{i}", url=f"/{i}"))
+        if i % 3 == 0:
+            traits = {"n": i, "email": f"p{i}@x.io"}
+            records.append(ev("identify", i, user_id=f"u{i}", traits=traits))
+    ingest(engine, records)
+    profiles = {p["id"]: p for p in live_profiles(engine)}
+    assert len(profiles) == 40
+    ids = identity_map(engine)
+    for i in range(0, 30, 3):
+        p = profiles[ids[("user_id", f"u{i}")]]
+        assert (p["user_id"], p["attributes"]["n"]) == (f"u{i}", i)
+        assert ids[("email", f"p{i}@x.io")] == p["id"]
+    owners = events_by_profile(engine)
+    for i in range(30):
+        assert ids[("anonymous_id", f"anon{i}")] in owners
+
+
+def test_pipelined_load_hooks_after_commit(engine, monkeypatch, register_plugin):
+    import sys
+
+    import core.events as events_mod
+
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    visible = []
+
+    class Checker:
+        @staticmethod
+        def on_events_ingested(events, engine):
+            with engine.connect() as conn:  # another connection: sees committed rows only
+                stored = {r[0] for r in conn.execute(sa.select(EVENTS.c.message_id))}
+            visible.append(all(e.event.message_id in stored for e in events))
+
+    register_plugin(Checker)
+    interval = sys.getswitchinterval()
+    records = [ev("page_view", i % 60, user_id=f"u{i % 7}", message_id=f"m{i}") for i in range(95)]
+    report = ingest(engine, records + records[:10], expected=105, batch_size=10)
+    assert (report.accepted, report.duplicates) == (95, 10)
+    assert visible == [True] * 10
+    assert count(engine) == 95
+    assert sys.getswitchinterval() == interval
+
+
+def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite, monkeypatch):
+    import sys
+
+    import core.events as events_mod
+
+    engine = open_db(fresh_sqlite())  # the pipeline is SQLite's
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    real = events_mod._insert_sqlite
+    calls = {"n": 0}
+
+    def flaky(cur, params, rows_per_statement):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            cur.execute("INSERT INTO no_such_table VALUES (1)")
+        return real(cur, params, rows_per_statement)
+
+    monkeypatch.setattr(events_mod, "_insert_sqlite", flaky)
+    interval = sys.getswitchinterval()
+    records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
+    with pytest.raises(events_mod.IngestError, match=r"record 21 .. record 30 failed.*20 events"):
+        ingest(engine, records, expected=50, batch_size=10)
+    assert count(engine) == 20
+    assert sys.getswitchinterval() == interval
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
+    assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
