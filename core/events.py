@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -511,14 +512,10 @@ class BatchWriter:
         if pipeline and engine.dialect.name == "sqlite":
             self.helper = ThreadPoolExecutor(1, thread_name_prefix="segflow-insert")
         self.pending: _Pending | None = None
-        self._switch_interval = sys.getswitchinterval()
 
     def __enter__(self) -> BatchWriter:
         if self.helper is not None:
-            # When SQLite is done with a statement, the helper waits for the
-            # GIL for up to the switch interval while this thread validates;
-            # at the default 5 ms, that wait would be longer than the statement.
-            sys.setswitchinterval(PIPELINE_SWITCH_INTERVAL)
+            _switching.enter()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
@@ -531,7 +528,7 @@ class BatchWriter:
                 self.pending.future.exception()  # let it end; the error under way is the one to see
         finally:
             self.helper.shutdown()
-            sys.setswitchinterval(self._switch_interval)
+            _switching.leave()
 
     def put(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
         if self.helper is None:
@@ -606,6 +603,38 @@ class BatchWriter:
 
 # The GIL switch interval while a pipelined load runs (see BatchWriter).
 PIPELINE_SWITCH_INTERVAL = 0.0005
+
+
+class _FastSwitching:
+    """Shortens the GIL switch interval while any pipelined load runs.
+
+    When SQLite is done with a statement, the helper waits for the GIL for up
+    to the switch interval while the loading thread validates; at the default
+    5 ms, that wait is longer than the statement. The interval is process-wide,
+    so loads running side by side (a Prefect worker's tasks) share one setting,
+    and the last to end puts back what was there before the first began.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loads = 0
+        self.before = 0.0
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.loads == 0:
+                self.before = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.before, PIPELINE_SWITCH_INTERVAL))
+            self.loads += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.loads -= 1
+            if self.loads == 0:
+                sys.setswitchinterval(self.before)
+
+
+_switching = _FastSwitching()
 
 
 @dataclass

@@ -352,3 +352,21 @@ def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite
     assert sys.getswitchinterval() == interval
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
+
+
+def test_overlapping_pipelined_loads_restore_the_switch_interval():
+    import sys
+
+    from core.events import PIPELINE_SWITCH_INTERVAL, _FastSwitching
+
+    switching = _FastSwitching()
+    before = sys.getswitchinterval()
+    try:
+        switching.enter()  # load A starts
+        switching.enter()  # load B starts while A runs
+        switching.leave()  # A ends first: B still needs the short interval
+        assert sys.getswitchinterval() == PIPELINE_SWITCH_INTERVAL
+        switching.leave()
+        assert sys.getswitchinterval() == before
+    finally:
+        sys.setswitchinterval(before)
