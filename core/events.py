@@ -509,7 +509,7 @@ class BatchWriter:
             if (hook := ingest_hook()) is not None:
                 self.hook = lambda events: hook(events=events, engine=engine)
         self.helper: ThreadPoolExecutor | None = None
-        if pipeline and engine.dialect.name == "sqlite":
+        if pipeline and _shares_connections(engine):
             self.helper = ThreadPoolExecutor(1, thread_name_prefix="segflow-insert")
         self.pending: _Pending | None = None
 
@@ -518,14 +518,21 @@ class BatchWriter:
             _switching.enter()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if self.helper is None:
             return
         try:
-            if exc_type is None:
+            if exc is None:
                 self._finish()
-            elif self.pending is not None:
-                self.pending.future.exception()  # let it end; the error under way is the one to see
+            else:
+                # The batch on the helper still commits and gets its hook; the
+                # error under way stays the one raised.
+                try:
+                    self._finish()
+                except Exception as also:
+                    exc.add_note(f"also: {also}")
         finally:
             self.helper.shutdown()
             _switching.leave()
@@ -550,7 +557,12 @@ class BatchWriter:
                     self.load,
                 )
         except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+            self.load.rolled_back()
             raise self._failed(span, exc) from exc
+        except BaseException:
+            self.load.rolled_back()
+            raise
+        self.load.committed()
         if self.hook is not None and stored:
             self.hook(stored)
 
@@ -565,9 +577,11 @@ class BatchWriter:
             )
         except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
             conn.close()
+            self.load.rolled_back()
             raise self._failed(span, exc) from exc
         except BaseException:
             conn.close()
+            self.load.rolled_back()
             raise
         assert self.helper is not None
         future = self.helper.submit(insert.run, conn)
@@ -581,9 +595,17 @@ class BatchWriter:
         report = self.report
         try:
             inserted = pending.future.result()
-        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+        except BaseException as exc:
+            if not pending.future.done():
+                self.pending = pending  # interrupted while waiting; the helper goes on
+                raise
+            # The helper commits last: whatever it raised, the batch rolled back.
             report.accepted -= pending.claimed
-            raise self._failed(pending.span, exc) from exc
+            self.load.rolled_back()
+            if isinstance(exc, sa.exc.DBAPIError | self.engine.dialect.dbapi.Error):
+                raise self._failed(pending.span, exc) from exc
+            raise
+        self.load.committed()
         if inserted != pending.claimed:
             # Another writer stored some of these between our check and insert.
             report.accepted -= pending.claimed - inserted
@@ -599,6 +621,16 @@ class BatchWriter:
             f"storing {span[0]} .. {span[1]} failed: {' '.join(str(reason).split())}; "
             f"the {self.report.accepted:,} events committed before are kept"
         )
+
+
+def _shares_connections(engine: Engine) -> bool:
+    """Whether a connection of this SQLite engine may be handed to another thread."""
+    if engine.dialect.name != "sqlite":
+        return False
+    if not isinstance(engine.pool, sa.pool.QueuePool | sa.pool.StaticPool):
+        return False  # e.g. SingletonThreadPool: a connection per thread
+    same_thread = str(engine.url.query.get("check_same_thread", "false")).lower()
+    return same_thread in ("false", "0", "no", "off")
 
 
 # The GIL switch interval while a pipelined load runs (see BatchWriter).
@@ -689,11 +721,20 @@ class DeferredLoad:
 
     Without the (profile_id, ts) index, moving a merged profile's events would
     scan the whole table, so those moves are queued in ``moves`` and applied,
-    in order, once the indexes are back.
+    in order, once the indexes are back. A batch's moves wait in ``staged``
+    until it commits: a batch rolled back merged nothing.
     """
 
     active: bool = False
     moves: list[tuple[int, int]] = field(default_factory=list)
+    staged: list[tuple[int, int]] = field(default_factory=list)
+
+    def committed(self) -> None:
+        self.moves.extend(self.staged)
+        self.staged.clear()
+
+    def rolled_back(self) -> None:
+        self.staged.clear()
 
 
 # Lets SQLite sort for an index build on every core (a quarter faster on two).
@@ -776,7 +817,7 @@ def store_batch(
         else resolver.resolve(*who)
         for who, r, email in zip(ids, records, emails, strict=True)
     ]
-    moves = load.moves if load is not None and load.active else None
+    moves = load.staged if load is not None and load.active else None
     stats = resolver.apply(defer_moves=moves)
     report.profiles_created += stats.created
     report.profiles_merged += stats.merged

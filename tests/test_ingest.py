@@ -370,3 +370,75 @@ def test_overlapping_pipelined_loads_restore_the_switch_interval():
         assert sys.getswitchinterval() == before
     finally:
         sys.setswitchinterval(before)
+
+
+def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, monkeypatch):
+    import core.events as events_mod
+
+    engine = open_db(db_url)
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 3)
+    real_make_writer, real_insert = events_mod.make_writer, events_mod._insert_sqlite
+    calls = {"n": 0}
+
+    def failing_third(write):
+        def write_or_fail(*args):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk full"))
+            return write(*args)
+
+        return write_or_fail
+
+    # Whichever path stores on this backend fails on the third batch, after
+    # that batch's merge was decided and applied in its transaction.
+    monkeypatch.setattr(events_mod, "make_writer", lambda e: failing_third(real_make_writer(e)))
+    monkeypatch.setattr(events_mod, "_insert_sqlite", failing_third(real_insert))
+    records = [
+        ev("page_view", 1, anonymous_id="a1", message_id="m1"),
+        ev("page_view", 2, user_id="u1", message_id="m2"),
+        ev("page_view", 3, user_id="u1", anonymous_id="a1", message_id="m3"),  # merges a1 into u1
+    ]
+    with pytest.raises(events_mod.IngestError, match="record 3 .. record 3 failed"):
+        ingest(engine, records, expected=3, batch_size=1)
+    ids = identity_map(engine)
+    owners = events_by_profile(engine)
+    assert owners[ids[("anonymous_id", "a1")]] == {"m1"}  # not moved to u1's profile
+    assert owners[ids[("user_id", "u1")]] == {"m2"}
+    assert len(live_profiles(engine)) == 2
+
+
+def test_batches_committed_before_a_reading_error_reach_the_hook(fresh_sqlite, monkeypatch):
+    import core.events as events_mod
+
+    engine = open_db(fresh_sqlite())
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    seen: list[str] = []
+
+    def records():
+        for i in range(25):
+            yield ev("page_view", i, user_id="u1", message_id=f"m{i}")
+        raise OSError("the file went away")
+
+    with pytest.raises(OSError, match="went away"):
+        ingest(
+            engine,
+            records(),
+            expected=100,  # pipelined: batch 2 is on the helper when the error comes
+            batch_size=10,
+            on_stored=lambda events: seen.extend(e.event.message_id for e in events),
+        )
+    assert count(engine) == 20
+    assert sorted(seen) == sorted(f"m{i}" for i in range(20))
+
+
+def test_engines_that_keep_connections_to_one_thread_load_inline(tmp_path, monkeypatch):
+    import core.events as events_mod
+
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    engine = open_db(f"sqlite:///{tmp_path / 'one.db'}?check_same_thread=true")
+    assert not events_mod._shares_connections(engine)
+    records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
+    report = ingest(engine, records, expected=50, batch_size=10)
+    assert report.accepted == count(engine) == 50
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
+    assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
