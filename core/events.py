@@ -71,11 +71,17 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # Epoch numbers above this are milliseconds or microseconds sent by mistake.
 MAX_EPOCH_SECONDS = 1e11
 
-Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-ShortText = Annotated[str, StringConstraints(max_length=255)]
+# PostgreSQL cannot store a NUL character in text or JSON, so no backend
+# takes one: a record with one is rejected, naming the field.
+NO_NUL = r"^[^\x00]*$"
+NUL_MESSAGE = "contains a NUL character (\\x00), which cannot be stored"
+Id = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255, pattern=NO_NUL)
+]
+ShortText = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
 EventType = Annotated[str, StringConstraints(pattern=TYPE_PATTERN, max_length=64)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Url = Annotated[str, StringConstraints(max_length=4096)]
+Url = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
 Properties = dict[str, Any]
 # An event's validated values by field name, as ``Event`` holds them (ts an
 # aware UTC datetime); a field left out has its default. The bulk path's form.
@@ -105,7 +111,7 @@ class Event(BaseModel):
     type: EventType
     user_id: Id | None = None
     anonymous_id: Id | None = None
-    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    email: Annotated[str, StringConstraints(max_length=320, pattern=NO_NUL)] | None = None
     ts: datetime | None = None
     session_id: ShortText | None = None
     product_id: ShortText | None = None
@@ -155,6 +161,13 @@ class Event(BaseModel):
             v = v.replace(tzinfo=tz)
         return as_utc(v)
 
+    @field_validator("properties", "traits")
+    @classmethod
+    def _storable(cls, v: Properties | None) -> Properties | None:
+        if v is not None and has_nul(v):
+            raise ValueError(f"{NUL_MESSAGE} (in a key or a value)")
+        return v
+
     @field_validator("currency", mode="before")
     @classmethod
     def _currency(cls, v: Any) -> Any:
@@ -179,6 +192,16 @@ class Event(BaseModel):
         if self.message_id is None:
             object.__setattr__(self, "message_id", content_id(self))
         return self
+
+
+def has_nul(value: Properties) -> bool:
+    """Whether a NUL character is in any key or string of a JSON-like value."""
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        text = _json_fallback(value)
+    # Both encoders write U+0000 in a string as this escape, never raw.
+    return b"\\u0000" in text
 
 
 def as_utc(v: datetime) -> datetime:
@@ -242,7 +265,9 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
     get = fields.get
     if get("user_id") is None and get("anonymous_id") is None and get("email") is None:
         return None
-    if get("traits") is not None and fields["type"] != IDENTIFY:
+    if (traits := get("traits")) is not None and (fields["type"] != IDENTIFY or has_nul(traits)):
+        return None
+    if (properties := get("properties")) and has_nul(properties):
         return None
     if (ts := get("ts")) is not None:
         try:
@@ -307,7 +332,9 @@ def describe_error(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "string_pattern_mismatch" and loc == "type":
+        if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] == NO_NUL:
+            msg = NUL_MESSAGE
+        elif err["type"] == "string_pattern_mismatch" and loc == "type":
             msg = f"{err['input']!r} is not a snake_case event type (lower case, digits, _)"
         elif err["type"] == "datetime_from_date_parsing" or err["type"].startswith("datetime_"):
             msg = f"timestamp {err['input']!r} is not ISO 8601 with offset or epoch seconds"

@@ -119,3 +119,21 @@ def test_all_errors_of_a_record_are_reported_together():
 def test_timestamps_utc_cannot_hold_are_rejected_not_fatal():
     msg = reason({"type": "page_view", "user_id": "u1", "ts": "0001-01-01T00:00:00+01:00"})
     assert "field 'ts'" in msg and "out of range" in msg
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"user_id": "u\x001"}, "user_id"),
+        ({"url": "/a\x00b"}, "url"),
+        ({"email": "a\x00@b.co"}, "email"),
+        ({"properties": {"q": ["ok", "n\x00"]}}, "properties"),
+        ({"properties": {"k\x00": 1}}, "properties"),
+    ],
+)
+def test_nul_characters_are_rejected_naming_the_field(change, field):
+    # PostgreSQL cannot store them; SQLite could, but both backends answer alike.
+    msg = reason({"type": "page_view", "user_id": "u1", **change})
+    assert msg == f"field '{field}': contains a NUL character (\\x00), which cannot be stored" + (
+        " (in a key or a value)" if field == "properties" else ""
+    )

@@ -57,6 +57,27 @@ def test_import_keeps_good_lines_and_reports_bad_ones(engine, tmp_path):
     assert (rows[2].value, rows[2].currency) == (99.5, "USD")
 
 
+def test_a_line_with_a_nul_character_is_rejected_and_the_rest_kept(engine, tmp_path):
+    # PostgreSQL cannot store NUL; it used to fail the whole batch there.
+    path = write_jsonl(
+        tmp_path / "nul.jsonl",
+        [ev("page_view", i, user_id="u1", url=f"/{i}") for i in range(3)]
+        + [ev("page_view", 9, user_id="u1", properties={"q": "a\x00b"})]
+        + [ev("identify", 10, user_id="u\x002")]
+        + [ev("page_view", i, user_id="u1", url=f"/{i}") for i in range(20, 23)],
+    )
+    report = import_file(engine, path, batch_size=4)
+    assert (report.accepted, count(engine)) == (6, 6)
+    assert [(r.location, r.reason) for r in report.rejected] == [
+        (
+            f"{path}:4",
+            "field 'properties': contains a NUL character (\\x00), which cannot be "
+            "stored (in a key or a value)",
+        ),
+        (f"{path}:5", "field 'user_id': contains a NUL character (\\x00), which cannot be stored"),
+    ]
+
+
 def test_reimport_adds_nothing_and_duplicates_are_counted(engine, tmp_path):
     records = [ev("page_view", i, anonymous_id="a1", url=f"/p{i}") for i in range(10)]
     records.append(records[3])  # the same line twice within the file
