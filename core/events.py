@@ -190,7 +190,7 @@ class Event(BaseModel):
         if self.traits is not None and self.type != IDENTIFY:
             raise ValueError("traits are only allowed on type 'identify'")
         if self.message_id is None:
-            object.__setattr__(self, "message_id", content_id(self))
+            object.__setattr__(self, "message_id", content_id(self.__dict__))
         return self
 
 
@@ -219,7 +219,7 @@ def as_utc(v: datetime) -> datetime:
 # -- the plain form -------------------------------------------------------------------
 # Nearly every record trackers and exports write is already in the form
 # ``Event`` normalises to: ISO timestamps with an offset, lower-case addresses,
-# a message_id. Such records are checked by pydantic-core alone, without
+# strings for text. Such records are checked by pydantic-core alone, without
 # ``Event``'s Python validators and without building a model (a third of the
 # cost); everything else goes through ``Event``, which accepts more forms and
 # names what is wrong. tests/test_plain.py holds the two to the same answers.
@@ -249,7 +249,7 @@ class PlainEvent(TypedDict, total=False):
     campaign: ShortText | None
     properties: Properties
     traits: Properties | None
-    message_id: Required[ShortText]
+    message_id: ShortText
 
 
 _check_plain = TypeAdapter(PlainEvent).validator.validate_python
@@ -274,31 +274,36 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
             fields["ts"] = as_utc(datetime.fromisoformat(ts))
         except ValueError:
             return None
+    if "message_id" not in fields:
+        fields["message_id"] = content_id(fields)
     return fields
 
 
 def as_event(item: Event | Fields) -> Event:
+    """The Event of validated fields (its fields_set counts a generated message_id in)."""
     if isinstance(item, Event):
         return item
     return Event.model_construct(_fields_set=set(item), **item)
 
 
-def content_id(event: Event) -> str:
-    """A message id from the event's content, so a re-sent line is a duplicate."""
+def content_id(fields: Fields) -> str:
+    """A message id from an event's validated content, so a re-sent line is a duplicate."""
+    get = fields.get
+    ts = get("ts")
     payload = (
-        event.type,
-        event.user_id,
-        event.anonymous_id,
-        event.email,
-        event.ts.isoformat() if event.ts else None,
-        event.session_id,
-        event.product_id,
-        event.value,
-        event.currency,
-        event.url,
-        event.campaign,
-        event.properties,
-        event.traits,
+        fields["type"],
+        get("user_id"),
+        get("anonymous_id"),
+        get("email"),
+        ts.isoformat() if ts else None,
+        get("session_id"),
+        get("product_id"),
+        get("value"),
+        get("currency"),
+        get("url"),
+        get("campaign"),
+        get("properties", {}),
+        get("traits"),
     )
     try:
         raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
