@@ -427,7 +427,8 @@ def ingest(
     expected: int | None = None,
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
 ) -> IngestReport:
-    """Validate, dedupe, resolve and store events; one transaction per batch.
+    """Validate, dedupe, resolve and store events; one transaction per batch
+    (a big SQLite load groups batches, up to PIPELINE_COMMIT_ROWS events each).
 
     Bad records are reported, never fatal: good ones in the same batch are kept.
     ``on_progress(n)`` is called with the number of records read per batch.
@@ -510,13 +511,15 @@ def _span(first: tuple[int, Any], last: tuple[int, Any]) -> tuple[str, str]:
 
 
 class BatchWriter:
-    """Stores batches in order, each in its own transaction, then runs the hook.
+    """Stores batches in order, commits, then runs the hook for each batch.
 
-    With ``pipeline`` (big loads, SQLite), a batch's INSERT statements and
-    commit run on a helper thread, SQLite working without the GIL, while the
-    caller validates the next batch. Every batch still starts after the one
-    before it committed: its duplicate check and identity lookups must see
-    those rows and profiles.
+    With ``pipeline`` (big loads, SQLite), a batch's INSERT statements run on
+    a helper thread, SQLite working without the GIL, while the caller
+    validates the next batch; each batch still starts after the one before
+    it is in (its duplicate check and identity lookups must see those rows
+    and profiles). Batches then share a transaction up to
+    PIPELINE_COMMIT_ROWS events: a commit writes every index page the
+    transaction touched, and random message ids touch a new page per event.
     """
 
     def __init__(
@@ -543,6 +546,9 @@ class BatchWriter:
         self.helper: ThreadPoolExecutor | None = None
         if pipeline and _shares_connections(engine):
             self.helper = ThreadPoolExecutor(1, thread_name_prefix="segflow-insert")
+        # The pipeline's open transaction, the batches in it and the one on the helper.
+        self.conn: Connection | None = None
+        self.group: list[_Batch] = []
         self.pending: _Pending | None = None
 
     def __enter__(self) -> BatchWriter:
@@ -558,15 +564,19 @@ class BatchWriter:
         try:
             if exc is None:
                 self._finish()
+                self._commit()
             else:
-                # The batch on the helper still commits and gets its hook; the
-                # error under way stays the one raised.
+                # The batches already handed over are still stored and get
+                # their hook; the error under way stays the one raised.
                 try:
                     self._finish()
+                    self._commit()
                 except Exception as also:
                     exc.add_note(f"also: {also}")
         finally:
-            self.helper.shutdown()
+            self.helper.shutdown()  # first: the helper may still be using self.conn
+            if self.conn is not None:
+                self.conn.close()
             _switching.leave()
 
     def put(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
@@ -599,51 +609,85 @@ class BatchWriter:
             self.hook(stored)
 
     def _start(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
-        """Everything but the INSERTs and commit now; those on the helper."""
-        conn = self.engine.connect()
+        """Everything but the INSERTs now; those (and the commit) on the helper."""
+        if self.conn is None:
+            self.conn = self.engine.connect()
+            self.conn.begin()
         try:
-            conn.begin()
             insert = _LaterSqliteInsert()
             stored = store_batch(
-                conn, insert, batch, self.source, self.report, self.hook is not None, self.load
+                self.conn, insert, batch, self.source, self.report, self.hook is not None, self.load
             )
-        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
-            conn.close()
-            self.load.rolled_back()
-            raise self._failed(span, exc) from exc
-        except BaseException:
-            conn.close()
-            self.load.rolled_back()
+        except BaseException as exc:
+            lost = self._roll_back(span)
+            if isinstance(exc, sa.exc.DBAPIError | self.engine.dialect.dbapi.Error):
+                raise self._failed(lost, exc) from exc
             raise
+        rows = sum(b.claimed for b in self.group) + insert.claimed
+        commit = rows >= PIPELINE_COMMIT_ROWS
         assert self.helper is not None
-        future = self.helper.submit(insert.run, conn)
-        self.pending = _Pending(future, span, stored, insert.claimed)
+        future = self.helper.submit(insert.run, self.conn, commit)
+        self.pending = _Pending(_Batch(span, stored, insert.claimed), future, commit)
 
     def _finish(self) -> None:
-        """Wait for the batch on the helper, then account for it and run the hook."""
+        """Wait for the batch on the helper; once committed, account and run hooks."""
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
-        report = self.report
         try:
-            inserted = pending.future.result()
+            pending.batch.inserted = pending.future.result()
         except BaseException as exc:
             if not pending.future.done():
                 self.pending = pending  # interrupted while waiting; the helper goes on
                 raise
-            # The helper commits last: whatever it raised, the batch rolled back.
-            report.accepted -= pending.claimed
-            self.load.rolled_back()
+            # The helper closed the connection: the transaction rolled back.
+            self.group.append(pending.batch)
+            self.conn = None
+            lost = self._roll_back(pending.batch.span)
             if isinstance(exc, sa.exc.DBAPIError | self.engine.dialect.dbapi.Error):
-                raise self._failed(pending.span, exc) from exc
+                raise self._failed(lost, exc) from exc
             raise
+        self.group.append(pending.batch)
+        if pending.commit:
+            self.conn = None  # committed and closed by the helper
+            self._committed()
+
+    def _commit(self) -> None:
+        """Commit the open transaction (the load's last batches)."""
+        if self.conn is None:
+            return
+        conn, self.conn = self.conn, None
+        try:
+            conn.commit()
+        except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
+            conn.close()
+            lost = self._roll_back(self.group[-1].span)
+            raise self._failed(lost, exc) from exc
+        conn.close()
+        self._committed()
+
+    def _committed(self) -> None:
+        report = self.report
         self.load.committed()
-        if inserted != pending.claimed:
-            # Another writer stored some of these between our check and insert.
-            report.accepted -= pending.claimed - inserted
-            report.duplicates += pending.claimed - inserted
-        if self.hook is not None and pending.stored:
-            self.hook(pending.stored)
+        group, self.group = self.group, []
+        for b in group:
+            if b.inserted != b.claimed:
+                # Another writer stored some of these between our check and insert.
+                report.accepted -= b.claimed - b.inserted
+                report.duplicates += b.claimed - b.inserted
+            if self.hook is not None and b.stored:
+                self.hook(b.stored)
+
+    def _roll_back(self, last: tuple[str, str]) -> tuple[str, str]:
+        """Forget the open transaction's batches; the span they covered."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        first = self.group[0].span if self.group else last
+        self.report.accepted -= sum(b.claimed for b in self.group)
+        self.group = []
+        self.load.rolled_back()
+        return first[0], last[1]
 
     def _failed(self, span: tuple[str, str], exc: Exception) -> IngestError:
         # Driver errors come wrapped from SQLAlchemy, or bare from the
@@ -701,12 +745,23 @@ class _FastSwitching:
 _switching = _FastSwitching()
 
 
+# Events per transaction on a pipelined load (batches are grouped up to it).
+PIPELINE_COMMIT_ROWS = 50_000
+
+
 @dataclass
-class _Pending:
-    future: Future[int]
+class _Batch:
     span: tuple[str, str]
     stored: list[StoredEvent]
     claimed: int
+    inserted: int = 0
+
+
+@dataclass
+class _Pending:
+    batch: _Batch
+    future: Future[int]
+    commit: bool
 
 
 class _LaterSqliteInsert:
@@ -724,18 +779,23 @@ class _LaterSqliteInsert:
         self.claimed = len(events)
         return self.claimed
 
-    def run(self, conn: Connection) -> int:
-        """Insert, commit and close ``conn``; rows inserted."""
+    def run(self, conn: Connection, commit: bool) -> int:
+        """Insert (and commit and close ``conn``); rows inserted. On failure
+        ``conn`` is closed, rolling its transaction back."""
         try:
             cur = conn.connection.driver_connection.cursor()
             try:
                 inserted = _insert_sqlite(cur, self.params, SQLITE_PIPELINE_ROWS_PER_STATEMENT)
             finally:
                 cur.close()
-            conn.commit()
-            return inserted
-        finally:
+            if commit:
+                conn.commit()
+        except BaseException:
             conn.close()
+            raise
+        if commit:
+            conn.close()
+        return inserted
 
 
 # Below this many rows, dropping and rebuilding indexes is not worth it, nor

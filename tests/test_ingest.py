@@ -355,6 +355,7 @@ def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite
 
     engine = open_db(fresh_sqlite())  # the pipeline is SQLite's
     monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 20)  # two batches a transaction
     real = events_mod._insert_sqlite
     calls = {"n": 0}
 
@@ -368,6 +369,12 @@ def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite
     interval = sys.getswitchinterval()
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
     with pytest.raises(events_mod.IngestError, match=r"record 21 .. record 30 failed.*20 events"):
+        ingest(engine, records, expected=50, batch_size=10)
+    assert count(engine) == 20
+    # Failing in the second batch of a transaction loses the first one with it, and says so.
+    calls["n"] = -1
+    engine = open_db(fresh_sqlite())
+    with pytest.raises(events_mod.IngestError, match=r"record 21 .. record 40 failed.*20 events"):
         ingest(engine, records, expected=50, batch_size=10)
     assert count(engine) == 20
     assert sys.getswitchinterval() == interval
@@ -398,6 +405,7 @@ def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, mo
 
     engine = open_db(db_url)
     monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 3)
+    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 1)  # a transaction per batch
     real_make_writer, real_insert = events_mod.make_writer, events_mod._insert_sqlite
     calls = {"n": 0}
 
