@@ -84,7 +84,8 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Url = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
 Properties = dict[str, Any]
 # An event's validated values by field name, as ``Event`` holds them (ts an
-# aware UTC datetime); a field left out has its default. The bulk path's form.
+# aware UTC datetime); a field left out has its default. The bulk path's form;
+# the plain path adds STORED_JSON.
 Fields = dict[str, Any]
 
 
@@ -196,12 +197,18 @@ class Event(BaseModel):
 
 def has_nul(value: Properties) -> bool:
     """Whether a NUL character is in any key or string of a JSON-like value."""
+    return _JSON_NUL in json_bytes(value)
+
+
+# Both encoders write U+0000 in a string as this escape, never raw.
+_JSON_NUL = b"\\u0000"
+
+
+def json_bytes(value: Any) -> bytes:
     try:
-        text = orjson.dumps(value)
+        return orjson.dumps(value)
     except TypeError:
-        text = _json_fallback(value)
-    # Both encoders write U+0000 in a string as this escape, never raw.
-    return b"\\u0000" in text
+        return _json_fallback(value)
 
 
 def as_utc(v: datetime) -> datetime:
@@ -265,10 +272,16 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
     get = fields.get
     if get("user_id") is None and get("anonymous_id") is None and get("email") is None:
         return None
-    if (traits := get("traits")) is not None and (fields["type"] != IDENTIFY or has_nul(traits)):
+    identify = fields["type"] == IDENTIFY
+    traits, properties = get("traits"), get("properties")
+    if traits is not None and not identify:
         return None
-    if (properties := get("properties")) and has_nul(properties):
+    # What will be stored as the event's properties, encoded once: checked
+    # for NUL here and kept for the writers.
+    stored = json_bytes(traits if identify else properties or {})
+    if _JSON_NUL in stored or (identify and properties and has_nul(properties)):
         return None
+    fields[STORED_JSON] = stored.decode()
     if (ts := get("ts")) is not None:
         try:
             fields["ts"] = as_utc(datetime.fromisoformat(ts))
@@ -279,11 +292,16 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
     return fields
 
 
+# In the plain path's fields: the JSON text the event's properties are stored as.
+STORED_JSON = "_stored_json"
+
+
 def as_event(item: Event | Fields) -> Event:
     """The Event of validated fields (its fields_set counts a generated message_id in)."""
     if isinstance(item, Event):
         return item
-    return Event.model_construct(_fields_set=set(item), **item)
+    values = {k: v for k, v in item.items() if k != STORED_JSON}
+    return Event.model_construct(_fields_set=set(values), **values)
 
 
 def content_id(fields: Fields) -> str:
@@ -1112,13 +1130,16 @@ def _rows(
             ts = received
         elif for_sqlite:
             ts = _sqlite_ts(ts)
-        # An identify call keeps its traits as the event's properties.
-        props = get("traits") if type_ == IDENTIFY else get("properties", {})
-        if props_json:
-            try:
-                props = dumps(props).decode()
-            except TypeError:
-                props = _json_fallback(props).decode()
+        if props_json and (text := get(STORED_JSON)) is not None:
+            props = text
+        else:
+            # An identify call keeps its traits as the event's properties.
+            props = get("traits") if type_ == IDENTIFY else get("properties", {})
+            if props_json:
+                try:
+                    props = dumps(props).decode()
+                except TypeError:
+                    props = _json_fallback(props).decode()
         append(
             (
                 pid,
