@@ -165,7 +165,13 @@ class Event(BaseModel):
     @field_validator("properties", "traits")
     @classmethod
     def _storable(cls, v: Properties | None) -> Properties | None:
-        if v is not None and has_nul(v):
+        if v is None:
+            return v
+        try:
+            nul = has_nul(v)
+        except (TypeError, ValueError) as exc:  # a set, NaN beside a huge integer, ...
+            raise ValueError(f"cannot be stored as JSON: {exc}") from None
+        if nul:
             raise ValueError(f"{NUL_MESSAGE} (in a key or a value)")
         return v
 
@@ -197,11 +203,16 @@ class Event(BaseModel):
 
 def has_nul(value: Properties) -> bool:
     """Whether a NUL character is in any key or string of a JSON-like value."""
-    return _JSON_NUL in json_bytes(value)
+    return json_has_nul(json_bytes(value))
 
 
-# Both encoders write U+0000 in a string as this escape, never raw.
-_JSON_NUL = b"\\u0000"
+def json_has_nul(text: bytes) -> bool:
+    # Both encoders write U+0000 as this escape, never raw; an escaped
+    # backslash before "u0000" (the text \u0000) is not one.
+    return b"\\u0000" in text and _JSON_NUL.search(text) is not None
+
+
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def json_bytes(value: Any) -> bytes:
@@ -278,8 +289,11 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
         return None
     # What will be stored as the event's properties, encoded once: checked
     # for NUL here and kept for the writers.
-    stored = json_bytes(traits if identify else properties or {})
-    if _JSON_NUL in stored or (identify and properties and has_nul(properties)):
+    try:
+        stored = json_bytes(traits if identify else properties or {})
+        if json_has_nul(stored) or (identify and properties and has_nul(properties)):
+            return None
+    except (TypeError, ValueError):  # not JSON: Event names it
         return None
     fields[STORED_JSON] = stored.decode()
     if (ts := get("ts")) is not None:
@@ -655,8 +669,10 @@ class BatchWriter:
         try:
             pending.batch.inserted = pending.future.result()
         except BaseException as exc:
-            if not pending.future.done():
-                self.pending = pending  # interrupted while waiting; the helper goes on
+            if not pending.future.done() or pending.future.exception() is not exc:
+                # Interrupted here, not failed there: the helper's batch is
+                # still to be accounted for (at exit at the latest).
+                self.pending = pending
                 raise
             # The helper closed the connection: the transaction rolled back.
             self.group.append(pending.batch)
@@ -678,10 +694,10 @@ class BatchWriter:
         try:
             conn.commit()
         except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
-            conn.close()
             lost = self._roll_back(self.group[-1].span)
             raise self._failed(lost, exc) from exc
-        conn.close()
+        finally:
+            conn.close()
         self._committed()
 
     def _committed(self) -> None:
@@ -693,8 +709,19 @@ class BatchWriter:
                 # Another writer stored some of these between our check and insert.
                 report.accepted -= b.claimed - b.inserted
                 report.duplicates += b.claimed - b.inserted
-            if self.hook is not None and b.stored:
-                self.hook(b.stored)
+        if self.hook is None:
+            return
+        # Every committed batch gets its call, even after one fails; the
+        # first failure is raised afterwards and stops the load.
+        failure: Exception | None = None
+        for b in group:
+            if b.stored:
+                try:
+                    self.hook(b.stored)
+                except Exception as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _roll_back(self, last: tuple[str, str]) -> tuple[str, str]:
         """Forget the open transaction's batches; the span they covered."""

@@ -471,3 +471,62 @@ def test_engines_that_keep_connections_to_one_thread_load_inline(tmp_path, monke
     assert report.accepted == count(engine) == 50
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
+
+
+def test_a_failing_hook_still_leaves_every_committed_batch_hooked(fresh_sqlite, monkeypatch):
+    import core.events as events_mod
+
+    engine = open_db(fresh_sqlite())
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 30)  # three batches a transaction
+    calls: list[str] = []
+
+    def hook(events):
+        calls.append(events[0].event.message_id)
+        if len(calls) == 1:
+            raise RuntimeError("hook broke")
+
+    records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
+    with pytest.raises(RuntimeError, match="hook broke"):
+        ingest(engine, records, expected=50, batch_size=10, on_stored=hook)
+    assert count(engine) == 30  # the first transaction; the load stops at its hook failure
+    assert calls == ["m0", "m10", "m20"]
+
+
+def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
+    fresh_sqlite, monkeypatch
+):
+    import _thread
+    import threading
+    import time
+
+    import core.events as events_mod
+
+    engine = open_db(fresh_sqlite())
+    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+    real = events_mod._insert_sqlite
+    calls = {"n": 0}
+
+    def slow_second(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            # Ctrl-C while the loader waits; Python raises it once the wait ends.
+            threading.Timer(0.1, _thread.interrupt_main).start()
+            time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(events_mod, "_insert_sqlite", slow_second)
+    hooked: list[str] = []
+    records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(55)]
+    with pytest.raises(KeyboardInterrupt):
+        ingest(
+            engine,
+            records,
+            expected=100,
+            batch_size=10,
+            on_stored=lambda events: hooked.extend(e.event.message_id for e in events),
+        )
+    assert count(engine) == 20  # both batches handed over, committed at exit
+    assert sorted(hooked) == sorted(f"m{i}" for i in range(20))
+    with engine.begin() as conn:  # and nothing holds the write lock
+        conn.execute(sa.text("CREATE INDEX ix_probe ON events (source)"))

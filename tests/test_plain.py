@@ -215,3 +215,22 @@ def test_ts_format_turns_the_plain_path_off(engine_sqlite):
 @pytest.fixture
 def engine_sqlite(fresh_sqlite):
     return open_db(fresh_sqlite())
+
+
+def test_text_that_only_looks_like_an_escaped_nul_is_kept(engine_sqlite):
+    record = {"type": "page_view", "user_id": "u1", "ts": "2026-03-01T10:00:00Z"}
+    record["properties"] = {"pattern": "\\u0000", "k\\u0000": 1}  # a backslash, then u0000
+    assert plain_fields(record) is not None
+    report = ingest(engine_sqlite, [record])
+    assert report.accepted == 1
+
+
+def test_properties_json_cannot_hold_are_rejected_not_fatal(engine_sqlite):
+    # Encoding falls back to json for the huge integer, which refuses NaN.
+    bad = {"type": "page_view", "user_id": "u1", "ts": "2026-03-01T10:00:00Z"}
+    bad["properties"] = {"n": 2**70, "x": float("nan")}
+    good = {"type": "page_view", "user_id": "u2", "ts": "2026-03-01T10:00:00Z"}
+    assert plain_fields(bad) is None
+    report = ingest(engine_sqlite, [bad, good, {**good, "properties": {"s": {1, 2}}}])
+    assert report.accepted == 1
+    assert [r.reason.split(":")[0] for r in report.rejected] == ["field 'properties'"] * 2
