@@ -937,6 +937,15 @@ def keys_revoke(ctx: typer.Context, name: str) -> None:
 # -- poll ------------------------------------------------------------------------
 
 
+def _named(entries: list[Any], name: str, what: str) -> Any:
+    """The settings entry called ``name`` (a poll, a stream), or a usage error listing them."""
+    found = next((e for e in entries if e.name == name), None)
+    if found is None:
+        known = ", ".join(e.name for e in entries) or "none configured"
+        raise UsageError(f"no {what} named {name!r} ({known})")
+    return found
+
+
 @app.command()
 def poll(
     ctx: typer.Context,
@@ -948,11 +957,7 @@ def poll(
 
     from plugins.sources.polling import PollError, poll_once
 
-    settings = _settings(ctx)
-    config = next((p for p in settings.polls if p.name == name), None)
-    if config is None:
-        known = ", ".join(p.name for p in settings.polls) or "none configured"
-        raise UsageError(f"no poll named {name!r} ({known})")
+    config = _named(_settings(ctx).polls, name, "poll")
     engine = _engine(ctx)
     while True:
         try:
@@ -985,9 +990,7 @@ def consume(
     """Consume a Redis Stream with a consumer group; acknowledge after committing."""
     from plugins.sources.redis_stream import consume_once
 
-    config = next((c for c in _settings(ctx).streams if c.name == name), None)
-    if config is None:
-        raise UsageError(f"no stream named {name!r} in the settings")
+    config = _named(_settings(ctx).streams, name, "stream")
     engine = _engine(ctx)
     while True:
         result = consume_once(engine, config, block_ms=0 if once else None)

@@ -435,11 +435,18 @@ class IngestReport:
 Record = RawRecord | dict | Event
 
 
-def validate(raw: RawRecord, context: dict[str, Any] | None = None) -> Event | Rejection:
+def _unreadable(raw: RawRecord) -> Rejection | None:
+    """Why a record is not even an object to validate, if it is not."""
     if raw.data is None:
         return Rejection(raw.location, raw.error or "unreadable record")
     if not isinstance(raw.data, dict):
         return Rejection(raw.location, f"expected an object, got {type(raw.data).__name__}")
+    return None
+
+
+def validate(raw: RawRecord, context: dict[str, Any] | None = None) -> Event | Rejection:
+    if (bad := _unreadable(raw)) is not None:
+        return bad
     try:
         return Event.model_validate(raw.data, context=context)
     except ValidationError as exc:
@@ -478,10 +485,17 @@ def ingest(
     rejected = report.rejected
     # ts_format changes how Event reads every timestamp; the plain form assumes ISO.
     plain = plain_fields if ts_format is None else None
+    validate_event = Event.model_validate
+
+    def check(data: dict[str, Any]) -> Event | Fields:
+        """The plain form's fields, else the Event (raises ValidationError)."""
+        if plain is not None and type(data) is dict and (fields := plain(data)) is not None:
+            return fields
+        return validate_event(data, context=context)
+
     batch: list[Event | Fields] = []
     # Where the current batch starts and ends, named only if storing it fails.
     first = last = None
-    validate_event = Event.model_validate
     with (
         deferred_indexes(engine, expected) as load,
         BatchWriter(
@@ -492,28 +506,23 @@ def ingest(
         for n, item in enumerate(records, 1):
             # Plain dicts are the bulk case: validated inline, located by number.
             if type(item) is dict:
-                checked: Event | Fields | None = plain(item) if plain is not None else None
-                if checked is None:
-                    try:
-                        checked = validate_event(item, context=context)
-                    except ValidationError as exc:
-                        rejected.append(Rejection(f"record {n}", describe_error(exc)))
-                        continue
-                batch.append(checked)
+                try:
+                    batch.append(check(item))
+                except ValidationError as exc:
+                    rejected.append(Rejection(f"record {n}", describe_error(exc)))
+                    continue
             elif isinstance(item, Event):
                 batch.append(item)
             else:
                 raw = item if isinstance(item, RawRecord) else _unexpected(item, n)
-                checked = None
-                if plain is not None and type(raw.data) is dict:
-                    checked = plain(raw.data)
-                if checked is None:
-                    event = validate(raw, context)
-                    if isinstance(event, Rejection):
-                        rejected.append(event)
-                        continue
-                    checked = event
-                batch.append(checked)
+                if (bad := _unreadable(raw)) is not None:
+                    rejected.append(bad)
+                    continue
+                try:
+                    batch.append(check(raw.data))  # type: ignore[arg-type]
+                except ValidationError as exc:
+                    rejected.append(Rejection(raw.location, describe_error(exc)))
+                    continue
             last = (n, item)
             first = first or last
             if len(batch) >= batch_size:
@@ -1146,7 +1155,6 @@ def _rows(
     no_session, no_product, no_value, no_currency, no_url, no_campaign = (
         absent[c] for c in ("session_id", "product_id", "value", "currency", "url", "campaign")
     )
-    dumps = orjson.dumps
     rows = []
     append = rows.append
     for e, pid in zip(events, pids, strict=True):
@@ -1163,10 +1171,7 @@ def _rows(
             # An identify call keeps its traits as the event's properties.
             props = get("traits") if type_ == IDENTIFY else get("properties", {})
             if props_json:
-                try:
-                    props = dumps(props).decode()
-                except TypeError:
-                    props = _json_fallback(props).decode()
+                props = json_bytes(props).decode()
         append(
             (
                 pid,
