@@ -14,7 +14,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -138,6 +137,11 @@ def check(loaded, what: str) -> None:
 
 
 def run(quick: bool) -> list[Result]:
+    with common.scratch_dir("segflow-bench-api-") as work:
+        return _run(quick, work)
+
+
+def _run(quick: bool, work: Path) -> list[Result]:
     from core.db import open_db
     from core.events import ingest
     from core.keys import create_key
@@ -145,7 +149,6 @@ def run(quick: bool) -> list[Result]:
 
     n = sizes(quick)
     repeats = common.repeats(quick)
-    work = Path(tempfile.mkdtemp(prefix="segflow-bench-api-"))
     db = f"sqlite:///{work}/api.db"
     engine = open_db(db)
     _, key = create_key(engine, "bench", ["events:write"])

@@ -16,7 +16,9 @@ Project modules are imported inside fixtures, so collecting tests stays cheap.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -34,7 +36,9 @@ IN_CI = os.environ.get("CI") == "true"
 
 # Prefect keeps state under PREFECT_HOME (default ~/.prefect); tests must not
 # touch the user's. Set before anything imports prefect.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="segflow-prefect-"))
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="segflow-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The data lives beside the project checkout: <project>/../shared/data.
