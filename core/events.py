@@ -301,20 +301,25 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
             fields["ts"] = as_utc(datetime.fromisoformat(ts))
         except ValueError:
             return None
+        fields[TS_TEXT] = ts
     if "message_id" not in fields:
         fields["message_id"] = content_id(fields)
     return fields
 
 
-# In the plain path's fields: the JSON text the event's properties are stored as.
+# In the plain path's fields: the JSON text the event's properties are stored
+# as, and the ISO text ts was read from (SQLite's copy of a UTC time is cut
+# from it, four times cheaper than formatting the datetime).
 STORED_JSON = "_stored_json"
+TS_TEXT = "_ts_text"
+_PLAIN_ONLY = (STORED_JSON, TS_TEXT)
 
 
 def as_event(item: Event | Fields) -> Event:
     """The Event of validated fields (its fields_set counts a generated message_id in)."""
     if isinstance(item, Event):
         return item
-    values = {k: v for k, v in item.items() if k != STORED_JSON}
+    values = {k: v for k, v in item.items() if k not in _PLAIN_ONLY}
     return Event.model_construct(_fields_set=set(values), **values)
 
 
@@ -1058,6 +1063,17 @@ def _sqlite_ts(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+def _sqlite_ts_of(text: str | None, value: datetime) -> str:
+    """``_sqlite_ts(value)``, cut from ``text`` when that is the plain form's
+    ISO text of ``value`` in UTC (date, time, 0-6 fraction digits, offset)."""
+    if text is not None:
+        if text[-1] == "Z":
+            return text[:10] + " " + text[11:19] + ((text[19:-1] or ".") + "000000")[:7]
+        if text.endswith("+00:00"):
+            return text[:10] + " " + text[11:19] + ((text[19:-6] or ".") + "000000")[:7]
+    return _sqlite_ts(value)
+
+
 # Rows per INSERT statement on SQLite: 13 columns x 500 stays far below the
 # 32766 bound parameters SQLite allows, and one statement per 500 rows spends
 # less time in the driver than executemany's row-by-row loop.
@@ -1164,7 +1180,7 @@ def _rows(
         if ts is None:
             ts = received
         elif for_sqlite:
-            ts = _sqlite_ts(ts)
+            ts = _sqlite_ts_of(get(TS_TEXT), ts)
         if props_json and (text := get(STORED_JSON)) is not None:
             props = text
         else:
