@@ -285,20 +285,36 @@ class BatchResolver:
                 for (k, v), h in self.new_identities.items()
             ]
             self.conn.execute(IDENTITIES.insert(), rows)
-        for handle in {self.find(h) for h in self.touched}:
-            if handle > 0:
-                self.conn.execute(
-                    PROFILES.update()
-                    .where(PROFILES.c.id == handle)
-                    .values(
-                        attributes=self.attrs[handle], email=self.email_of[handle], updated_at=now
-                    )
-                )
+        if touched := [h for h in {self.find(h) for h in self.touched} if h > 0]:
+            self.conn.execute(
+                _SET_ATTRIBUTES,
+                [
+                    {
+                        "pid": h,
+                        "set_attributes": self.attrs[h],
+                        "set_email": self.email_of[h],
+                        "now": now,
+                    }
+                    for h in touched
+                ],
+            )
         return stats
 
     def profile_id(self, handle: int) -> int:
         root = self.find(handle)
         return self.real.get(root, root)
+
+
+# One executemany for the profiles a batch changed (thousands, on a big load).
+_SET_ATTRIBUTES = (
+    PROFILES.update()
+    .where(PROFILES.c.id == sa.bindparam("pid"))
+    .values(
+        attributes=sa.bindparam("set_attributes", type_=PROFILES.c.attributes.type),
+        email=sa.bindparam("set_email", type_=PROFILES.c.email.type),
+        updated_at=sa.bindparam("now", type_=PROFILES.c.updated_at.type),
+    )
+)
 
 
 def insert_profiles(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:

@@ -31,6 +31,8 @@ def event_streams(draw):
         event = {"type": kind, "ts": f"2026-01-01T00:00:{i:02d}Z", "message_id": f"m{i}", **ids}
         if kind == "identify":
             event["traits"] = {"step": i}
+            if draw(st.integers(0, 2)) == 0:
+                event["traits"]["email"] = draw(st.sampled_from(EMAILS))
         events.append(event)
     return events
 
@@ -56,9 +58,16 @@ def test_batch_size_never_changes_who_did_what(fresh_sqlite, events, split):
     for engine in (one, many):
         users = [p["user_id"] for p in live_profiles(engine) if p["user_id"]]
         assert sorted(users) == sorted(set(users))
-    owners_one = {p["user_id"]: p["attributes"] for p in live_profiles(one) if p["user_id"]}
-    owners_many = {p["user_id"]: p["attributes"] for p in live_profiles(many) if p["user_id"]}
-    assert owners_one == owners_many
+    assert profile_states(one) == profile_states(many)
+
+
+def profile_states(engine) -> dict[frozenset[str], tuple]:
+    """Each live profile's user id, attributes and email, keyed by its events."""
+    events = events_by_profile(engine)
+    return {
+        frozenset(events.get(p["id"], ())): (p["user_id"], p["attributes"], p["email"])
+        for p in live_profiles(engine)
+    }
 
 
 class _Forgetful(dict):
