@@ -950,17 +950,16 @@ def store_batch(
     records: list[Fields] = [e if type(e) is dict else e.__dict__ for e in fresh]
     resolver = BatchResolver(conn)
     emails = [trait_email(r.get("traits")) if r["type"] == IDENTIFY else None for r in records]
-    keys: set[tuple[str, str]] = set()
     ids = [(r.get("user_id"), r.get("anonymous_id"), r.get("email")) for r in records]
-    for (user_id, anonymous_id, address), email in zip(ids, emails, strict=True):
+    keys: set[tuple[str, str]] = {("email", email) for email in emails if email is not None}
+    # A batch holds a few hundred people's events: their ids, once each.
+    for user_id, anonymous_id, address in set(ids):
         if user_id is not None:
             keys.add(("user_id", user_id))
         if anonymous_id is not None:
             keys.add(("anonymous_id", anonymous_id))
         if address is not None:
             keys.add(("email", address))
-        if email is not None:
-            keys.add(("email", email))
     resolver.prefetch(keys)
     handles = [
         resolver.resolve(*who, r.get("traits"), email)
@@ -1006,17 +1005,19 @@ def trait_email(traits: Properties | None) -> str | None:
 def _drop_duplicates(
     conn: Connection, batch: list[Event | Fields], report: IngestReport
 ) -> list[Event | Fields]:
-    seen: set[str] = set()
-    unique: list[Event | Fields] = []
-    ids: list[str] = []
-    for e in batch:
-        message_id = e["message_id"] if type(e) is dict else e.message_id
-        if message_id in seen:
-            report.duplicates += 1
-            continue
-        seen.add(message_id)
-        unique.append(e)
-        ids.append(message_id)
+    ids = [e["message_id"] if type(e) is dict else e.message_id for e in batch]
+    unique = batch
+    if len(set(ids)) < len(ids):  # the same message twice in the batch: keep the first
+        seen: set[str] = set()
+        unique, kept = [], []
+        for e, message_id in zip(batch, ids, strict=True):
+            if message_id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(message_id)
+            unique.append(e)
+            kept.append(message_id)
+        ids = kept
     rows = fetch_in(conn, "SELECT message_id FROM events WHERE 1 = 1", "message_id", ids)
     existing = {r[0] for r in rows}
     if existing:
