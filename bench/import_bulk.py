@@ -379,12 +379,17 @@ def sqlite_ceiling_once(
                 pending: Future[None] | None = None
                 for i, chunk_pids in enumerate(pids):
                     fields = [plain_fields(e) for e in events[i * BATCH : (i + 1) * BATCH]]
-                    invalid += fields.count(None)
+                    if None in fields:  # not expected: the demo's events are all plain
+                        invalid += fields.count(None)
+                        kept = [
+                            (f, p) for f, p in zip(fields, chunk_pids, strict=True) if f is not None
+                        ]
+                        fields, chunk_pids = [f for f, _ in kept], [p for _, p in kept]
                     flat = _sqlite_params(fields, chunk_pids, SOURCE, now)  # type: ignore[arg-type]
                     if pending is not None:
                         pending.result()
                     pending = helper.submit(insert, flat, _commits_after(i + 1, chunks))
-                    step(len(chunk_pids))
+                    step(len(chunks[i]))
                 if pending is not None:
                     pending.result()
             finally:

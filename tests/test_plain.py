@@ -199,6 +199,7 @@ def test_demo_data_takes_the_plain_path():
     [
         {"ts": 1772359200},  # epoch seconds
         {"ts": "2026-03-01T10:00:00"},  # no offset: a default timezone may apply
+        {"ts": "2026-03-01T24:00:00Z"},  # midnight as 24:00, which Python 3.14 reads
         {"email": "Ann@Example.com"},  # normalised by Event
         {"currency": "eur"},
         {"value": "9.5"},
