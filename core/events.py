@@ -275,6 +275,14 @@ class PlainEvent(TypedDict, total=False):
 _check_plain = TypeAdapter(PlainEvent).validator.validate_python
 
 
+# In the plain path's fields: the JSON text the event's properties are stored
+# as, and the ISO text ts was read from (SQLite's copy of a UTC time is cut
+# from it, four times cheaper than formatting the datetime).
+STORED_JSON = "_stored_json"
+TS_TEXT = "_ts_text"
+_PLAIN_ONLY = (STORED_JSON, TS_TEXT)
+
+
 def plain_fields(data: dict[str, Any]) -> Fields | None:
     """The validated fields of a record in plain form, exactly as ``Event``
     would hold them; None when ``Event`` must decide (other forms, errors)."""
@@ -307,14 +315,6 @@ def plain_fields(data: dict[str, Any]) -> Fields | None:
     if "message_id" not in fields:
         fields["message_id"] = content_id(fields)
     return fields
-
-
-# In the plain path's fields: the JSON text the event's properties are stored
-# as, and the ISO text ts was read from (SQLite's copy of a UTC time is cut
-# from it, four times cheaper than formatting the datetime).
-STORED_JSON = "_stored_json"
-TS_TEXT = "_ts_text"
-_PLAIN_ONLY = (STORED_JSON, TS_TEXT)
 
 
 def as_event(item: Event | Fields) -> Event:
@@ -1069,11 +1069,9 @@ def _sqlite_ts(value: datetime) -> str:
 def _sqlite_ts_of(text: str | None, value: datetime) -> str:
     """``_sqlite_ts(value)``, cut from ``text`` when that is the plain form's
     ISO text of ``value`` in UTC (date, time, 0-6 fraction digits, offset)."""
-    if text is not None:
-        if text[-1] == "Z":
-            return text[:10] + " " + text[11:19] + ((text[19:-1] or ".") + "000000")[:7]
-        if text.endswith("+00:00"):
-            return text[:10] + " " + text[11:19] + ((text[19:-6] or ".") + "000000")[:7]
+    if text is not None and (text[-1] == "Z" or text.endswith("+00:00")):
+        fraction = text[19:-1] if text[-1] == "Z" else text[19:-6]
+        return text[:10] + " " + text[11:19] + ((fraction or ".") + "000000")[:7]
     return _sqlite_ts(value)
 
 
