@@ -637,15 +637,7 @@ class BatchWriter:
     def _store(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
         try:
             with self.engine.begin() as conn:
-                stored = store_batch(
-                    conn,
-                    self.writer,
-                    batch,
-                    self.source,
-                    self.report,
-                    self.hook is not None,
-                    self.load,
-                )
+                stored = self._prepare(conn, self.writer, batch)
         except (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error) as exc:
             self.load.rolled_back()
             raise self._failed(span, exc) from exc
@@ -656,6 +648,13 @@ class BatchWriter:
         if self.hook is not None and stored:
             self.hook(stored)
 
+    def _prepare(
+        self, conn: Connection, writer: EventWriter, batch: list[Event | Fields]
+    ) -> list[StoredEvent]:
+        return store_batch(
+            conn, writer, batch, self.source, self.report, self.hook is not None, self.load
+        )
+
     def _start(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
         """Everything but the INSERTs now; those (and the commit) on the helper."""
         if self.conn is None:
@@ -663,9 +662,7 @@ class BatchWriter:
             self.conn.begin()
         try:
             insert = _LaterSqliteInsert()
-            stored = store_batch(
-                self.conn, insert, batch, self.source, self.report, self.hook is not None, self.load
-            )
+            stored = self._prepare(self.conn, insert, batch)
         except BaseException as exc:
             lost = self._roll_back(span)
             if isinstance(exc, sa.exc.DBAPIError | self.engine.dialect.dbapi.Error):
