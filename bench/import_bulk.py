@@ -113,8 +113,8 @@ def batches(rows: list[tuple]) -> list[list[tuple]]:
 
 def bare_table_ddl(name: str, dialect: sa.Dialect) -> str:
     """CREATE TABLE with the events table's 13 stored columns and types, no keys or indexes."""
+    from core.db.tables import EVENTS
     from core.events import EVENT_COLUMNS
-    from core.identity import EVENTS
 
     cols = [
         sa.Column(c.name, c.type, nullable=c.nullable)
@@ -277,8 +277,8 @@ def _segflow_table(path: Path, people: int) -> sqlite3.Connection:
 @contextlib.contextmanager
 def _indexes_deferred(con: sqlite3.Connection) -> Iterator[None]:
     """Drop the events' secondary indexes, rebuild them after, as ``ingest`` does."""
+    from core.db.tables import EVENTS
     from core.events import SQLITE_SORT_THREADS
-    from core.identity import EVENTS
 
     secondary = [ix for ix in EVENTS.indexes if not ix.unique]
     for ix in secondary:

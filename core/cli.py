@@ -561,9 +561,9 @@ def segments_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--j
     """Saved segments with their version and current size."""
     import sqlalchemy as sa
 
-    from core import models
+    from core.db.tables import MEMBERSHIPS as mem
+    from core.db.tables import SEGMENTS as seg
 
-    seg, mem = models.SegmentDefinition.__table__, models.Membership.__table__
     with _engine(ctx).connect() as conn:
         rows = conn.execute(
             sa.select(seg.c.name, seg.c.version, seg.c.description, sa.func.count(mem.c.profile_id))
@@ -588,10 +588,10 @@ def segments_history(
     """Size of a segment at each run or back-filled day."""
     import sqlalchemy as sa
 
-    from core import models
+    from core.db.tables import SEGMENT_SIZES as sizes
+    from core.db.tables import SEGMENTS as seg
     from core.segments.language import SegmentError
 
-    seg, sizes = models.SegmentDefinition.__table__, models.SegmentSize.__table__
     with _engine(ctx).connect() as conn:
         sid = conn.execute(sa.select(seg.c.id).where(seg.c.name == name)).scalar()
         if sid is None:

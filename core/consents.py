@@ -5,12 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core import models
-from core.models import utcnow
+from core.db.models import utcnow
+from core.db.tables import AUDIT, CONSENTS
 from core.profiles import find_profile_id
-
-CONSENTS = models.Consent.__table__
-AUDIT = models.AuditLog.__table__
 
 
 def set_consent(engine: Engine, who: str, purpose: str, granted: bool, source: str) -> int:

@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.identity import EVENTS
+from core.db.tables import EVENTS
 
 EVENTS_PER_DAY_COLUMNS = ["day", "type", "events"]
 TOP_PRODUCTS_COLUMNS = ["product_id", "name", "category", "views", "purchases", "revenue"]

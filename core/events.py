@@ -42,8 +42,9 @@ from pydantic import (
 from sqlalchemy.engine import Connection, Engine
 from typing_extensions import TypedDict
 
-from core.identity import EVENTS, BatchResolver, fetch_in, move_events
-from core.models import utcnow
+from core.db.models import utcnow
+from core.db.tables import EVENTS
+from core.identity import BatchResolver, fetch_in, move_events
 from core.sources import RawRecord
 
 STANDARD_TYPES: tuple[str, ...] = (

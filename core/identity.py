@@ -27,13 +27,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from core import models
-from core.models import utcnow
-
-PROFILES = models.Profile.__table__
-IDENTITIES = models.Identity.__table__
-EVENTS = models.Event.__table__
-AUDIT = models.AuditLog.__table__
+from core.db.models import utcnow
+from core.db.tables import AUDIT, EVENTS, IDENTITIES, PROFILES
 
 # Stay below every backend's bound-parameter limit.
 IN_CHUNK = 900

@@ -18,11 +18,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core import models
-from core.models import utcnow
+from core.db.models import utcnow
+from core.db.tables import API_KEYS, AUDIT
 
-KEYS = models.ApiKey.__table__
-AUDIT = models.AuditLog.__table__
 SCOPES = ("events:write", "profiles:read", "admin")
 
 
@@ -74,14 +72,14 @@ def create_key(
     key = f"sf_{prefix}_{secrets.token_urlsafe(32)}"
     now = utcnow()
     with engine.begin() as conn:
-        if conn.execute(sa.select(KEYS.c.id).where(KEYS.c.name == name)).first():
+        if conn.execute(sa.select(API_KEYS.c.id).where(API_KEYS.c.name == name)).first():
             raise ValueError(f"a key named {name!r} exists already")
         kid = conn.execute(
-            KEYS.insert()
+            API_KEYS.insert()
             .values(
                 name=name, prefix=prefix, key_hash=_hash(key), scopes=list(scopes_t), created_at=now
             )
-            .returning(KEYS.c.id)
+            .returning(API_KEYS.c.id)
         ).scalar_one()
         conn.execute(
             AUDIT.insert().values(
@@ -128,7 +126,7 @@ def verify_key(engine: Engine, key: str, scope: str, max_age: float = 0.0) -> Ke
         info = cached[0]
     else:
         with engine.connect() as conn:
-            row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == digest)).first()
+            row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.key_hash == digest)).first()
         if row is None or row.revoked_at is not None:
             with _verified_lock:
                 _verified.pop(slot, None)
@@ -146,25 +144,25 @@ def verify_key(engine: Engine, key: str, scope: str, max_age: float = 0.0) -> Ke
 
 def touch(engine: Engine, key_id: int) -> None:
     with engine.begin() as conn:
-        conn.execute(KEYS.update().where(KEYS.c.id == key_id).values(last_used_at=utcnow()))
+        conn.execute(API_KEYS.update().where(API_KEYS.c.id == key_id).values(last_used_at=utcnow()))
 
 
 def list_keys(engine: Engine) -> list[KeyInfo]:
     with engine.connect() as conn:
-        return [_info(r) for r in conn.execute(sa.select(KEYS).order_by(KEYS.c.name))]
+        return [_info(r) for r in conn.execute(sa.select(API_KEYS).order_by(API_KEYS.c.name))]
 
 
 def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
     now = utcnow()
     with engine.begin() as conn:
-        row = conn.execute(sa.select(KEYS).where(KEYS.c.name == name)).first()
+        row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.name == name)).first()
         if row is None:
             raise UnknownKey(f"no API key named {name!r}")
-        conn.execute(KEYS.update().where(KEYS.c.id == row.id).values(revoked_at=now))
+        conn.execute(API_KEYS.update().where(API_KEYS.c.id == row.id).values(revoked_at=now))
         conn.execute(
             AUDIT.insert().values(at=now, actor=actor, action="key.revoke", target=name, details={})
         )
-        row = conn.execute(sa.select(KEYS).where(KEYS.c.id == row.id)).one()
+        row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.id == row.id)).one()
     # After the commit: a check racing the revocation cannot re-cache the key.
     with _verified_lock:
         _verified.clear()

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from core.db import DatabaseError
-from core.identity import EVENTS
+from core.db.tables import EVENTS
 
 DEMO_SOURCE = "demo"
 

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from core.identity import EVENTS, IDENTITIES, PROFILES
+from core.db.tables import EVENTS, IDENTITIES, PROFILES
 
 RECENT_EVENTS = 20
 

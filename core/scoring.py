@@ -28,10 +28,9 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection, Engine
 
-from core import models
-from core.models import utcnow
+from core.db.models import utcnow
+from core.db.tables import SCORES
 
-SCORES = models.Score.__table__
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.identity import EVENTS, IDENTITIES, PROFILES
+from core.db.tables import EVENTS, IDENTITIES, PROFILES
 
 
 def database_summary(engine: Engine) -> dict[str, Any]:

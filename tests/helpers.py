@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core.identity import EVENTS, IDENTITIES, PROFILES
+from core.db.tables import EVENTS, IDENTITIES, PROFILES
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -12,11 +12,10 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from core import models
 from core.api import create_app
 from core.config import Settings
 from core.consents import granted
-from core.db import open_db
+from core.db import models, open_db
 from core.keys import create_key, revoke_key
 from core.profiles import profile_summary
 from core.tracking import click_url, open_url, unsubscribe_url

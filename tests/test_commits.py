@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from core import models
 from core.commits import CommitterClosed, GroupCommitter
-from core.db import open_db
+from core.db import models, open_db
 from core.events import IngestError, Rejection, validate
 from core.sources import RawRecord
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.db import open_db
-from core.identity import EVENTS
+from core.db.tables import EVENTS
 from core.importer import import_file
 from core.mapping import MappingError
 from core.sources import ReadOptions

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from core import db as dbmod
 from core.config import ConfigError, load_settings
-from core.identity import EVENTS
+from core.db.tables import EVENTS
 
 
 def test_open_db_migrates_and_creates_the_indexes(db_url):

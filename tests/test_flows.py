@@ -20,8 +20,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 import flows.ingest as ingest_flow
 from core.db import make_engine
+from core.db.tables import EVENTS, PROFILES
 from core.events import IngestError
-from core.identity import EVENTS, PROFILES
 from flows.ingest import IngestFlowError, ingest_files
 from tests.helpers import write_jsonl
 

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from core.db import open_db
+from core.db.tables import EVENTS, PROFILES
 from core.events import ingest
-from core.identity import EVENTS, PROFILES
 from core.importer import import_file
 from core.profiles import profile_summary
 from tests.helpers import count, events_by_profile, identity_map, live_profiles, write_jsonl

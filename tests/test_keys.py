@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from core import models
 from core.cli import main
-from core.db import open_db
+from core.db import models, open_db
 from core.keys import ScopeError, UnknownKey, create_key, revoke_key, verify_key
 
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import yaml
 
 from core.db import open_db
-from core.identity import EVENTS, PROFILES
+from core.db.tables import EVENTS, PROFILES
 from core.importer import import_file
 from core.sources import ReadOptions
 from tests.conftest import PROJECT_ROOT, require_shared

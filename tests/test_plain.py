@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.db import open_db
+from core.db.tables import EVENTS
 from core.demo import generate
 from core.events import (
     EVENT_COLUMNS,
@@ -24,7 +25,6 @@ from core.events import (
     ingest,
     plain_fields,
 )
-from core.identity import EVENTS
 
 ISO = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()

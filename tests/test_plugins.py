@@ -270,7 +270,7 @@ def test_hook_register_scoring_models(register_plugin, tmp_path):
     def score_all(conn, params, as_of, name):
         import sqlalchemy as sa
 
-        from core.identity import EVENTS
+        from core.db.tables import EVENTS
 
         rows = conn.execute(
             sa.select(EVENTS.c.profile_id, sa.func.count())

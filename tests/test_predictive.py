@@ -31,8 +31,8 @@ import yaml
 from scipy import optimize
 
 from core.db import open_db
+from core.db.tables import PROFILES
 from core.events import ingest
-from core.identity import PROFILES
 from core.importer import import_file
 from core.scoring import ScoreError, parse_definition, run_scores, store_scores
 from core.sources import ReadOptions

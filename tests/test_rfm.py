@@ -12,9 +12,9 @@ import sqlalchemy as sa
 import yaml
 
 from core.db import open_db
+from core.db.models import Score
+from core.db.tables import EVENTS, PROFILES
 from core.events import ingest
-from core.identity import EVENTS, PROFILES
-from core.models import Score
 from tests.conftest import PROJECT_ROOT, require_shared
 
 SCORES = Score.__table__

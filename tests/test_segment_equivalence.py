@@ -9,8 +9,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import models
-from core.db import open_db
+from core.db import models, open_db
 from core.events import ingest
 from core.maintenance import delete_all_data
 from core.segments.batch import evaluate_sql

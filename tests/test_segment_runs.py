@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from core import models
 from core.cli import main
-from core.db import open_db
+from core.db import models, open_db
 from core.demo import generate
 from core.events import ingest
 from core.segments.language import SegmentError

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from core import models
-from core.db import open_db
+from core.db import models, open_db
 from core.events import ingest
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data

@@ -7,12 +7,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from core import models
+from core.db.tables import CONSENTS, EVENTS, PROFILES
 from core.segments.evaluate import EventRow, ProfileData
-
-EVENTS = models.Event.__table__
-PROFILES = models.Profile.__table__
-CONSENTS = models.Consent.__table__
 
 
 def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> ProfileData:

@@ -46,7 +46,7 @@ def evaluate_profiles(
 def _python(conn: Any, segments: dict, ids: list[int], as_of: datetime) -> BatchResult:
     order = check_references(segments)
     result = BatchResult({n: set() for n in segments}, {}, set())
-    from core.identity import PROFILES
+    from core.db.tables import PROFILES
 
     live = set(
         conn.execute(

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.expression import ColumnElement
 
-from core import models
+from core.db.tables import CONSENTS, EVENTS, PROFILES
 from core.segments.conditions import SqlContext
 from core.segments.language import (
     EVENT_COLUMNS,
@@ -45,9 +45,6 @@ from core.segments.sqlfuncs import (
     text_contains,
 )
 from core.segments.values import literal_kind
-
-EVENTS = models.Event.__table__
-PROFILES = models.Profile.__table__
 
 
 def _compare(x: ColumnElement, cmp: Compare) -> ColumnElement:
@@ -363,11 +360,10 @@ class _Ctx:
             x = typed_value(p.c.attributes, spec.attribute, literal_kind(spec.value), False)
             return sa.func.coalesce(filter_sql(x, spec.op, spec.value), False)
         if isinstance(rule, ConsentCondition):
-            consents = models.Consent.__table__
             return sa.exists().where(
-                consents.c.profile_id == p.c.id,
-                consents.c.purpose == rule.consent,
-                consents.c.granted.is_(True),
+                CONSENTS.c.profile_id == p.c.id,
+                CONSENTS.c.purpose == rule.consent,
+                CONSENTS.c.granted.is_(True),
             )
         if isinstance(rule, ScoreCondition):
             from core.scoring import latest_score_sql

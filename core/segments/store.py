@@ -12,19 +12,19 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection, Engine
 
-from core import models
-from core.identity import EVENTS, PROFILES
-from core.models import utcnow
+from core.db.models import utcnow
+from core.db.tables import (
+    CHANGES,
+    EVALUATION_STATE,
+    EVENTS,
+    MEMBERSHIPS,
+    PROFILES,
+    SEGMENT_RUNS,
+    SEGMENT_SIZES,
+    SEGMENTS,
+)
 from core.segments.batch import evaluate_sql
 from core.segments.language import Segment, SegmentError, check_references, parse_segment
-
-SEGMENTS = models.SegmentDefinition.__table__
-MEMBERSHIPS = models.Membership.__table__
-CHANGES = models.MembershipChange.__table__
-STATE = models.EvaluationState.__table__
-RUNS = models.SegmentRun.__table__
-SIZES = models.SegmentSize.__table__
-
 
 # -- definitions -------------------------------------------------------------------
 
@@ -188,7 +188,9 @@ def run_segments(
         segs = stored_segments(conn)
         if not segs:
             raise SegmentError("no segments defined (segflow segments run --dir DIR)")
-        last = conn.execute(sa.select(RUNS).order_by(RUNS.c.id.desc()).limit(1)).first()
+        last = conn.execute(
+            sa.select(SEGMENT_RUNS).order_by(SEGMENT_RUNS.c.id.desc()).limit(1)
+        ).first()
         max_event_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0)))
         max_event_id = max_event_id.scalar_one()
         started = utcnow()
@@ -214,7 +216,7 @@ def run_segments(
         for c in changes:
             (entered if c.change == "entered" else exited)[c.segment] += 1
         conn.execute(
-            RUNS.insert().values(
+            SEGMENT_RUNS.insert().values(
                 as_of=as_of,
                 full=full,
                 max_event_id=max_event_id,
@@ -233,7 +235,7 @@ def run_segments(
 
 def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
     new_events = sa.select(EVENTS.c.profile_id).where(EVENTS.c.id > last.max_event_id)
-    due = sa.select(STATE.c.profile_id).where(STATE.c.next_change_at <= as_of)
+    due = sa.select(EVALUATION_STATE.c.profile_id).where(EVALUATION_STATE.c.next_change_at <= as_of)
     touched = sa.select(PROFILES.c.id).where(PROFILES.c.updated_at >= last.started_at)
     ids = conn.execute(sa.union(new_events, due, touched)).scalars()
     return sorted(set(ids))
@@ -284,10 +286,10 @@ def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
         changes += [Change(name, r["profile_id"], r["change"], as_of, version) for r in rows]
     evaluated = sorted(result.evaluated)
     for part in _chunks(evaluated):
-        conn.execute(STATE.delete().where(STATE.c.profile_id.in_(part)))
+        conn.execute(EVALUATION_STATE.delete().where(EVALUATION_STATE.c.profile_id.in_(part)))
     if evaluated:
         conn.execute(
-            STATE.insert(),
+            EVALUATION_STATE.insert(),
             [
                 {
                     "profile_id": p,
@@ -330,8 +332,14 @@ def _record_sizes(conn, segs, as_of) -> dict[str, int]:
             sa.select(sa.func.count()).where(MEMBERSHIPS.c.segment_id == sid)
         ).scalar_one()
         sizes[name] = size
-        conn.execute(SIZES.delete().where(SIZES.c.segment_id == sid, SIZES.c.as_of == as_of))
-        conn.execute(SIZES.insert().values(segment_id=sid, as_of=as_of, version=version, size=size))
+        conn.execute(
+            SEGMENT_SIZES.delete().where(
+                SEGMENT_SIZES.c.segment_id == sid, SEGMENT_SIZES.c.as_of == as_of
+            )
+        )
+        conn.execute(
+            SEGMENT_SIZES.insert().values(segment_id=sid, as_of=as_of, version=version, size=size)
+        )
     return sizes
 
 
@@ -381,9 +389,13 @@ def backfill(
             result = evaluate_sql(conn, segments, when)
             sizes = {n: len(result.members[n]) for n in segments}
             for name, (sid, version, _) in segs.items():
-                conn.execute(SIZES.delete().where(SIZES.c.segment_id == sid, SIZES.c.as_of == when))
                 conn.execute(
-                    SIZES.insert().values(
+                    SEGMENT_SIZES.delete().where(
+                        SEGMENT_SIZES.c.segment_id == sid, SEGMENT_SIZES.c.as_of == when
+                    )
+                )
+                conn.execute(
+                    SEGMENT_SIZES.insert().values(
                         segment_id=sid, as_of=when, version=version, size=sizes[name]
                     )
                 )

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core import ScoreValue, ScoringModel, hookimpl
-from core.identity import EVENTS, PROFILES
+from core.db.tables import EVENTS, PROFILES
 from core.segments.language import Duration, EventTypes, Where, _check_types
 from core.segments.sql import where_sql
 from core.segments.sqlfuncs import epoch_seconds

@@ -44,7 +44,7 @@ from scipy import integrate, optimize, special
 from sqlalchemy.engine import Connection
 
 from core import ScoreValue, ScoringModel, hookimpl
-from core.identity import EVENTS
+from core.db.tables import EVENTS
 from core.scoring import ScoreError
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -70,13 +70,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from core import ConditionKind, ScoreValue, ScoringModel, hookimpl
-from core.identity import EVENTS, PROFILES
-from core.models import Score
+from core.db.tables import EVENTS, PROFILES
 from core.scoring import latest_score_sql
 from core.segments.language import parse_duration
 from core.segments.sqlfuncs import json_key
 
-SCORES = Score.__table__
 SCORE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,61}$")  # + "_r" stays within 64
 
 # -- the R-F group map ---------------------------------------------------------------

@@ -21,10 +21,9 @@ from sqlalchemy.engine import Engine
 
 from core import EventSource, RawRecord, hookimpl
 from core.config import PollConfig
+from core.db.models import utcnow
+from core.db.tables import SOURCE_STATES
 from core.events import IngestReport, ingest
-from core.models import SourceState, utcnow
-
-STATES = SourceState.__table__
 
 
 class PollError(RuntimeError):
@@ -40,20 +39,24 @@ class PollResult:
 
 def load_cursor(engine: Engine, name: str) -> Any:
     with engine.connect() as conn:
-        state = conn.execute(sa.select(STATES.c.cursor).where(STATES.c.name == name)).scalar()
+        state = conn.execute(
+            sa.select(SOURCE_STATES.c.cursor).where(SOURCE_STATES.c.name == name)
+        ).scalar()
     return (state or {}).get("cursor")
 
 
 def save_cursor(engine: Engine, name: str, cursor: Any) -> None:
     with engine.begin() as conn:
         updated = conn.execute(
-            STATES.update()
-            .where(STATES.c.name == name)
+            SOURCE_STATES.update()
+            .where(SOURCE_STATES.c.name == name)
             .values(cursor={"cursor": cursor}, updated_at=utcnow())
         ).rowcount
         if not updated:
             conn.execute(
-                STATES.insert().values(name=name, cursor={"cursor": cursor}, updated_at=utcnow())
+                SOURCE_STATES.insert().values(
+                    name=name, cursor={"cursor": cursor}, updated_at=utcnow()
+                )
             )
 
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401  (registers the tables on the metadata)
+import core.db.models  # noqa: F401  (registers the tables on the metadata)
 
 config = context.config
 engine = config.attributes["engine"]

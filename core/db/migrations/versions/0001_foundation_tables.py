@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import core.models
+import core.db.models
 
 revision = "0001"
 down_revision = None
@@ -27,9 +27,9 @@ def upgrade() -> None:
         sa.Column(
             "scopes", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
         ),
-        sa.Column("created_at", core.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", core.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", core.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", core.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", core.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
         sa.UniqueConstraint("name", name=op.f("uq_api_keys_name")),
@@ -37,7 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=255), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target", sa.String(length=255), nullable=True),
@@ -58,8 +58,8 @@ def upgrade() -> None:
         sa.Column(
             "attributes", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
         ),
-        sa.Column("created_at", core.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "merged_into", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -79,7 +79,7 @@ def upgrade() -> None:
             "profile_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("type", sa.String(length=64), nullable=False),
-        sa.Column("ts", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ts", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("session_id", sa.String(length=255), nullable=True),
         sa.Column("product_id", sa.String(length=255), nullable=True),
         sa.Column("value", sa.Float(), nullable=True),
@@ -91,7 +91,7 @@ def upgrade() -> None:
         ),
         sa.Column("source", sa.String(length=64), nullable=False),
         sa.Column("message_id", sa.String(length=255), nullable=False),
-        sa.Column("received_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_events_profile_id_profiles")
         ),
@@ -110,7 +110,7 @@ def upgrade() -> None:
         ),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("value", sa.String(length=320), nullable=False),
-        sa.Column("created_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_identities_profile_id_profiles")
         ),

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-import core.models
+import core.db.models
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

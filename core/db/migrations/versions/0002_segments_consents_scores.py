@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import core.models
+import core.db.models
 
 revision = "0002"
 down_revision = "0001"
@@ -21,13 +21,13 @@ def upgrade() -> None:
     op.create_table(
         "segment_runs",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("as_of", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("as_of", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("full", sa.Boolean(), nullable=False),
         sa.Column("max_event_id", sa.Integer(), nullable=False),
         sa.Column("profiles", sa.Integer(), nullable=False),
         sa.Column("entered", sa.Integer(), nullable=False),
         sa.Column("exited", sa.Integer(), nullable=False),
-        sa.Column("started_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_runs")),
     )
     op.create_table(
@@ -40,8 +40,8 @@ def upgrade() -> None:
         ),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("source", sa.String(length=1024), nullable=True),
-        sa.Column("created_at", core.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segments")),
         sa.UniqueConstraint("name", name=op.f("uq_segments_name")),
     )
@@ -54,7 +54,7 @@ def upgrade() -> None:
         sa.Column("purpose", sa.String(length=64), nullable=False),
         sa.Column("granted", sa.Boolean(), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=True),
-        sa.Column("updated_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_consents_profile_id_profiles")
         ),
@@ -69,8 +69,8 @@ def upgrade() -> None:
         sa.Column(
             "profile_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("evaluated_at", core.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("next_change_at", core.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("evaluated_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("next_change_at", core.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_evaluation_state_profile_id_profiles")
         ),
@@ -89,9 +89,9 @@ def upgrade() -> None:
             "profile_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("change", sa.String(length=8), nullable=False),
-        sa.Column("at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("recorded_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("recorded_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_membership_changes_profile_id_profiles")
         ),
@@ -114,7 +114,7 @@ def upgrade() -> None:
         sa.Column(
             "profile_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("since", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("since", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_memberships_profile_id_profiles")
@@ -138,8 +138,8 @@ def upgrade() -> None:
         sa.Column(
             "components", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
         ),
-        sa.Column("as_of", core.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("computed_at", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("as_of", core.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("computed_at", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["profile_id"], ["profiles.id"], name=op.f("fk_scores_profile_id_profiles")
         ),
@@ -154,7 +154,7 @@ def upgrade() -> None:
     op.create_table(
         "segment_sizes",
         sa.Column("segment_id", sa.Integer(), nullable=False),
-        sa.Column("as_of", core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("as_of", core.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(

@@ -1,0 +1,22 @@
+"""SQLAlchemy Core handles of every table, defined once.
+
+Core modules and plugins read and write through these (plugins: read-only, by
+convention). The SQLModel classes in ``core.db.models`` define the schema.
+"""
+
+from core.db import models
+
+PROFILES = models.Profile.__table__
+IDENTITIES = models.Identity.__table__
+EVENTS = models.Event.__table__
+API_KEYS = models.ApiKey.__table__
+AUDIT = models.AuditLog.__table__
+CONSENTS = models.Consent.__table__
+SCORES = models.Score.__table__
+SEGMENTS = models.SegmentDefinition.__table__
+MEMBERSHIPS = models.Membership.__table__
+CHANGES = models.MembershipChange.__table__
+EVALUATION_STATE = models.EvaluationState.__table__
+SEGMENT_RUNS = models.SegmentRun.__table__
+SEGMENT_SIZES = models.SegmentSize.__table__
+SOURCE_STATES = models.SourceState.__table__
