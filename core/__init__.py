@@ -1,11 +1,21 @@
 """segflow core. Plugins import only what is exported here."""
 
 from core.hookspecs import hookimpl
-from core.scoring import ScoreError, ScoreValue, ScoringModel
-from core.segments.conditions import ConditionKind, SqlContext
-from core.sources import EventSource, RawRecord, ReadOptions
+from core.types import (
+    Change,
+    ConditionKind,
+    EventSource,
+    RawRecord,
+    ReadOptions,
+    ScoreError,
+    ScoreValue,
+    ScoringModel,
+    SqlContext,
+    StoredEvent,
+)
 
 __all__ = [
+    "Change",
     "ConditionKind",
     "EventSource",
     "RawRecord",
@@ -14,5 +24,6 @@ __all__ = [
     "ScoreValue",
     "ScoringModel",
     "SqlContext",
+    "StoredEvent",
     "hookimpl",
 ]

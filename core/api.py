@@ -29,8 +29,8 @@ from core.commits import CommitterClosed, GroupCommitter
 from core.config import Settings
 from core.events import Event, IngestError, Rejection, validate
 from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
-from core.sources import RawRecord
 from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
+from core.types import RawRecord
 
 log = logging.getLogger(__name__)
 

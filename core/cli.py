@@ -163,7 +163,7 @@ def _read_options(
     timezone: str | None,
     delimiter: str | None,
 ):
-    from core.sources import ReadOptions
+    from core.types import ReadOptions
 
     data: dict[str, Any] = _read_mapping(mapping) if mapping else {}
     data.setdefault("columns", {}).update(_pairs(maps, "--map"))
@@ -1131,8 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.keys import UnknownKey
     from core.mapping import MappingError
     from core.profiles import ProfileNotFound
-    from core.scoring import ScoreError
     from core.segments.language import SegmentError
+    from core.types import ScoreError
 
     try:
         # Outside standalone mode click returns the status of typer.Exit instead of raising.

@@ -27,8 +27,9 @@ from itertools import groupby
 
 from sqlalchemy.engine import Engine
 
-from core.events import Event, StoredEvent, ingest
+from core.events import Event, ingest
 from core.plugins import ingest_hook
+from core.types import StoredEvent
 
 log = logging.getLogger(__name__)
 

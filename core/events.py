@@ -45,7 +45,7 @@ from typing_extensions import TypedDict
 from core.db.models import utcnow
 from core.db.tables import EVENTS
 from core.identity import BatchResolver, fetch_in, move_events
-from core.sources import RawRecord
+from core.types import RawRecord, StoredEvent
 
 STANDARD_TYPES: tuple[str, ...] = (
     "page_view",
@@ -354,21 +354,6 @@ def content_id(fields: Fields) -> str:
 
 class IngestError(Exception):
     """Storing a batch failed; everything committed before it is kept."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as committed: the validated event and the profile it went to."""
-
-    event: Event
-    profile_id: int
-    # The event's own time, or the receive time when it carried none.
-    ts: datetime
-    received_at: datetime
-
-    @property
-    def type(self) -> str:
-        return self.event.type
 
 
 def describe_error(exc: ValidationError) -> str:

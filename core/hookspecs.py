@@ -8,18 +8,11 @@ callback, so one plugin can contribute several.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import pluggy
+from sqlalchemy.engine import Engine
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from core.events import StoredEvent
-    from core.scoring import ScoringModel
-    from core.segments.conditions import ConditionKind
-    from core.segments.store import Change
-    from core.sources import EventSource
+from core.types import Change, ConditionKind, EventSource, ScoringModel, StoredEvent
 
 hookspec = pluggy.HookspecMarker("segflow")
 hookimpl = pluggy.HookimplMarker("segflow")

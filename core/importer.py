@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from core.events import IngestReport, ingest
 from core.plugins import event_sources
-from core.sources import EventSource, ReadOptions
+from core.types import EventSource, ReadOptions
 
 
 class ImportUsageError(ValueError):

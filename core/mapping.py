@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.events import Event
-from core.sources import ReadOptions
+from core.types import ReadOptions
 
 # Fields a column can feed directly; properties are reached as properties.NAME.
 EVENT_FIELDS = frozenset(set(Event.model_fields) - {"properties", "traits"})

@@ -17,8 +17,7 @@ segment's as_of.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,35 +29,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
 from core.db.tables import SCORES
+from core.types import ScoreError, ScoreValue, ScoringModel
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-class ScoreError(ValueError):
-    """A score definition or fit is wrong or impossible; the message says where and why."""
-
-
-@dataclass(frozen=True)
-class ScoreValue:
-    value: float
-    components: dict[str, Any] = field(default_factory=dict)
-
-
-# Batch: (connection, validated params, as_of) -> {score name: {profile_id: ScoreValue}}.
-# One definition may store several scores (e.g. rfm stores rfm and rfm_group...);
-# the definition's own name is passed in params as "__name__" by the runner.
-BatchScorer = Callable[[Connection, Any, datetime, str], dict[str, dict[int, ScoreValue]]]
-# Real time, optional: (ProfileData, validated params, as_of) -> ScoreValue.
-ProfileScorer = Callable[[Any, Any, datetime], ScoreValue]
-
-
-@dataclass(frozen=True)
-class ScoringModel:
-    kind: str
-    description: str
-    score_all: BatchScorer
-    validate: Callable[[Any], Any] = lambda params: params
-    score_one: ProfileScorer | None = None
 
 
 @dataclass(frozen=True)

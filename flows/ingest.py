@@ -27,7 +27,7 @@ from core.config import load_settings
 from core.db import make_engine, open_db
 from core.importer import ImportUsageError, import_file
 from core.mapping import MappingError
-from core.sources import ReadOptions
+from core.types import ReadOptions
 
 # How many rejected lines each file's counts list; the totals count them all.
 SHOW_REJECTIONS = 50
@@ -95,7 +95,7 @@ def ingest_files(
 ) -> dict[str, Any]:
     """Import JSON Lines / CSV files; returns counts per file and in total.
 
-    ``mapping`` holds ``core.sources.ReadOptions`` fields (CSV column mapping,
+    ``mapping`` holds ``core.types.ReadOptions`` fields (CSV column mapping,
     timezone, ...). Bad lines are counted and listed, not fatal; a file that
     cannot be imported at all fails its task and, after the other files were
     imported, the flow.

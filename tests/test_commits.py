@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from core.commits import CommitterClosed, GroupCommitter
 from core.db import models, open_db
 from core.events import IngestError, Rejection, validate
-from core.sources import RawRecord
+from core.types import RawRecord
 
 
 def event(i: int, user: str | None = None) -> object:

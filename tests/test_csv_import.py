@@ -11,7 +11,7 @@ from core.db import open_db
 from core.db.tables import EVENTS
 from core.importer import import_file
 from core.mapping import MappingError
-from core.sources import ReadOptions
+from core.types import ReadOptions
 
 CSV = """order,customer,when,sku,qty,price,channel
 A1,17850.0,2026-03-01 09:00:00,P1,2,10.50,web

@@ -17,7 +17,7 @@ from core import hookspecs
 from core.db import open_db
 from core.events import ingest
 from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources
-from core.sources import EventSource, RawRecord
+from core.types import EventSource, RawRecord
 from tests.conftest import PROJECT_ROOT
 
 HOOKS = sorted(

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from core.db import models, open_db
 from core.events import ingest
 from core.maintenance import delete_all_data
-from core.scoring import ScoreError, load_score_files, parse_definition, run_scores
+from core.scoring import load_score_files, parse_definition, run_scores
 from core.segments.data import load_profile_data
+from core.types import ScoreError
 from plugins.scoring.points import score_all, score_one, validate
 
 AS_OF = datetime(2026, 6, 1, 12, 0, 0, 500000, tzinfo=UTC)

@@ -34,8 +34,8 @@ from core.db import open_db
 from core.db.tables import PROFILES
 from core.events import ingest
 from core.importer import import_file
-from core.scoring import ScoreError, parse_definition, run_scores, store_scores
-from core.sources import ReadOptions
+from core.scoring import parse_definition, run_scores, store_scores
+from core.types import ReadOptions, ScoreError
 from plugins.scoring import predictive as pred
 from tests.conftest import PROJECT_ROOT, require_shared
 from tests.helpers import cdnow_events

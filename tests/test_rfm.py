@@ -201,7 +201,8 @@ def test_group_map_is_total_and_matches_the_cited_table(rfm):
 
 
 def test_params_are_validated(rfm):
-    from core.scoring import ScoreError, parse_definition, scoring_models
+    from core.scoring import parse_definition, scoring_models
+    from core.types import ScoreError
 
     definition = parse_definition({"name": "rfm", "model": "rfm"})
     assert definition.params == rfm.RfmParams("purchase", "refund", None)
@@ -366,7 +367,7 @@ def _straddle_ok(values: list[float], scores: list[int]) -> None:
 @pytest.mark.slow
 def test_online_retail(rfm, fresh_sqlite):
     from core.importer import import_file
-    from core.sources import ReadOptions
+    from core.types import ReadOptions
 
     path = require_shared("online_retail/online_retail.csv.gz")
     mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())

@@ -11,7 +11,8 @@ from core.segments.batch import BatchResult, evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
 from core.segments.language import check_references
-from core.segments.store import Change, _apply, _retire_merged, stored_segments
+from core.segments.store import _apply, _retire_merged, stored_segments
+from core.types import Change
 
 # Above this many profiles in one batch, one SQL query beats loading each
 # profile's events (measured with bench/api.py: /v1/track gained 10-15% when

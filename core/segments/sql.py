@@ -18,7 +18,6 @@ import sqlalchemy as sa
 from sqlalchemy.sql.expression import ColumnElement
 
 from core.db.tables import CONSENTS, EVENTS, PROFILES
-from core.segments.conditions import SqlContext
 from core.segments.language import (
     EVENT_COLUMNS,
     AllOf,
@@ -45,6 +44,7 @@ from core.segments.sqlfuncs import (
     text_contains,
 )
 from core.segments.values import literal_kind
+from core.types import SqlContext
 
 
 def _compare(x: ColumnElement, cmp: Compare) -> ColumnElement:

@@ -25,6 +25,7 @@ from core.db.tables import (
 )
 from core.segments.batch import evaluate_sql
 from core.segments.language import Segment, SegmentError, check_references, parse_segment
+from core.types import Change
 
 # -- definitions -------------------------------------------------------------------
 
@@ -146,15 +147,6 @@ def stored_segments(conn: Connection) -> dict[str, tuple[int, int, Segment]]:
 
 
 # -- runs --------------------------------------------------------------------------
-
-
-@dataclass
-class Change:
-    segment: str
-    profile_id: int
-    change: str  # entered | exited
-    at: datetime
-    version: int
 
 
 @dataclass

@@ -43,9 +43,8 @@ import sqlalchemy as sa
 from scipy import integrate, optimize, special
 from sqlalchemy.engine import Connection
 
-from core import ScoreValue, ScoringModel, hookimpl
+from core import ScoreError, ScoreValue, ScoringModel, hookimpl
 from core.db.tables import EVENTS
-from core.scoring import ScoreError
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Stored score names are at most 64 characters (scores.model); the longest suffix is this.

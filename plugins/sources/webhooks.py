@@ -118,7 +118,7 @@ def stripe_event(payload: dict[str, Any]) -> dict[str, Any]:
 def mount(router: APIRouter, api) -> None:
     from core.api import ApiError
     from core.events import Rejection, validate
-    from core.sources import RawRecord
+    from core.types import RawRecord
 
     @router.post("/webhooks/{name}", name="webhook")
     async def webhook(name: str, request: Request) -> dict:

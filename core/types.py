@@ -1,0 +1,162 @@
+"""Shared types of the plugin contract: what sources, condition kinds, scoring
+models and observers exchange with the core.
+
+This module imports nothing from ``core``, so ``core.hookspecs`` and plugin
+authors can depend on it without pulling in the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.engine import Connection
+
+# Event types, and names of definitions (segments, scores, ...): snake_case.
+SNAKE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+EVENT_TYPE_MAX_LENGTH = 64
+
+
+# -- event sources --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One input record before validation, with where it came from.
+
+    ``data`` is None when the record could not even be parsed; ``error`` then
+    says why, and the record is reported as rejected at ``location``.
+    """
+
+    location: str
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+class ReadOptions(BaseModel):
+    """Options a file reader understands; readers ignore what does not apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # column name -> field (``user_id``, ``properties.country``), optional
+    # ``:int``/``:float``/``:str``/``:bool`` cast suffix.
+    columns: dict[str, str] = {}
+    # field -> constant value for every record (e.g. type=purchase).
+    constants: dict[str, Any] = {}
+    # field -> arithmetic over columns, e.g. value = "abs(Quantity * UnitPrice)".
+    computed: dict[str, str] = {}
+    # Ordered rules: when a column matches, set fields.
+    rules: list[dict[str, Any]] = []
+    # strptime format for ``ts`` when it is not ISO 8601 or epoch seconds.
+    ts_format: str | None = None
+    # IANA timezone for timestamps that carry no offset.
+    timezone: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+
+FileReader = Callable[[Path, ReadOptions], Iterator[RawRecord]]
+
+
+@dataclass(frozen=True)
+class EventSource:
+    name: str
+    description: str
+    # Suffixes this source reads, e.g. (".jsonl", ".ndjson"); compressed
+    # variants (.gz) are handled for every file source.
+    suffixes: tuple[str, ...] = ()
+    read: FileReader | None = None
+    # HTTP sources: mount(router, api) adds routes to the ingestion API;
+    # ``api`` (core.api.ApiContext) authorises requests and ingests events.
+    mount: Callable[[Any, Any], None] | None = None
+
+
+# -- condition kinds ------------------------------------------------------------
+
+
+def _accept(params: Any) -> Any:
+    return params
+
+
+@dataclass(frozen=True)
+class SqlContext:
+    """What a plugin's SQL form can refer to."""
+
+    profile_id: sa.ColumnElement  # the evaluated profile's id (outer query)
+    profiles: Any  # the profiles row being evaluated (attributes, email, ...)
+    events: sa.Table
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class ConditionKind:
+    name: str
+    description: str
+    python: Callable[[Any, Any, datetime], bool]
+    sql: Callable[[Any, SqlContext], sa.ColumnElement]
+    # Checks and normalises the parameters; raise ValueError with a clear message.
+    validate: Callable[[Any], Any] = _accept
+
+
+# -- scoring models -------------------------------------------------------------
+
+
+class ScoreError(ValueError):
+    """A score definition or fit is wrong or impossible; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ScoreValue:
+    value: float
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+# Batch: (connection, validated params, as_of) -> {score name: {profile_id: ScoreValue}}.
+# One definition may store several scores (e.g. rfm stores rfm and rfm_group...);
+# the definition's own name is passed in params as "__name__" by the runner.
+BatchScorer = Callable[[Connection, Any, datetime, str], dict[str, dict[int, ScoreValue]]]
+# Real time, optional: (ProfileData, validated params, as_of) -> ScoreValue.
+ProfileScorer = Callable[[Any, Any, datetime], ScoreValue]
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    kind: str
+    description: str
+    score_all: BatchScorer
+    validate: Callable[[Any], Any] = lambda params: params
+    score_one: ProfileScorer | None = None
+
+
+# -- observers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as committed: the validated event and the profile it went to."""
+
+    # The validated event (core.Event); typed loosely so this module imports no core.
+    event: Any
+    profile_id: int
+    # The event's own time, or the receive time when it carried none.
+    ts: datetime
+    received_at: datetime
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+
+@dataclass
+class Change:
+    segment: str
+    profile_id: int
+    change: str  # entered | exited
+    at: datetime
+    version: int
