@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint format dashboard system-deps clean
+.PHONY: demo test bench lint format dashboard system-deps lock clean
 
-$(STAMP): pyproject.toml
+PIP_VERSION := 26.3
+
+# Installs exactly the versions in requirements.lock (what the tests passed with).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 ## demo: generate the demo store and run the pipeline on the SQLite default (segflow.db)
@@ -39,6 +42,16 @@ dashboard: $(STAMP)
 ## system-deps: Debian packages the tests need (PostgreSQL server binaries)
 system-deps:
 	@sh scripts/system-deps.sh
+
+## lock: re-resolve the newest versions pyproject.toml allows into requirements.lock
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q pip==$(PIP_VERSION)
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
