@@ -145,6 +145,7 @@ def _run(quick: bool, work: Path) -> list[Result]:
     from core.db import open_db
     from core.events import ingest
     from core.keys import create_key
+    from core.plugins import condition_kinds, segment_change_hook
     from core.segments.store import load_segment_files, run_segments
 
     n = sizes(quick)
@@ -156,7 +157,15 @@ def _run(quick: bool, work: Path) -> list[Result]:
     (work / "segments" / "s.yaml").write_text(SEGMENT)
     from datetime import UTC, datetime
 
-    run_segments(engine, datetime.now(UTC), definitions=load_segment_files(work / "segments"))
+    kinds = condition_kinds()
+    definitions = load_segment_files(work / "segments", kinds)
+    run_segments(
+        engine,
+        datetime.now(UTC),
+        kinds=kinds,
+        definitions=definitions,
+        on_change=segment_change_hook(engine),
+    )
     (work / "segflow.toml").write_text(
         f'[segflow]\ndatabase_url = "{db}"\nsecret_key = "bench-secret-key-0123456789"\n'
         "api_rate_limit = 1000000\napi_burst = 1000000\n"

@@ -413,13 +413,21 @@ def demo(
         )
     from datetime import UTC, datetime
 
+    from core.plugins import condition_kinds, scoring_models, segment_change_hook
     from core.scoring import load_score_files, run_scores
     from core.segments.store import load_segment_files, run_segments
 
     now = datetime.now(UTC)
     # Scores first: segments such as loyal_high_engagement read them.
-    scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES), now)
-    run = run_segments(engine, now, definitions=load_segment_files(segments or EXAMPLE_SEGMENTS))
+    scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES, scoring_models()), now)
+    kinds = condition_kinds()
+    run = run_segments(
+        engine,
+        now,
+        kinds=kinds,
+        definitions=load_segment_files(segments or EXAMPLE_SEGMENTS, kinds),
+        on_change=segment_change_hook(engine),
+    )
     summary = database_summary(engine)
     summary["segments"] = dict(sorted(run.sizes.items()))
     summary["scores"] = scored
@@ -482,11 +490,21 @@ def segments_run(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Load and save the definitions in DIR, evaluate, record entries and exits."""
+    from core.plugins import condition_kinds, segment_change_hook
     from core.segments.store import load_segment_files, run_segments
 
     when = _as_of(as_of)
-    definitions = load_segment_files(directory)
-    result = run_segments(_engine(ctx), when, definitions=definitions, full=full)
+    kinds = condition_kinds()
+    definitions = load_segment_files(directory, kinds)
+    engine = _engine(ctx)
+    result = run_segments(
+        engine,
+        when,
+        kinds=kinds,
+        definitions=definitions,
+        full=full,
+        on_change=segment_change_hook(engine),
+    )
     if as_json:
         out.print_json(
             json.dumps(
@@ -530,15 +548,16 @@ def segments_members(
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of user ids.")] = False,
 ) -> None:
     """Members of a segment: current, or evaluated as of a time (nothing saved)."""
+    from core.plugins import condition_kinds
     from core.segments.batch import evaluate_sql
-    from core.segments.store import members, stored_segments
+    from core.segments.store import members, segments_by_name, stored_segments
 
     engine = _engine(ctx)
     with engine.connect() as conn:
         rows = members(conn, name)
         if as_of is not None:
-            segs = stored_segments(conn)
-            result = evaluate_sql(conn, {n: s for n, (_, _, s) in segs.items()}, _as_of(as_of))
+            segs = segments_by_name(stored_segments(conn, condition_kinds()))
+            result = evaluate_sql(conn, segs, _as_of(as_of))
             wanted = result.members[name]
             rows = [r for r in _all_profiles(conn) if r["profile_id"] in wanted]
     ids = [r["id"] for r in rows]
@@ -619,10 +638,11 @@ def segments_test(
     as_of: AsOf = None,
 ) -> None:
     """Run the test profiles in the segment files; fails like pytest does."""
+    from core.plugins import condition_kinds
     from core.segments.store import load_segment_files
     from core.segments.testing import run_tests
 
-    outcomes = run_tests(load_segment_files(directory), _as_of(as_of))
+    outcomes = run_tests(load_segment_files(directory, condition_kinds()), _as_of(as_of))
     failed = [o for o in outcomes if not o.passed]
     for o in outcomes:
         status = "[green]PASSED[/green]" if o.passed else "[red]FAILED[/red]"
@@ -644,15 +664,17 @@ def segments_preview(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Size and a sample of members of the segments in FILE, saving nothing."""
+    from core.plugins import condition_kinds
     from core.segments.batch import evaluate_sql
-    from core.segments.store import load_segment_file, stored_segments
+    from core.segments.store import load_segment_file, segments_by_name, stored_segments
 
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
-    defs = {n: s for n, (s, _, _) in load_segment_file(file).items()}
+    kinds = condition_kinds()
+    defs = segments_by_name(load_segment_file(file, kinds))
     engine = _engine(ctx)
     with engine.connect() as conn:
-        known = {n: s for n, (_, _, s) in stored_segments(conn).items()}
+        known = segments_by_name(stored_segments(conn, kinds))
         result = evaluate_sql(conn, known | defs, _as_of(as_of))
         who = {r["profile_id"]: r["id"] for r in _all_profiles(conn)}
     data = {
@@ -683,6 +705,7 @@ def segments_backfill(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate every saved segment at each step and store its size (history)."""
+    from core.plugins import condition_kinds
     from core.segments.language import parse_duration
     from core.segments.store import backfill, load_segment_files
 
@@ -694,10 +717,17 @@ def segments_backfill(
     if last < first:
         raise UsageError("--to is before --from")
     steps = int((last - first) / step) + 1
-    definitions = load_segment_files(directory) if directory else None
+    kinds = condition_kinds()
+    definitions = load_segment_files(directory, kinds) if directory else None
     with progress("back-filling segment sizes", total=steps) as advance:
         sizes = backfill(
-            _engine(ctx), first, last, step, definitions=definitions, on_step=lambda: advance(1)
+            _engine(ctx),
+            first,
+            last,
+            step,
+            kinds=kinds,
+            definitions=definitions,
+            on_step=lambda: advance(1),
         )
     if as_json:
         out.print_json(
@@ -731,16 +761,17 @@ def segments_explain(
     """Why someone is in a segment or not: each condition, its figures and events."""
     from rich.tree import Tree
 
+    from core.plugins import condition_kinds
     from core.profiles import find_profile_id
     from core.segments.data import load_profile_data
     from core.segments.evaluate import evaluate
     from core.segments.explain import explain
     from core.segments.language import SegmentError, check_references
-    from core.segments.store import stored_segments
+    from core.segments.store import segments_by_name, stored_segments
 
     when = _as_of(as_of)
     with _engine(ctx).connect() as conn:
-        segs = {n: s for n, (_, _, s) in stored_segments(conn).items()}
+        segs = segments_by_name(stored_segments(conn, condition_kinds()))
         if name not in segs:
             raise SegmentError(f"no segment named '{name}'")
         pid = find_profile_id(conn, user_id)
@@ -791,10 +822,11 @@ def scores_run(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Compute every score defined in DIR for everyone and store it (history kept)."""
+    from core.plugins import scoring_models
     from core.scoring import load_score_files, run_scores
 
     when = _as_of(as_of)
-    counts = run_scores(_engine(ctx), load_score_files(directory), when)
+    counts = run_scores(_engine(ctx), load_score_files(directory, scoring_models()), when)
     if as_json:
         out.print_json(json.dumps({"as_of": when.isoformat(), "scored": counts}))
         return

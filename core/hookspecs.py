@@ -64,7 +64,10 @@ def register_conditions(register: Callable[[ConditionKind], None]) -> None:
     The kind is used in segment rules as ``{name: params}``; ``validate``
     checks the params when definitions load, ``python`` answers for one
     profile in real time and ``sql`` gives the same answer as a boolean SQL
-    expression for the batch evaluator.
+    expression for the batch evaluator. The built-in kinds register through
+    the same call into the same registry, so a name they hold (or all / any /
+    not) is refused; the optional ``features``, ``next_change_at`` and
+    ``figures`` forms they use are open to plugins too.
     """
 
 

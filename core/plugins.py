@@ -1,5 +1,10 @@
 """The plugin manager: built-in plugins first, then the ``segflow`` entry points.
 
+It is fetched only at the edges (CLI commands, the HTTP app, flows, hook
+implementations): they build what the library functions take - condition
+kinds, scoring models, the segment-change hook - with the helpers at the end
+of this module and pass it in.
+
 ``SEGFLOW_LOAD_PLUGINS`` (comma-separated plugin names, as shown by
 ``segflow plugins``) restricts loading to those plugins; set it empty to load
 none, which tests use to check a core without plugins.
@@ -10,13 +15,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from core import hookspecs
+from core.types import Change, ScoringModel
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from core.segments.kinds import ConditionKinds
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.files",
@@ -126,3 +137,27 @@ def collect(
 def event_sources(pm: pluggy.PluginManager | None = None) -> dict:
     """All registered event sources by name."""
     return collect("register_event_sources", "event source", lambda s: s.name, pm)
+
+
+def condition_kinds(pm: pluggy.PluginManager | None = None) -> ConditionKinds:
+    """The built-in condition kinds plus every plugin's (``register_conditions``)."""
+    from core.segments.kinds import ConditionKinds
+
+    return ConditionKinds.from_plugins(pm or get_manager())
+
+
+def scoring_models(pm: pluggy.PluginManager | None = None) -> dict[str, ScoringModel]:
+    """Every registered scoring model kind by name (``register_scoring_models``)."""
+    return collect("register_scoring_models", "scoring model", lambda m: m.kind, pm)
+
+
+def segment_change_hook(
+    engine: Engine, pm: pluggy.PluginManager | None = None
+) -> Callable[[Sequence[Change]], None]:
+    """What segment runs call with their committed changes: ``on_segment_change``."""
+    hook = (pm or get_manager()).hook.on_segment_change
+
+    def notify(changes: Sequence[Change]) -> None:
+        hook(changes=changes, engine=engine)
+
+    return notify

@@ -16,63 +16,65 @@ segment's as_of.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
 from core.db.tables import SCORES
-from core.types import ScoreError, ScoreValue, ScoringModel
+from core.types import ScoreError, ScoreValue, ScoringModel, is_snake_name
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# scores.model holds the score's name.
+SCORE_NAME_MAX_LENGTH: int = SCORES.c.model.type.length
 
 
 @dataclass(frozen=True)
 class ScoreDefinition:
     name: str
-    model: str
+    # The model kind the definition names, resolved when it was parsed.
+    model: ScoringModel
     params: Any
     description: str = ""
     file: str | None = None
 
 
-def scoring_models(pm: pluggy.PluginManager | None = None) -> dict[str, ScoringModel]:
-    from core.plugins import collect
-
-    return collect("register_scoring_models", "scoring model", lambda m: m.kind, pm)
-
-
-def parse_definition(data: Any, file: str | None = None) -> ScoreDefinition:
+def parse_definition(
+    data: Any, file: str | None = None, *, models: Mapping[str, ScoringModel]
+) -> ScoreDefinition:
+    """Validate a score definition naming one of the scoring ``models``."""
     where = f"{file}: " if file else ""
     if not isinstance(data, dict):
         raise ScoreError(f"{where}a score definition is a mapping with name, model, params")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ScoreError(f"{where}name {name!r} must be snake_case (a-z, 0-9, _)")
+    if not is_snake_name(name, SCORE_NAME_MAX_LENGTH):
+        raise ScoreError(
+            f"{where}name {name!r} must be snake_case (a-z, 0-9, _), "
+            f"at most {SCORE_NAME_MAX_LENGTH} characters"
+        )
     unknown = set(data) - {"name", "model", "params", "description"}
     if unknown:
         raise ScoreError(f"{where}score '{name}': unknown key(s) {', '.join(sorted(unknown))}")
-    kinds = scoring_models()
     kind = data.get("model")
-    if kind not in kinds:
+    if kind not in models:
         raise ScoreError(
-            f"{where}score '{name}': model {kind!r} is not one of {', '.join(sorted(kinds))}"
+            f"{where}score '{name}': model {kind!r} is not one of {', '.join(sorted(models))}"
         )
     try:
-        params = kinds[kind].validate(data.get("params") or {})
+        params = models[kind].validate(data.get("params") or {})
     except ValueError as exc:
         raise ScoreError(f"{where}score '{name}': params: {exc}") from None
-    return ScoreDefinition(name, kind, params, str(data.get("description") or ""), file)
+    return ScoreDefinition(name, models[kind], params, str(data.get("description") or ""), file)
 
 
-def load_score_files(directory: Path) -> dict[str, ScoreDefinition]:
+def load_score_files(
+    directory: Path, models: Mapping[str, ScoringModel]
+) -> dict[str, ScoreDefinition]:
     if not directory.is_dir():
         raise ScoreError(f"{directory}: no such directory")
     found: dict[str, ScoreDefinition] = {}
@@ -82,7 +84,7 @@ def load_score_files(directory: Path) -> dict[str, ScoreDefinition]:
         except yaml.YAMLError as exc:
             raise ScoreError(f"{path}: not valid YAML: {exc}") from None
         for item in data if isinstance(data, list) else [data]:
-            definition = parse_definition(item, str(path))
+            definition = parse_definition(item, str(path), models=models)
             if definition.name in found:
                 raise ScoreError(f"{path}: score '{definition.name}' is defined twice")
             found[definition.name] = definition
@@ -121,11 +123,10 @@ def run_scores(
     engine: Engine, definitions: dict[str, ScoreDefinition], as_of: datetime
 ) -> dict[str, int]:
     """Compute every definition for everyone and store the rows; name -> profiles scored."""
-    kinds = scoring_models()
     counts: dict[str, int] = {}
     with engine.begin() as conn:
         for name, definition in definitions.items():
-            values = kinds[definition.model].score_all(conn, definition.params, as_of, name)
+            values = definition.model.score_all(conn, definition.params, as_of, name)
             counts |= store_scores(conn, values, as_of)
     return counts
 

@@ -8,7 +8,7 @@ authors can depend on it without pulling in the engine.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,12 @@ from sqlalchemy.engine import Connection
 # Event types, and names of definitions (segments, scores, ...): snake_case.
 SNAKE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 EVENT_TYPE_MAX_LENGTH = 64
+
+
+def is_snake_name(value: Any, max_length: int) -> bool:
+    """A SNAKE_NAME of at most ``max_length`` characters, the size of the column
+    that stores it (events.type, segments.name, scores.model...)."""
+    return isinstance(value, str) and len(value) <= max_length and bool(SNAKE_NAME.match(value))
 
 
 # -- event sources --------------------------------------------------------------
@@ -96,12 +102,42 @@ class SqlContext:
 
 @dataclass(frozen=True)
 class ConditionKind:
+    """A segment condition kind, used in rules as ``{name: params}``.
+
+    Built-in kinds (core/segments/kinds/) and plugin kinds are the same type
+    and go through the same registry. A kind gives a Python form and one of
+    two batch forms: ``sql``, a boolean expression correlated to the profile
+    (simple, what most plugins need), or ``features``, which asks the shared
+    compiler for per-profile features so identical conditions across all
+    segments are computed once in one scan of the events.
+    """
+
     name: str
     description: str
+    # (params, profile: core.segments.evaluate.ProfileData, as_of) -> bool
     python: Callable[[Any, Any, datetime], bool]
-    sql: Callable[[Any, SqlContext], sa.ColumnElement]
+    sql: Callable[[Any, SqlContext], sa.ColumnElement] | None = None
     # Checks and normalises the parameters; raise ValueError with a clear message.
     validate: Callable[[Any], Any] = _accept
+    # True: the parameters are the whole condition mapping ({event: x, within: 48h})
+    # rather than the value under the kind's key ({visited_path: /pricing}).
+    flat: bool = False
+    # (params, request: core.segments.sql.Features) -> (columns:
+    # core.segments.sql.FeatureColumns) -> boolean expression. Ask ``request``
+    # for features first; the returned function builds the test once the
+    # feature columns exist.
+    features: Callable[[Any, Any], Callable[[Any], sa.ColumnElement]] | None = None
+    # (params, profile, as_of) -> the earliest time after as_of at which the
+    # answer could change with no new event (a window expiring), or None.
+    next_change_at: Callable[[Any, Any, datetime], datetime | None] | None = None
+    # (params, profile, as_of) -> (figures, deciding events) shown by explain.
+    figures: Callable[[Any, Any, datetime], tuple[dict[str, Any], list[Any]]] | None = None
+    # (params) -> names of the other segments the condition reads.
+    segment_refs: Callable[[Any], Iterable[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sql is None and self.features is None:
+            raise ValueError(f"condition kind {self.name!r} needs a sql or a features form")
 
 
 # -- scoring models -------------------------------------------------------------

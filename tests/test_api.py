@@ -580,13 +580,17 @@ def types_of(engine) -> set[str]:
 def test_a_tracked_event_moves_the_profile_into_its_segment_in_real_time(server, tmp_path):
     from datetime import UTC, datetime
 
+    from core.plugins import condition_kinds
     from core.segments.store import load_segment_files, members, run_segments
 
     base, engine, key = server
     (tmp_path / "carts.yaml").write_text(
         "name: fresh_carts\nrule: {event: add_to_cart, within: 1h}\n"
     )
-    run_segments(engine, datetime.now(UTC), definitions=load_segment_files(tmp_path))
+    kinds = condition_kinds()
+    run_segments(
+        engine, datetime.now(UTC), kinds=kinds, definitions=load_segment_files(tmp_path, kinds)
+    )
     with httpx.Client(base_url=base, auth=(key, "")) as client:
         r = client.post("/v1/track", json={"userId": "shopper", "event": "Product Added"})
         assert r.status_code == 200

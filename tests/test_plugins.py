@@ -164,6 +164,7 @@ def test_docs_index_lists_only_real_hooks():
 
 
 def test_hook_on_segment_change(register_plugin, tmp_path):
+    from core.plugins import condition_kinds, segment_change_hook
     from core.segments.store import load_segment_files, run_segments
 
     seen = []
@@ -179,10 +180,15 @@ def test_hook_on_segment_change(register_plugin, tmp_path):
     (tmp_path / "s.yaml").write_text("name: searchers\nrule: {event: search, within: 1d}\n")
     from datetime import UTC, datetime
 
-    run_segments(
-        engine, datetime(2026, 1, 1, 1, tzinfo=UTC), definitions=load_segment_files(tmp_path)
-    )
-    run_segments(engine, datetime(2026, 1, 3, tzinfo=UTC), definitions=load_segment_files(tmp_path))
+    kinds = condition_kinds()
+    for as_of in (datetime(2026, 1, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)):
+        run_segments(
+            engine,
+            as_of,
+            kinds=kinds,
+            definitions=load_segment_files(tmp_path, kinds),
+            on_change=segment_change_hook(engine),
+        )
     assert seen == [("searchers", "entered", 1), ("searchers", "exited", 1)]
 
 
@@ -192,6 +198,7 @@ def test_hook_register_conditions(register_plugin, tmp_path):
     import sqlalchemy as sa
 
     from core import ConditionKind
+    from core.plugins import condition_kinds
     from core.segments.batch import evaluate_sql
     from core.segments.data import load_profile_data
     from core.segments.evaluate import evaluate
@@ -231,7 +238,10 @@ def test_hook_register_conditions(register_plugin, tmp_path):
             {"type": "page_view", "user_id": "c", "url": "/pricing", "ts": "2026-03-01T00:00:00Z"},
         ],
     )
-    segment = parse_segment({"name": "p", "rule": {"all": [{"visited_path": "/pricing"}]}})
+    kinds = condition_kinds()
+    segment = parse_segment(
+        {"name": "p", "rule": {"all": [{"visited_path": "/pricing"}]}}, kinds=kinds
+    )
     as_of = datetime(2026, 2, 1, tzinfo=UTC)
     with engine.connect() as conn:
         in_sql = evaluate_sql(conn, {"p": segment}, as_of).members["p"]
@@ -244,12 +254,12 @@ def test_hook_register_conditions(register_plugin, tmp_path):
     with pytest.raises(
         SegmentError, match=r"rule.any\[0\].visited_path: visited_path needs a path"
     ):
-        parse_segment({"name": "p", "rule": {"any": [{"visited_path": "pricing"}]}})
+        parse_segment({"name": "p", "rule": {"any": [{"visited_path": "pricing"}]}}, kinds=kinds)
 
 
 def test_condition_kinds_cannot_shadow_built_ins(register_plugin):
     from core import ConditionKind
-    from core.segments.conditions import condition_kinds
+    from core.plugins import condition_kinds
 
     class Shadow:
         @staticmethod
@@ -265,7 +275,8 @@ def test_hook_register_scoring_models(register_plugin, tmp_path):
     from datetime import UTC, datetime
 
     from core import ScoreValue, ScoringModel
-    from core.scoring import latest_scores, parse_definition, run_scores, scoring_models
+    from core.plugins import scoring_models
+    from core.scoring import latest_scores, parse_definition, run_scores
 
     def score_all(conn, params, as_of, name):
         import sqlalchemy as sa
@@ -293,10 +304,13 @@ def test_hook_register_scoring_models(register_plugin, tmp_path):
     assert {"points", "activity"} <= set(scoring_models())
     engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
     ingest(engine, [{"type": "x", "user_id": "u", "ts": 1_700_000_000 + i} for i in range(3)])
-    definition = parse_definition({"name": "act", "model": "activity", "params": {"weight": 2}})
+    models = scoring_models()
+    definition = parse_definition(
+        {"name": "act", "model": "activity", "params": {"weight": 2}}, models=models
+    )
     assert run_scores(engine, {"act": definition}, datetime(2030, 1, 1, tzinfo=UTC)) == {"act": 1}
     with engine.connect() as conn:
         (row,) = latest_scores(conn, 1)
     assert (row["score"], row["value"], row["components"]) == ("act", 6.0, {"events": 3})
     with pytest.raises(ValueError, match="weight must be a number"):
-        parse_definition({"name": "act", "model": "activity", "params": {}})
+        parse_definition({"name": "act", "model": "activity", "params": {}}, models=models)

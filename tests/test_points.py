@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from core.db import models, open_db
 from core.events import ingest
 from core.maintenance import delete_all_data
+from core.plugins import condition_kinds, scoring_models
 from core.scoring import load_score_files, parse_definition, run_scores
 from core.segments.data import load_profile_data
 from core.types import ScoreError
@@ -151,7 +152,7 @@ def test_decay_caps_and_normalisation_by_hand(fresh_sqlite):
 
 def test_bad_definitions_say_what_is_wrong(tmp_path):
     with pytest.raises(ScoreError, match="model 'pointz' is not one of"):
-        parse_definition({"name": "e", "model": "pointz"}, "e.yaml")
+        parse_definition({"name": "e", "model": "pointz"}, "e.yaml", models=scoring_models())
     with pytest.raises(ScoreError, match=r"e.yaml: score 'e': params: half_life: .*not a duration"):
         parse_definition(
             {
@@ -164,9 +165,13 @@ def test_bad_definitions_say_what_is_wrong(tmp_path):
                 },
             },
             "e.yaml",
+            models=scoring_models(),
         )
     with pytest.raises(ScoreError, match="params: rules"):
-        parse_definition({"name": "e", "model": "points", "params": {"half_life": "1d", "cap": 1}})
+        parse_definition(
+            {"name": "e", "model": "points", "params": {"half_life": "1d", "cap": 1}},
+            models=scoring_models(),
+        )
 
 
 def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
@@ -187,7 +192,7 @@ def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
         ],
         notify=False,
     )
-    definitions = load_score_files(PROJECT_ROOT / "examples" / "scores")
+    definitions = load_score_files(PROJECT_ROOT / "examples" / "scores", scoring_models())
     run_scores(engine, definitions, AS_OF - timedelta(days=30))
     run_scores(engine, definitions, AS_OF)
     with engine.connect() as conn:
@@ -197,12 +202,12 @@ def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
             .order_by(models.Score.as_of)
         ).all()
     assert [r.value for r in rows] == [0.0, pytest.approx(rows[1].value)] and rows[1].value > 70
-    run = run_segments(
-        engine, AS_OF, definitions=load_segment_files(PROJECT_ROOT / "examples" / "segments")
-    )
+    kinds = condition_kinds()
+    segments = load_segment_files(PROJECT_ROOT / "examples" / "segments", kinds)
+    run = run_segments(engine, AS_OF, kinds=kinds, definitions=segments)
     assert run.sizes["loyal_high_engagement"] == 1
     # As of a month earlier, the stored score then was 0: not a member.
-    early = run_segments(engine, AS_OF - timedelta(days=29))
+    early = run_segments(engine, AS_OF - timedelta(days=29), kinds=kinds)
     assert early.sizes["loyal_high_engagement"] == 0
 
 

@@ -159,14 +159,17 @@ def test_cdnow_fit_and_score_end_to_end(cdnow_sample):
 
 
 def test_registered_model_validates_and_runs(cdnow_sample):
-    from core.plugins import get_manager
+    from core.plugins import get_manager, scoring_models
 
     pm = get_manager()
     added = None
     if not any(p is pred for p in pm.get_plugins()):
         added = pm.register(pred, name="plugins.scoring.predictive")
     try:
-        d = parse_definition({"name": "ltv", "model": "bgnbd", "params": {"horizon": 52}})
+        models = scoring_models(pm)
+        d = parse_definition(
+            {"name": "ltv", "model": "bgnbd", "params": {"horizon": 52}}, models=models
+        )
         assert d.params == {"event": "purchase", "horizon": 52.0, "unit_days": 7.0}
         for params, message in [
             ({"horizon": 0}, "horizon: must be a positive number"),
@@ -176,7 +179,7 @@ def test_registered_model_validates_and_runs(cdnow_sample):
             ({"horizn": 3}, "unknown param(s) horizn"),
         ]:
             with pytest.raises(ScoreError, match=re.escape(f"score 'ltv': params: {message}")):
-                parse_definition({"name": "ltv", "model": "bgnbd", "params": params})
+                parse_definition({"name": "ltv", "model": "bgnbd", "params": params}, models=models)
         counts = run_scores(cdnow_sample, {"ltv": d}, CDNOW_AS_OF)
         assert counts == {"ltv": 2357, "ltv_p_alive": 2357, "ltv_clv": 2357}
     finally:

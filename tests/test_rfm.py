@@ -201,13 +201,17 @@ def test_group_map_is_total_and_matches_the_cited_table(rfm):
 
 
 def test_params_are_validated(rfm):
-    from core.scoring import parse_definition, scoring_models
+    from core.plugins import scoring_models
+    from core.scoring import parse_definition
     from core.types import ScoreError
 
-    definition = parse_definition({"name": "rfm", "model": "rfm"})
+    models = scoring_models()
+
+    definition = parse_definition({"name": "rfm", "model": "rfm"}, models=models)
     assert definition.params == rfm.RfmParams("purchase", "refund", None)
     definition = parse_definition(
-        {"name": "rfm", "model": "rfm", "params": {"purchase": "order", "window": "52w"}}
+        {"name": "rfm", "model": "rfm", "params": {"purchase": "order", "window": "52w"}},
+        models=models,
     )
     assert definition.params.purchase == "order"
     assert definition.params.window.days == 364
@@ -222,16 +226,17 @@ def test_params_are_validated(rfm):
     ]
     for params, message in bad:
         with pytest.raises(ScoreError, match=message):
-            parse_definition({"name": "rfm", "model": "rfm", "params": params})
+            parse_definition({"name": "rfm", "model": "rfm", "params": params}, models=models)
     # Quintiles need the whole population: no real-time scorer.
-    assert scoring_models()["rfm"].score_one is None
+    assert models["rfm"].score_one is None
 
 
 def test_scores_are_stored_with_history(rfm, db_url):
+    from core.plugins import scoring_models
     from core.scoring import latest_scores, parse_definition, run_scores
 
     engine, ids = _load(db_url)
-    definition = parse_definition({"name": "rfm", "model": "rfm"})
+    definition = parse_definition({"name": "rfm", "model": "rfm"}, models=scoring_models())
     assert run_scores(engine, {"rfm": definition}, EARLIER) == dict.fromkeys(
         ["rfm", "rfm_r", "rfm_f", "rfm_m"], 4
     )
@@ -264,10 +269,13 @@ def test_long_score_names_are_refused(rfm, db_url):
 
 
 def test_rfm_group_params(rfm):
+    from core.plugins import condition_kinds
     from core.segments.language import SegmentError, parse_segment
 
+    kinds = condition_kinds()
+
     def params(value):
-        return parse_segment({"name": "s", "rule": {"rfm_group": value}}).rule.params
+        return parse_segment({"name": "s", "rule": {"rfm_group": value}}, kinds=kinds).rule.params
 
     assert params("champions") == {"score": "rfm", "group": ["champions"]}
     assert params(["loyal", "champions", "loyal"]) == {
@@ -304,6 +312,7 @@ SEGMENTS = {
 
 
 def test_rfm_group_same_members_in_sql_and_python(rfm, db_url):
+    from core.plugins import condition_kinds, scoring_models
     from core.scoring import parse_definition, run_scores
     from core.segments.batch import evaluate_sql
     from core.segments.data import load_profile_data
@@ -311,13 +320,17 @@ def test_rfm_group_same_members_in_sql_and_python(rfm, db_url):
     from core.segments.language import parse_segment
 
     engine, ids = _load(db_url)
+    models = scoring_models()
     definitions = {
-        "rfm": parse_definition({"name": "rfm", "model": "rfm"}),
-        "rfm30": parse_definition({"name": "rfm30", "model": "rfm", "params": {"window": "30d"}}),
+        "rfm": parse_definition({"name": "rfm", "model": "rfm"}, models=models),
+        "rfm30": parse_definition(
+            {"name": "rfm30", "model": "rfm", "params": {"window": "30d"}}, models=models
+        ),
     }
     run_scores(engine, definitions, EARLIER)
     run_scores(engine, definitions, AS_OF)
-    segments = {n: parse_segment({"name": n, "rule": r}) for n, r in SEGMENTS.items()}
+    kinds = condition_kinds()
+    segments = {n: parse_segment({"name": n, "rule": r}, kinds=kinds) for n, r in SEGMENTS.items()}
     user_of = {pid: user for user, pid in ids.items()}
     seen = {}
     for as_of in (

@@ -15,10 +15,12 @@ from core.maintenance import delete_all_data
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
+from core.segments.kinds import ConditionKinds
 from core.segments.language import parse_segment
 from tests.helpers import live_profiles
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+KINDS = ConditionKinds()  # the built-in kinds
 # Offsets before as_of, bunched around the window edges the rules use.
 OFFSETS = [
     timedelta(0),
@@ -219,8 +221,8 @@ def check_same(engine, records, rule, base=None, facts=((), ())):
     delete_all_data(engine)
     ingest(engine, records, notify=False)
     store_facts(engine, facts)
-    base = parse_segment({"name": "base", "rule": base or {"event": "view"}})
-    segment = parse_segment({"name": "s", "rule": rule})
+    base = parse_segment({"name": "base", "rule": base or {"event": "view"}}, kinds=KINDS)
+    segment = parse_segment({"name": "s", "rule": rule}, kinds=KINDS)
     with engine.connect() as conn:
         batch = evaluate_sql(conn, {"s": segment, "base": base}, AS_OF)
         python_members, python_next = set(), {}

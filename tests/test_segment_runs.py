@@ -13,11 +13,14 @@ from core.cli import main
 from core.db import models, open_db
 from core.demo import generate
 from core.events import ingest
+from core.plugins import condition_kinds
 from core.segments.language import SegmentError
 from core.segments.store import load_segment_files, run_segments
 from tests.conftest import PROJECT_ROOT
 
 EXAMPLES = PROJECT_ROOT / "examples" / "segments"
+# The example segments use the rfm plugin's rfm_group condition.
+KINDS = condition_kinds()
 END = datetime(2026, 5, 1, tzinfo=UTC)
 MEMBERSHIPS = models.Membership.__table__
 SEGMENTS = models.SegmentDefinition.__table__
@@ -43,22 +46,22 @@ def store_events():
 
 
 def test_incremental_runs_give_the_same_memberships_as_full_runs(db_url, store_events, tmp_path):
-    definitions = load_segment_files(EXAMPLES)
+    definitions = load_segment_files(EXAMPLES, KINDS)
     cut = END - timedelta(days=10)
     early = [e for e in store_events if e["ts"] <= cut.isoformat()]
     late = [e for e in store_events if e["ts"] > cut.isoformat()]
     incremental = open_db(db_url)
     ingest(incremental, early, notify=False)
-    first = run_segments(incremental, cut, definitions=definitions)
+    first = run_segments(incremental, cut, kinds=KINDS, definitions=definitions)
     assert first.full and sum(first.sizes.values()) > 0
     for step, as_of in enumerate([cut + timedelta(days=3), END, END + timedelta(days=20)]):
         if step == 1:
             ingest(incremental, late, notify=False)
-        result = run_segments(incremental, as_of, definitions=definitions)
+        result = run_segments(incremental, as_of, kinds=KINDS, definitions=definitions)
         assert not result.full
         reference = open_db(f"sqlite:///{tmp_path}/full{step}.db")
         ingest(reference, early + (late if step >= 1 else []), notify=False)
-        run_segments(reference, as_of, definitions=definitions, full=True)
+        run_segments(reference, as_of, kinds=KINDS, definitions=definitions, full=True)
         # Profile ids differ between databases; compare by user id.
         assert by_user(incremental) == by_user(reference), as_of
     # Twenty days on, windows have expired without new events: people left.
@@ -87,12 +90,14 @@ def test_changes_are_recorded_and_versions_bump(fresh_sqlite, tmp_path):
     spec.write_text(
         "name: spenders\nrule: {event: purchase, sum: {property: value, op: '>= 500'}}\n"
     )
-    r1 = run_segments(engine, END, definitions=load_segment_files(folder))
+    r1 = run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
     assert (r1.sizes, r1.entered) == ({"spenders": 1}, {"spenders": 1})
     spec.write_text(
         "name: spenders\nrule: {event: purchase, sum: {property: value, op: '>= 50'}}\n"
     )
-    r2 = run_segments(engine, END + timedelta(hours=1), definitions=load_segment_files(folder))
+    r2 = run_segments(
+        engine, END + timedelta(hours=1), kinds=KINDS, definitions=load_segment_files(folder, KINDS)
+    )
     assert r2.entered == {"spenders": 1} and r2.sizes == {"spenders": 2}
     with engine.connect() as conn:
         version = conn.execute(sa.select(SEGMENTS.c.version)).scalar_one()
@@ -103,7 +108,9 @@ def test_changes_are_recorded_and_versions_bump(fresh_sqlite, tmp_path):
     assert [(c.change, c.version) for c in changes] == [("entered", 1), ("entered", 2)]
     assert changes[1].at == END + timedelta(hours=1)
     # Same definition again: no new version, nothing changes.
-    r3 = run_segments(engine, END + timedelta(hours=2), definitions=load_segment_files(folder))
+    r3 = run_segments(
+        engine, END + timedelta(hours=2), kinds=KINDS, definitions=load_segment_files(folder, KINDS)
+    )
     assert r3.entered == {"spenders": 0} and r3.evaluated == 0
 
 
@@ -114,12 +121,15 @@ def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_p
     folder = tmp_path / "s"
     folder.mkdir()
     (folder / "carts.yaml").write_text("name: carts\nrule: {event: add_to_cart}\n")
-    run_segments(engine, END, definitions=load_segment_files(folder))
+    run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
     before = memberships(engine)["carts"]
     # Without real time, so the run is what notices the merge.
     ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}], notify=False)
     result = run_segments(
-        engine, END + timedelta(minutes=1), definitions=load_segment_files(folder)
+        engine,
+        END + timedelta(minutes=1),
+        kinds=KINDS,
+        definitions=load_segment_files(folder, KINDS),
     )
     after = memberships(engine)["carts"]
     assert len(before) == len(after) == 1 and before != after
@@ -147,10 +157,10 @@ def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_p
 def test_bad_definitions_name_file_segment_and_path(tmp_path, content, message):
     (tmp_path / "x.yaml").write_text(content)
     with pytest.raises(SegmentError) as info:
-        defs = load_segment_files(tmp_path)
+        defs = load_segment_files(tmp_path, KINDS)
         from core.segments.language import check_references
 
-        check_references({n: d[0] for n, d in defs.items()})
+        check_references({n: d.segment for n, d in defs.items()})
     assert message in str(info.value)
 
 
@@ -192,7 +202,7 @@ def test_realtime_evaluation_follows_ingestion(fresh_sqlite, tmp_path):
     (folder / "s.yaml").write_text("name: fresh_carts\nrule: {event: add_to_cart, within: 1h}\n")
     now = datetime.now(UTC)
     ingest(engine, [{"type": "page_view", "user_id": "u1", "ts": now.isoformat()}])
-    run_segments(engine, now, definitions=load_segment_files(folder))
+    run_segments(engine, now, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
     assert memberships(engine) == {}
     # The built-in plugin re-evaluates u1 as soon as the batch is committed.
     ingest(engine, [{"type": "add_to_cart", "user_id": "u1", "ts": now.isoformat()}])
@@ -208,7 +218,7 @@ def test_realtime_evaluation_follows_ingestion(fresh_sqlite, tmp_path):
     later = now + timedelta(hours=1, seconds=1)
     with engine.connect() as conn:
         ids = conn.execute(sa.select(models.Profile.__table__.c.id)).scalars().all()
-    changes = evaluate_profiles(engine, set(ids), later)
+    changes = evaluate_profiles(engine, set(ids), later, kinds=KINDS)
     assert [(c.segment, c.change) for c in changes] == [("fresh_carts", "exited")]
 
 
@@ -332,7 +342,8 @@ def test_rules_compile_for_other_dialects():
                     {"attribute": "tier", "op": "==", "value": "gold"},
                 ]
             },
-        }
+        },
+        kinds=KINDS,
     ).rule
     compiler = Compiler(END)
     stmt, _ = compiler.query({"s": compiler.compile(rule)})
@@ -346,8 +357,10 @@ def test_identical_conditions_share_one_feature_and_one_scan():
 
     views = {"event": "product_view", "within": "48h", "count": ">= 3"}
     segments = {
-        "a": parse_segment({"name": "a", "rule": views}).rule,
-        "b": parse_segment({"name": "b", "rule": {"all": [views, {"not": {"event": "buy"}}]}}).rule,
+        "a": parse_segment({"name": "a", "rule": views}, kinds=KINDS).rule,
+        "b": parse_segment(
+            {"name": "b", "rule": {"all": [views, {"not": {"event": "buy"}}]}}, kinds=KINDS
+        ).rule,
         "c": parse_segment(
             {
                 "name": "c",
@@ -357,7 +370,8 @@ def test_identical_conditions_share_one_feature_and_one_scan():
                         {"event": "buy"},
                     ]
                 },
-            }
+            },
+            kinds=KINDS,
         ).rule,
     }
     compiler = Compiler(END)

@@ -12,6 +12,7 @@ from core.events import ingest
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
+from core.segments.kinds import ConditionKinds
 from core.segments.language import parse_segment
 
 AS_OF = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -23,7 +24,7 @@ def at(delta: timedelta) -> str:
 
 def answer(engine, rule, as_of=AS_OF) -> tuple[set[str], set[str]]:
     """Members (by user id) according to SQL and to Python."""
-    segment = parse_segment({"name": "s", "rule": rule})
+    segment = parse_segment({"name": "s", "rule": rule}, kinds=ConditionKinds())
     profiles = models.Profile.__table__
     with engine.connect() as conn:
         who = dict(conn.execute(sa.select(profiles.c.id, profiles.c.user_id)).all())

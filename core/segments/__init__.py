@@ -1,5 +1,6 @@
 """Segments: the definition language, its evaluators and membership state."""
 
+from core.segments.kinds import ConditionKinds
 from core.segments.language import (
     Segment,
     SegmentError,
@@ -10,6 +11,7 @@ from core.segments.language import (
 )
 
 __all__ = [
+    "ConditionKinds",
     "Segment",
     "SegmentError",
     "check_references",

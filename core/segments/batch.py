@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -25,7 +24,6 @@ def evaluate_sql(
     segments: dict[str, Segment],
     as_of: datetime,
     profile_ids: list[int] | None = None,
-    plugins: dict[str, Any] | None = None,
     only: set[str] | None = None,
 ) -> BatchResult:
     """Members of each segment as of ``as_of`` among ``profile_ids`` (None: all).
@@ -34,7 +32,7 @@ def evaluate_sql(
     for ``segment:`` references.
     """
     check_references(segments)
-    compiler = Compiler(as_of, {n: s.rule for n, s in segments.items()}, plugins)
+    compiler = Compiler(as_of, {n: s.rule for n, s in segments.items()})
     wanted = {n: s for n, s in segments.items() if only is None or n in only}
     compiled = {name: compiler.compile(seg.rule) for name, seg in wanted.items()}
     members: dict[str, set[int]] = {name: set() for name in wanted}

@@ -1,6 +1,8 @@
 """The real-time evaluator: one profile, from its own events, in Python.
 
-Semantics (the SQL compiler in ``sql.py`` implements the same):
+Each condition is answered by its kind's Python form (core/segments/kinds/
+or a plugin); the SQL compiler in ``sql.py`` gives the same answers. The
+built-in kinds' semantics:
 - every condition sees only events with ts <= as_of; ``within: d`` means
   ts in (as_of - d, as_of];
 - ``count`` defaults to ">= 1"; "== 0" holds for people without events;
@@ -26,22 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.segments.language import (
-    AllOf,
-    AnyOf,
-    AttributeCondition,
-    ConsentCondition,
-    EventCondition,
-    FirstCondition,
-    LastCondition,
-    NotOf,
-    PluginCondition,
-    ScoreCondition,
-    SegmentRef,
-    SequenceCondition,
-    TimeSpec,
-)
-from core.segments.values import distinct_key, matches, number
+from core.segments.language import Condition, Rule
+from core.segments.where import EVENT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +56,7 @@ class EventRow:
         return self.properties.get(name)
 
 
-_COLUMNS = frozenset(
-    {"type", "session_id", "product_id", "value", "currency", "url", "campaign", "source"}
-)
+_COLUMNS = frozenset(EVENT_COLUMNS)
 
 
 @dataclass
@@ -89,140 +75,38 @@ class Outcome:
     next_change_at: datetime | None
 
 
+def next_after(as_of: datetime, times: Iterable[datetime | None]) -> datetime | None:
+    """The earliest of ``times`` later than as_of: a kind's ``next_change_at``."""
+    later = [t for t in times if t is not None and t > as_of]
+    return min(later) if later else None
+
+
 class Evaluator:
-    def __init__(
-        self,
-        data: ProfileData,
-        as_of: datetime,
-        plugins: dict[str, Any] | None = None,
-    ) -> None:
+    """Evaluates rules for one profile; every condition goes through its kind."""
+
+    def __init__(self, data: ProfileData, as_of: datetime) -> None:
         self.data = data
         self.as_of = as_of
-        self.plugins = plugins
-        self.visible = [e for e in data.events if e.ts <= as_of]
         self.changes: list[datetime] = []
 
-    def _note(self, when: datetime) -> None:
-        if when > self.as_of:
-            self.changes.append(when)
-
-    def outcome(self, rule: Any) -> Outcome:
+    def outcome(self, rule: Rule) -> Outcome:
         member = self.test(rule)
         return Outcome(member, min(self.changes) if self.changes else None)
 
-    def test(self, rule: Any) -> bool:
+    def test(self, rule: Rule) -> bool:
+        if isinstance(rule, Condition):
+            return self.condition(rule)
         # Every branch is evaluated (no short-circuit) so next_change_at sees all windows.
-        if isinstance(rule, AllOf):
-            return all([self.test(r) for r in rule.all])
-        if isinstance(rule, AnyOf):
-            return any([self.test(r) for r in rule.any])
-        if isinstance(rule, NotOf):
-            return not self.test(rule.not_)
-        if isinstance(rule, EventCondition):
-            return self._event(rule)
-        if isinstance(rule, LastCondition):
-            return self._time(rule.last, last=True)
-        if isinstance(rule, FirstCondition):
-            return self._time(rule.first, last=False)
-        if isinstance(rule, SequenceCondition):
-            return self._sequence(rule)
-        if isinstance(rule, AttributeCondition):
-            spec = rule.attribute
-            value = self.data.attributes.get(spec.attribute)
-            if spec.op == "exists":
-                return value is not None
-            if spec.op == "not_exists":
-                return value is None
-            return matches(value, spec.op, spec.value)
-        if isinstance(rule, ConsentCondition):
-            return rule.consent in self.data.consents
-        if isinstance(rule, ScoreCondition):
-            return rule.score.op.test(self.data.scores.get(rule.score.score))
-        if isinstance(rule, SegmentRef):
-            return bool(self.data.segments.get(rule.segment, False))
-        if isinstance(rule, PluginCondition):
-            if self.plugins is None:
-                from core.segments.conditions import condition_kinds
+        return rule.combine([self.test(child) for child in rule.children])
 
-                self.plugins = condition_kinds()
-            if rule.kind not in self.plugins:
-                raise LookupError(f"no plugin provides condition kind {rule.kind!r}")
-            return bool(self.plugins[rule.kind].python(rule.params, self.data, self.as_of))
-        raise TypeError(f"unknown rule {rule!r}")
-
-    # -- conditions ---------------------------------------------------------------
-    def _matching(self, types: Iterable[str], where: tuple, lower: datetime | None = None):
-        types = set(types)
-        for e in self.visible:
-            if e.type not in types or (lower is not None and e.ts <= lower):
-                continue
-            if all(matches(e.get(f.field), f.op, f.value) for f in where):
-                yield e
-
-    def _event(self, cond: EventCondition) -> bool:
-        lower = self.as_of - cond.within if cond.within is not None else None
-        events = list(self._matching(cond.event, cond.where, lower))
-        if cond.within is not None and events:
-            # The oldest event in the window leaves it first.
-            self._note(min(e.ts for e in events) + cond.within)
-        kind, agg, compare = cond.measure
-        if cond.per == "session":
-            sessions: dict[str, list[EventRow]] = {}
-            for e in events:
-                if e.session_id is not None:
-                    sessions.setdefault(e.session_id, []).append(e)
-            return any(compare.test(measure(kind, agg, evs)) for evs in sessions.values())
-        return compare.test(measure(kind, agg, events))
-
-    def _time(self, spec: TimeSpec, last: bool) -> bool:
-        times = [e.ts for e in self._matching(spec.event, spec.where)]
-        if not times:
-            return False
-        t = max(times) if last else min(times)
-        ok = True
-        if spec.older_than is not None:
-            self._note(t + spec.older_than)
-            ok = ok and t <= self.as_of - spec.older_than
-        if spec.newer_than is not None:
-            self._note(t + spec.newer_than)
-            ok = ok and t > self.as_of - spec.newer_than
-        return ok
-
-    def _sequence(self, cond: SequenceCondition) -> bool:
-        spec = cond.sequence
-        starts = [e.ts for e in self._matching(spec.first, ())]
-        if not starts:
-            return False
-        a = max(starts)
-        self._note(a + spec.within)
-        self._note(a + spec.lookback)
-        if not (self.as_of - spec.lookback < a <= self.as_of - spec.within):
-            return False
-        return not any(e.ts > a for e in self._matching(spec.then_not, ()))
+    def condition(self, cond: Condition) -> bool:
+        kind = cond.kind
+        if kind.next_change_at is not None:
+            when = kind.next_change_at(cond.params, self.data, self.as_of)
+            if when is not None and when > self.as_of:
+                self.changes.append(when)
+        return bool(kind.python(cond.params, self.data, self.as_of))
 
 
-def measure(kind: str, agg: Any, events: list[EventRow]) -> float | None:
-    if kind == "count":
-        return float(len(events))
-    values = [e.get(agg.property) for e in events]
-    if kind == "distinct":
-        return float(len({k for v in values if (k := distinct_key(v)) is not None}))
-    nums = [n for v in values if (n := number(v)) is not None]
-    if kind == "sum":
-        return float(sum(nums))
-    if not nums:
-        return None
-    if kind == "min":
-        return float(min(nums))
-    if kind == "max":
-        return float(max(nums))
-    return sum(nums) / len(nums)
-
-
-def evaluate(
-    rule: Any,
-    data: ProfileData,
-    as_of: datetime,
-    plugins: dict[str, Any] | None = None,
-) -> Outcome:
-    return Evaluator(data, as_of, plugins).outcome(rule)
+def evaluate(rule: Rule, data: ProfileData, as_of: datetime) -> Outcome:
+    return Evaluator(data, as_of).outcome(rule)

@@ -8,20 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.segments.evaluate import Evaluator, EventRow, ProfileData, measure
-from core.segments.language import (
-    AllOf,
-    AnyOf,
-    Compare,
-    EventCondition,
-    Filter,
-    FirstCondition,
-    LastCondition,
-    NotOf,
-    PluginCondition,
-    SegmentRef,
-    SequenceCondition,
-)
+from core.segments.evaluate import Evaluator, EventRow, ProfileData
+from core.segments.language import Compare, Condition, Rule
+from core.segments.where import Filter
 
 MAX_EVENTS = 10
 
@@ -34,13 +23,13 @@ def _event_json(e: EventRow) -> dict[str, Any]:
     return out
 
 
-def describe(rule: Any) -> dict[str, Any]:
+def describe(rule: Rule) -> dict[str, Any]:
     """The node's own parameters (children left out), as JSON."""
-    if isinstance(rule, AllOf | AnyOf | NotOf):
+    if not isinstance(rule, Condition):
         return {}
-    if isinstance(rule, PluginCondition):
-        return {rule.kind: _plain(rule.params)}
-    return {k: _plain(v) for k, v in rule if v not in (None, (), [], {})}
+    if rule.kind.flat:
+        return {k: _plain(v) for k, v in rule.params if v not in (None, (), [], {})}
+    return {rule.name: _plain(rule.params)}
 
 
 def _plain(value: Any) -> Any:
@@ -63,111 +52,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def kind_of(rule: Any) -> str:
-    if isinstance(rule, AllOf):
-        return "all"
-    if isinstance(rule, AnyOf):
-        return "any"
-    if isinstance(rule, NotOf):
-        return "not"
-    if isinstance(rule, PluginCondition):
-        return rule.kind
-    return next(iter(describe(rule)), type(rule).__name__)
-
-
 class Explainer(Evaluator):
-    def explain(self, rule: Any) -> dict[str, Any]:
-        node: dict[str, Any] = {"kind": kind_of(rule), "params": describe(rule)}
-        if isinstance(rule, AllOf | AnyOf):
-            children = [
-                self.explain(r) for r in (rule.all if isinstance(rule, AllOf) else rule.any)
-            ]
-            values = [c["value"] for c in children]
-            node["value"] = all(values) if isinstance(rule, AllOf) else any(values)
-            node["children"] = children
+    def explain(self, rule: Rule) -> dict[str, Any]:
+        node: dict[str, Any] = {"kind": rule.name, "params": describe(rule)}
+        if isinstance(rule, Condition):
+            node["value"] = self.test(rule)
+            kind = rule.kind
+            figures, events = (
+                kind.figures(rule.params, self.data, self.as_of) if kind.figures else ({}, [])
+            )
+            node["figures"] = figures
+            node["events"] = [_event_json(e) for e in events[-MAX_EVENTS:]]
             return node
-        if isinstance(rule, NotOf):
-            child = self.explain(rule.not_)
-            node["value"] = not child["value"]
-            node["children"] = [child]
-            return node
-        node["value"] = self.test(rule)
-        node["figures"], events = self._figures(rule)
-        node["events"] = [_event_json(e) for e in events[-MAX_EVENTS:]]
+        children = [self.explain(child) for child in rule.children]
+        node["value"] = rule.combine([c["value"] for c in children])
+        node["children"] = children
         return node
 
-    def _figures(self, rule: Any) -> tuple[dict[str, Any], list[EventRow]]:
-        if isinstance(rule, EventCondition):
-            lower = self.as_of - rule.within if rule.within is not None else None
-            events = list(self._matching(rule.event, rule.where, lower))
-            kind, agg, compare = rule.measure
-            figures: dict[str, Any] = {
-                "window_start": lower.isoformat() if lower else None,
-                "matching_events": len(events),
-            }
-            if rule.per == "session":
-                best = None
-                sessions: dict[str, list[EventRow]] = {}
-                for e in events:
-                    if e.session_id is not None:
-                        sessions.setdefault(e.session_id, []).append(e)
-                for sid, evs in sessions.items():
-                    value = measure(kind, agg, evs)
-                    if compare.test(value) or best is None:
-                        best = (sid, value, evs)
-                        if compare.test(value):
-                            break
-                if best:
-                    figures |= {"session_id": best[0], kind: best[1]}
-                    events = best[2]
-            else:
-                figures[kind] = measure(kind, agg, events)
-            figures["test"] = f"{kind} {compare}"
-            return figures, events
-        if isinstance(rule, LastCondition | FirstCondition):
-            spec = rule.last if isinstance(rule, LastCondition) else rule.first
-            events = list(self._matching(spec.event, spec.where))
-            if not events:
-                return {"found": False}, []
-            pick = (
-                max(events, key=lambda e: e.ts)
-                if isinstance(rule, LastCondition)
-                else min(events, key=lambda e: e.ts)
-            )
-            return {
-                "found": True,
-                "ts": pick.ts.isoformat(),
-                "age_hours": round((self.as_of - pick.ts).total_seconds() / 3600, 2),
-            }, [pick]
-        if isinstance(rule, SequenceCondition):
-            spec = rule.sequence
-            starts = list(self._matching(spec.first, ()))
-            if not starts:
-                return {"first_found": False}, []
-            a = max(starts, key=lambda e: e.ts)
-            later = [e for e in self._matching(spec.then_not, ()) if e.ts > a.ts]
-            return {
-                "first_at": a.ts.isoformat(),
-                "window": [
-                    (self.as_of - spec.lookback).isoformat(),
-                    (self.as_of - spec.within).isoformat(),
-                ],
-                "then_not_after": len(later),
-            }, [a, *later]
-        if isinstance(rule, SegmentRef):
-            return {"member": bool(self.data.segments.get(rule.segment))}, []
-        if hasattr(rule, "attribute"):
-            return {"value": self.data.attributes.get(rule.attribute.attribute)}, []
-        if hasattr(rule, "score") and not isinstance(rule, str):
-            return {"value": self.data.scores.get(rule.score.score)}, []
-        if hasattr(rule, "consent"):
-            return {"granted": rule.consent in self.data.consents}, []
-        return {}, []
 
-
-def explain(rule: Any, data: ProfileData, as_of: datetime) -> dict[str, Any]:
-    explainer = Explainer(data, as_of)
-    tree = explainer.explain(rule)
+def explain(rule: Rule, data: ProfileData, as_of: datetime) -> dict[str, Any]:
+    tree = Explainer(data, as_of).explain(rule)
     outcome = Evaluator(data, as_of).outcome(rule)
     return {
         "as_of": as_of.isoformat(),

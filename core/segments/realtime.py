@@ -7,11 +7,19 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from core.db.tables import PROFILES
 from core.segments.batch import BatchResult, evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
+from core.segments.kinds import ConditionKinds
 from core.segments.language import check_references
-from core.segments.store import _apply, _retire_merged, stored_segments
+from core.segments.store import (
+    ChangeListener,
+    _apply,
+    _retire_merged,
+    segments_by_name,
+    stored_segments,
+)
 from core.types import Change
 
 # Above this many profiles in one batch, one SQL query beats loading each
@@ -21,15 +29,21 @@ PYTHON_LIMIT = 2
 
 
 def evaluate_profiles(
-    engine: Engine, profile_ids: set[int], as_of: datetime | None = None
+    engine: Engine,
+    profile_ids: set[int],
+    as_of: datetime | None = None,
+    *,
+    kinds: ConditionKinds,
+    on_change: ChangeListener | None = None,
 ) -> list[Change]:
-    """Re-evaluate every saved segment for these profiles; record and return changes."""
+    """Re-evaluate every saved segment (parsed with ``kinds``) for these
+    profiles; record the changes, hand them to ``on_change`` and return them."""
     as_of = as_of or datetime.now(UTC)
     with engine.begin() as conn:
-        segs = stored_segments(conn)
+        segs = stored_segments(conn, kinds)
         if not segs or not profile_ids:
             return []
-        segments = {n: s for n, (_, _, s) in segs.items()}
+        segments = segments_by_name(segs)
         ids = sorted(profile_ids)
         if len(ids) > PYTHON_LIMIT:
             result = evaluate_sql(conn, segments, as_of, ids)
@@ -37,18 +51,14 @@ def evaluate_profiles(
             result = _python(conn, segments, ids, as_of)
         changes = _apply(conn, segs, result, as_of, ids, set())
         _retire_merged(conn, segs, as_of, changes)
-    if changes:
-        from core.plugins import get_manager
-
-        get_manager().hook.on_segment_change(changes=changes, engine=engine)
+    if changes and on_change is not None:
+        on_change(changes)
     return changes
 
 
 def _python(conn: Any, segments: dict, ids: list[int], as_of: datetime) -> BatchResult:
     order = check_references(segments)
     result = BatchResult({n: set() for n in segments}, {}, set())
-    from core.db.tables import PROFILES
-
     live = set(
         conn.execute(
             PROFILES.select()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,38 +25,69 @@ from core.db.tables import (
     SEGMENTS,
 )
 from core.segments.batch import evaluate_sql
+from core.segments.kinds import ConditionKinds
 from core.segments.language import Segment, SegmentError, check_references, parse_segment
 from core.types import Change
+
+# Called with a run's changes after they are committed (on_segment_change).
+ChangeListener = Callable[[Sequence[Change]], None]
 
 # -- definitions -------------------------------------------------------------------
 
 
-def load_segment_files(directory: Path) -> dict[str, tuple[Segment, dict, str]]:
-    """Every segment in the YAML files of ``directory``: name -> (segment, raw, file)."""
+@dataclass(frozen=True)
+class SegmentFile:
+    """A segment as loaded from a file: parsed, as written, and where from."""
+
+    segment: Segment
+    definition: dict[str, Any]
+    file: str
+
+
+@dataclass(frozen=True)
+class StoredSegment:
+    """A segment as saved in the segments table."""
+
+    id: int
+    version: int
+    segment: Segment
+
+
+def segments_by_name(
+    segments: dict[str, SegmentFile] | dict[str, StoredSegment],
+) -> dict[str, Segment]:
+    """Name -> segment, what the evaluators take."""
+    return {name: s.segment for name, s in segments.items()}
+
+
+def load_segment_files(directory: Path, kinds: ConditionKinds) -> dict[str, SegmentFile]:
+    """Every segment in the YAML files of ``directory``, by name."""
     if not directory.is_dir():
         raise SegmentError(f"{directory}: no such directory")
-    found: dict[str, tuple[Segment, dict, str]] = {}
+    found: dict[str, SegmentFile] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        found.update(load_segment_file(path, found))
+        found.update(load_segment_file(path, kinds, found))
     return found
 
 
-def load_segment_file(path: Path, seen: dict | None = None) -> dict[str, tuple[Segment, dict, str]]:
+def load_segment_file(
+    path: Path, kinds: ConditionKinds, seen: dict[str, SegmentFile] | None = None
+) -> dict[str, SegmentFile]:
     seen = seen or {}
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SegmentError(f"not valid YAML: {exc}", file=str(path)) from None
     items = data if isinstance(data, list) else [data]
-    out: dict[str, tuple[Segment, dict, str]] = {}
+    out: dict[str, SegmentFile] = {}
     for item in items:
-        segment = parse_segment(item, file=str(path))
+        segment = parse_segment(item, kinds=kinds, file=str(path))
         if segment.name in seen or segment.name in out:
-            other = (seen.get(segment.name) or out[segment.name])[2]
+            other = (seen.get(segment.name) or out[segment.name]).file
             raise SegmentError(
                 f"defined twice (also in {other})", file=str(path), segment=segment.name
             )
-        out[segment.name] = (segment, item, str(path))
+        out[segment.name] = SegmentFile(segment, item, str(path))
     return out
 
 
@@ -73,16 +105,19 @@ class Saved:
     changed: bool  # new, or its definition differs from the stored one
 
 
-def save_segments(conn: Connection, defs: dict[str, tuple[Segment, dict, str]]) -> dict[str, Saved]:
+def save_segments(
+    conn: Connection, defs: dict[str, SegmentFile], kinds: ConditionKinds
+) -> dict[str, Saved]:
     try:
-        check_references({n: d[0] for n, d in defs.items()}, known=set(stored_names(conn)))
+        check_references(segments_by_name(defs), known=set(stored_names(conn)))
     except SegmentError as exc:
-        file = defs[exc.segment][2] if exc.segment in defs else None
+        file = defs[exc.segment].file if exc.segment in defs else None
         raise SegmentError(exc.reason, file=file, segment=exc.segment) from None
     now = utcnow()
     saved: dict[str, Saved] = {}
     existing = {r.name: r for r in conn.execute(sa.select(SEGMENTS))}
-    for name, (segment, raw, source) in defs.items():
+    for name, loaded in defs.items():
+        segment, raw, source = loaded.segment, loaded.definition, loaded.file
         row = existing.get(name)
         if row is None:
             sid = conn.execute(
@@ -100,7 +135,7 @@ def save_segments(conn: Connection, defs: dict[str, tuple[Segment, dict, str]]) 
             ).scalar_one()
             saved[name] = Saved(sid, 1, True)
             continue
-        old = parse_segment(row.definition)
+        old = parse_segment(row.definition, kinds=kinds)
         if canonical(old) == canonical(segment):
             saved[name] = Saved(row.id, row.version, False)
             continue
@@ -123,13 +158,14 @@ def stored_names(conn: Connection) -> list[str]:
     return list(conn.execute(sa.select(SEGMENTS.c.name).order_by(SEGMENTS.c.name)).scalars())
 
 
-# Parsed definitions by (id, version, updated_at): the real-time path reads the
-# segments on every ingested batch, and parsing is most of that cost.
+# Parsed definitions by (kinds, id, version, updated_at): the real-time path
+# reads the segments on every ingested batch, and parsing is most of that cost.
 _PARSED: dict[tuple, Segment] = {}
 
 
-def stored_segments(conn: Connection) -> dict[str, tuple[int, int, Segment]]:
+def stored_segments(conn: Connection, kinds: ConditionKinds) -> dict[str, StoredSegment]:
     out = {}
+    registry = kinds.fingerprint()
     for r in conn.execute(
         sa.select(
             SEGMENTS.c.id,
@@ -139,10 +175,10 @@ def stored_segments(conn: Connection) -> dict[str, tuple[int, int, Segment]]:
             SEGMENTS.c.definition,
         )
     ):
-        key = (r.id, r.version, r.updated_at)
+        key = (registry, r.id, r.version, r.updated_at)
         if key not in _PARSED:
-            _PARSED[key] = parse_segment(r.definition, file=f"segment row {r.id}")
-        out[r.name] = (r.id, r.version, _PARSED[key])
+            _PARSED[key] = parse_segment(r.definition, kinds=kinds, file=f"segment row {r.id}")
+        out[r.name] = StoredSegment(r.id, r.version, _PARSED[key])
     return out
 
 
@@ -164,11 +200,13 @@ def run_segments(
     engine: Engine,
     as_of: datetime,
     *,
-    definitions: dict[str, tuple[Segment, dict, str]] | None = None,
+    kinds: ConditionKinds,
+    definitions: dict[str, SegmentFile] | None = None,
     full: bool = False,
-    plugins: dict[str, Any] | None = None,
+    on_change: ChangeListener | None = None,
 ) -> RunResult:
-    """Save ``definitions`` (if given), evaluate and record membership changes.
+    """Save ``definitions`` (if given), evaluate and record membership changes,
+    then hand them to ``on_change``; stored definitions are parsed with ``kinds``.
 
     Incremental unless ``full`` (or the first run, or an as_of earlier than the
     last run's): only profiles with events ingested since the last run, with a
@@ -176,8 +214,8 @@ def run_segments(
     new or changed segment is evaluated for everyone.
     """
     with engine.begin() as conn:
-        saved = save_segments(conn, definitions) if definitions else {}
-        segs = stored_segments(conn)
+        saved = save_segments(conn, definitions, kinds) if definitions else {}
+        segs = stored_segments(conn, kinds)
         if not segs:
             raise SegmentError("no segments defined (segflow segments run --dir DIR)")
         last = conn.execute(
@@ -189,14 +227,14 @@ def run_segments(
         changed = {n for n, s in saved.items() if s.changed}
         # Going back in time (replays) cannot build on a later run's state.
         full = full or last is None or as_of < last.as_of
-        segments = {n: s for n, (_, _, s) in segs.items()}
+        segments = segments_by_name(segs)
         everyone = (
-            evaluate_sql(conn, segments, as_of, None, plugins, only=changed)
+            evaluate_sql(conn, segments, as_of, None, only=changed)
             if changed and not full
             else None
         )
         candidates = None if full else _candidates(conn, last, as_of)
-        result = evaluate_sql(conn, segments, as_of, candidates, plugins)
+        result = evaluate_sql(conn, segments, as_of, candidates)
         if everyone is not None:
             for name in changed:
                 result.members[name] = everyone.members[name]
@@ -218,10 +256,8 @@ def run_segments(
                 started_at=started,
             )
         )
-    from core.plugins import get_manager
-
-    if changes:
-        get_manager().hook.on_segment_change(changes=changes, engine=engine)
+    if changes and on_change is not None:
+        on_change(changes)
     return RunResult(as_of, full, len(result.evaluated), _sizes, entered, exited, changes)
 
 
@@ -238,9 +274,10 @@ def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
 FEW_CANDIDATES = 5000
 
 
-def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
+def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, changed):
     changes: list[Change] = []
-    for name, (sid, version, _) in segs.items():
+    for name, stored in segs.items():
+        sid, version = stored.id, stored.version
         q = sa.select(MEMBERSHIPS.c.profile_id).where(MEMBERSHIPS.c.segment_id == sid)
         if candidates is None or name in changed:
             current = set(conn.execute(q).scalars())
@@ -296,7 +333,7 @@ def _apply(conn, segs, result, as_of, candidates, changed) -> list[Change]:
 
 def _retire_merged(conn, segs, as_of, changes) -> None:
     """Profiles merged into another leave their segments (the survivor is evaluated)."""
-    by_id = {sid: (name, version) for name, (sid, version, _) in segs.items()}
+    by_id = {s.id: (name, s.version) for name, s in segs.items()}
     rows = conn.execute(
         sa.select(MEMBERSHIPS.c.segment_id, MEMBERSHIPS.c.profile_id)
         .join(PROFILES, PROFILES.c.id == MEMBERSHIPS.c.profile_id)
@@ -319,7 +356,8 @@ def _retire_merged(conn, segs, as_of, changes) -> None:
 
 def _record_sizes(conn, segs, as_of) -> dict[str, int]:
     sizes = {}
-    for name, (sid, version, _) in segs.items():
+    for name, stored in segs.items():
+        sid, version = stored.id, stored.version
         size = conn.execute(
             sa.select(sa.func.count()).where(MEMBERSHIPS.c.segment_id == sid)
         ).scalar_one()
@@ -362,7 +400,8 @@ def backfill(
     end: datetime,
     step: Any,
     *,
-    definitions: dict[str, tuple[Segment, dict, str]] | None = None,
+    kinds: ConditionKinds,
+    definitions: dict[str, SegmentFile] | None = None,
     on_step: Any = None,
 ) -> list[tuple[datetime, dict[str, int]]]:
     """Segment sizes at each as_of from start to end: history from old events.
@@ -372,23 +411,23 @@ def backfill(
     out = []
     with engine.begin() as conn:
         if definitions:
-            save_segments(conn, definitions)
-        segs = stored_segments(conn)
-    segments = {n: s for n, (_, _, s) in segs.items()}
+            save_segments(conn, definitions, kinds)
+        segs = stored_segments(conn, kinds)
+    segments = segments_by_name(segs)
     when = start
     while when <= end:
         with engine.begin() as conn:
             result = evaluate_sql(conn, segments, when)
             sizes = {n: len(result.members[n]) for n in segments}
-            for name, (sid, version, _) in segs.items():
+            for name, stored in segs.items():
                 conn.execute(
                     SEGMENT_SIZES.delete().where(
-                        SEGMENT_SIZES.c.segment_id == sid, SEGMENT_SIZES.c.as_of == when
+                        SEGMENT_SIZES.c.segment_id == stored.id, SEGMENT_SIZES.c.as_of == when
                     )
                 )
                 conn.execute(
                     SEGMENT_SIZES.insert().values(
-                        segment_id=sid, as_of=when, version=version, size=sizes[name]
+                        segment_id=stored.id, as_of=when, version=stored.version, size=sizes[name]
                     )
                 )
         out.append((when, sizes))

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.segments.evaluate import EventRow, ProfileData, evaluate
-from core.segments.language import Segment, SegmentError, check_references, parse_duration
+from core.segments.language import SegmentError, check_references, parse_duration
+from core.segments.store import SegmentFile, segments_by_name
 
 # A test event is an EventRow written relative to as_of: ``ago`` instead of ts.
 EVENT_KEYS = ({f.name for f in fields(EventRow)} - {"ts", "message_id"}) | {"ago"}
@@ -63,15 +64,13 @@ def build_profile(test: Any, as_of: datetime, where: str) -> ProfileData:
     )
 
 
-def run_tests(
-    segments: dict[str, tuple[Segment, dict, str]], as_of: datetime | None = None
-) -> list[TestOutcome]:
+def run_tests(segments: dict[str, SegmentFile], as_of: datetime | None = None) -> list[TestOutcome]:
     as_of = as_of or datetime.now(UTC)
-    plain = {n: s for n, (s, _, _) in segments.items()}
+    plain = segments_by_name(segments)
     order = check_references(plain)
     outcomes = []
     for name in sorted(segments):
-        segment, _, file = segments[name]
+        segment, file = segments[name].segment, segments[name].file
         for test in segment.tests:
             try:
                 data = build_profile(test, as_of, f"tests.{test.name}")

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 
-def kind_of(value: Any) -> str | None:
+def value_type(value: Any) -> str | None:
+    """The type a filter compares by: bool, number, text, other; None when missing."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -26,15 +27,15 @@ def kind_of(value: Any) -> str | None:
     return "other"
 
 
-def literal_kind(value: Any) -> str:
+def literal_type(value: Any) -> str:
+    """The type of a filter's literal (of its first item, for ``in`` lists)."""
     if isinstance(value, tuple):
-        return kind_of(value[0]) or "text"
-    return kind_of(value) or "text"
+        return value_type(value[0]) or "text"
+    return value_type(value) or "text"
 
 
 def matches(x: Any, op: str, literal: Any) -> bool:
-    kind = literal_kind(literal)
-    if kind_of(x) != kind:
+    if value_type(x) != literal_type(literal):
         return False
     if op == "==":
         return x == literal
@@ -61,7 +62,7 @@ def matches(x: Any, op: str, literal: Any) -> bool:
 
 def number(x: Any) -> float | None:
     """A value that aggregates (sum/min/max/avg) take: numbers, not booleans."""
-    return x if kind_of(x) == "number" else None
+    return x if value_type(x) == "number" else None
 
 
 def distinct_key(x: Any) -> str | None:

@@ -33,12 +33,20 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core import ScoreValue, ScoringModel, hookimpl
+from core import (
+    Duration,
+    EventTypes,
+    ScoreValue,
+    ScoringModel,
+    Where,
+    check_event_types,
+    describe_validation_error,
+    epoch_seconds,
+    hookimpl,
+    where_matches,
+    where_sql,
+)
 from core.db.tables import EVENTS, PROFILES
-from core.segments.language import Duration, EventTypes, Where, _check_types
-from core.segments.sql import where_sql
-from core.segments.sqlfuncs import epoch_seconds
-from core.segments.values import matches
 
 
 class Cap(BaseModel):
@@ -57,7 +65,7 @@ class PointsRule(BaseModel):
     cap: Cap | None = None
 
     def model_post_init(self, _context: Any) -> None:
-        _check_types(self.event)
+        check_event_types(self.event)
 
 
 class PointsParams(BaseModel):
@@ -73,9 +81,7 @@ def validate(params: Any) -> PointsParams:
     try:
         return PointsParams.model_validate(params)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError(describe_validation_error(exc)) from None
 
 
 def _seconds(d: timedelta) -> int:
@@ -98,7 +104,7 @@ def score_one(profile: Any, params: PointsParams, as_of: datetime) -> ScoreValue
             if e.type not in types or e.ts > as_of or (oldest is not None and e.ts <= oldest):
                 continue
             age = now - math.floor(e.ts.timestamp())
-            if all(matches(e.get(f.field), f.op, f.value) for f in rule.where):
+            if where_matches(e, rule.where):
                 ages.append(age)
         if rule.cap is not None:
             per = _seconds(rule.cap.per)

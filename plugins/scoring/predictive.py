@@ -31,7 +31,6 @@ result raises ``ScoreError`` saying what is missing instead of storing NaN.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,13 +42,19 @@ import sqlalchemy as sa
 from scipy import integrate, optimize, special
 from sqlalchemy.engine import Connection
 
-from core import ScoreError, ScoreValue, ScoringModel, hookimpl
-from core.db.tables import EVENTS
+from core import (
+    EVENT_TYPE_MAX_LENGTH,
+    ScoreError,
+    ScoreValue,
+    ScoringModel,
+    hookimpl,
+    is_snake_name,
+)
+from core.db.tables import EVENTS, SCORES
 
-EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# Stored score names are at most 64 characters (scores.model); the longest suffix is this.
+# Stored score names must fit scores.model; the longest suffix added is this.
 LONGEST_SUFFIX = "_p_alive"
-MAX_SCORE_NAME = 64
+MAX_SCORE_NAME: int = SCORES.c.model.type.length
 # Log-parameters are kept in [-LOG_BOUND, LOG_BOUND] (e^30 ~ 1e13): wide enough for
 # any real data set, narrow enough that gammaln/exp never overflow. A parameter at
 # the bound means the data push it to 0 or infinity (e.g. nobody ever drops out);
@@ -711,7 +716,7 @@ def validate(params: Any) -> dict[str, Any]:
         )
     out = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if k != "__name__"}}
     event = out["event"]
-    if not isinstance(event, str) or not EVENT_TYPE_RE.match(event):
+    if not is_snake_name(event, EVENT_TYPE_MAX_LENGTH):
         raise ValueError(f"event: {event!r} is not an event type (snake_case, e.g. purchase)")
     for key, what in (("horizon", "units (weeks by default)"), ("unit_days", "days")):
         value = out[key]

@@ -62,20 +62,26 @@ purchases left the window) gets no new row, so its older row stays the latest.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from core import ConditionKind, ScoreValue, ScoringModel, hookimpl
-from core.db.tables import EVENTS, PROFILES
-from core.scoring import latest_score_sql
-from core.segments.language import parse_duration
-from core.segments.sqlfuncs import json_key
+from core import (
+    ConditionKind,
+    ScoreValue,
+    ScoringModel,
+    hookimpl,
+    is_snake_name,
+    json_key,
+    latest_score_sql,
+    parse_duration,
+)
+from core.db.tables import EVENTS, PROFILES, SCORES
 
-SCORE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,61}$")  # + "_r" stays within 64
+# The stored names get "_r", "_f", "_m" added and must still fit scores.model.
+SCORE_NAME_MAX_LENGTH = SCORES.c.model.type.length - len("_r")
 
 # -- the R-F group map ---------------------------------------------------------------
 
@@ -232,8 +238,10 @@ def quintiles(values: list[float]) -> list[int]:
 
 
 def score_all(conn: Any, params: RfmParams, as_of: datetime, name: str):
-    if not SCORE_NAME_RE.match(name):
-        raise ValueError(f"rfm score name {name!r} is too long to add _r/_f/_m (62 at most)")
+    if not is_snake_name(name, SCORE_NAME_MAX_LENGTH):
+        raise ValueError(
+            f"rfm score name {name!r} is too long to add _r/_f/_m ({SCORE_NAME_MAX_LENGTH} at most)"
+        )
     rows = conn.execute(rfm_query(params, as_of, conn.dialect.name)).all()
     pids = [r.profile_id for r in rows]
     recency = [int((as_of - r.last_purchase).total_seconds() // 86400) for r in rows]
@@ -279,7 +287,7 @@ def validate_condition(params: Any) -> dict[str, Any]:
         groups = params["group"]
     else:
         groups = params
-    if not isinstance(score, str) or not SCORE_NAME_RE.match(score):
+    if not is_snake_name(score, SCORE_NAME_MAX_LENGTH):
         raise ValueError(f"score: {score!r} is not an rfm score name")
     if isinstance(groups, str):
         groups = [groups]

@@ -7,9 +7,17 @@ is not called), or leave it out with SEGFLOW_LOAD_PLUGINS.
 from __future__ import annotations
 
 from core import hookimpl
+from core.plugins import condition_kinds, segment_change_hook
 from core.segments.realtime import evaluate_profiles
 
 
 @hookimpl
 def on_events_ingested(events, engine) -> None:
-    evaluate_profiles(engine, {e.profile_id for e in events})
+    # Built per batch, not cached: plugins may come and go (tests, reloads);
+    # parsed definitions stay cached as long as the kinds are equal.
+    evaluate_profiles(
+        engine,
+        {e.profile_id for e in events},
+        kinds=condition_kinds(),
+        on_change=segment_change_hook(engine),
+    )
