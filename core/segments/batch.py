@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from core.identity import chunks
+from core.db.sql import chunks
 from core.segments.language import Segment, check_references
 from core.segments.sql import Compiler
 
