@@ -137,13 +137,15 @@ def _span(first: tuple[int, Any], last: tuple[int, Any]) -> tuple[str, str]:
 class BatchWriter:
     """Stores batches in order, commits, then runs the hook for each batch.
 
-    With ``pipeline`` (big loads, SQLite), a batch's INSERT statements run on
+    With ``pipeline`` (bulk loads, SQLite), a batch's INSERT statements run on
     a helper thread, SQLite working without the GIL, while the caller
     validates the next batch; each batch still starts after the one before
     it is in (its duplicate check and identity lookups must see those rows
     and profiles). Batches then share a transaction up to
     PIPELINE_COMMIT_ROWS events: a commit writes every index page the
     transaction touched, and random message ids touch a new page per event.
+    The helper waits for the GIL whenever SQLite is done with a statement,
+    which ``bulk_import_scope`` shortens for the commands that run big loads.
     """
 
     def __init__(
@@ -334,8 +336,6 @@ def _shares_connections(engine: Engine) -> bool:
     same_thread = str(engine.url.query.get("check_same_thread", "false")).lower()
     return same_thread in ("false", "0", "no", "off")
 
-
-# The GIL switch interval while a pipelined load runs (see BatchWriter).
 
 # Events per transaction on a pipelined load (batches are grouped up to it).
 PIPELINE_COMMIT_ROWS = 50_000
