@@ -102,14 +102,14 @@ def baseline_once(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, x0: np.ndarray)
 def prepare(quick: bool) -> dict[str, Any]:
     """Ingest the file into a scratch SQLite and build the summary arrays (not timed)."""
     from core.db import open_db
-    from core.events import ingest
+    from core.ingest import ingest
     from plugins.scoring.predictive import summary
 
     path = SHARED / (QUICK_FILE if quick else FULL_FILE)
     events = cdnow_events(path)
     tmp = Path(tempfile.mkdtemp(prefix="segflow-bench-bgnbd-"))
     engine = open_db(f"sqlite:///{tmp}/segflow.db")
-    report = ingest(engine, events, source="bench", notify=False, expected=len(events))
+    report = ingest(engine, events, source="bench", notify=False, bulk=True)
     with engine.connect() as conn:
         s = summary(conn, as_of=AS_OF)
     return {"accepted": report.accepted, "engine": engine, "tmp": tmp, "summary": s}

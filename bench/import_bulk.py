@@ -1,6 +1,6 @@
 """Bulk import of generated demo events into SQLite and PostgreSQL.
 
-segflow's ``core.events.ingest`` (validation, de-duplication, identity
+segflow's ``core.ingest.ingest`` (validation, de-duplication, identity
 resolution, deferred index build) against a raw DB-API baseline that inserts
 the same, already converted rows into a bare table without indexes.
 """
@@ -8,7 +8,6 @@ the same, already converted rows into a bare table without indexes.
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -114,7 +113,7 @@ def batches(rows: list[tuple]) -> list[list[tuple]]:
 def bare_table_ddl(name: str, dialect: sa.Dialect) -> str:
     """CREATE TABLE with the events table's 13 stored columns and types, no keys or indexes."""
     from core.db.tables import EVENTS
-    from core.events import EVENT_COLUMNS
+    from core.ingest.writers import EVENT_COLUMNS
 
     cols = [
         sa.Column(c.name, c.type, nullable=c.nullable)
@@ -125,7 +124,7 @@ def bare_table_ddl(name: str, dialect: sa.Dialect) -> str:
 
 
 def _insert_sql(table: str, mark: str) -> str:
-    from core.events import EVENT_COLUMNS
+    from core.ingest.writers import EVENT_COLUMNS
 
     return (
         f"INSERT INTO {table} ({', '.join(EVENT_COLUMNS)}) "
@@ -170,14 +169,19 @@ def counted(seconds: float, stored: int, n: int, *notes: str) -> Attempt:
 
 def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step) -> Attempt:
     from core.db import open_db
-    from core.events import ingest
+    from core.ingest import bulk_import_scope, ingest
 
     n = len(events)
     engine = open_db(url)
     try:
-        with common.Quiet(), timer(f"import_bulk {label}", profile=True) as t:
+        # As `segflow import` runs a big file: a bulk load in the import scope.
+        with (
+            common.Quiet(),
+            timer(f"import_bulk {label}", profile=True) as t,
+            bulk_import_scope(),
+        ):
             report = ingest(
-                engine, events, source=SOURCE, notify=False, expected=n, on_progress=step
+                engine, events, source=SOURCE, notify=False, bulk=True, on_progress=step
             )
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
@@ -206,7 +210,7 @@ def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step)
 def _commits_after(i: int, chunks: list[list[tuple]]) -> bool:
     """Whether the SQLite cases commit after their i-th chunk: as segflow's big
     loads do there, every PIPELINE_COMMIT_ROWS rows and at the end."""
-    from core.events import PIPELINE_COMMIT_ROWS
+    from core.ingest.pipeline import PIPELINE_COMMIT_ROWS
 
     return i == len(chunks) or (i * BATCH) % PIPELINE_COMMIT_ROWS == 0
 
@@ -278,7 +282,7 @@ def _segflow_table(path: Path, people: int) -> sqlite3.Connection:
 def _indexes_deferred(con: sqlite3.Connection) -> Iterator[None]:
     """Drop the events' secondary indexes, rebuild them after, as ``ingest`` does."""
     from core.db.tables import EVENTS
-    from core.events import SQLITE_SORT_THREADS
+    from core.ingest.bulk import SQLITE_SORT_THREADS
 
     secondary = [ix for ix in EVENTS.indexes if not ix.unique]
     for ix in secondary:
@@ -302,7 +306,7 @@ def sqlite_floor_once(path: Path, chunks: list[list[tuple]], step: Step) -> Atte
     deduplication check or identity resolution, all in one thread: what
     storing costs SQLite on this machine.
     """
-    from core.events import (
+    from core.ingest.writers import (
         EVENT_COLUMNS,
         SQLITE_ABSENT,
         SQLITE_ROWS_PER_STATEMENT,
@@ -347,12 +351,12 @@ def sqlite_ceiling_once(
     nothing here: no duplicate check, identity resolution (profile ids are
     known) or report.
     """
-    from core.events import (
+    from core.ingest.plain import plain_fields
+    from core.ingest.process import bulk_import_scope
+    from core.ingest.writers import (
         SQLITE_PIPELINE_ROWS_PER_STATEMENT,
         _insert_sqlite,
         _sqlite_params,
-        _switching,
-        plain_fields,
     )
 
     n = len(events)
@@ -372,29 +376,24 @@ def sqlite_ceiling_once(
             timer() as t,
             _indexes_deferred(con),
             ThreadPoolExecutor(1) as helper,
+            bulk_import_scope(),  # as `segflow import` runs a big load
         ):
-            _switching.enter()
-            gc.disable()  # as ingest does for a big load
-            try:
-                pending: Future[None] | None = None
-                for i, chunk_pids in enumerate(pids):
-                    fields = [plain_fields(e) for e in events[i * BATCH : (i + 1) * BATCH]]
-                    if None in fields:  # not expected: the demo's events are all plain
-                        invalid += fields.count(None)
-                        kept = [
-                            (f, p) for f, p in zip(fields, chunk_pids, strict=True) if f is not None
-                        ]
-                        fields, chunk_pids = [f for f, _ in kept], [p for _, p in kept]
-                    flat = _sqlite_params(fields, chunk_pids, SOURCE, now)  # type: ignore[arg-type]
-                    if pending is not None:
-                        pending.result()
-                    pending = helper.submit(insert, flat, _commits_after(i + 1, chunks))
-                    step(len(chunks[i]))
+            pending: Future[None] | None = None
+            for i, chunk_pids in enumerate(pids):
+                fields = [plain_fields(e) for e in events[i * BATCH : (i + 1) * BATCH]]
+                if None in fields:  # not expected: the demo's events are all plain
+                    invalid += fields.count(None)
+                    kept = [
+                        (f, p) for f, p in zip(fields, chunk_pids, strict=True) if f is not None
+                    ]
+                    fields, chunk_pids = [f for f, _ in kept], [p for _, p in kept]
+                flat = _sqlite_params(fields, chunk_pids, SOURCE, now)  # type: ignore[arg-type]
                 if pending is not None:
                     pending.result()
-            finally:
-                gc.enable()
-                _switching.leave()
+                pending = helper.submit(insert, flat, _commits_after(i + 1, chunks))
+                step(len(chunks[i]))
+            if pending is not None:
+                pending.result()
         stored = con.execute("SELECT count(*) FROM events").fetchone()[0]
     finally:
         con.close()
@@ -467,7 +466,7 @@ PG_CASES = (
 def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) -> Attempt:
     import psycopg
 
-    from core.events import EVENT_COLUMNS
+    from core.ingest.writers import EVENT_COLUMNS
 
     n = sum(map(len, chunks))
     ddl = bare_table_ddl("events_raw", postgresql.psycopg.dialect())
@@ -549,7 +548,7 @@ def size(quick: bool) -> int:
 
 
 def describe(quick: bool) -> str:
-    from core.events import PIPELINE_COMMIT_ROWS
+    from core.ingest.pipeline import PIPELINE_COMMIT_ROWS
 
     n = size(quick)
     people = _people_used.get(n, max(1, n // 50))
@@ -559,8 +558,9 @@ def describe(quick: bool) -> str:
             f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, materialised before timing",
             f'- segflow: `ingest(engine, events, source="{SOURCE}", notify=False, '
-            f"expected={n})` into a fresh migrated database (`open_db`, not timed); its "
-            "secondary indexes are dropped for the load and rebuilt inside the timed call",
+            "bulk=True)` inside `bulk_import_scope()` (as `segflow import` runs a big file) "
+            "into a fresh migrated database (`open_db`, not timed); its secondary indexes "
+            "are dropped for the load and rebuilt inside the timed call",
             "- baseline: the same 13 column values per event, converted before timing, "
             "inserted with DB-API `executemany` into a bare table with the same columns and "
             "types and no keys or indexes (SQLite: `sqlite3` with segflow's pragmas; "

@@ -6,7 +6,7 @@ against the SQL a competent engineer would write by hand for the same
 definition: one query over ``events`` with a CASE for the points, the same
 window-function cap for product_view and the same decay, grouped by profile,
 fetched into a dict and converted to the 0..100 value. Both read the same
-database, built once with ``core.events.ingest`` and cached in
+database, built once with ``core.ingest.ingest`` and cached in
 ``bench/.results/`` (SQLite; PostgreSQL gets a fresh load per run).
 """
 
@@ -177,7 +177,7 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
     unlikely case the demo yields fewer than ``n`` events.
     """
     from core.db import open_db
-    from core.events import ingest
+    from core.ingest import ingest
 
     people = people or _people(n)
     while True:
@@ -191,7 +191,7 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
                     demo_events(n, people),
                     source=SOURCE,
                     notify=False,
-                    expected=n,
+                    bulk=True,
                     on_progress=lambda k, p=prog, t=task: p.update(t, advance=k),
                 )
                 seconds = time.perf_counter() - t0
@@ -498,7 +498,7 @@ def describe(quick: bool) -> str:
         [
             f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, stored with `ingest(..., notify=False, "
-            f"expected={n})` (not timed; SQLite: built once and cached in `bench/.results/`)",
+            "bulk=True)` (not timed; SQLite: built once and cached in `bench/.results/`)",
             '- segflow: `score_all(conn, validate(params), as_of=end, name="engagement")` of '
             "the points model with `examples/scores/engagement.yaml` (5 rules, product_view "
             "capped at 10 per day, 14-day half-life, 365-day window): a ScoreValue (0..100 "

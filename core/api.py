@@ -25,9 +25,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.commits import CommitterClosed, GroupCommitter
 from core.config import Settings
-from core.events import Event, IngestError, Rejection, validate
+from core.ingest import CommitterClosed, Event, GroupCommitter, IngestError, Rejection, validate
 from core.keys import KeyInfo, ScopeError, UnknownKey, touch, verify_key
 from core.tracking import PIXEL_GIF, BadToken, tracking_event, verify
 from core.types import RawRecord

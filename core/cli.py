@@ -175,11 +175,12 @@ def _read_options(
     try:
         options = ReadOptions(**data)
     except ValidationError as exc:
-        e = exc.errors()[0]
+        from core.errors import describe_validation_error
+
         where = f"{mapping}: " if mapping else ""
-        raise UsageError(f"{where}field '{'.'.join(map(str, e['loc']))}': {e['msg']}") from None
+        raise UsageError(f"{where}{describe_validation_error(exc)}") from None
     if options.timezone:
-        from core.events import parse_timezone
+        from core.ingest import parse_timezone
 
         try:
             parse_timezone(options.timezone)
@@ -218,6 +219,13 @@ def import_cmd(
         bool,
         typer.Option("--realtime/--no-realtime", help="Call on_events_ingested hooks."),
     ] = True,
+    bulk: Annotated[
+        bool | None,
+        typer.Option(
+            "--bulk/--no-bulk",
+            help="Build the events' indexes once at the end (default: for big files).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     show: Annotated[int, typer.Option(help="How many rejected lines to list.")] = 50,
 ) -> None:
@@ -225,7 +233,8 @@ def import_cmd(
 
     Exit status: 0 all lines accepted, 1 some rejected, 2 usage error.
     """
-    from core.importer import import_file, source_for
+    from core.ingest import bulk_import_scope, estimate_records, worth_bulk_loading
+    from core.ingest.files import import_file, source_for
 
     options = _read_options(
         mapping, maps or [], sets or [], computes or [], ts_format, timezone, delimiter
@@ -238,7 +247,8 @@ def import_cmd(
     size = batch_size or _settings(ctx).batch_size
     reports = {}
     for path in files:
-        with progress(f"importing {path.name}") as advance:
+        as_bulk = bulk if bulk is not None else worth_bulk_loading(engine, estimate_records(path))
+        with progress(f"importing {path.name}") as advance, bulk_import_scope():
             reports[str(path)] = import_file(
                 engine,
                 path,
@@ -247,6 +257,7 @@ def import_cmd(
                 batch_size=size,
                 on_progress=advance,
                 notify=realtime,
+                bulk=as_bulk,
             )
     rejected = sum(len(r.rejected) for r in reports.values())
     if as_json:
@@ -390,7 +401,7 @@ def demo(
 ) -> None:
     """Generate a realistic outdoor-gear store, import it, run the segments, summarise."""
     from core.demo import generate
-    from core.events import ingest
+    from core.ingest import bulk_import_scope, ingest, worth_bulk_loading
     from core.maintenance import DEMO_SOURCE
     from core.stats import database_summary
 
@@ -400,14 +411,15 @@ def demo(
 
         reset_demo(engine)
     settings = _settings(ctx)
-    with progress(f"generating and importing {people:,} people x {days} days") as advance:
+    description = f"generating and importing {people:,} people x {days} days"
+    with progress(description) as advance, bulk_import_scope():
         report = ingest(
             engine,
             generate(people, seed=seed, days=days),
             source=DEMO_SOURCE,
             batch_size=settings.batch_size,
             on_progress=advance,
-            expected=people * 60,
+            bulk=worth_bulk_loading(engine, people * 60),  # about 60 events a person
             # A bulk load: segments are evaluated once, below, not per batch.
             notify=False,
         )
@@ -1158,10 +1170,8 @@ def dashboard_overview(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors become one line on stderr and an exit status."""
-    from core.events import IngestError
-    from core.importer import ImportUsageError
+    from core.ingest import ImportUsageError, IngestError, MappingError
     from core.keys import UnknownKey
-    from core.mapping import MappingError
     from core.profiles import ProfileNotFound
     from core.segments.language import SegmentError
     from core.types import ScoreError

@@ -1,7 +1,7 @@
-"""Validation errors as people read them: pydantic's error list cut to one line.
+"""Validation errors as one line a person can act on.
 
-Pure: imports nothing from ``core``, so any layer (definitions, settings, the
-CLI, plugins) can word its errors the same way.
+Pure: imports nothing from ``core``, so every module that validates with
+pydantic (events, definitions, settings, mappings, plugins) words errors alike.
 """
 
 from __future__ import annotations
@@ -9,23 +9,34 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 
+def _reasons(exc: ValidationError, unknown: str) -> list[tuple[str, str]]:
+    reasons = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "extra_forbidden":
+            msg = unknown
+        reasons.append((loc, msg))
+    return reasons
+
+
 def validation_reason(exc: ValidationError) -> tuple[str, str]:
-    """(dotted location, message) of the first error.
+    """(dotted location, message) of the first error, for hand-written definitions.
 
     Only the first: one mistake usually trips several alternatives, and the
     rest of the list is noise to someone fixing a definition by hand.
     """
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required"
-    return loc, msg
+    return _reasons(exc, "unknown key")[0]
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """``location: message`` of the first error (just the message at the top level)."""
-    loc, msg = validation_reason(exc)
-    return f"{loc}: {msg}" if loc else msg
+    """Each failing field as ``field 'a.b': reason``, joined by ``; ``.
+
+    pydantic's own text spans several lines and repeats the model name and
+    input; a CLI error or an HTTP 400 wants one line naming the field.
+    """
+    return "; ".join(
+        f"field '{loc}': {msg}" if loc else msg for loc, msg in _reasons(exc, "unknown field")
+    )

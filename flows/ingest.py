@@ -2,7 +2,7 @@
 
     files --> import_file_task (one task run per file) --> counts
 
-The flow is thin: each task calls ``core.importer.import_file``, which
+The flow is thin: each task calls ``core.ingest.import_file``, which
 validates, de-duplicates and stores the events. Re-running a flow is safe
 because duplicates (same ``message_id``) are skipped, which is also why a
 failed import may simply be retried.
@@ -25,8 +25,13 @@ from prefect.states import State
 
 from core.config import load_settings
 from core.db import make_engine, open_db
-from core.importer import ImportUsageError, import_file
-from core.mapping import MappingError
+from core.ingest import (
+    ImportUsageError,
+    MappingError,
+    estimate_records,
+    import_file,
+    worth_bulk_loading,
+)
 from core.types import ReadOptions
 
 # How many rejected lines each file's counts list; the totals count them all.
@@ -73,7 +78,12 @@ def file_counts(report: Any) -> dict[str, Any]:
 def import_file_task(
     path: str, database_url: str, options: ReadOptions, batch_size: int
 ) -> dict[str, Any]:
-    report = import_file(make_engine(database_url), Path(path), options, batch_size=batch_size)
+    engine, file = make_engine(database_url), Path(path)
+    # A big file is a bulk load (crash-safe; open_db in the flow finishes one
+    # a killed worker left). The process-wide tuning of the CLI's import is
+    # not applied: a worker may run other tasks alongside.
+    bulk = file.is_file() and worth_bulk_loading(engine, estimate_records(file))
+    report = import_file(engine, file, options, batch_size=batch_size, bulk=bulk)
     counts = file_counts(report)
     get_run_logger().info(
         "%s: %d read, %d accepted, %d duplicates, %d rejected",

@@ -53,7 +53,7 @@ def server(fresh_sqlite, request) -> Iterator[tuple[str, object, str]]:
     thread.join(timeout=10)
 
 
-def count(engine, table=models.Event) -> int:
+def count(engine, table=models.EventRow) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
@@ -553,11 +553,11 @@ def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(
-                models.Event.type,
-                models.Event.product_id,
-                models.Event.url,
-                models.Event.properties,
-                models.Event.profile_id,
+                models.EventRow.type,
+                models.EventRow.product_id,
+                models.EventRow.url,
+                models.EventRow.properties,
+                models.EventRow.profile_id,
             )
         ).all()
     by_type: dict[str, list] = {}
@@ -574,7 +574,7 @@ def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server
 
 def types_of(engine) -> set[str]:
     with engine.connect() as conn:
-        return set(conn.execute(sa.select(models.Event.type).distinct()).scalars())
+        return set(conn.execute(sa.select(models.EventRow.type).distinct()).scalars())
 
 
 def test_a_tracked_event_moves_the_profile_into_its_segment_in_real_time(server, tmp_path):

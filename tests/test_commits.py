@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from core.commits import CommitterClosed, GroupCommitter
 from core.db import models, open_db
-from core.events import IngestError, Rejection, validate
+from core.ingest import CommitterClosed, GroupCommitter, IngestError, Rejection, validate
 from core.types import RawRecord
 
 
@@ -47,7 +46,7 @@ def write_lock(url: str) -> Iterator[None]:
 
 def stored_ids(engine) -> list[str]:
     with engine.connect() as conn:
-        return sorted(conn.execute(sa.select(models.Event.__table__.c.message_id)).scalars())
+        return sorted(conn.execute(sa.select(models.EventRow.__table__.c.message_id)).scalars())
 
 
 def test_concurrent_submissions_are_stored_once_and_visible_when_answered(fresh_sqlite):
@@ -90,7 +89,9 @@ def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_p
         @staticmethod
         def on_events_ingested(events, engine):
             with engine.connect() as conn:
-                stored = set(conn.execute(sa.select(models.Event.__table__.c.message_id)).scalars())
+                stored = set(
+                    conn.execute(sa.select(models.EventRow.__table__.c.message_id)).scalars()
+                )
             with lock:
                 for e in events:
                     # The hook never sees an event before it is committed.
@@ -112,7 +113,9 @@ def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_p
     with engine.connect() as conn:
         pids = dict(
             conn.execute(
-                sa.select(models.Event.__table__.c.message_id, models.Event.__table__.c.profile_id)
+                sa.select(
+                    models.EventRow.__table__.c.message_id, models.EventRow.__table__.c.profile_id
+                )
             ).all()
         )
     assert all(pids[m] == pid for m, pid in seen)
@@ -172,18 +175,18 @@ def test_a_withdrawn_submission_is_not_stored_and_the_writer_goes_on(fresh_sqlit
 def test_one_bad_submission_does_not_fail_the_others_in_its_group(postgres_url, monkeypatch):
     import psycopg
 
-    import core.events as events_mod
+    import core.ingest.writers as writers
 
     # A valid event PostgreSQL refuses to store (a fault injected in the COPY):
     # the COPY of the whole group fails, and each submission is then tried alone.
-    real_copy = events_mod._write_postgres_copy
+    real_copy = writers._write_postgres_copy
 
     def refusing(conn, records, *args):
         if any(r["message_id"] == "bad" for r in records):
             raise psycopg.DataError("the server refused row 'bad'")
         return real_copy(conn, records, *args)
 
-    monkeypatch.setattr(events_mod, "_write_postgres_copy", refusing)
+    monkeypatch.setattr(writers, "_write_postgres_copy", refusing)
     engine = open_db(postgres_url)
     committer = GroupCommitter(engine)
     bad = validate(RawRecord("bad", {"type": "x", "user_id": "u", "message_id": "bad"}))

@@ -29,7 +29,7 @@ from core.dashboards import (
 )
 from core.db import open_db
 from core.demo import generate
-from core.events import ingest
+from core.ingest import ingest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "overview.py"

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from core.demo import CATEGORIES, Product, catalogue, generate
-from core.events import Event as EventSchema
+from core.ingest import Event as EventSchema
 
 END = datetime(2026, 11, 30, tzinfo=UTC)
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -203,7 +203,7 @@ def test_message_ids_unique(large: list[Event]) -> None:
 
 
 def test_valid_canonical_events(small: list[Event]) -> None:
-    events = pytest.importorskip("core.events")
+    events = pytest.importorskip("core.ingest")
     for e in small[:3000]:
         events.Event.model_validate(e)
 

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from core.events import Event, describe_error
+from core.ingest import Event, describe_error
 
 
 def check(data: dict, **ctx) -> Event:
@@ -136,4 +136,23 @@ def test_nul_characters_are_rejected_naming_the_field(change, field):
     msg = reason({"type": "page_view", "user_id": "u1", **change})
     assert msg == f"field '{field}': contains a NUL character (\\x00), which cannot be stored" + (
         " (in a key or a value)" if field == "properties" else ""
+    )
+
+
+def test_validation_errors_of_any_model_are_described_in_one_line():
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from core.errors import describe_validation_error
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str
+        size: int
+
+    with pytest.raises(ValidationError) as info:
+        Settings.model_validate({"size": "big", "colour": "red"})
+    assert describe_validation_error(info.value) == (
+        "field 'name': required; "
+        "field 'size': Input should be a valid integer, unable to parse string as an integer; "
+        "field 'colour': unknown field"
     )

@@ -9,8 +9,7 @@ import sqlalchemy as sa
 
 from core.db import open_db
 from core.db.tables import EVENTS, PROFILES
-from core.events import ingest
-from core.importer import import_file
+from core.ingest import import_file, ingest
 from core.profiles import profile_summary
 from tests.helpers import count, events_by_profile, identity_map, live_profiles, write_jsonl
 
@@ -210,10 +209,10 @@ def test_hook_receives_only_stored_events(engine, register_plugin):
 
 
 def test_failed_batch_keeps_earlier_batches(engine, monkeypatch):
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
     calls = {"n": 0}
-    real = events_mod.store_batch
+    real = pipeline.store_batch
 
     def flaky(conn, *args, **kwargs):
         calls["n"] += 1
@@ -221,26 +220,23 @@ def test_failed_batch_keeps_earlier_batches(engine, monkeypatch):
             conn.execute(sa.text("SELECT * FROM no_such_table"))
         return real(conn, *args, **kwargs)
 
-    monkeypatch.setattr(events_mod, "store_batch", flaky)
+    monkeypatch.setattr(pipeline, "store_batch", flaky)
     records = [ev("page_view", i, user_id="u1", url=f"/{i}") for i in range(6)]
-    with pytest.raises(events_mod.IngestError, match=r"record 4 .. record 6 failed.*3 events"):
+    with pytest.raises(pipeline.IngestError, match=r"record 4 .. record 6 failed.*3 events"):
         ingest(engine, records, batch_size=3)
     assert count(engine) == 3
 
 
-def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine, monkeypatch):
-    import core.events as events_mod
-
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
+def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine):
     browsing = [ev("page_view", i, anonymous_id=f"a{i % 5}", url=f"/{i}") for i in range(40)]
     logins = [ev("identify", 50 + i, user_id=f"u{i}", anonymous_id=f"a{i}") for i in range(5)]
     # Small batches: the anonymous profiles are stored before the logins merge them.
-    report = ingest(engine, browsing + logins, expected=45, batch_size=8)
+    report = ingest(engine, browsing + logins, bulk=True, batch_size=8)
     assert (report.accepted, report.profiles_merged) == (45, 0)  # promoted, not merged
     later = [ev("page_view", 1, anonymous_id=f"b{i}", url="/x") for i in range(5)]
     links = [ev("search", 2, user_id=f"u{i}", anonymous_id=f"b{i}") for i in range(5)]
     # Big enough to defer again: the merges move their events only after the rebuild.
-    report = ingest(engine, later + links, expected=100, batch_size=5)
+    report = ingest(engine, later + links, bulk=True, batch_size=5)
     assert report.profiles_merged == 5
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
@@ -252,11 +248,11 @@ def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine, mon
 
 
 def test_duplicates_racing_past_the_check_are_still_stored_once(engine, monkeypatch):
-    import core.events as events_mod
+    import core.ingest.batch as batch_step
 
     ingest(engine, [ev("page_view", 1, user_id="u1", message_id="race-1")])
     # Another writer stored race-1 between our duplicate check and our insert.
-    monkeypatch.setattr(events_mod, "_drop_duplicates", lambda conn, batch, report: batch)
+    monkeypatch.setattr(batch_step, "_drop_duplicates", lambda conn, batch, report: batch)
     report = ingest(
         engine,
         [
@@ -282,7 +278,7 @@ def test_integers_beyond_64_bits_in_properties_are_stored_not_fatal(engine):
 def test_optional_fields_store_null_only_when_missing(engine):
     # On SQLite a missing field is bound as a marker that SQLite turns into
     # NULL; values that look like the markers must stay values.
-    from core.events import Event
+    from core.ingest import Event
 
     given = {"session_id": "0", "product_id": "", "url": "", "campaign": "0", "value": 0.0}
     records = [
@@ -323,13 +319,12 @@ def test_new_profiles_of_one_batch_each_get_their_own_row(engine):
         assert ids[("anonymous_id", f"anon{i}")] in owners
 
 
-def test_pipelined_load_hooks_after_commit(engine, monkeypatch, register_plugin):
+def test_pipelined_load_hooks_after_commit(engine, register_plugin):
+    import gc
     import sys
 
-    import core.events as events_mod
-
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
     visible = []
+    process = set()
 
     class Checker:
         @staticmethod
@@ -337,26 +332,28 @@ def test_pipelined_load_hooks_after_commit(engine, monkeypatch, register_plugin)
             with engine.connect() as conn:  # another connection: sees committed rows only
                 stored = {r[0] for r in conn.execute(sa.select(EVENTS.c.message_id))}
             visible.append(all(e.event.message_id in stored for e in events))
+            process.add((gc.isenabled(), sys.getswitchinterval()))
 
     register_plugin(Checker)
     interval = sys.getswitchinterval()
     records = [ev("page_view", i % 60, user_id=f"u{i % 7}", message_id=f"m{i}") for i in range(95)]
-    report = ingest(engine, records + records[:10], expected=105, batch_size=10)
+    report = ingest(engine, records + records[:10], bulk=True, batch_size=10)
     assert (report.accepted, report.duplicates) == (95, 10)
     assert visible == [True] * 10
     assert count(engine) == 95
+    # The library leaves process-wide settings alone, during the load too.
+    assert process == {(True, interval)}
     assert sys.getswitchinterval() == interval
 
 
 def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite, monkeypatch):
     import sys
 
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())  # the pipeline is SQLite's
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
-    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 20)  # two batches a transaction
-    real = events_mod._insert_sqlite
+    monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 20)  # two batches a transaction
+    real = pipeline._insert_sqlite
     calls = {"n": 0}
 
     def flaky(cur, params, rows_per_statement):
@@ -365,48 +362,53 @@ def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite
             cur.execute("INSERT INTO no_such_table VALUES (1)")
         return real(cur, params, rows_per_statement)
 
-    monkeypatch.setattr(events_mod, "_insert_sqlite", flaky)
+    monkeypatch.setattr(pipeline, "_insert_sqlite", flaky)
     interval = sys.getswitchinterval()
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
-    with pytest.raises(events_mod.IngestError, match=r"record 21 .. record 30 failed.*20 events"):
-        ingest(engine, records, expected=50, batch_size=10)
+    with pytest.raises(pipeline.IngestError, match=r"record 21 .. record 30 failed.*20 events"):
+        ingest(engine, records, bulk=True, batch_size=10)
     assert count(engine) == 20
     # Failing in the second batch of a transaction loses the first one with it, and says so.
     calls["n"] = -1
     engine = open_db(fresh_sqlite())
-    with pytest.raises(events_mod.IngestError, match=r"record 21 .. record 40 failed.*20 events"):
-        ingest(engine, records, expected=50, batch_size=10)
+    with pytest.raises(pipeline.IngestError, match=r"record 21 .. record 40 failed.*20 events"):
+        ingest(engine, records, bulk=True, batch_size=10)
     assert count(engine) == 20
     assert sys.getswitchinterval() == interval
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
 
 
-def test_overlapping_pipelined_loads_restore_the_switch_interval():
+def test_overlapping_import_scopes_restore_the_process_settings():
+    import gc
     import sys
 
-    from core.events import PIPELINE_SWITCH_INTERVAL, _FastSwitching
+    from core.ingest import bulk_import_scope
+    from core.ingest.process import PIPELINE_SWITCH_INTERVAL
 
-    switching = _FastSwitching()
     before = sys.getswitchinterval()
+    assert gc.isenabled()
     try:
-        switching.enter()  # load A starts
-        switching.enter()  # load B starts while A runs
-        switching.leave()  # A ends first: B still needs the short interval
+        a, b = bulk_import_scope(), bulk_import_scope()
+        a.__enter__()  # load A starts
+        b.__enter__()  # load B starts while A runs
+        a.__exit__(None, None, None)  # A ends first: B still needs the settings
         assert sys.getswitchinterval() == PIPELINE_SWITCH_INTERVAL
-        switching.leave()
+        assert not gc.isenabled()
+        b.__exit__(None, None, None)
         assert sys.getswitchinterval() == before
+        assert gc.isenabled()
     finally:
         sys.setswitchinterval(before)
+        gc.enable()
 
 
 def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, monkeypatch):
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
     engine = open_db(db_url)
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 3)
-    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 1)  # a transaction per batch
-    real_make_writer, real_insert = events_mod.make_writer, events_mod._insert_sqlite
+    monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 1)  # a transaction per batch
+    real_make_writer, real_insert = pipeline.make_writer, pipeline._insert_sqlite
     calls = {"n": 0}
 
     def failing_third(write):
@@ -420,15 +422,15 @@ def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, mo
 
     # Whichever path stores on this backend fails on the third batch, after
     # that batch's merge was decided and applied in its transaction.
-    monkeypatch.setattr(events_mod, "make_writer", lambda e: failing_third(real_make_writer(e)))
-    monkeypatch.setattr(events_mod, "_insert_sqlite", failing_third(real_insert))
+    monkeypatch.setattr(pipeline, "make_writer", lambda e: failing_third(real_make_writer(e)))
+    monkeypatch.setattr(pipeline, "_insert_sqlite", failing_third(real_insert))
     records = [
         ev("page_view", 1, anonymous_id="a1", message_id="m1"),
         ev("page_view", 2, user_id="u1", message_id="m2"),
         ev("page_view", 3, user_id="u1", anonymous_id="a1", message_id="m3"),  # merges a1 into u1
     ]
-    with pytest.raises(events_mod.IngestError, match="record 3 .. record 3 failed"):
-        ingest(engine, records, expected=3, batch_size=1)
+    with pytest.raises(pipeline.IngestError, match="record 3 .. record 3 failed"):
+        ingest(engine, records, bulk=True, batch_size=1)
     ids = identity_map(engine)
     owners = events_by_profile(engine)
     assert owners[ids[("anonymous_id", "a1")]] == {"m1"}  # not moved to u1's profile
@@ -437,10 +439,8 @@ def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, mo
 
 
 def test_batches_committed_before_a_reading_error_reach_the_hook(fresh_sqlite, monkeypatch):
-    import core.events as events_mod
 
     engine = open_db(fresh_sqlite())
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
     seen: list[str] = []
 
     def records():
@@ -452,7 +452,7 @@ def test_batches_committed_before_a_reading_error_reach_the_hook(fresh_sqlite, m
         ingest(
             engine,
             records(),
-            expected=100,  # pipelined: batch 2 is on the helper when the error comes
+            bulk=True,  # pipelined: batch 2 is on the helper when the error comes
             batch_size=10,
             on_stored=lambda events: seen.extend(e.event.message_id for e in events),
         )
@@ -461,24 +461,22 @@ def test_batches_committed_before_a_reading_error_reach_the_hook(fresh_sqlite, m
 
 
 def test_engines_that_keep_connections_to_one_thread_load_inline(tmp_path, monkeypatch):
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
     engine = open_db(f"sqlite:///{tmp_path / 'one.db'}?check_same_thread=true")
-    assert not events_mod._shares_connections(engine)
+    assert not pipeline._shares_connections(engine)
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
-    report = ingest(engine, records, expected=50, batch_size=10)
+    report = ingest(engine, records, bulk=True, batch_size=10)
     assert report.accepted == count(engine) == 50
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_profile_ts", "ix_events_type_ts"} <= names
 
 
 def test_a_failing_hook_still_leaves_every_committed_batch_hooked(fresh_sqlite, monkeypatch):
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
-    monkeypatch.setattr(events_mod, "PIPELINE_COMMIT_ROWS", 30)  # three batches a transaction
+    monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 30)  # three batches a transaction
     calls: list[str] = []
 
     def hook(events):
@@ -488,7 +486,7 @@ def test_a_failing_hook_still_leaves_every_committed_batch_hooked(fresh_sqlite, 
 
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(50)]
     with pytest.raises(RuntimeError, match="hook broke"):
-        ingest(engine, records, expected=50, batch_size=10, on_stored=hook)
+        ingest(engine, records, bulk=True, batch_size=10, on_stored=hook)
     assert count(engine) == 30  # the first transaction; the load stops at its hook failure
     assert calls == ["m0", "m10", "m20"]
 
@@ -500,11 +498,10 @@ def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
     import threading
     import time
 
-    import core.events as events_mod
+    import core.ingest.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())
-    monkeypatch.setattr(events_mod, "DEFER_INDEXES_MIN", 10)
-    real = events_mod._insert_sqlite
+    real = pipeline._insert_sqlite
     calls = {"n": 0}
 
     def slow_second(*args):
@@ -515,14 +512,14 @@ def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
             time.sleep(0.5)
         return real(*args)
 
-    monkeypatch.setattr(events_mod, "_insert_sqlite", slow_second)
+    monkeypatch.setattr(pipeline, "_insert_sqlite", slow_second)
     hooked: list[str] = []
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(55)]
     with pytest.raises(KeyboardInterrupt):
         ingest(
             engine,
             records,
-            expected=100,
+            bulk=True,
             batch_size=10,
             on_stored=lambda events: hooked.extend(e.event.message_id for e in events),
         )

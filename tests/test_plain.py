@@ -15,16 +15,9 @@ from pydantic import ValidationError
 from core.db import open_db
 from core.db.tables import EVENTS
 from core.demo import generate
-from core.events import (
-    EVENT_COLUMNS,
-    TS_TEXT,
-    Event,
-    _sqlite_ts,
-    _sqlite_ts_of,
-    as_event,
-    ingest,
-    plain_fields,
-)
+from core.ingest import Event, ingest
+from core.ingest.plain import TS_TEXT, as_event, plain_fields
+from core.ingest.writers import EVENT_COLUMNS, _sqlite_ts, _sqlite_ts_of
 
 ISO = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()

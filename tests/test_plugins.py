@@ -15,7 +15,7 @@ import pytest
 
 from core import hookspecs
 from core.db import open_db
-from core.events import ingest
+from core.ingest import ingest
 from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources
 from core.types import EventSource, RawRecord
 from tests.conftest import PROJECT_ROOT
@@ -66,7 +66,7 @@ def test_hook_register_event_sources(register_plugin, tmp_path):
     assert "words" in event_sources()
     path = tmp_path / "a.words"
     path.write_text("u1 page_view\nu2 search\n")
-    from core.importer import import_file
+    from core.ingest import import_file
 
     engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
     report = import_file(engine, path)

@@ -108,6 +108,11 @@ def check_schema(engine: Engine, auto_upgrade: bool = True) -> None:
 
 
 def open_db(url: str, auto_upgrade: bool = True) -> Engine:
+    """An engine on an up-to-date schema, with any interrupted bulk load
+    finished first (each one done is logged as a warning, one line)."""
+    from core.ingest.bulk import finish_interrupted_loads  # ingest imports core.db
+
     engine = make_engine(url)
     check_schema(engine, auto_upgrade=auto_upgrade)
+    finish_interrupted_loads(engine)
     return engine

@@ -99,7 +99,9 @@ class Identity(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class Event(SQLModel, table=True):
+class EventRow(SQLModel, table=True):
+    """A stored event (the validated input form is ``core.ingest.Event``)."""
+
     __tablename__ = "events"
     __table_args__ = (
         sa.Index("ix_events_profile_ts", "profile_id", "ts"),
@@ -295,3 +297,39 @@ class SourceState(SQLModel, table=True):
         default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
     )
     updated_at: datetime = _ts()
+
+
+class BulkLoad(SQLModel, table=True):
+    """A bulk load under way: the events' indexes it dropped, and who runs it.
+
+    Written in the transaction that drops the indexes and deleted in the one
+    that rebuilds them, so a row left behind is a load that died on the way;
+    ``core.ingest.bulk.finish_interrupted_loads`` completes it.
+    """
+
+    __tablename__ = "bulk_loads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = _ts()
+    # Where the loading process runs, to tell a live load from a dead one.
+    host: str = Field(max_length=255)
+    pid: int
+    # [{"name": ..., "columns": [...]}] of the indexes of events it dropped.
+    indexes: list = Field(
+        default_factory=list, sa_column=sa.Column(JSONType, nullable=False, default=list)
+    )
+
+
+class BulkLoadMove(SQLModel, table=True):
+    """A merge whose events a bulk load moves at its end (in id order).
+
+    Written in the transaction of the batch that merged, so the queue holds
+    exactly the merges that were committed.
+    """
+
+    __tablename__ = "bulk_load_moves"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    load_id: int = Field(index=True)
+    from_profile: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    to_profile: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))

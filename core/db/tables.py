@@ -8,7 +8,7 @@ from core.db import models
 
 PROFILES = models.Profile.__table__
 IDENTITIES = models.Identity.__table__
-EVENTS = models.Event.__table__
+EVENTS = models.EventRow.__table__
 API_KEYS = models.ApiKey.__table__
 AUDIT = models.AuditLog.__table__
 CONSENTS = models.Consent.__table__
@@ -20,3 +20,5 @@ EVALUATION_STATE = models.EvaluationState.__table__
 SEGMENT_RUNS = models.SegmentRun.__table__
 SEGMENT_SIZES = models.SegmentSize.__table__
 SOURCE_STATES = models.SourceState.__table__
+BULK_LOADS = models.BulkLoad.__table__
+BULK_LOAD_MOVES = models.BulkLoadMove.__table__

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
-from core.identity import chunks
+from core.db.sql import chunks
 from core.segments.language import Segment, check_references
 from core.segments.sql import Compiler
 

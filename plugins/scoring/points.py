@@ -40,9 +40,9 @@ from core import (
     ScoringModel,
     Where,
     check_event_types,
-    describe_validation_error,
     epoch_seconds,
     hookimpl,
+    validation_reason,
     where_matches,
     where_sql,
 )
@@ -81,7 +81,8 @@ def validate(params: Any) -> PointsParams:
     try:
         return PointsParams.model_validate(params)
     except ValidationError as exc:
-        raise ValueError(describe_validation_error(exc)) from None
+        loc, msg = validation_reason(exc)
+        raise ValueError(f"{loc}: {msg}" if loc else msg) from None
 
 
 def _seconds(d: timedelta) -> int:

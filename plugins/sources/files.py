@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from core import EventSource, RawRecord, ReadOptions, hookimpl
-from core.mapping import RowMapper
+from core.ingest.mapping import RowMapper
 
 
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:

@@ -212,7 +212,7 @@ def to_events(body: dict[str, Any], measurement_id: str) -> list[dict[str, Any]]
 
 def mount(router: APIRouter, api) -> None:
     from core.api import ApiError
-    from core.events import Event, Rejection, validate
+    from core.ingest import Event, Rejection, validate
 
     async def parse(request: Request) -> tuple[list[Event], list[dict[str, str]]]:
         """The request's events, validated, and GA4-style messages for what is wrong."""

@@ -23,7 +23,7 @@ from core import EventSource, RawRecord, hookimpl
 from core.config import PollConfig
 from core.db.models import utcnow
 from core.db.tables import SOURCE_STATES
-from core.events import IngestReport, ingest
+from core.ingest import IngestReport, ingest
 
 
 class PollError(RuntimeError):

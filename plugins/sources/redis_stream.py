@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from core import EventSource, RawRecord, hookimpl
 from core.config import StreamConfig
-from core.events import IngestReport, ingest
+from core.ingest import IngestReport, ingest
 
 
 @dataclass

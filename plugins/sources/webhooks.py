@@ -117,7 +117,7 @@ def stripe_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 def mount(router: APIRouter, api) -> None:
     from core.api import ApiError
-    from core.events import Rejection, validate
+    from core.ingest import Rejection, validate
     from core.types import RawRecord
 
     @router.post("/webhooks/{name}", name="webhook")

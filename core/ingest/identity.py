@@ -18,7 +18,6 @@ then applied with a handful of bulk statements.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,57 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core.db.models import utcnow
+from core.db.sql import fetch_in
 from core.db.tables import AUDIT, EVENTS, IDENTITIES, PROFILES
-
-# Stay below every backend's bound-parameter limit.
-IN_CHUNK = 900
-
-
-def chunks(seq: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
-
-
-def fetch_in(
-    conn: Connection, sql: str, column: str, values: Sequence, fixed: tuple = ()
-) -> list[tuple]:
-    """Rows of ``sql`` (a plain SELECT ... WHERE, ``?`` for the ``fixed``
-    parameters) restricted to ``column`` IN ``values``.
-
-    The bulk path looks up thousands of keys per batch; SQLAlchemy's rendering
-    of large IN lists costs more than the lookups themselves, so these two
-    simple statements go to the driver directly, with its parameter style.
-    """
-    if not values:
-        return []
-    driver = conn.connection.driver_connection
-    qmark = conn.dialect.paramstyle == "qmark"
-    mark = "?" if qmark else "%s"
-    base = sql if qmark else sql.replace("?", "%s")
-    out: list[tuple] = []
-    cur = driver.cursor()
-    try:
-        if conn.dialect.name == "postgresql":
-            # While a big load grows the table faster than autovacuum analyses
-            # it, the planner believes it tiny and scans it per batch; these
-            # are key lookups, so the index is always the right plan.
-            cur.execute("SET LOCAL enable_seqscan = off")
-            cur.execute(f"{base} AND {column} = ANY({mark})", (*fixed, list(values)))
-            rows = list(cur.fetchall())
-            cur.execute("SET LOCAL enable_seqscan = on")
-            return rows
-        for part in chunks(values, DRIVER_IN_CHUNK if qmark else IN_CHUNK):
-            cur.execute(
-                f"{base} AND {column} IN ({', '.join([mark] * len(part))})", (*fixed, *part)
-            )
-            out.extend(cur.fetchall())
-    finally:
-        cur.close()
-    return out
-
-
-# SQLite since 3.32 binds up to 32766 parameters.
-DRIVER_IN_CHUNK = 5000
 
 
 @dataclass

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from core.events import IngestReport, ingest
+from core.ingest.pipeline import ingest
+from core.ingest.report import IngestReport
 from core.plugins import event_sources
 from core.types import EventSource, ReadOptions
 
@@ -48,7 +49,10 @@ def import_file(
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     notify: bool = True,
+    bulk: bool = False,
 ) -> IngestReport:
+    """Read ``path`` with the file source for its name (or ``fmt``) and ingest
+    it; ``bulk``: as for ``ingest`` (``estimate_records`` helps choose)."""
     options = options or ReadOptions()
     if not path.is_file():
         raise ImportUsageError(f"{path}: no such file")
@@ -62,7 +66,7 @@ def import_file(
         ts_format=options.ts_format,
         on_progress=on_progress,
         notify=notify,
-        expected=estimate_records(path),
+        bulk=bulk,
     )
 
 

@@ -1,0 +1,42 @@
+"""Ingestion: from records any source reads to stored, deduplicated events
+on resolved profiles.
+
+- ``schema``: the canonical ``Event``, ``validate``, ``parse_timezone``,
+  ``describe_error``; ``plain``: the fast path for records already in stored form;
+- ``pipeline``: ``ingest`` and its batch writer; ``batch``: one batch's
+  dedupe, identity resolution and insert; ``writers``: the INSERT per backend;
+- ``bulk``: crash-safe bulk loads (index deferral, queued merge moves) and
+  ``finish_interrupted_loads``; ``process``: ``bulk_import_scope`` for commands;
+- ``commits``: group commit for the API; ``files`` and ``mapping``: file
+  imports; ``identity``: identity resolution; ``report``: what a call reports.
+"""
+
+from core.ingest.bulk import finish_interrupted_loads, worth_bulk_loading
+from core.ingest.commits import CommitterClosed, GroupCommitter
+from core.ingest.files import ImportUsageError, estimate_records, import_file
+from core.ingest.mapping import MappingError
+from core.ingest.pipeline import ingest
+from core.ingest.process import bulk_import_scope
+from core.ingest.report import IngestError, IngestReport, Rejection
+from core.ingest.schema import IDENTIFY, Event, describe_error, parse_timezone, validate
+
+__all__ = [
+    "IDENTIFY",
+    "CommitterClosed",
+    "Event",
+    "GroupCommitter",
+    "ImportUsageError",
+    "IngestError",
+    "IngestReport",
+    "MappingError",
+    "Rejection",
+    "bulk_import_scope",
+    "describe_error",
+    "estimate_records",
+    "finish_interrupted_loads",
+    "import_file",
+    "ingest",
+    "parse_timezone",
+    "validate",
+    "worth_bulk_loading",
+]

@@ -1,0 +1,101 @@
+"""One batch's step: drop duplicates, resolve identities, insert."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy.engine import Connection
+
+from core.db.models import utcnow
+from core.db.sql import fetch_in
+from core.ingest.bulk import DeferredLoad
+from core.ingest.identity import BatchResolver
+from core.ingest.plain import as_event
+from core.ingest.report import IngestReport
+from core.ingest.schema import IDENTIFY, Event, Fields, trait_email
+from core.ingest.writers import EventWriter
+from core.types import StoredEvent
+
+
+def store_batch(
+    conn: Connection,
+    writer: EventWriter,
+    batch: list[Event | Fields],
+    source: str,
+    report: IngestReport,
+    want_stored: bool = True,
+    load: DeferredLoad | None = None,
+) -> list[StoredEvent]:
+    fresh = _drop_duplicates(conn, batch, report)
+    if not fresh:
+        return []
+    records: list[Fields] = [e if type(e) is dict else e.__dict__ for e in fresh]
+    resolver = BatchResolver(conn)
+    emails = [trait_email(r.get("traits")) if r["type"] == IDENTIFY else None for r in records]
+    ids = [(r.get("user_id"), r.get("anonymous_id"), r.get("email")) for r in records]
+    keys: set[tuple[str, str]] = {("email", email) for email in emails if email is not None}
+    # A batch holds a few hundred people's events: their ids, once each.
+    for user_id, anonymous_id, address in set(ids):
+        if user_id is not None:
+            keys.add(("user_id", user_id))
+        if anonymous_id is not None:
+            keys.add(("anonymous_id", anonymous_id))
+        if address is not None:
+            keys.add(("email", address))
+    resolver.prefetch(keys)
+    handles = [
+        resolver.resolve(*who, r.get("traits"), email)
+        if r["type"] == IDENTIFY
+        else resolver.resolve(*who)
+        for who, r, email in zip(ids, records, emails, strict=True)
+    ]
+    deferring = load is not None and load.active
+    moves: list[tuple[int, int]] | None = [] if deferring else None
+    stats = resolver.apply(defer_moves=moves)
+    if moves:
+        load.queue_moves(conn, moves)  # type: ignore[union-attr]
+    report.profiles_created += stats.created
+    report.profiles_merged += stats.merged
+
+    now = utcnow()
+    pid_of = {h: resolver.profile_id(h) for h in set(handles)}
+    pids = [pid_of[h] for h in handles]
+    inserted = writer(conn, records, pids, source, now)
+    if inserted != len(records):
+        # Another writer stored some of these between our check and insert.
+        report.duplicates += len(records) - inserted
+    report.accepted += inserted
+    types = Counter(r["type"] for r in records)
+    for type_, n in types.items():
+        report.by_type[type_] = report.by_type.get(type_, 0) + n
+    report.identifies += types[IDENTIFY]
+    if not want_stored:
+        return []
+    return [
+        StoredEvent(as_event(e), pid, r.get("ts") or now, now)
+        for e, r, pid in zip(fresh, records, pids, strict=True)
+    ]
+
+
+def _drop_duplicates(
+    conn: Connection, batch: list[Event | Fields], report: IngestReport
+) -> list[Event | Fields]:
+    ids = [e["message_id"] if type(e) is dict else e.message_id for e in batch]
+    unique = batch
+    if len(set(ids)) < len(ids):  # the same message twice in the batch: keep the first
+        seen: set[str] = set()
+        unique, kept = [], []
+        for e, message_id in zip(batch, ids, strict=True):
+            if message_id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(message_id)
+            unique.append(e)
+            kept.append(message_id)
+        ids = kept
+    rows = fetch_in(conn, "SELECT message_id FROM events WHERE 1 = 1", "message_id", ids)
+    existing = {r[0] for r in rows}
+    if existing:
+        report.duplicates += len(existing)
+        unique = [e for e, i in zip(unique, ids, strict=True) if i not in existing]
+    return unique

@@ -1,0 +1,59 @@
+"""What an ingest call reports: counts, rejected records, and its failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class IngestError(Exception):
+    """Storing a batch failed; everything committed before it is kept."""
+
+
+@dataclass
+class Rejection:
+    location: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+@dataclass
+class IngestReport:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    profiles_created: int = 0
+    profiles_merged: int = 0
+    identifies: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+    def add(self, other: IngestReport) -> None:
+        self.received += other.received
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+        self.profiles_created += other.profiles_created
+        self.profiles_merged += other.profiles_merged
+        self.identifies += other.identifies
+        for k, v in other.by_type.items():
+            self.by_type[k] = self.by_type.get(k, 0) + v
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+            "rejections": [{"location": r.location, "reason": r.reason} for r in self.rejected],
+            "profiles_created": self.profiles_created,
+            "profiles_merged": self.profiles_merged,
+            "identifies": self.identifies,
+            "by_type": dict(sorted(self.by_type.items())),
+        }
