@@ -50,7 +50,7 @@ _people_used: dict[int, int] = {}
 
 def make_events(n: int) -> list[dict[str, Any]]:
     """The first ``n`` demo events, materialised (generation is not timed)."""
-    from core.demo import generate
+    from plugins.demo.generator import generate
 
     people = max(1, n // 50)  # the demo yields ~57 events per person
     while True:
@@ -556,7 +556,8 @@ def describe(quick: bool) -> str:
     k = common.repeats(quick)
     return "\n".join(
         [
-            f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
+            f"- input: the first {n:,} events of "
+            f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, materialised before timing",
             f'- segflow: `ingest(engine, events, source="{SOURCE}", notify=False, '
             f"expected={n})` into a fresh migrated database (`open_db`, not timed); its "

@@ -165,7 +165,7 @@ def _people(n: int) -> int:
 
 
 def demo_events(n: int, people: int) -> Iterator[dict[str, Any]]:
-    from core.demo import generate
+    from plugins.demo.generator import generate
 
     return islice(generate(people, seed=SEED, days=DAYS, end=END), n)
 
@@ -496,7 +496,8 @@ def describe(quick: bool) -> str:
     k = repeats()
     return "\n".join(
         [
-            f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
+            f"- input: the first {n:,} events of "
+            f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, stored with `ingest(..., notify=False, "
             f"expected={n})` (not timed; SQLite: built once and cached in `bench/.results/`)",
             '- segflow: `score_all(conn, validate(params), as_of=end, name="engagement")` of '

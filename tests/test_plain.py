@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from core.db import open_db
 from core.db.tables import EVENTS
-from core.demo import generate
 from core.events import (
     EVENT_COLUMNS,
     TS_TEXT,
@@ -25,6 +24,7 @@ from core.events import (
     ingest,
     plain_fields,
 )
+from plugins.demo.generator import generate
 
 ISO = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()

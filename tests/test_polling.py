@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from core.config import PollConfig
+from core import load_cursor
 from core.db import open_db
-from plugins.sources.polling import PollError, load_cursor, poll_once
+from plugins.sources.polling import PollConfig, PollError, poll_once
 from tests.helpers import count
 
 PAGES = {

@@ -11,9 +11,8 @@ import time
 import pytest
 import redis
 
-from core.config import StreamConfig
 from core.db import open_db
-from plugins.sources.redis_stream import consume_once, ensure_group
+from plugins.sources.redis_stream import StreamConfig, consume_once, ensure_group
 from tests.conftest import IN_CI
 from tests.helpers import count
 

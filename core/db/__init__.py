@@ -111,3 +111,16 @@ def open_db(url: str, auto_upgrade: bool = True) -> Engine:
     engine = make_engine(url)
     check_schema(engine, auto_upgrade=auto_upgrade)
     return engine
+
+
+def upgrade_schema(url: str) -> tuple[str | None, str]:
+    """Apply migrations up to the latest: (revision before or None, revision after)."""
+    engine = make_engine(url)
+    before = current_revision(engine)
+    upgrade(engine)
+    return before, current_revision(engine)
+
+
+def schema_revisions(url: str) -> tuple[str | None, str]:
+    """(the database's schema revision or None when empty, the code's)."""
+    return current_revision(make_engine(url)), head_revision()

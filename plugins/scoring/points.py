@@ -33,12 +33,20 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core import ScoreValue, ScoringModel, hookimpl
-from core.db.tables import EVENTS, PROFILES
-from core.segments.language import Duration, EventTypes, Where, _check_types
-from core.segments.sql import where_sql
-from core.segments.sqlfuncs import epoch_seconds
-from core.segments.values import matches
+from core import (
+    EVENTS,
+    PROFILES,
+    Duration,
+    EventTypes,
+    ScoreValue,
+    ScoringModel,
+    Where,
+    epoch_seconds,
+    hookimpl,
+    matches,
+    where_sql,
+)
+from core import check_event_types as _check_types
 
 
 class Cap(BaseModel):

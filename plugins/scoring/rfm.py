@@ -69,11 +69,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core import ConditionKind, ScoreValue, ScoringModel, hookimpl
-from core.db.tables import EVENTS, PROFILES
-from core.scoring import latest_score_sql
-from core.segments.language import parse_duration
-from core.segments.sqlfuncs import json_key
+from core import (
+    EVENTS,
+    PROFILES,
+    ConditionKind,
+    ScoreValue,
+    ScoringModel,
+    hookimpl,
+    json_key,
+    latest_score_sql,
+    parse_duration,
+)
 
 SCORE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,61}$")  # + "_r" stays within 64
 

@@ -6,8 +6,7 @@ is not called), or leave it out with SEGFLOW_LOAD_PLUGINS.
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.segments.realtime import evaluate_profiles
+from core import evaluate_profiles, hookimpl
 
 
 @hookimpl

@@ -211,8 +211,9 @@ def to_events(body: dict[str, Any], measurement_id: str) -> list[dict[str, Any]]
 
 
 def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError
-    from core.events import Event, Rejection, validate
+    from core import Event, Rejection
+    from core import validate_event as validate
+    from core.http import ApiError
 
     async def parse(request: Request) -> tuple[list[Event], list[dict[str, str]]]:
         """The request's events, validated, and GA4-style messages for what is wrong."""

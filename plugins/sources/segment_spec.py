@@ -147,7 +147,7 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError, checked_event
+    from core.http import ApiError, checked_event
 
     async def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
         api.authorize(

@@ -116,9 +116,9 @@ def stripe_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError
-    from core.events import Rejection, validate
-    from core.types import RawRecord
+    from core import RawRecord, Rejection
+    from core import validate_event as validate
+    from core.http import ApiError
 
     @router.post("/webhooks/{name}", name="webhook")
     async def webhook(name: str, request: Request) -> dict:
