@@ -571,3 +571,26 @@ def test_a_third_party_plugin_adds_a_command_that_reads_its_settings(tmp_path):
     gone = segflow("plugins")
     assert gone.returncode == 1
     assert gone.stderr.startswith("error: segflow.toml: unknown setting 'greeter'")
+
+
+def test_the_public_api_is_complete_and_cheap_to_import():
+    """Every name core exports resolves; the TYPE_CHECKING imports, _LAZY and
+    __all__ agree; and `import core` (or a plugin's `from core import hookimpl`)
+    loads neither the engine nor Prefect, marimo or FastAPI."""
+    import core
+
+    eager = {n for n in core.__all__ if n in vars(core)}
+    assert set(core.__all__) == eager | set(core._LAZY)
+    for name in core.__all__:
+        assert getattr(core, name) is not None, name
+    probe = (
+        "import sys, core\n"
+        "from core import EventSource, hookimpl\n"
+        "print(sorted(m for m in ('fastapi', 'prefect', 'marimo', 'core.events', 'core.cli')"
+        " if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
