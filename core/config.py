@@ -119,7 +119,7 @@ def _plugin_sections(path: str, data: dict[str, Any], models: dict[str, Any]) ->
                 known = ", ".join(sorted(Settings.model_fields.keys() - {"plugin_settings"}))
                 sections = ", ".join(f"[{m}]" for m in sorted(models)) or "none"
                 raise ConfigError(
-                    f"{path}: unknown setting '{name}' (settings: {known}; "
+                    f"{path}: field '{name}': unknown setting (settings: {known}; "
                     f"plugin sections: {sections})"
                 )
 

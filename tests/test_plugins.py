@@ -456,7 +456,7 @@ def test_hook_register_settings(register_plugin, tmp_path, monkeypatch):
     config.write_text('[sources.fed]\nname = "a"\n')
     with pytest.raises(ConfigError) as unknown:
         load_settings()
-    assert str(unknown.value).startswith(f"{config}: unknown setting 'sources.fed'")
+    assert str(unknown.value).startswith(f"{config}: field 'sources.fed': unknown setting")
     assert "[sources.feed]" in str(unknown.value)
     with pytest.raises(ConfigError, match=r"no plugin registered the settings section \[nope\]"):
         Settings().plugin("nope")
@@ -570,7 +570,7 @@ def test_a_third_party_plugin_adds_a_command_that_reads_its_settings(tmp_path):
     env["SEGFLOW_LOAD_PLUGINS"] = "plugins.sources.files"
     gone = segflow("plugins")
     assert gone.returncode == 1
-    assert gone.stderr.startswith("error: segflow.toml: unknown setting 'greeter'")
+    assert gone.stderr.startswith("error: segflow.toml: field 'greeter': unknown setting")
 
 
 def test_the_public_api_is_complete_and_cheap_to_import():
