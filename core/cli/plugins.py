@@ -27,7 +27,8 @@ def plugins(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if report["event_sources"]:
         st = Table("event source", "reads", "description")
         for s in report["event_sources"]:
-            st.add_row(s["name"], " ".join(s["suffixes"]), s["description"])
+            # Text, not markup: descriptions name sections like [[sources.poll]].
+            st.add_row(s["name"], " ".join(s["suffixes"]), Text(s["description"]))
         out.print(st)
     if report["settings"]:
         st = Table("settings section", "model")
