@@ -30,6 +30,7 @@ result raises ``ScoreError`` saying what is missing instead of storing NaN.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import warnings
@@ -41,10 +42,28 @@ from typing import Annotated, Any
 import numpy as np
 import sqlalchemy as sa
 import typer
-from scipy import integrate, optimize, special
 from sqlalchemy.engine import Connection, Engine
 
 from core import EVENTS, ScoreError, ScoreValue, ScoringModel, UsageError, hookimpl, store_scores
+
+
+class _OnFirstUse:
+    """A module imported when first used: scipy takes a second or more to import,
+    and every ``segflow`` command loads this plugin (it adds ``scores fit``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+integrate = _OnFirstUse("scipy.integrate")
+optimize = _OnFirstUse("scipy.optimize")
+special = _OnFirstUse("scipy.special")
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Stored score names are at most 64 characters (scores.model); the longest suffix is this.

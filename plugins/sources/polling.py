@@ -16,9 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
@@ -35,6 +34,10 @@ from core import (
     save_cursor,
 )
 
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where it is used: every command loads this plugin (for `poll`).
 SECTION = "sources.poll"
 
 
@@ -70,6 +73,8 @@ def fetch(
     cursor: Any,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
+    import httpx
+
     params = {config.cursor_param: cursor} if cursor is not None else {}
     delay = 0.5
     for attempt in range(1, config.max_attempts + 1):
@@ -109,6 +114,8 @@ def poll_once(
     """Fetch pages from the stored cursor until the endpoint has nothing new."""
     result = PollResult(cursor=load_cursor(engine, config.name))
     own = client is None
+    import httpx
+
     client = client or httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=2))
     try:
         while result.pages < max_pages:

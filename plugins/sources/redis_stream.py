@@ -16,16 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
-import redis
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from core import EventSource, IngestReport, RawRecord, UsageError, hookimpl, ingest
 
+if TYPE_CHECKING:
+    import redis
+
+# redis is imported where it is used: every command loads this plugin (for `consume`).
 SECTION = "sources.stream"
 
 
@@ -52,6 +55,8 @@ class ConsumeResult:
 
 
 def ensure_group(client: redis.Redis, config: StreamConfig) -> None:
+    import redis
+
     try:
         client.xgroup_create(config.stream, config.group, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -85,6 +90,8 @@ def consume_once(
     block_ms: int | None = None,
 ) -> ConsumeResult:
     """Read what is pending for this consumer, then new entries; store; acknowledge."""
+    import redis
+
     client = client or redis.Redis.from_url(config.url)
     ensure_group(client, config)
     result = ConsumeResult()
@@ -143,6 +150,8 @@ def run(
     """Consume until stopped (each read blocks up to ``block_ms``), or drain what
     is there and return when ``once``. ``on_batch`` sees every read that brought
     entries (and the single pass of ``once``)."""
+    import redis
+
     client = redis.Redis.from_url(config.url)
     while True:
         result = consume_once(engine, config, client, block_ms=0 if once else None)
