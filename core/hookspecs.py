@@ -27,9 +27,11 @@ def register_event_sources(register: Callable[[EventSource], None]) -> None:
     """Contribute event sources.
 
     Call ``register(EventSource(...))`` once per source. A source that reads
-    files names the suffixes it understands and supplies ``read``; sources that
-    receive events over HTTP or poll other systems add their own entry points
-    in later releases. Source names must be unique across plugins.
+    files names the suffixes it understands and supplies ``read``; one that
+    receives events over HTTP supplies ``mount(router, api)`` to add its routes
+    (helpers in ``core.http``); one that polls or consumes another system adds
+    its command with ``register_commands`` and its settings with
+    ``register_settings``. Source names must be unique across plugins.
     """
 
 
