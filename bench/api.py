@@ -3,7 +3,7 @@
 A real server (``segflow serve``, uvicorn, one process) on 127.0.0.1 with a
 fresh SQLite database; the load generator is ``bench/loadgen.py`` in this
 process. Baseline in the same run: the same events through the bulk
-import path (``core.ingest.ingest``) in-process.
+import path (``core.ingestion.ingest``) in-process.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def run(quick: bool) -> list[Result]:
 
 def _run(quick: bool, work: Path) -> list[Result]:
     from core.db import open_db
-    from core.ingest import ingest
+    from core.ingestion import ingest
     from core.keys import create_key
     from core.plugins import condition_kinds, segment_change_hook
     from core.segments.store import load_segment_files, run_segments

@@ -102,7 +102,7 @@ def baseline_once(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, x0: np.ndarray)
 def prepare(quick: bool) -> dict[str, Any]:
     """Ingest the file into a scratch SQLite and build the summary arrays (not timed)."""
     from core.db import open_db
-    from core.ingest import ingest
+    from core.ingestion import ingest
     from plugins.scoring.predictive import summary
 
     path = SHARED / (QUICK_FILE if quick else FULL_FILE)

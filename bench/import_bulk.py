@@ -1,6 +1,6 @@
 """Bulk import of generated demo events into SQLite and PostgreSQL.
 
-segflow's ``core.ingest.ingest`` (validation, de-duplication, identity
+segflow's ``core.ingestion.ingest`` (validation, de-duplication, identity
 resolution, deferred index build) against a raw DB-API baseline that inserts
 the same, already converted rows into a bare table without indexes.
 """
@@ -49,7 +49,7 @@ _people_used: dict[int, int] = {}
 
 def make_events(n: int) -> list[dict[str, Any]]:
     """The first ``n`` demo events, materialised (generation is not timed)."""
-    from core.demo import generate
+    from plugins.demo.generator import generate
 
     people = max(1, n // 50)  # the demo yields ~57 events per person
     while True:
@@ -113,7 +113,7 @@ def batches(rows: list[tuple]) -> list[list[tuple]]:
 def bare_table_ddl(name: str, dialect: sa.Dialect) -> str:
     """CREATE TABLE with the events table's 13 stored columns and types, no keys or indexes."""
     from core.db.tables import EVENTS
-    from core.ingest.writers import EVENT_COLUMNS
+    from core.ingestion.writers import EVENT_COLUMNS
 
     cols = [
         sa.Column(c.name, c.type, nullable=c.nullable)
@@ -124,7 +124,7 @@ def bare_table_ddl(name: str, dialect: sa.Dialect) -> str:
 
 
 def _insert_sql(table: str, mark: str) -> str:
-    from core.ingest.writers import EVENT_COLUMNS
+    from core.ingestion.writers import EVENT_COLUMNS
 
     return (
         f"INSERT INTO {table} ({', '.join(EVENT_COLUMNS)}) "
@@ -169,7 +169,7 @@ def counted(seconds: float, stored: int, n: int, *notes: str) -> Attempt:
 
 def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step) -> Attempt:
     from core.db import open_db
-    from core.ingest import bulk_import_scope, ingest
+    from core.ingestion import bulk_import_scope, ingest
 
     n = len(events)
     engine = open_db(url)
@@ -210,7 +210,7 @@ def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step)
 def _commits_after(i: int, chunks: list[list[tuple]]) -> bool:
     """Whether the SQLite cases commit after their i-th chunk: as segflow's big
     loads do there, every PIPELINE_COMMIT_ROWS rows and at the end."""
-    from core.ingest.pipeline import PIPELINE_COMMIT_ROWS
+    from core.ingestion.pipeline import PIPELINE_COMMIT_ROWS
 
     return i == len(chunks) or (i * BATCH) % PIPELINE_COMMIT_ROWS == 0
 
@@ -282,7 +282,7 @@ def _segflow_table(path: Path, people: int) -> sqlite3.Connection:
 def _indexes_deferred(con: sqlite3.Connection) -> Iterator[None]:
     """Drop the events' secondary indexes, rebuild them after, as ``ingest`` does."""
     from core.db.tables import EVENTS
-    from core.ingest.bulk import SQLITE_SORT_THREADS
+    from core.ingestion.bulk import SQLITE_SORT_THREADS
 
     secondary = [ix for ix in EVENTS.indexes if not ix.unique]
     for ix in secondary:
@@ -306,7 +306,7 @@ def sqlite_floor_once(path: Path, chunks: list[list[tuple]], step: Step) -> Atte
     deduplication check or identity resolution, all in one thread: what
     storing costs SQLite on this machine.
     """
-    from core.ingest.writers import (
+    from core.ingestion.writers import (
         EVENT_COLUMNS,
         SQLITE_ABSENT,
         SQLITE_ROWS_PER_STATEMENT,
@@ -351,9 +351,9 @@ def sqlite_ceiling_once(
     nothing here: no duplicate check, identity resolution (profile ids are
     known) or report.
     """
-    from core.ingest.plain import plain_fields
-    from core.ingest.process import bulk_import_scope
-    from core.ingest.writers import (
+    from core.ingestion.plain import plain_fields
+    from core.ingestion.process import bulk_import_scope
+    from core.ingestion.writers import (
         SQLITE_PIPELINE_ROWS_PER_STATEMENT,
         _insert_sqlite,
         _sqlite_params,
@@ -466,7 +466,7 @@ PG_CASES = (
 def pg_raw_once(server: Any, chunks: list[list[tuple]], copy: bool, step: Step) -> Attempt:
     import psycopg
 
-    from core.ingest.writers import EVENT_COLUMNS
+    from core.ingestion.writers import EVENT_COLUMNS
 
     n = sum(map(len, chunks))
     ddl = bare_table_ddl("events_raw", postgresql.psycopg.dialect())
@@ -548,14 +548,15 @@ def size(quick: bool) -> int:
 
 
 def describe(quick: bool) -> str:
-    from core.ingest.pipeline import PIPELINE_COMMIT_ROWS
+    from core.ingestion.pipeline import PIPELINE_COMMIT_ROWS
 
     n = size(quick)
     people = _people_used.get(n, max(1, n // 50))
     k = common.repeats(quick)
     return "\n".join(
         [
-            f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
+            f"- input: the first {n:,} events of "
+            f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, materialised before timing",
             f'- segflow: `ingest(engine, events, source="{SOURCE}", notify=False, '
             "bulk=True)` inside `bulk_import_scope()` (as `segflow import` runs a big file) "

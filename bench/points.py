@@ -6,7 +6,7 @@ against the SQL a competent engineer would write by hand for the same
 definition: one query over ``events`` with a CASE for the points, the same
 window-function cap for product_view and the same decay, grouped by profile,
 fetched into a dict and converted to the 0..100 value. Both read the same
-database, built once with ``core.ingest.ingest`` and cached in
+database, built once with ``core.ingestion.ingest`` and cached in
 ``bench/.results/`` (SQLite; PostgreSQL gets a fresh load per run).
 """
 
@@ -165,7 +165,7 @@ def _people(n: int) -> int:
 
 
 def demo_events(n: int, people: int) -> Iterator[dict[str, Any]]:
-    from core.demo import generate
+    from plugins.demo.generator import generate
 
     return islice(generate(people, seed=SEED, days=DAYS, end=END), n)
 
@@ -177,7 +177,7 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
     unlikely case the demo yields fewer than ``n`` events.
     """
     from core.db import open_db
-    from core.ingest import ingest
+    from core.ingestion import ingest
 
     people = people or _people(n)
     while True:
@@ -496,7 +496,8 @@ def describe(quick: bool) -> str:
     k = repeats()
     return "\n".join(
         [
-            f"- input: the first {n:,} events of `core.demo.generate({people:,}, seed={SEED}, "
+            f"- input: the first {n:,} events of "
+            f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, stored with `ingest(..., notify=False, "
             "bulk=True)` (not timed; SQLite: built once and cached in `bench/.results/`)",
             '- segflow: `score_all(conn, validate(params), as_of=end, name="engagement")` of '

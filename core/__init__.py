@@ -1,24 +1,25 @@
-"""segflow core. Plugins import only what is exported here."""
+"""segflow core. Plugins import only what is exported here (and ``core.http``
+for HTTP sources); import-linter holds them to it (tests/test_architecture.py).
+
+The plugin contract's types, ``hookimpl`` and the error wording load at once;
+the engine's functions (``ingest``, ``run_segments``, ...) load on first use, so
+a plugin module, ``core.types`` or ``core.hookspecs`` can be imported without
+pulling in the whole engine, and ``import core`` loads no Prefect, marimo or
+FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from core.errors import describe_validation_error, validation_reason
 from core.hookspecs import hookimpl
-from core.scoring import latest_score_sql
-from core.segments.evaluate import EventRow, ProfileData
-from core.segments.language import (
-    Compare,
-    Comparison,
-    Duration,
-    EventTypes,
-    check_event_types,
-    parse_duration,
-)
-from core.segments.sqlfuncs import epoch_seconds, json_key
-from core.segments.values import matches
-from core.segments.where import Filter, Where, where_matches, where_sql
 from core.types import (
     EVENT_TYPE_MAX_LENGTH,
     SNAKE_NAME,
     Change,
+    CommandError,
     ConditionKind,
     EventSource,
     RawRecord,
@@ -28,40 +29,209 @@ from core.types import (
     ScoringModel,
     SqlContext,
     StoredEvent,
+    UsageError,
     is_snake_name,
 )
 
+_TABLES = (
+    "PROFILES",
+    "IDENTITIES",
+    "EVENTS",
+    "AUDIT",
+    "CONSENTS",
+    "SCORES",
+    "SEGMENTS",
+    "MEMBERSHIPS",
+    "CHANGES",
+    "SEGMENT_SIZES",
+)
+
+# Exported name -> "module" or "module:attribute" (imported on first access).
+_LAZY = {
+    # settings and the registries plugins' own commands build at the edge
+    "ConfigError": "core.config",
+    "Settings": "core.config",
+    "condition_kinds": "core.plugins",
+    "scoring_models": "core.plugins",
+    "segment_change_hook": "core.plugins",
+    # storage: read-only table handles (write through the functions below)
+    **{name: "core.db.tables" for name in _TABLES},
+    "delete_all_data": "core.maintenance",
+    "count_events": "core.stats",
+    "database_summary": "core.stats",
+    "load_cursor": "core.source_state",
+    "save_cursor": "core.source_state",
+    # ingestion
+    "Event": "core.ingestion",
+    "IngestReport": "core.ingestion",
+    "Rejection": "core.ingestion",
+    "RowMapper": "core.ingestion.mapping",
+    "bulk_import_scope": "core.ingestion",
+    "ingest": "core.ingestion",
+    "validate_event": "core.ingestion:validate",
+    "worth_bulk_loading": "core.ingestion",
+    # segments and scores: the language's building blocks for plugins' own definitions
+    "Compare": "core.segments.language",
+    "Comparison": "core.segments.language",
+    "Duration": "core.segments.language",
+    "EventTypes": "core.segments.language",
+    "check_event_types": "core.segments.language",
+    "parse_duration": "core.segments.language",
+    "Filter": "core.segments.where",
+    "Where": "core.segments.where",
+    "where_matches": "core.segments.where",
+    "where_sql": "core.segments.where",
+    "EventRow": "core.segments.evaluate",
+    "ProfileData": "core.segments.evaluate",
+    "epoch_seconds": "core.segments.sqlfuncs",
+    "json_key": "core.segments.sqlfuncs",
+    "matches": "core.segments.values",
+    "evaluate_profiles": "core.segments.realtime",
+    "load_segment_files": "core.segments.store",
+    "run_segments": "core.segments.store",
+    "latest_score_sql": "core.scoring",
+    "load_score_files": "core.scoring",
+    "run_scores": "core.scoring",
+    "store_scores": "core.scoring",
+    # email tracking (the tracking source plugin serves these tokens)
+    "PIXEL_GIF": "core.tracking",
+    "BadToken": "core.tracking",
+    "tracking_event": "core.tracking",
+    "verify_token": "core.tracking:verify",
+    "set_consent": "core.consents",
+}
+
+# Everything above, eager or lazy (a test checks the two agree).
 __all__ = [
-    "EVENT_TYPE_MAX_LENGTH",
-    "SNAKE_NAME",
+    "AUDIT",
+    "BadToken",
+    "CHANGES",
+    "CONSENTS",
     "Change",
+    "CommandError",
     "Compare",
     "Comparison",
     "ConditionKind",
+    "ConfigError",
     "Duration",
+    "EVENTS",
+    "EVENT_TYPE_MAX_LENGTH",
+    "Event",
     "EventRow",
     "EventSource",
     "EventTypes",
     "Filter",
+    "IDENTITIES",
+    "IngestReport",
+    "MEMBERSHIPS",
+    "PIXEL_GIF",
+    "PROFILES",
     "ProfileData",
     "RawRecord",
     "ReadOptions",
+    "Rejection",
+    "RowMapper",
+    "SCORES",
+    "SEGMENTS",
+    "SEGMENT_SIZES",
+    "SNAKE_NAME",
     "ScoreError",
     "ScoreValue",
     "ScoringModel",
+    "Settings",
     "SqlContext",
     "StoredEvent",
+    "UsageError",
     "Where",
+    "bulk_import_scope",
     "check_event_types",
+    "condition_kinds",
+    "count_events",
+    "database_summary",
+    "delete_all_data",
     "describe_validation_error",
     "epoch_seconds",
+    "evaluate_profiles",
     "hookimpl",
+    "ingest",
     "is_snake_name",
     "json_key",
     "latest_score_sql",
+    "load_cursor",
+    "load_score_files",
+    "load_segment_files",
     "matches",
     "parse_duration",
+    "run_scores",
+    "run_segments",
+    "save_cursor",
+    "scoring_models",
+    "segment_change_hook",
+    "set_consent",
+    "store_scores",
+    "tracking_event",
+    "validate_event",
     "validation_reason",
+    "verify_token",
     "where_matches",
     "where_sql",
+    "worth_bulk_loading",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    module, _, attribute = where.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+if TYPE_CHECKING:
+    from core.config import ConfigError, Settings
+    from core.consents import set_consent
+    from core.db.tables import (
+        AUDIT,
+        CHANGES,
+        CONSENTS,
+        EVENTS,
+        IDENTITIES,
+        MEMBERSHIPS,
+        PROFILES,
+        SCORES,
+        SEGMENT_SIZES,
+        SEGMENTS,
+    )
+    from core.ingestion import (
+        Event,
+        IngestReport,
+        Rejection,
+        bulk_import_scope,
+        ingest,
+        worth_bulk_loading,
+    )
+    from core.ingestion import validate as validate_event
+    from core.ingestion.mapping import RowMapper
+    from core.maintenance import delete_all_data
+    from core.plugins import condition_kinds, scoring_models, segment_change_hook
+    from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
+    from core.segments.evaluate import EventRow, ProfileData
+    from core.segments.language import (
+        Compare,
+        Comparison,
+        Duration,
+        EventTypes,
+        check_event_types,
+        parse_duration,
+    )
+    from core.segments.realtime import evaluate_profiles
+    from core.segments.sqlfuncs import epoch_seconds, json_key
+    from core.segments.store import load_segment_files, run_segments
+    from core.segments.values import matches
+    from core.segments.where import Filter, Where, where_matches, where_sql
+    from core.source_state import load_cursor, save_cursor
+    from core.stats import count_events, database_summary
+    from core.tracking import PIXEL_GIF, BadToken, tracking_event
+    from core.tracking import verify as verify_token

@@ -1,5 +1,9 @@
 """Settings: where segflow finds its database and other knobs.
 
+Plugins declare sections of their own (``register_settings``); the core
+validates them with the plugin's model when the file loads and hands them out
+through ``Settings.plugin(section)``. Any other key is an error naming it.
+
 Precedence, highest first: the ``--db`` option, the ``SEGFLOW_DATABASE_URL``
 environment variable, a ``segflow.toml`` in the working directory (or the file
 named by ``SEGFLOW_CONFIG``), then the default ``sqlite:///segflow.db``.
@@ -9,11 +13,13 @@ named by ``SEGFLOW_CONFIG``), then the default ``sqlite:///segflow.db``.
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 DEFAULT_DATABASE_URL = "sqlite:///segflow.db"
 CONFIG_FILE = "segflow.toml"
@@ -33,37 +39,6 @@ class WebhookConfig(BaseModel):
     secret: str = Field(min_length=8)
 
 
-class PollConfig(BaseModel):
-    """A paginated HTTP JSON endpoint to pull events from (``segflow poll NAME``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
-    url: str
-    interval_seconds: float = Field(default=60.0, gt=0)
-    headers: dict[str, str] = {}
-    cursor_param: str = "cursor"
-    items_field: str = "events"
-    next_field: str = "next_cursor"
-    max_attempts: int = Field(default=5, ge=1)
-
-
-class StreamConfig(BaseModel):
-    """A Redis Stream to consume events from (``segflow consume NAME``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
-    url: str = "redis://127.0.0.1:6379/0"
-    stream: str
-    group: str = "segflow"
-    consumer: str = "segflow-1"
-    # The entry field holding the event as JSON.
-    field: str = "event"
-    batch: int = Field(default=500, ge=1)
-    block_ms: int = Field(default=5000, ge=0)
-
-
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,41 +52,120 @@ class Settings(BaseModel):
     api_rate_limit: float = Field(default=200.0, gt=0)
     api_burst: int = Field(default=400, ge=1)
     webhooks: list[WebhookConfig] = []
-    polls: list[PollConfig] = []
-    streams: list[StreamConfig] = []
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
+    # Plugins' sections as written (section name -> raw value); see plugin().
+    plugin_settings: dict[str, Any] = {}
     # Where database_url came from, for `segflow info` and error messages.
     _source: str = PrivateAttr(default="default")
+    # The settings file, named in errors about its plugin sections.
+    _path: str = PrivateAttr(default=CONFIG_FILE)
+    _validated: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str:
         return self._source
 
+    def plugin(self, section: str) -> Any:
+        """A plugin's validated settings section (its defaults when not in the file).
 
-def _config_path() -> Path:
+        ConfigError naming the file, section and key when the value is bad, or
+        when no loaded plugin registered ``section``.
+        """
+        if section not in self._validated:
+            from core.plugins import settings_sections
+
+            models = settings_sections()
+            if section not in models:
+                raise ConfigError(f"no plugin registered the settings section [{section}]")
+            self._validated[section] = _validate_section(
+                self._path, section, models[section], self.plugin_settings.get(section, _ABSENT)
+            )
+        return self._validated[section]
+
+
+_ABSENT = object()
+
+
+def _validate_section(path: str, section: str, model: Any, value: Any) -> Any:
+    if value is _ABSENT:
+        # An absent array of tables is an empty list; an absent table, the defaults.
+        value = [] if typing.get_origin(model) is list else {}
+    try:
+        return TypeAdapter(model).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"{path}: [{section}] {where + ': ' if where else ''}{err['msg']}"
+        ) from None
+
+
+def _plugin_sections(path: str, data: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
+    """The plugin sections in ``data`` (keys that are no core setting), by section name.
+
+    A key that is neither a section nor leads to one is an error naming it.
+    """
+    found: dict[str, Any] = {}
+
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for key, value in table.items():
+            name = f"{prefix}{key}"
+            if name in models:
+                found[name] = value
+            elif isinstance(value, dict) and any(m.startswith(name + ".") for m in models):
+                walk(value, name + ".")
+            else:
+                known = ", ".join(sorted(Settings.model_fields.keys() - {"plugin_settings"}))
+                sections = ", ".join(f"[{m}]" for m in sorted(models)) or "none"
+                raise ConfigError(
+                    f"{path}: field '{name}': unknown setting (settings: {known}; "
+                    f"plugin sections: {sections})"
+                )
+
+    walk(data, "")
+    return found
+
+
+def config_path() -> Path:
+    """The settings file: SEGFLOW_CONFIG, else segflow.toml in the working directory."""
     return Path(os.environ.get("SEGFLOW_CONFIG", CONFIG_FILE))
 
 
-def load_file(path: Path) -> dict:
+def load_file(path: Path, sections: dict[str, Any] | None = None) -> dict:
+    """The settings in ``path``: its [segflow] table, else the whole file.
+
+    With a [segflow] table, other top-level tables belong to other tools (a
+    pyproject-like layout) and are left alone, unless one is a plugin section
+    from ``sections``: that is an error saying where it belongs.
+    """
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    # Accept both a top-level table and a [segflow] section, so the file can
-    # also live inside a pyproject-like layout.
-    data = raw.get("segflow", raw)
+    if "segflow" not in raw:
+        return raw
+    data = raw["segflow"]
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: [segflow] must be a table")
+    for key in raw.keys() - {"segflow"}:
+        if any(s == key or s.startswith(key + ".") for s in sections or {}):
+            raise ConfigError(
+                f"{path}: [{key}] is outside [segflow]; write it as [segflow.{key}] "
+                "(or drop the [segflow] table and keep everything at the top)"
+            )
     return data
 
 
 def load_settings(db: str | None = None) -> Settings:
+    from core.plugins import settings_sections
+
+    models = settings_sections()
     values: dict = {}
     source = "default"
-    path = _config_path()
+    path = config_path()
     if path.is_file():
-        values.update(load_file(path))
+        values.update(load_file(path, models))
         source = str(path)
     if os.environ.get("SEGFLOW_SECRET_KEY"):
         values["secret_key"] = os.environ["SEGFLOW_SECRET_KEY"]
@@ -122,11 +176,46 @@ def load_settings(db: str | None = None) -> Settings:
     if db:
         values["database_url"] = db
         source = "--db"
+    core_keys = Settings.model_fields.keys() - {"plugin_settings"}
+    sections = _plugin_sections(
+        str(path), {k: v for k, v in values.items() if k not in core_keys}, models
+    )
     try:
-        settings = Settings(**values)
+        settings = Settings(
+            **{k: v for k, v in values.items() if k in core_keys}, plugin_settings=sections
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{path}: field '{field}': {err['msg']}") from None
     settings._source = source
+    settings._path = str(path)
+    # Every section now, so a bad value fails at once, whichever command runs.
+    for section in sections:
+        settings.plugin(section)
     return settings
+
+
+def write_config(path: Path, database_url: str) -> bool:
+    """Write a starter segflow.toml with a fresh secret key; False when one exists."""
+    if path.exists():
+        return False
+    path.write_text(
+        f'[segflow]\ndatabase_url = "{database_url}"\n'
+        f'secret_key = "{secrets.token_urlsafe(32)}"  # signs tracking links; keep it private\n'
+    )
+    return True
+
+
+def init_project(database_url: str, config: Path | None) -> tuple[str, bool]:
+    """Create the database at the latest schema and, when ``config`` is given and
+    does not exist, a starter settings file there.
+
+    Returns the database URL fit to print (no password) and whether the file was written.
+    """
+    from core.db import make_engine, upgrade
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    wrote = write_config(config, database_url) if config is not None else False
+    return engine.url.render_as_string(hide_password=True), wrote

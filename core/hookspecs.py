@@ -8,11 +8,15 @@ callback, so one plugin can contribute several.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from sqlalchemy.engine import Engine
 
 from core.types import Change, ConditionKind, EventSource, ScoringModel, StoredEvent
+
+if TYPE_CHECKING:
+    from typer.core import TyperGroup
 
 hookspec = pluggy.HookspecMarker("segflow")
 hookimpl = pluggy.HookimplMarker("segflow")
@@ -23,9 +27,11 @@ def register_event_sources(register: Callable[[EventSource], None]) -> None:
     """Contribute event sources.
 
     Call ``register(EventSource(...))`` once per source. A source that reads
-    files names the suffixes it understands and supplies ``read``; sources that
-    receive events over HTTP or poll other systems add their own entry points
-    in later releases. Source names must be unique across plugins.
+    files names the suffixes it understands and supplies ``read``; one that
+    receives events over HTTP supplies ``mount(router, api)`` to add its routes
+    (helpers in ``core.http``); one that polls or consumes another system adds
+    its command with ``register_commands`` and its settings with
+    ``register_settings``. Source names must be unique across plugins.
     """
 
 
@@ -81,4 +87,36 @@ def register_scoring_models(register: Callable[[ScoringModel], None]) -> None:
     every profile in batch and returns ``{score name: {profile_id:
     ScoreValue}}``, and the optional ``score_one(profile, params, as_of)``
     scores one profile in real time with the same result.
+    """
+
+
+@hookspec
+def register_commands(cli: TyperGroup) -> None:
+    """Add commands or command groups to the ``segflow`` command line.
+
+    ``cli`` is the root command group, as in ``llm`` (a typer group: the
+    click-like ``cli.commands`` mapping and ``cli.add_command``). Write the
+    commands with typer and add them with ``cli.add_command(
+    typer.main.get_command(app), "name")``; a typer app with one command
+    becomes that command, one with several a sub-group. Extend a core group
+    through ``cli.commands["scores"].add_command(...)``. Inside a command,
+    ``ctx.obj`` holds the settings (``ctx.obj.settings``, with
+    ``.plugin(section)``) and opens the database (``ctx.obj.engine()``).
+    Raise ``core.UsageError`` (exit 2) or ``core.CommandError`` (exit 1) for a
+    one-line error. A name the core or another plugin took is an error.
+    """
+
+
+@hookspec
+def register_settings(register: Callable[[str, Any], None]) -> None:
+    """Declare the plugin's own settings sections of segflow.toml.
+
+    Call ``register(section, model)`` once per section: ``section`` is a
+    dotted name (``"sources.poll"`` is the table ``[sources.poll]`` or array
+    ``[[sources.poll]]``, under ``[segflow]`` too), ``model`` a pydantic model
+    or any type pydantic validates (``list[PollConfig]`` for an array of
+    tables). The section is validated when settings load; a bad value is an
+    error naming the file, section and key. ``Settings.plugin(section)``
+    returns the validated value (the model's defaults, or ``[]`` for a list,
+    when the file has no such section). Sections nobody registered are an error.
     """

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -44,6 +45,17 @@ class KeyInfo:
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``segflow keys list --json`` (never the key itself)."""
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at.isoformat(),
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "revoked": self.revoked_at is not None,
+        }
 
 
 def _hash(key: str) -> str:

@@ -5,6 +5,10 @@ implementations): they build what the library functions take - condition
 kinds, scoring models, the segment-change hook - with the helpers at the end
 of this module and pass it in.
 
+Built-in plugins are loaded as entry points too (made from DEFAULT_PLUGINS),
+through the same ``_load`` as installed ones, so they cannot rely on anything a
+third-party plugin could not.
+
 ``SEGFLOW_LOAD_PLUGINS`` (comma-separated plugin names, as shown by
 ``segflow plugins``) restricts loading to those plugins; set it empty to load
 none, which tests use to check a core without plugins.
@@ -12,9 +16,9 @@ none, which tests use to check a core without plugins.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -36,11 +40,15 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.sources.ga4",
     "plugins.sources.polling",
     "plugins.sources.redis_stream",
+    "plugins.sources.tracking",
     "plugins.segments.realtime",
     "plugins.scoring.points",
     "plugins.scoring.rfm",
     "plugins.scoring.predictive",
+    "plugins.demo",
 )
+# Settings sections: dotted snake_case names, e.g. "sources.poll".
+SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
 
 def _allowed() -> set[str] | None:
@@ -54,22 +62,31 @@ def _allowed() -> set[str] | None:
 _versions: dict[str, str] = {}
 
 
+def builtin_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """DEFAULT_PLUGINS as entry points of the ``segflow`` group (no distribution)."""
+    return [
+        importlib.metadata.EntryPoint(name=module, value=module, group="segflow")
+        for module in DEFAULT_PLUGINS
+    ]
+
+
+def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
+    if pm.get_plugin(ep.name) is not None:
+        return  # an installed plugin may not replace a built-in one of the same name
+    pm.register(ep.load(), name=ep.name)
+    if ep.dist is not None:
+        _versions[ep.name] = ep.dist.version
+
+
 def build_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("segflow")
     pm.add_hookspecs(hookspecs)
     allowed = _allowed()
-    for module_name in DEFAULT_PLUGINS:
-        if allowed is not None and module_name not in allowed:
-            continue
-        pm.register(importlib.import_module(module_name), name=module_name)
-    for ep in importlib.metadata.entry_points(group="segflow"):
-        if allowed is not None and ep.name not in allowed:
-            continue
-        if pm.get_plugin(ep.name) is not None:
-            continue
-        pm.register(ep.load(), name=ep.name)
-        if ep.dist is not None:
-            _versions[ep.name] = ep.dist.version
+    for ep in (*builtin_entry_points(), *importlib.metadata.entry_points(group="segflow")):
+        if allowed is None or ep.name in allowed:
+            _load(pm, ep)
+    # A hookimpl whose name is no hook (a typo) would never be called: refuse it.
+    pm.check_pending()
     return pm
 
 
@@ -161,3 +178,38 @@ def segment_change_hook(
         hook(changes=changes, engine=engine)
 
     return notify
+
+
+def settings_sections(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """Plugins' settings sections (``register_settings``): section name -> model."""
+    pm = pm or get_manager()
+    found: dict[str, Any] = {}
+
+    def register(section: str, model: Any) -> None:
+        if not isinstance(section, str) or not SECTION_NAME.match(section):
+            raise ValueError(f"settings section {section!r}: use dotted snake_case names")
+        if section in found:
+            raise ValueError(f"settings section {section!r} is registered twice")
+        for other in found:
+            if other.startswith(section + ".") or section.startswith(other + "."):
+                raise ValueError(f"settings sections {other!r} and {section!r} overlap")
+        found[section] = model
+
+    pm.hook.register_settings(register=register)
+    return found
+
+
+def plugin_report(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """What ``segflow plugins`` shows: plugins, event sources, settings sections."""
+    pm = pm or get_manager()
+    return {
+        "plugins": plugin_table(pm),
+        "event_sources": [
+            {"name": s.name, "suffixes": list(s.suffixes), "description": s.description}
+            for s in event_sources(pm).values()
+        ],
+        "settings": {
+            section: model.__name__ if isinstance(model, type) else str(model)
+            for section, model in settings_sections(pm).items()
+        },
+    }

@@ -124,3 +124,11 @@ def profile_summary(engine: Engine, key: str, recent: int = RECENT_EVENTS) -> di
         "created_at": prof.created_at.isoformat(),
         "recent_events": [_event_json(r) for r in rows],
     }
+
+
+def profile_scores(engine: Engine, key: str) -> list[dict[str, Any]]:
+    """A person's latest scores (by user id, anonymous id or email), with components."""
+    from core.scoring import latest_scores
+
+    with engine.connect() as conn:
+        return latest_scores(conn, find_profile_id(conn, key))

@@ -53,3 +53,12 @@ def database_summary(engine: Engine) -> dict[str, Any]:
         "last_event": last.isoformat() if last else None,
         "revenue": round(float(revenue), 2),
     }
+
+
+def count_events(engine: Engine, *, exclude_source: str | None = None) -> int:
+    """How many events are stored (leaving out those of ``exclude_source``)."""
+    query = sa.select(sa.func.count()).select_from(EVENTS)
+    if exclude_source is not None:
+        query = query.where(EVENTS.c.source != exclude_source)
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()

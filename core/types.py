@@ -196,3 +196,15 @@ class Change:
     change: str  # entered | exited
     at: datetime
     version: int
+
+
+# -- commands -------------------------------------------------------------------
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; the CLI prints the message on one line
+    and exits with status 1 (never a traceback). Plugin commands raise it too."""
+
+
+class UsageError(CommandError):
+    """The command was called wrongly (arguments, options): exit status 2."""

@@ -2,7 +2,7 @@
 
     files --> import_file_task (one task run per file) --> counts
 
-The flow is thin: each task calls ``core.ingest.import_file``, which
+The flow is thin: each task calls ``core.ingestion.import_file``, which
 validates, de-duplicates and stores the events. Re-running a flow is safe
 because duplicates (same ``message_id``) are skipped, which is also why a
 failed import may simply be retried.
@@ -25,7 +25,7 @@ from prefect.states import State
 
 from core.config import load_settings
 from core.db import make_engine, open_db
-from core.ingest import (
+from core.ingestion import (
     ImportUsageError,
     MappingError,
     estimate_records,

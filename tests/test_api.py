@@ -510,7 +510,7 @@ def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server
         reason = "needs Debian's chromium and the playwright package (make test installs both)"
         pytest.fail(reason) if IN_CI else pytest.skip(reason)
     base, engine, key = server
-    page_html = (PROJECT_ROOT / "examples" / "snippet.html").read_text()
+    page_html = (PROJECT_ROOT / "plugins" / "sources" / "tracking" / "snippet.html").read_text()
     page_html = page_html.replace("http://127.0.0.1:8000", base).replace("sf_REPLACE_ME", key)
     site = tmp_path / "site"
     site.mkdir()

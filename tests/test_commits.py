@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.db import models, open_db
-from core.ingest import CommitterClosed, GroupCommitter, IngestError, Rejection, validate
+from core.ingestion import CommitterClosed, GroupCommitter, IngestError, Rejection, validate
 from core.types import RawRecord
 
 
@@ -175,7 +175,7 @@ def test_a_withdrawn_submission_is_not_stored_and_the_writer_goes_on(fresh_sqlit
 def test_one_bad_submission_does_not_fail_the_others_in_its_group(postgres_url, monkeypatch):
     import psycopg
 
-    import core.ingest.writers as writers
+    import core.ingestion.writers as writers
 
     # A valid event PostgreSQL refuses to store (a fault injected in the COPY):
     # the COPY of the whole group fails, and each submission is then tried alone.

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from core import ConditionKind
 from core.db import open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate

@@ -1,6 +1,6 @@
 """A bulk `segflow import` killed with SIGKILL at any step, then run again,
 ends exactly as an uninterrupted import: events, profiles, identities, merges
-and indexes (the kill points: core/ingest/crashpoints.py)."""
+and indexes (the kill points: core/ingestion/crashpoints.py)."""
 
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def test_a_killed_bulk_import_run_again_ends_as_an_uninterrupted_one(backend, sc
 
 def test_a_load_running_in_another_live_process_is_left_alone(fresh_sqlite):
     from core.db import open_db
-    from core.ingest.bulk import finish_interrupted_loads
+    from core.ingestion.bulk import finish_interrupted_loads
 
     url = fresh_sqlite()
     engine = open_db(url)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from core.db import open_db
 from core.db.tables import EVENTS
-from core.ingest import MappingError, import_file
+from core.ingestion import MappingError, import_file
 from core.types import ReadOptions
 
 CSV = """order,customer,when,sku,qty,price,channel

@@ -28,8 +28,8 @@ from core.dashboards import (
     top_products,
 )
 from core.db import open_db
-from core.demo import generate
-from core.ingest import ingest
+from core.ingestion import ingest
+from plugins.demo.generator import generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "overview.py"

@@ -27,7 +27,7 @@ def test_open_db_migrates_and_creates_the_indexes(db_url):
 def test_timestamps_come_back_aware_and_in_utc(db_url):
     from datetime import UTC, datetime, timedelta, timezone
 
-    from core.ingest import ingest
+    from core.ingestion import ingest
 
     engine = dbmod.open_db(db_url)
     ingest(engine, [{"type": "x", "user_id": "u", "ts": "2026-05-01T12:00:00+05:30"}])

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from core.ingest import Event, describe_error
+from core.ingestion import Event, describe_error
 
 
 def check(data: dict, **ctx) -> Event:

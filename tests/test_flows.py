@@ -21,7 +21,7 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.ingest as ingest_flow
 from core.db import make_engine
 from core.db.tables import EVENTS, PROFILES
-from core.ingest import IngestError
+from core.ingestion import IngestError
 from flows.ingest import IngestFlowError, ingest_files
 from tests.helpers import write_jsonl
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.db import open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from tests.helpers import count, events_by_profile, live_profiles
 
 USERS = ["u1", "u2", "u3"]
@@ -78,8 +78,8 @@ class _Forgetful(dict):
 
 
 def _decide(events, memo: bool) -> tuple:
-    from core.ingest.identity import BatchResolver
-    from core.ingest.schema import trait_email
+    from core.ingestion.identity import BatchResolver
+    from core.ingestion.schema import trait_email
 
     resolver = BatchResolver(conn=None)  # decisions only; nothing is applied
     if not memo:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from core.db import open_db
 from core.db.tables import EVENTS, PROFILES
-from core.ingest import import_file, ingest
+from core.ingestion import import_file, ingest
 from core.profiles import profile_summary
 from tests.helpers import count, events_by_profile, identity_map, live_profiles, write_jsonl
 
@@ -209,7 +209,7 @@ def test_hook_receives_only_stored_events(engine, register_plugin):
 
 
 def test_failed_batch_keeps_earlier_batches(engine, monkeypatch):
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     calls = {"n": 0}
     real = pipeline.store_batch
@@ -248,7 +248,7 @@ def test_bulk_load_rebuilds_deferred_indexes_and_moves_merged_events(engine):
 
 
 def test_duplicates_racing_past_the_check_are_still_stored_once(engine, monkeypatch):
-    import core.ingest.batch as batch_step
+    import core.ingestion.batch as batch_step
 
     ingest(engine, [ev("page_view", 1, user_id="u1", message_id="race-1")])
     # Another writer stored race-1 between our duplicate check and our insert.
@@ -278,7 +278,7 @@ def test_integers_beyond_64_bits_in_properties_are_stored_not_fatal(engine):
 def test_optional_fields_store_null_only_when_missing(engine):
     # On SQLite a missing field is bound as a marker that SQLite turns into
     # NULL; values that look like the markers must stay values.
-    from core.ingest import Event
+    from core.ingestion import Event
 
     given = {"session_id": "0", "product_id": "", "url": "", "campaign": "0", "value": 0.0}
     records = [
@@ -349,7 +349,7 @@ def test_pipelined_load_hooks_after_commit(engine, register_plugin):
 def test_pipelined_load_failing_on_the_helper_keeps_earlier_batches(fresh_sqlite, monkeypatch):
     import sys
 
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())  # the pipeline is SQLite's
     monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 20)  # two batches a transaction
@@ -383,8 +383,8 @@ def test_overlapping_import_scopes_restore_the_process_settings():
     import gc
     import sys
 
-    from core.ingest import bulk_import_scope
-    from core.ingest.process import PIPELINE_SWITCH_INTERVAL
+    from core.ingestion import bulk_import_scope
+    from core.ingestion.process import PIPELINE_SWITCH_INTERVAL
 
     before = sys.getswitchinterval()
     assert gc.isenabled()
@@ -404,7 +404,7 @@ def test_overlapping_import_scopes_restore_the_process_settings():
 
 
 def test_a_rolled_back_merge_moves_no_events_at_the_end_of_a_big_load(db_url, monkeypatch):
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     engine = open_db(db_url)
     monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 1)  # a transaction per batch
@@ -461,7 +461,7 @@ def test_batches_committed_before_a_reading_error_reach_the_hook(fresh_sqlite, m
 
 
 def test_engines_that_keep_connections_to_one_thread_load_inline(tmp_path, monkeypatch):
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     engine = open_db(f"sqlite:///{tmp_path / 'one.db'}?check_same_thread=true")
     assert not pipeline._shares_connections(engine)
@@ -473,7 +473,7 @@ def test_engines_that_keep_connections_to_one_thread_load_inline(tmp_path, monke
 
 
 def test_a_failing_hook_still_leaves_every_committed_batch_hooked(fresh_sqlite, monkeypatch):
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())
     monkeypatch.setattr(pipeline, "PIPELINE_COMMIT_ROWS", 30)  # three batches a transaction
@@ -498,7 +498,7 @@ def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
     import threading
     import time
 
-    import core.ingest.pipeline as pipeline
+    import core.ingestion.pipeline as pipeline
 
     engine = open_db(fresh_sqlite())
     real = pipeline._insert_sqlite

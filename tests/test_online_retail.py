@@ -10,7 +10,7 @@ import yaml
 
 from core.db import open_db
 from core.db.tables import EVENTS, PROFILES
-from core.ingest import import_file
+from core.ingestion import import_file
 from core.types import ReadOptions
 from tests.conftest import PROJECT_ROOT, require_shared
 

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from core.db import open_db
 from core.db.tables import EVENTS
-from core.demo import generate
-from core.ingest import Event, ingest
-from core.ingest.plain import TS_TEXT, as_event, plain_fields
-from core.ingest.writers import EVENT_COLUMNS, _sqlite_ts, _sqlite_ts_of
+from core.ingestion import Event, ingest
+from core.ingestion.plain import TS_TEXT, as_event, plain_fields
+from core.ingestion.writers import EVENT_COLUMNS, _sqlite_ts, _sqlite_ts_of
+from plugins.demo.generator import generate
 
 ISO = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()

@@ -12,10 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import typer  # at module level: typer resolves the test commands' annotations here
 
 from core import hookspecs
 from core.db import open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources
 from core.types import EventSource, RawRecord
 from tests.conftest import PROJECT_ROOT
@@ -29,7 +30,26 @@ DOCS = PROJECT_ROOT / "docs" / "hooks"
 
 
 def test_there_are_hooks():
-    assert {"register_event_sources", "on_events_ingested"} <= set(HOOKS)
+    """HOOKS, which the parametrised tests below run over, is exactly the set of
+    hooks pluggy takes from core.hookspecs (none escapes the docs and test checks),
+    and it holds the hooks the architecture promises."""
+    pm = build_manager()
+    specified = {name for name, caller in vars(pm.hook).items() if caller.spec is not None}
+    assert set(HOOKS) == specified
+    assert {
+        "register_event_sources",
+        "on_events_ingested",
+        "on_segment_change",
+        "register_conditions",
+        "register_scoring_models",
+        "register_commands",
+        "register_settings",
+    } <= specified
+    for hook in HOOKS:
+        spec = getattr(hookspecs, hook)
+        params = list(inspect.signature(spec).parameters)
+        # Hooks that contribute named things take a register callback.
+        assert not hook.startswith("register_") or params in (["register"], ["cli"]), hook
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -66,7 +86,7 @@ def test_hook_register_event_sources(register_plugin, tmp_path):
     assert "words" in event_sources()
     path = tmp_path / "a.words"
     path.write_text("u1 page_view\nu2 search\n")
-    from core.ingest import import_file
+    from core.ingestion import import_file
 
     engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
     report = import_file(engine, path)
@@ -103,11 +123,52 @@ def test_hook_on_events_ingested(register_plugin, tmp_path):
     assert len(batches) == 3
 
 
-def test_builtin_plugins_register_like_external_ones():
+def test_builtin_plugins_register_like_external_ones(monkeypatch):
+    """Built-in plugins come in as entry points of the "segflow" group through the
+    one loader installed plugins use; each module exposes its hooks only as
+    hookimpls and imports nothing of core but its public API (core, core.http)."""
+    import core.plugins as manager
+
+    loaded = []
+    real_load = manager._load
+    monkeypatch.setattr(manager, "_load", lambda pm, ep: (loaded.append(ep), real_load(pm, ep)))
     pm = build_manager()
-    names = [name for name, _ in pm.list_name_plugin()]
-    assert names[: len(DEFAULT_PLUGINS)] == list(DEFAULT_PLUGINS)
+    assert [ep.name for ep in loaded[: len(DEFAULT_PLUGINS)]] == list(DEFAULT_PLUGINS)
+    assert all(
+        ep.group == "segflow" and ep.value == ep.name for ep in loaded[: len(DEFAULT_PLUGINS)]
+    )
+    # Nothing was registered any other way.
+    assert [name for name, _ in pm.list_name_plugin()] == [ep.name for ep in loaded]
     assert {"jsonl", "csv"} <= set(event_sources(pm))
+    public = re.compile(r"^\s*(?:from|import) (core(?:\.\w+)*)\b", re.M)
+    for name in DEFAULT_PLUGINS:
+        module = pm.get_plugin(name)
+        impls = {n for n, f in vars(module).items() if callable(f) and hasattr(f, "segflow_impl")}
+        assert impls, f"{name} implements no hook"
+        assert impls == {c.name for c in pm.get_hookcallers(module)}, name
+        # A function named like a hook but not marked would silently never be called.
+        assert {n for n in vars(module) if n in HOOKS} == impls, name
+        files = [Path(module.__file__)]
+        if Path(module.__file__).name == "__init__.py":
+            files = sorted(Path(module.__file__).parent.glob("*.py"))
+        for path in files:
+            imported = set(public.findall(path.read_text()))
+            assert imported <= {"core", "core.http"}, f"{path} imports {imported}"
+
+
+def test_a_plugin_hookimpl_that_names_no_hook_is_refused(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    import pluggy
+
+    (tmp_path / "segflow_typo.py").write_text(
+        "from core import hookimpl\n\n@hookimpl\ndef register_comands(cli):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint("typo", "segflow_typo", "segflow")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep])
+    with pytest.raises(pluggy.PluginValidationError, match="register_comands"):
+        build_manager()
 
 
 def _fake_distribution(root: Path) -> Path:
@@ -314,3 +375,236 @@ def test_hook_register_scoring_models(register_plugin, tmp_path):
     assert (row["score"], row["value"], row["components"]) == ("act", 6.0, {"events": 3})
     with pytest.raises(ValueError, match="weight must be a number"):
         parse_definition({"name": "act", "model": "activity", "params": {}}, models=models)
+
+
+def test_hook_register_commands(register_plugin, tmp_path, monkeypatch, capsys):
+    from core import UsageError
+    from core.cli import main
+
+    def count(ctx: typer.Context, kind: str) -> None:
+        """How many events of a type."""
+        if not kind.islower():
+            raise UsageError(f"{kind!r}: event types are lower case")
+        from core import count_events
+
+        total = count_events(ctx.obj.engine())
+        typer.echo(f"{kind}: {total} events in {ctx.obj.settings.database_url}")
+
+    class Counter:
+        @staticmethod
+        def register_commands(cli):
+            app = typer.Typer()
+            app.command("count")(count)
+            cli.add_command(typer.main.get_command(app), "count")
+            # A command inside a core group, as `scores fit` does.
+            cli.commands["segments"].add_command(typer.main.get_command(app), "count")
+
+    register_plugin(Counter)
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path}/db.sqlite"
+    ingest(open_db(db), [{"type": "search", "user_id": "u1", "ts": "2026-01-01T00:00:00Z"}])
+    assert main(["--db", db, "count", "search"]) == 0
+    assert capsys.readouterr().out.strip() == f"search: 1 events in {db}"
+    assert main(["--db", db, "segments", "count", "search"]) == 0
+    assert "search: 1 events" in capsys.readouterr().out
+    assert main(["--db", db, "count", "Search"]) == 2
+    assert capsys.readouterr().err.strip() == "error: 'Search': event types are lower case"
+
+
+def test_a_plugin_command_cannot_replace_another(register_plugin, capsys):
+    from core.cli import main
+
+    class Thief:
+        @staticmethod
+        def register_commands(cli):
+            app = typer.Typer()
+            app.command("import")(lambda: None)
+            cli.add_command(typer.main.get_command(app), "import")
+
+    register_plugin(Thief)
+    assert main(["plugins"]) == 1
+    assert "the command segflow 'import' is defined twice" in capsys.readouterr().err
+
+
+def test_hook_register_settings(register_plugin, tmp_path, monkeypatch):
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from core.config import ConfigError, Settings, load_settings
+
+    class Feed(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str
+        every: float = Field(default=60.0, gt=0)
+
+    class Mood(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        word: str = "hello"
+
+    class Feeds:
+        @staticmethod
+        def register_settings(register):
+            register("sources.feed", list[Feed])
+            register("mood", Mood)
+
+    register_plugin(Feeds)
+    config = tmp_path / "segflow.toml"
+    monkeypatch.setenv("SEGFLOW_CONFIG", str(config))
+    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
+    config.write_text(
+        '[segflow]\nbatch_size = 10\n\n[[segflow.sources.feed]]\nname = "a"\nevery = 5\n'
+        '\n[[segflow.sources.feed]]\nname = "b"\n'
+    )
+    settings = load_settings()
+    assert settings.batch_size == 10
+    assert settings.plugin("sources.feed") == [Feed(name="a", every=5), Feed(name="b")]
+    assert settings.plugin("mood") == Mood()  # not in the file: the defaults
+    assert Settings().plugin("sources.feed") == []
+    # A bad value names the file, the section and the key; so does an unknown key.
+    config.write_text('[[sources.feed]]\nname = "a"\n\n[[sources.feed]]\nname = "b"\nevery = 0\n')
+    with pytest.raises(ConfigError) as bad:
+        load_settings()
+    assert str(bad.value) == f"{config}: [sources.feed] 1.every: Input should be greater than 0"
+    config.write_text('[mood]\nwrd = "hi"\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: [mood] wrd: Extra inputs")):
+        load_settings()
+    config.write_text('[sources.fed]\nname = "a"\n')
+    with pytest.raises(ConfigError) as unknown:
+        load_settings()
+    assert str(unknown.value).startswith(f"{config}: field 'sources.fed': unknown setting")
+    assert "[sources.feed]" in str(unknown.value)
+    with pytest.raises(ConfigError, match=r"no plugin registered the settings section \[nope\]"):
+        Settings().plugin("nope")
+
+
+def test_two_plugins_cannot_claim_one_settings_section(register_plugin):
+    from pydantic import BaseModel
+
+    from core.plugins import settings_sections
+
+    class A:
+        @staticmethod
+        def register_settings(register):
+            register("sources", BaseModel)
+
+    register_plugin(A)
+    # "sources" would swallow the built-in [sources.poll] and [sources.stream].
+    with pytest.raises(ValueError, match="overlap"):
+        settings_sections()
+
+
+def _greeter_distribution(root: Path) -> Path:
+    """A third-party plugin with a command and a settings section, installed as a
+    distribution (dist-info with an entry point) on the path."""
+    (root / "segflow_greeter.py").write_text(
+        textwrap.dedent(
+            '''
+            from typing import Annotated
+
+            import typer
+            from pydantic import BaseModel, ConfigDict, Field
+
+            from core import hookimpl
+
+
+            class Greeting(BaseModel):
+                model_config = ConfigDict(extra="forbid")
+                word: str = "hello"
+                times: int = Field(default=1, ge=1)
+
+
+            def greet(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+                """Greet someone as [greeter] says."""
+                config = ctx.obj.settings.plugin("greeter")
+                for _ in range(config.times):
+                    ctx.obj.out.print(f"{config.word} {name}")
+
+
+            @hookimpl
+            def register_settings(register):
+                register("greeter", Greeting)
+
+
+            @hookimpl
+            def register_commands(cli):
+                app = typer.Typer()
+                app.command("greet")(greet)
+                cli.add_command(typer.main.get_command(app), "greet")
+            '''
+        )
+    )
+    info = root / "segflow_greeter-0.3.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: segflow-greeter\nVersion: 0.3.0\n")
+    (info / "entry_points.txt").write_text("[segflow]\ngreeter = segflow_greeter\n")
+    return root
+
+
+def test_a_third_party_plugin_adds_a_command_that_reads_its_settings(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{_greeter_distribution(site)}:{PROJECT_ROOT}"}
+    for name in ("SEGFLOW_LOAD_PLUGINS", "SEGFLOW_CONFIG", "SEGFLOW_DATABASE_URL", "SEGFLOW_DEBUG"):
+        env.pop(name, None)
+
+    def segflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "core.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+
+    config = tmp_path / "segflow.toml"
+    config.write_text(
+        '[segflow]\ndatabase_url = "sqlite:///x.db"\n\n[segflow.greeter]\nword = "hi"\ntimes = 2\n'
+    )
+    done = segflow("greet", "Ada")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hi Ada\nhi Ada\n", "")
+    listed = {r["name"]: r for r in json.loads(segflow("plugins", "--json").stdout)}
+    assert listed["greeter"]["version"] == "0.3.0"
+    assert listed["greeter"]["hooks"] == ["register_commands", "register_settings"]
+    # With a [segflow] table the section belongs inside it; outside it is not ignored.
+    config.write_text('[segflow]\ndatabase_url = "sqlite:///x.db"\n\n[greeter]\nword = "hi"\n')
+    outside = segflow("greet", "Ada")
+    assert outside.returncode == 1
+    assert outside.stderr.startswith("error: segflow.toml: [greeter] is outside [segflow]")
+    config.write_text('[greeter]\nword = "hi"\ntimes = "often"\n')
+    bad = segflow("greet", "Ada")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (
+        "error: segflow.toml: [greeter] times: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+    config.write_text("[greeter]\ntimes = 0\n")
+    assert "segflow.toml: [greeter] times: Input should be greater than or equal to 1" in (
+        segflow("greet", "Ada").stderr
+    )
+    # Without the plugin its section is unknown, and named.
+    env["SEGFLOW_LOAD_PLUGINS"] = "plugins.sources.files"
+    gone = segflow("plugins")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error: segflow.toml: field 'greeter': unknown setting")
+
+
+def test_the_public_api_is_complete_and_cheap_to_import():
+    """Every name core exports resolves; the TYPE_CHECKING imports, _LAZY and
+    __all__ agree; and `import core` (or a plugin's `from core import hookimpl`)
+    loads neither the engine nor Prefect, marimo or FastAPI."""
+    import core
+
+    eager = {n for n in core.__all__ if n in vars(core)}
+    assert set(core.__all__) == eager | set(core._LAZY)
+    for name in core.__all__:
+        assert getattr(core, name) is not None, name
+    probe = (
+        "import sys, core\n"
+        "from core import EventSource, hookimpl\n"
+        "print(sorted(m for m in ('fastapi', 'prefect', 'marimo', 'core.ingestion', 'core.cli')"
+        " if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert loaded.strip() == "[]"

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.db import models, open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.maintenance import delete_all_data
 from core.plugins import condition_kinds, scoring_models
 from core.scoring import load_score_files, parse_definition, run_scores

@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from core.config import PollConfig
+from core import load_cursor
 from core.db import open_db
-from plugins.sources.polling import PollError, load_cursor, poll_once
+from plugins.sources.polling import PollConfig, PollError, poll_once
 from tests.helpers import count
 
 PAGES = {
@@ -125,3 +125,39 @@ def test_persistent_failures_stop_without_moving_the_cursor(feed, fresh_sqlite):
     feed.failures["c1"] = [(404, {})]
     with pytest.raises(PollError, match="HTTP 404"):
         poll_once(engine, config, sleep=lambda s: None)
+
+
+def test_the_poll_command_reads_its_settings_section(
+    feed, fresh_sqlite, tmp_path, monkeypatch, capsys
+):
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEGFLOW_CONFIG", raising=False)
+    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
+    db = fresh_sqlite()
+    config = tmp_path / "segflow.toml"
+    config.write_text(
+        f'[segflow]\ndatabase_url = "{db}"\n\n'
+        f'[[segflow.sources.poll]]\nname = "shop"\nurl = "{feed.url}"\n'
+    )
+    assert main(["poll", "shop", "--once"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "shop: 3 page(s), 4 new events, 0 duplicates, 0 rejected"
+    )
+    assert load_cursor(open_db(db), "shop") == "c2"
+    assert main(["poll", "other", "--once"]) == 2
+    assert "no poll named 'other' in [[sources.poll]] (shop)" in capsys.readouterr().err
+    # A bad value: one line naming the file, the section and the key.
+    config.write_text(
+        f'[[sources.poll]]\nname = "shop"\nurl = "{feed.url}"\ninterval_seconds = 0\n'
+    )
+    assert main(["--db", db, "poll", "shop", "--once"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: segflow.toml: [sources.poll] 0.interval_seconds: Input should be greater than 0"
+    )
+    # A failing endpoint with --once: one line, status 1.
+    config.write_text(f'[[sources.poll]]\nname = "shop"\nurl = "{feed.url}"\nmax_attempts = 1\n')
+    feed.failures["c2"] = [(404, {})]
+    assert main(["--db", db, "poll", "shop", "--once"]) == 1
+    assert "error: shop: HTTP 404 from" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from scipy import optimize
 
 from core.db import open_db
 from core.db.tables import PROFILES
-from core.ingest import import_file, ingest
+from core.ingestion import import_file, ingest
 from core.scoring import parse_definition, run_scores, store_scores
 from core.types import ReadOptions, ScoreError
 from plugins.scoring import predictive as pred

@@ -11,9 +11,8 @@ import time
 import pytest
 import redis
 
-from core.config import StreamConfig
 from core.db import open_db
-from plugins.sources.redis_stream import consume_once, ensure_group
+from plugins.sources.redis_stream import StreamConfig, consume_once, ensure_group
 from tests.conftest import IN_CI
 from tests.helpers import count
 
@@ -115,3 +114,32 @@ def test_nothing_is_acknowledged_when_storing_fails(redis_url, fresh_sqlite, mon
     monkeypatch.undo()
     assert consume_once(engine, config, client, block_ms=0).report.accepted == 1
     assert client.xpending("events-b", config.group)["pending"] == 0
+
+
+def test_the_consume_command_reads_its_settings_section(
+    redis_url, fresh_sqlite, tmp_path, monkeypatch, capsys
+):
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEGFLOW_CONFIG", raising=False)
+    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
+    db = fresh_sqlite()
+    client = redis.Redis.from_url(redis_url)
+    for i in range(3):
+        client.xadd("events-c", event(20 + i))
+    (tmp_path / "segflow.toml").write_text(
+        f'[[sources.stream]]\nname = "web"\nurl = "{redis_url}"\nstream = "events-c"\n'
+    )
+    assert main(["--db", db, "consume", "web", "--once"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "web: 3 entries, 3 new events, 0 duplicates, 0 rejected"
+    )
+    assert count(open_db(db)) == 3
+    assert main(["--db", db, "consume", "app", "--once"]) == 2
+    assert "no stream named 'app' in [[sources.stream]] (web)" in capsys.readouterr().err
+    (tmp_path / "segflow.toml").write_text('[[sources.stream]]\nname = "web"\n')
+    assert main(["--db", db, "consume", "web", "--once"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: segflow.toml: [sources.stream] 0.stream: Field required"
+    )

@@ -14,7 +14,7 @@ import yaml
 from core.db import open_db
 from core.db.models import Score
 from core.db.tables import EVENTS, PROFILES
-from core.ingest import ingest
+from core.ingestion import ingest
 from tests.conftest import PROJECT_ROOT, require_shared
 
 SCORES = Score.__table__
@@ -379,7 +379,7 @@ def _straddle_ok(values: list[float], scores: list[int]) -> None:
 
 @pytest.mark.slow
 def test_online_retail(rfm, fresh_sqlite):
-    from core.ingest import import_file
+    from core.ingestion import import_file
     from core.types import ReadOptions
 
     path = require_shared("online_retail/online_retail.csv.gz")

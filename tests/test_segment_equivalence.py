@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.db import models, open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.maintenance import delete_all_data
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data

@@ -11,11 +11,11 @@ import sqlalchemy as sa
 
 from core.cli import main
 from core.db import models, open_db
-from core.demo import generate
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.plugins import condition_kinds
 from core.segments.language import SegmentError
 from core.segments.store import load_segment_files, run_segments
+from plugins.demo.generator import generate
 from tests.conftest import PROJECT_ROOT
 
 EXAMPLES = PROJECT_ROOT / "examples" / "segments"

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.db import models, open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.segments.batch import evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from core.db import open_db
-from core.ingest import ingest
+from core.ingestion import ingest
 from core.tracking import (
     PIXEL_GIF,
     BadToken,

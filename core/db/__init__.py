@@ -110,9 +110,22 @@ def check_schema(engine: Engine, auto_upgrade: bool = True) -> None:
 def open_db(url: str, auto_upgrade: bool = True) -> Engine:
     """An engine on an up-to-date schema, with any interrupted bulk load
     finished first (each one done is logged as a warning, one line)."""
-    from core.ingest.bulk import finish_interrupted_loads  # ingest imports core.db
+    from core.ingestion.bulk import finish_interrupted_loads  # ingest imports core.db
 
     engine = make_engine(url)
     check_schema(engine, auto_upgrade=auto_upgrade)
     finish_interrupted_loads(engine)
     return engine
+
+
+def upgrade_schema(url: str) -> tuple[str | None, str]:
+    """Apply migrations up to the latest: (revision before or None, revision after)."""
+    engine = make_engine(url)
+    before = current_revision(engine)
+    upgrade(engine)
+    return before, current_revision(engine)
+
+
+def schema_revisions(url: str) -> tuple[str | None, str]:
+    """(the database's schema revision or None when empty, the code's)."""
+    return current_revision(make_engine(url)), head_revision()

@@ -100,7 +100,7 @@ class Identity(SQLModel, table=True):
 
 
 class EventRow(SQLModel, table=True):
-    """A stored event (the validated input form is ``core.ingest.Event``)."""
+    """A stored event (the validated input form is ``core.ingestion.Event``)."""
 
     __tablename__ = "events"
     __table_args__ = (
@@ -304,7 +304,7 @@ class BulkLoad(SQLModel, table=True):
 
     Written in the transaction that drops the indexes and deleted in the one
     that rebuilds them, so a row left behind is a load that died on the way;
-    ``core.ingest.bulk.finish_interrupted_loads`` completes it.
+    ``core.ingestion.bulk.finish_interrupted_loads`` completes it.
     """
 
     __tablename__ = "bulk_loads"

@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
+from core.db.sql import chunks
 from core.db.tables import (
     CHANGES,
     EVALUATION_STATE,
@@ -287,7 +288,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             # Only the candidates' memberships: a real-time call must not read a
             # whole (large) segment to update a few profiles.
             current = set()
-            for part in _chunks(sorted(candidates)):
+            for part in chunks(sorted(candidates)):
                 current.update(conn.execute(q.where(MEMBERSHIPS.c.profile_id.in_(part))).scalars())
         new = result.members[name]
         entered, exited = sorted(new - current), sorted(current - new)
@@ -299,7 +300,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
                     for p in entered
                 ],
             )
-        for part in _chunks(exited):
+        for part in chunks(exited):
             conn.execute(
                 MEMBERSHIPS.delete().where(
                     MEMBERSHIPS.c.segment_id == sid, MEMBERSHIPS.c.profile_id.in_(part)
@@ -314,7 +315,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             conn.execute(CHANGES.insert(), rows)
         changes += [Change(name, r["profile_id"], r["change"], as_of, version) for r in rows]
     evaluated = sorted(result.evaluated)
-    for part in _chunks(evaluated):
+    for part in chunks(evaluated):
         conn.execute(EVALUATION_STATE.delete().where(EVALUATION_STATE.c.profile_id.in_(part)))
     if evaluated:
         conn.execute(
@@ -371,11 +372,6 @@ def _record_sizes(conn, segs, as_of) -> dict[str, int]:
             SEGMENT_SIZES.insert().values(segment_id=sid, as_of=as_of, version=version, size=size)
         )
     return sizes
-
-
-def _chunks(seq: list, size: int = 900):
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
 
 
 def members(conn: Connection, name: str) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core import (
+    EVENTS,
+    PROFILES,
     Duration,
     EventTypes,
     ScoreValue,
@@ -46,7 +48,6 @@ from core import (
     where_matches,
     where_sql,
 )
-from core.db.tables import EVENTS, PROFILES
 
 
 class Cap(BaseModel):

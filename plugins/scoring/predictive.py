@@ -30,27 +30,50 @@ result raises ``ScoreError`` saying what is missing instead of storing NaN.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import sqlalchemy as sa
-from scipy import integrate, optimize, special
-from sqlalchemy.engine import Connection
+import typer
+from sqlalchemy.engine import Connection, Engine
 
 from core import (
     EVENT_TYPE_MAX_LENGTH,
+    EVENTS,
+    SCORES,
     ScoreError,
     ScoreValue,
     ScoringModel,
+    UsageError,
     hookimpl,
     is_snake_name,
+    store_scores,
 )
-from core.db.tables import EVENTS, SCORES
+
+
+class _OnFirstUse:
+    """A module imported when first used: scipy takes a second or more to import,
+    and every ``segflow`` command loads this plugin (it adds ``scores fit``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+integrate = _OnFirstUse("scipy.integrate")
+optimize = _OnFirstUse("scipy.optimize")
+special = _OnFirstUse("scipy.special")
 
 # Stored score names must fit scores.model; the longest suffix added is this.
 LONGEST_SUFFIX = "_p_alive"
@@ -740,6 +763,68 @@ def score_all(
         name=name,
     )
     return values
+
+
+FIT_FIGURES = ("r", "alpha", "a", "b", "log_likelihood", "profiles", "p", "q", "v")
+
+
+def fit_and_store(
+    engine: Engine,
+    *,
+    event: str = "purchase",
+    as_of: datetime,
+    horizon: float = 39.0,
+    name: str = "bgnbd",
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Fit and score as ``fit_and_score``, store the scores in one transaction.
+
+    Returns the fitted figures (BG/NBD r, alpha, a, b, log-likelihood,
+    profiles; Gamma-Gamma p, q, v when fitted) and the profiles stored per score.
+    """
+    with engine.begin() as conn:
+        fit, values = fit_and_score(conn, event=event, as_of=as_of, horizon=horizon, name=name)
+        stored = store_scores(conn, values, as_of)
+    figures = {k: getattr(fit, k) for k in FIT_FIGURES if getattr(fit, k, None) is not None}
+    return figures, stored
+
+
+def fit_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The model to fit: bgnbd.")],
+    event: Annotated[str, typer.Option(help="The purchase event type.")] = "purchase",
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Fit as of this time (ISO 8601); default now."),
+    ] = None,
+    horizon: Annotated[float, typer.Option(help="Prediction horizon, in weeks.")] = 39.0,
+    name: Annotated[str, typer.Option(help="Name of the stored scores.")] = "bgnbd",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fit BG/NBD (+ Gamma-Gamma) by maximum likelihood; store P(alive), purchases, CLV."""
+    if model != "bgnbd":
+        raise UsageError(f"unknown model {model!r} (available: bgnbd)")
+    cli = ctx.obj
+    when = cli.as_of(as_of)
+    figures, stored = fit_and_store(
+        cli.engine(), event=event, as_of=when, horizon=horizon, name=name
+    )
+    if as_json:
+        cli.print_json(figures)
+        return
+    from rich.table import Table
+
+    table = Table("parameter", "value", title=f"BG/NBD fit as of {when.isoformat()}")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:,.4f}" if isinstance(v, float) else f"{v:,}")
+    cli.out.print(table)
+    cli.out.print(", ".join(f"{n}: {c:,} profiles" for n, c in stored.items()))
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    commands = typer.Typer()
+    commands.command("fit")(fit_command)
+    cli.commands["scores"].add_command(typer.main.get_command(commands), "fit")
 
 
 @hookimpl

@@ -69,6 +69,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from core import (
+    EVENTS,
+    PROFILES,
+    SCORES,
     ConditionKind,
     ScoreValue,
     ScoringModel,
@@ -78,7 +81,6 @@ from core import (
     latest_score_sql,
     parse_duration,
 )
-from core.db.tables import EVENTS, PROFILES, SCORES
 
 # The stored names get "_r", "_f", "_m" added and must still fit scores.model.
 SCORE_NAME_MAX_LENGTH = SCORES.c.model.type.length - len("_r")

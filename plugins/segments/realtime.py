@@ -6,9 +6,7 @@ is not called), or leave it out with SEGFLOW_LOAD_PLUGINS.
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.plugins import condition_kinds, segment_change_hook
-from core.segments.realtime import evaluate_profiles
+from core import condition_kinds, evaluate_profiles, hookimpl, segment_change_hook
 
 
 @hookimpl

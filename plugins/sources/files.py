@@ -10,8 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from core import EventSource, RawRecord, ReadOptions, hookimpl
-from core.ingest.mapping import RowMapper
+from core import EventSource, RawRecord, ReadOptions, RowMapper, hookimpl
 
 
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:

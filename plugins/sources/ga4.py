@@ -9,14 +9,14 @@ nothing. Unlike Google's endpoint, which drops invalid events silently,
 /mp/collect answers 400 with the same messages and stores nothing.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the routes'
+# annotations (``request: Request``) when mount runs, and FastAPI is imported
+# inside mount so that loading this plugin (every command does) does not load it.
 
 import re
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 
 from core import EventSource, RawRecord, hookimpl
 
@@ -210,9 +210,13 @@ def to_events(body: dict[str, Any], measurement_id: str) -> list[dict[str, Any]]
     return out
 
 
-def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError
-    from core.ingest import Event, Rejection, validate
+def mount(router: Any, api: Any) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
+    from core import Event, Rejection
+    from core import validate_event as validate
+    from core.http import ApiError
 
     async def parse(request: Request) -> tuple[list[Event], list[dict[str, str]]]:
         """The request's events, validated, and GA4-style messages for what is wrong."""

@@ -6,6 +6,9 @@ A page's events are committed before its cursor is saved, so a crash or a
 restart resumes at the first page not yet stored, and anything fetched twice is
 a duplicate by message_id. Transient failures (connection errors, 429, 5xx)
 are retried with exponential backoff, honouring Retry-After.
+
+Endpoints are configured in segflow.toml, one ``[[sources.poll]]`` table each
+(``PollConfig``); ``segflow poll NAME`` runs one of them.
 """
 
 from __future__ import annotations
@@ -13,17 +16,44 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
-import sqlalchemy as sa
+import typer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from core import EventSource, RawRecord, hookimpl
-from core.config import PollConfig
-from core.db.models import utcnow
-from core.db.tables import SOURCE_STATES
-from core.ingest import IngestReport, ingest
+from core import (
+    CommandError,
+    EventSource,
+    IngestReport,
+    RawRecord,
+    UsageError,
+    hookimpl,
+    ingest,
+    load_cursor,
+    save_cursor,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where it is used: every command loads this plugin (for `poll`).
+SECTION = "sources.poll"
+
+
+class PollConfig(BaseModel):
+    """A paginated HTTP JSON endpoint to pull events from (``segflow poll NAME``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    url: str
+    interval_seconds: float = Field(default=60.0, gt=0)
+    headers: dict[str, str] = {}
+    cursor_param: str = "cursor"
+    items_field: str = "events"
+    next_field: str = "next_cursor"
+    max_attempts: int = Field(default=5, ge=1)
 
 
 class PollError(RuntimeError):
@@ -37,35 +67,14 @@ class PollResult:
     cursor: Any = None
 
 
-def load_cursor(engine: Engine, name: str) -> Any:
-    with engine.connect() as conn:
-        state = conn.execute(
-            sa.select(SOURCE_STATES.c.cursor).where(SOURCE_STATES.c.name == name)
-        ).scalar()
-    return (state or {}).get("cursor")
-
-
-def save_cursor(engine: Engine, name: str, cursor: Any) -> None:
-    with engine.begin() as conn:
-        updated = conn.execute(
-            SOURCE_STATES.update()
-            .where(SOURCE_STATES.c.name == name)
-            .values(cursor={"cursor": cursor}, updated_at=utcnow())
-        ).rowcount
-        if not updated:
-            conn.execute(
-                SOURCE_STATES.insert().values(
-                    name=name, cursor={"cursor": cursor}, updated_at=utcnow()
-                )
-            )
-
-
 def fetch(
     client: httpx.Client,
     config: PollConfig,
     cursor: Any,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
+    import httpx
+
     params = {config.cursor_param: cursor} if cursor is not None else {}
     delay = 0.5
     for attempt in range(1, config.max_attempts + 1):
@@ -105,6 +114,8 @@ def poll_once(
     """Fetch pages from the stored cursor until the endpoint has nothing new."""
     result = PollResult(cursor=load_cursor(engine, config.name))
     own = client is None
+    import httpx
+
     client = client or httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=2))
     try:
         while result.pages < max_pages:
@@ -132,6 +143,81 @@ def poll_once(
     return result
 
 
+def named(configs: list[PollConfig], name: str) -> PollConfig:
+    """The configured endpoint called ``name``, or a usage error listing them."""
+    found = next((c for c in configs if c.name == name), None)
+    if found is None:
+        known = ", ".join(c.name for c in configs) or "none configured"
+        raise UsageError(f"no poll named {name!r} in [[{SECTION}]] ({known})")
+    return found
+
+
+def run(
+    engine: Engine,
+    config: PollConfig,
+    *,
+    once: bool = False,
+    on_pass: Callable[[PollResult], None] = lambda result: None,
+    on_error: Callable[[PollError], None] = lambda exc: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PollResult:
+    """Poll every ``interval_seconds`` until stopped, or one pass when ``once``.
+
+    A failing pass is reported to ``on_error`` and tried again after the
+    interval; with ``once`` it is a CommandError instead. Returns the last pass.
+    """
+    while True:
+        try:
+            result = poll_once(engine, config, sleep=sleep)
+        except PollError as exc:
+            if once:
+                raise CommandError(str(exc)) from None
+            on_error(exc)
+        else:
+            on_pass(result)
+            if once:
+                return result
+        sleep(config.interval_seconds)
+
+
+def poll_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"A [[{SECTION}]] entry of segflow.toml.")],
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+) -> None:
+    """Pull events from a paginated HTTP endpoint every interval, resuming at its cursor."""
+    cli = ctx.obj
+    config = named(cli.settings.plugin(SECTION), name)
+
+    def passed(result: PollResult) -> None:
+        r = result.report
+        cli.out.print(
+            f"{name}: {result.pages} page(s), {r.accepted:,} new events, "
+            f"{r.duplicates:,} duplicates, {len(r.rejected):,} rejected"
+        )
+
+    def failed(exc: PollError) -> None:
+        cli.err.print(
+            f"poll {name}: {exc}; trying again in {config.interval_seconds:g} s", markup=False
+        )
+
+    result = run(cli.engine(), config, once=once, on_pass=passed, on_error=failed)
+    if result.report.rejected:
+        raise typer.Exit(1)
+
+
+@hookimpl
+def register_settings(register) -> None:
+    register(SECTION, list[PollConfig])
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    commands = typer.Typer()
+    commands.command("poll")(poll_command)
+    cli.add_command(typer.main.get_command(commands), "poll")
+
+
 @hookimpl
 def register_event_sources(register) -> None:
-    register(EventSource("polling", "Pull paginated JSON from HTTP endpoints ([[segflow.polls]])"))
+    register(EventSource("polling", f"Pull paginated JSON from HTTP endpoints ([[{SECTION}]])"))

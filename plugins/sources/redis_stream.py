@@ -7,19 +7,45 @@ entries are read again (pending list first) and anything stored twice is a
 duplicate by message_id. Entries that are not valid events are acknowledged
 and copied to ``<stream>:rejected`` with the reason, so they never block the
 stream and are never silently lost.
+
+Streams are configured in segflow.toml, one ``[[sources.stream]]`` table each
+(``StreamConfig``); ``segflow consume NAME`` consumes one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
-import redis
+import typer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from core import EventSource, RawRecord, hookimpl
-from core.config import StreamConfig
-from core.ingest import IngestReport, ingest
+from core import EventSource, IngestReport, RawRecord, UsageError, hookimpl, ingest
+
+if TYPE_CHECKING:
+    import redis
+
+# redis is imported where it is used: every command loads this plugin (for `consume`).
+SECTION = "sources.stream"
+
+
+class StreamConfig(BaseModel):
+    """A Redis Stream to consume events from (``segflow consume NAME``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str
+    group: str = "segflow"
+    consumer: str = "segflow-1"
+    # The entry field holding the event as JSON.
+    field: str = "event"
+    batch: int = Field(default=500, ge=1)
+    block_ms: int = Field(default=5000, ge=0)
 
 
 @dataclass
@@ -29,6 +55,8 @@ class ConsumeResult:
 
 
 def ensure_group(client: redis.Redis, config: StreamConfig) -> None:
+    import redis
+
     try:
         client.xgroup_create(config.stream, config.group, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -62,6 +90,8 @@ def consume_once(
     block_ms: int | None = None,
 ) -> ConsumeResult:
     """Read what is pending for this consumer, then new entries; store; acknowledge."""
+    import redis
+
     client = client or redis.Redis.from_url(config.url)
     ensure_group(client, config)
     result = ConsumeResult()
@@ -101,8 +131,67 @@ def consume_once(
     return result
 
 
+def named(configs: list[StreamConfig], name: str) -> StreamConfig:
+    """The configured stream called ``name``, or a usage error listing them."""
+    found = next((c for c in configs if c.name == name), None)
+    if found is None:
+        known = ", ".join(c.name for c in configs) or "none configured"
+        raise UsageError(f"no stream named {name!r} in [[{SECTION}]] ({known})")
+    return found
+
+
+def run(
+    engine: Engine,
+    config: StreamConfig,
+    *,
+    once: bool = False,
+    on_batch: Callable[[ConsumeResult], None] = lambda result: None,
+) -> ConsumeResult:
+    """Consume until stopped (each read blocks up to ``block_ms``), or drain what
+    is there and return when ``once``. ``on_batch`` sees every read that brought
+    entries (and the single pass of ``once``)."""
+    import redis
+
+    client = redis.Redis.from_url(config.url)
+    while True:
+        result = consume_once(engine, config, client, block_ms=0 if once else None)
+        if result.entries or once:
+            on_batch(result)
+        if once:
+            return result
+
+
+def consume_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"A [[{SECTION}]] entry of segflow.toml.")],
+    once: Annotated[bool, typer.Option("--once", help="Drain what is there, then exit.")] = False,
+) -> None:
+    """Consume a Redis Stream with a consumer group; acknowledge after committing."""
+    cli = ctx.obj
+    config = named(cli.settings.plugin(SECTION), name)
+
+    def report(result: ConsumeResult) -> None:
+        r = result.report
+        cli.out.print(
+            f"{name}: {result.entries:,} entries, {r.accepted:,} new events, "
+            f"{r.duplicates:,} duplicates, {len(r.rejected):,} rejected"
+        )
+
+    run(cli.engine(), config, once=once, on_batch=report)
+
+
+@hookimpl
+def register_settings(register) -> None:
+    register(SECTION, list[StreamConfig])
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    commands = typer.Typer()
+    commands.command("consume")(consume_command)
+    cli.add_command(typer.main.get_command(commands), "consume")
+
+
 @hookimpl
 def register_event_sources(register) -> None:
-    register(
-        EventSource("redis_stream", "Redis Streams with a consumer group ([[segflow.streams]])")
-    )
+    register(EventSource("redis_stream", f"Redis Streams with a consumer group ([[{SECTION}]])"))

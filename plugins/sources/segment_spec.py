@@ -7,7 +7,9 @@ key with the ``events:write`` scope, sent as HTTP Basic (``key:``) or as
 types; other names become snake_case custom types ("Signed Up" -> signed_up).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the routes'
+# annotations (``request: Request``) when mount runs, and FastAPI is imported
+# inside mount so that loading this plugin (every command does) does not load it.
 
 import gzip
 import io
@@ -15,7 +17,6 @@ import re
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
 
 from core import EventSource, hookimpl
 
@@ -146,8 +147,10 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
     return {k: v for k, v in event.items() if v is not None and v != {}}
 
 
-def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError, checked_event
+def mount(router: Any, api: Any) -> None:
+    from fastapi import Request
+
+    from core.http import ApiError, checked_event
 
     async def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
         api.authorize(

@@ -13,7 +13,9 @@ t=..,v1=..`` with a hex HMAC-SHA256 over ``"{t}.{body}"``, accepted within 300
 seconds. A missing or bad signature gets 401 and nothing is stored.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the routes'
+# annotations (``request: Request``) when mount runs, and FastAPI is imported
+# inside mount so that loading this plugin (every command does) does not load it.
 
 import base64
 import hashlib
@@ -23,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
 
 from core import EventSource, hookimpl
 
@@ -115,10 +116,12 @@ def stripe_event(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if v is not None}
 
 
-def mount(router: APIRouter, api) -> None:
-    from core.api import ApiError
-    from core.ingest import Rejection, validate
-    from core.types import RawRecord
+def mount(router: Any, api: Any) -> None:
+    from fastapi import Request
+
+    from core import RawRecord, Rejection
+    from core import validate_event as validate
+    from core.http import ApiError
 
     @router.post("/webhooks/{name}", name="webhook")
     async def webhook(name: str, request: Request) -> dict:

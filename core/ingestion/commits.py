@@ -27,8 +27,8 @@ from itertools import groupby
 
 from sqlalchemy.engine import Engine
 
-from core.ingest.pipeline import ingest
-from core.ingest.schema import Event
+from core.ingestion.pipeline import ingest
+from core.ingestion.schema import Event
 from core.plugins import ingest_hook
 from core.types import StoredEvent
 

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.errors import describe_validation_error
-from core.ingest.report import Rejection
+from core.ingestion.report import Rejection
 from core.types import EVENT_TYPE_MAX_LENGTH, SNAKE_NAME, RawRecord
 
 IDENTIFY = "identify"

@@ -36,8 +36,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
 from core.db.tables import BULK_LOAD_MOVES, BULK_LOADS, EVENTS
-from core.ingest.crashpoints import crash_point
-from core.ingest.identity import move_events
+from core.ingestion.crashpoints import crash_point
+from core.ingestion.identity import move_events
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _index(spec: dict[str, Any]) -> sa.Index:
 def finish_interrupted_loads(engine: Engine) -> list[str]:
     """Complete every bulk load whose process died; one line for each done.
 
-    Each line is also logged as a warning (logger ``core.ingest.bulk``); the
+    Each line is also logged as a warning (logger ``core.ingestion.bulk``); the
     library prints nothing. Loads still running are left alone: this
     process's, a live process's on this host, and on PostgreSQL any whose
     lock is held.

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Required
 from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from core.ingest.schema import (
+from core.ingestion.schema import (
     IDENTIFY,
     Currency,
     Event,

@@ -1,7 +1,7 @@
 """Deterministic demo data: behaviour events of a synthetic outdoor-gear shop.
 
 ``generate(people, seed=..., days=..., end=...)`` yields canonical segflow event
-dicts (see ``core.ingest.Event``). Everything comes from one ``random.Random``
+dicts (see ``core.ingestion.Event``). Everything comes from one ``random.Random``
 seeded with ``seed``, consumed in a fixed order, so the same arguments always
 give the same sequence of dicts -- including ``message_id``s, so re-ingesting a
 demo run is a no-op thanks to de-duplication.

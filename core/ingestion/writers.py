@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.tables import EVENTS
-from core.ingest.plain import STORED_JSON, TS_TEXT
-from core.ingest.schema import IDENTIFY, Fields, json_bytes
+from core.ingestion.plain import STORED_JSON, TS_TEXT
+from core.ingestion.schema import IDENTIFY, Fields, json_bytes
 
 # (connection, events' fields, their profile ids, source, receive time) -> rows inserted
 EventWriter = Callable[[Connection, list[Fields], list[int], str, datetime], int]

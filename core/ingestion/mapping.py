@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.ingest.schema import Event
+from core.ingestion.schema import Event
 from core.types import ReadOptions
 
 # Fields a column can feed directly; properties are reached as properties.NAME.

@@ -11,14 +11,14 @@ on resolved profiles.
   imports; ``identity``: identity resolution; ``report``: what a call reports.
 """
 
-from core.ingest.bulk import finish_interrupted_loads, worth_bulk_loading
-from core.ingest.commits import CommitterClosed, GroupCommitter
-from core.ingest.files import ImportUsageError, estimate_records, import_file
-from core.ingest.mapping import MappingError
-from core.ingest.pipeline import ingest
-from core.ingest.process import bulk_import_scope
-from core.ingest.report import IngestError, IngestReport, Rejection
-from core.ingest.schema import IDENTIFY, Event, describe_error, parse_timezone, validate
+from core.ingestion.bulk import finish_interrupted_loads, worth_bulk_loading
+from core.ingestion.commits import CommitterClosed, GroupCommitter
+from core.ingestion.files import ImportUsageError, estimate_records, import_file
+from core.ingestion.mapping import MappingError
+from core.ingestion.pipeline import ingest
+from core.ingestion.process import bulk_import_scope
+from core.ingestion.report import IngestError, IngestReport, Rejection
+from core.ingestion.schema import IDENTIFY, Event, describe_error, parse_timezone, validate
 
 __all__ = [
     "IDENTIFY",

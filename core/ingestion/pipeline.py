@@ -1,7 +1,7 @@
 """``ingest``: validate records, store them batch by batch, call the hook.
 
 Every source turns what it receives into dicts of the one event shape
-(``core.ingest.schema``); ``ingest`` validates them, drops duplicates (same
+(``core.ingestion.schema``); ``ingest`` validates them, drops duplicates (same
 ``message_id``), resolves identities, writes in bounded transactions and then
 calls ``on_events_ingested``.
 """
@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
-from core.ingest.batch import store_batch
-from core.ingest.bulk import DeferredLoad, bulk_load
-from core.ingest.crashpoints import crash_point
-from core.ingest.plain import plain_fields
-from core.ingest.report import IngestError, IngestReport, Rejection
-from core.ingest.schema import Event, Fields, _unreadable, describe_error, parse_timezone
-from core.ingest.writers import (
+from core.ingestion.batch import store_batch
+from core.ingestion.bulk import DeferredLoad, bulk_load
+from core.ingestion.crashpoints import crash_point
+from core.ingestion.plain import plain_fields
+from core.ingestion.report import IngestError, IngestReport, Rejection
+from core.ingestion.schema import Event, Fields, _unreadable, describe_error, parse_timezone
+from core.ingestion.writers import (
     SQLITE_PIPELINE_ROWS_PER_STATEMENT,
     EventWriter,
     _insert_sqlite,
@@ -57,7 +57,7 @@ def ingest(
     ``notify=False`` skips the ``on_events_ingested`` hook (bulk back-loads).
     ``on_stored(events)``: called after each committed batch instead of the hook
     (for a caller that runs the hook itself, elsewhere or later).
-    ``bulk=True``: a bulk load (core.ingest.bulk): the events' secondary
+    ``bulk=True``: a bulk load (core.ingestion.bulk): the events' secondary
     indexes are built once at the end instead of row by row, crash-safely, and
     on SQLite the INSERTs are pipelined. The caller chooses (see
     ``worth_bulk_loading``); a command running one enters

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from core.ingest.pipeline import ingest
-from core.ingest.report import IngestReport
+from core.ingestion.pipeline import ingest
+from core.ingestion.report import IngestReport
 from core.plugins import event_sources
 from core.types import EventSource, ReadOptions
 

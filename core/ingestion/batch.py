@@ -8,12 +8,12 @@ from sqlalchemy.engine import Connection
 
 from core.db.models import utcnow
 from core.db.sql import fetch_in
-from core.ingest.bulk import DeferredLoad
-from core.ingest.identity import BatchResolver
-from core.ingest.plain import as_event
-from core.ingest.report import IngestReport
-from core.ingest.schema import IDENTIFY, Event, Fields, trait_email
-from core.ingest.writers import EventWriter
+from core.ingestion.bulk import DeferredLoad
+from core.ingestion.identity import BatchResolver
+from core.ingestion.plain import as_event
+from core.ingestion.report import IngestReport
+from core.ingestion.schema import IDENTIFY, Event, Fields, trait_email
+from core.ingestion.writers import EventWriter
 from core.types import StoredEvent
 
 

@@ -1,0 +1,121 @@
+"""The ``segflow`` command line: a thin shell over core functions.
+
+One module per command group; each command parses its arguments, calls one
+library function and prints. Plugins add commands through the
+``register_commands`` hook (``poll``, ``consume``, ``scores fit`` and ``demo``
+come from built-in plugins that way), so the core never imports a plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from core.cli import db, import_, keys, plugins, profiles, scores, segments, serve
+from core.cli.context import CommandContext, Group, err
+from core.config import ConfigError, load_settings
+from core.types import CommandError, UsageError
+
+app = typer.Typer(
+    name="segflow",
+    help="Behaviour-based segmentation and personalised email.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    cls=Group,
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database URL (else SEGFLOW_DATABASE_URL, segflow.toml)."),
+    ] = None,
+) -> None:
+    ctx.obj = CommandContext(load_settings(db))
+
+
+app.command()(db.init)
+app.add_typer(db.app, name="db")
+app.command("import")(import_.import_cmd)
+app.add_typer(profiles.app, name="profile")
+app.command()(plugins.plugins)
+app.add_typer(segments.app, name="segments")
+app.add_typer(scores.app, name="scores")
+app.add_typer(keys.app, name="keys")
+app.command()(serve.serve)
+app.add_typer(serve.dashboard_app, name="dashboard")
+
+
+def build_cli() -> TyperGroup:
+    """The root command: the core's commands, then those plugins register.
+
+    Built afresh for every run, so the plugins loaded now (SEGFLOW_LOAD_PLUGINS,
+    test plugins) are the ones whose commands exist.
+    """
+    from core.plugins import get_manager
+
+    cli = typer.main.get_command(app)
+    assert isinstance(cli, TyperGroup)  # the root has a callback: always a group
+    get_manager().hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected errors become one line on stderr and an exit status."""
+    from core.db import DatabaseError
+    from core.ingestion import ImportUsageError, IngestError, MappingError
+    from core.keys import UnknownKey
+    from core.notebooks import NotebookNotFound
+    from core.profiles import ProfileNotFound
+    from core.segments.language import SegmentError
+    from core.types import ScoreError
+
+    try:
+        # Outside standalone mode click returns the status of typer.Exit instead of raising.
+        status = build_cli().main(args=argv, prog_name="segflow", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (UsageError, ImportUsageError, MappingError, NotebookNotFound) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except (
+        CommandError,
+        ConfigError,
+        DatabaseError,
+        ProfileNotFound,
+        IngestError,
+        SegmentError,
+        ScoreError,
+        UnknownKey,
+    ) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except typer.Abort:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the promise is no traceback, ever
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()  # click's own usage errors: message plus usage line, status 2
+            return exc.exit_code
+        if os.environ.get("SEGFLOW_DEBUG"):
+            raise
+        err.print(
+            f"error: {type(exc).__name__}: {exc} (set SEGFLOW_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return 1
+    return status if isinstance(status, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

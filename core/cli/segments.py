@@ -1,0 +1,256 @@
+"""``segflow segments``: run, list, inspect, preview, back-fill and test segments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from core.cli.context import AsOf, Group, err, obj, out, parse_as_of, progress
+from core.plugins import condition_kinds, segment_change_hook
+from core.types import UsageError
+
+app = typer.Typer(help="Behavioural segments.", no_args_is_help=True, cls=Group)
+
+Directory = Annotated[Path, typer.Option("--dir", help="Folder of segment YAML files.")]
+
+
+@app.command("run")
+def segments_run(
+    ctx: typer.Context,
+    directory: Directory = Path("segments"),
+    as_of: AsOf = None,
+    full: Annotated[bool, typer.Option("--full", help="Evaluate everyone, not only changes.")] = (
+        False
+    ),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Load and save the definitions in DIR, evaluate, record entries and exits."""
+    from core.segments.report import run_report
+    from core.segments.store import load_segment_files, run_segments
+
+    kinds = condition_kinds()
+    engine = obj(ctx).engine()
+    result = run_segments(
+        engine,
+        parse_as_of(as_of),
+        kinds=kinds,
+        definitions=load_segment_files(directory, kinds),
+        full=full,
+        on_change=segment_change_hook(engine),
+    )
+    if as_json:
+        out.print_json(json.dumps(run_report(result)))
+        return
+    kind = "full" if result.full else "incremental"
+    table = Table(
+        "segment",
+        "size",
+        "entered",
+        "exited",
+        title=f"{kind} run as of {result.as_of.isoformat()}: "
+        f"{result.evaluated:,} profiles evaluated",
+    )
+    for name in sorted(result.sizes):
+        table.add_row(
+            name, f"{result.sizes[name]:,}", f"{result.entered[name]:,}", f"{result.exited[name]:,}"
+        )
+    out.print(table)
+
+
+@app.command("members")
+def segments_members(
+    ctx: typer.Context,
+    name: str,
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of user ids.")] = False,
+) -> None:
+    """Members of a segment: current, or evaluated as of a time (nothing saved)."""
+    from core.segments.report import member_ids
+
+    when = parse_as_of(as_of) if as_of is not None else None
+    with obj(ctx).engine().connect() as conn:
+        ids = member_ids(conn, name, condition_kinds(), when)
+    if as_json:
+        out.print_json(json.dumps(ids))
+        return
+    for who in ids:
+        out.print(who, markup=False, highlight=False)
+    err.print(f"{len(ids):,} members")
+
+
+@app.command("list")
+def segments_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Saved segments with their version and current size."""
+    from core.segments.report import segment_sizes
+
+    with obj(ctx).engine().connect() as conn:
+        data = segment_sizes(conn)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("segment", "version", "size", "description")
+    for r in data:
+        table.add_row(r["name"], str(r["version"]), f"{r['size']:,}", r["description"])
+    out.print(table)
+
+
+@app.command("history")
+def segments_history(
+    ctx: typer.Context, name: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Size of a segment at each run or back-filled day."""
+    from core.segments.report import size_history
+
+    with obj(ctx).engine().connect() as conn:
+        data = size_history(conn, name)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("as of", "size", "version", title=name)
+    for r in data:
+        table.add_row(r["as_of"], f"{r['size']:,}", str(r["version"]))
+    out.print(table)
+
+
+@app.command("test")
+def segments_test(directory: Directory = Path("segments"), as_of: AsOf = None) -> None:
+    """Run the test profiles in the segment files; fails like pytest does."""
+    from core.segments.store import load_segment_files
+    from core.segments.testing import run_tests
+
+    outcomes = run_tests(load_segment_files(directory, condition_kinds()), parse_as_of(as_of))
+    failed = [o for o in outcomes if not o.passed]
+    for o in outcomes:
+        status = "[green]PASSED[/green]" if o.passed else "[red]FAILED[/red]"
+        out.print(f"{o.nodeid} {status}", highlight=False, soft_wrap=True)
+    for o in failed:
+        reason = o.error or f"expected {o.expected}, got {o.got}"
+        err.print(f"FAILED {o.nodeid} - {reason}", markup=False, highlight=False)
+    out.print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("preview")
+def segments_preview(
+    ctx: typer.Context,
+    file: Path,
+    as_of: AsOf = None,
+    sample: Annotated[int, typer.Option(help="How many members to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Size and a sample of members of the segments in FILE, saving nothing."""
+    from core.segments.report import preview_file
+
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    when = parse_as_of(as_of)
+    with obj(ctx).engine().connect() as conn:
+        data = preview_file(conn, file, condition_kinds(), when, sample)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("segment", "size", "sample", title=f"preview of {file} (nothing saved)")
+    for name, d in data.items():
+        table.add_row(name, f"{d['size']:,}", ", ".join(map(str, d["sample"])))
+    out.print(table)
+
+
+@app.command("backfill")
+def segments_backfill(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option("--from", help="First as_of (ISO 8601 with offset).")],
+    end: Annotated[str, typer.Option("--to", help="Last as_of.")],
+    every: Annotated[str, typer.Option(help="Step, e.g. 1d, 12h.")] = "1d",
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Save these definitions first.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate every saved segment at each step and store its size (history)."""
+    from core.segments.language import parse_duration
+    from core.segments.store import backfill, load_segment_files
+
+    try:
+        step = parse_duration(every)
+    except ValueError as exc:
+        raise UsageError(f"--every: {exc}") from None
+    first, last = parse_as_of(start, "--from"), parse_as_of(end, "--to")
+    if last < first:
+        raise UsageError("--to is before --from")
+    steps = int((last - first) / step) + 1
+    kinds = condition_kinds()
+    definitions = load_segment_files(directory, kinds) if directory else None
+    with progress("back-filling segment sizes", total=steps) as advance:
+        sizes = backfill(
+            obj(ctx).engine(),
+            first,
+            last,
+            step,
+            kinds=kinds,
+            definitions=definitions,
+            on_step=lambda: advance(1),
+        )
+    if as_json:
+        out.print_json(
+            json.dumps([{"as_of": when.isoformat(), "sizes": row} for when, row in sizes])
+        )
+        return
+    names = sorted(sizes[0][1]) if sizes else []
+    table = Table(
+        "segment",
+        "first",
+        "min",
+        "max",
+        "last",
+        title=f"sizes at {len(sizes)} steps from {first.isoformat()} to "
+        f"{sizes[-1][0].isoformat() if sizes else last.isoformat()} (stored for history)",
+    )
+    for name in names:
+        series = [row[name] for _, row in sizes]
+        table.add_row(name, *(f"{v:,}" for v in (series[0], min(series), max(series), series[-1])))
+    out.print(table)
+
+
+@app.command("explain")
+def segments_explain(
+    ctx: typer.Context,
+    name: str,
+    user_id: Annotated[str, typer.Argument(help="User id, anonymous id or email.")],
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Why someone is in a segment or not: each condition, its figures and events."""
+    from rich.tree import Tree
+
+    from core.segments.report import explain_profile
+
+    with obj(ctx).engine().connect() as conn:
+        report = explain_profile(conn, name, user_id, condition_kinds(), parse_as_of(as_of))
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+
+    def label(node: dict[str, Any]) -> str:
+        mark = "[green]✔[/green]" if node["value"] else "[red]✘[/red]"
+        params = ", ".join(f"{k}: {v}" for k, v in node["params"].items())
+        figures = ", ".join(f"{k}={v}" for k, v in (node.get("figures") or {}).items())
+        return f"{mark} {node['kind']} {params}" + (f"  [dim]{figures}[/dim]" if figures else "")
+
+    def grow(tree: Tree, node: dict[str, Any]) -> None:
+        branch = tree.add(label(node))
+        for e in node.get("events", []):
+            branch.add(f"[dim]{e['ts']} {e['type']} {e.get('product_id', '')}[/dim]")
+        for child in node.get("children", []):
+            grow(branch, child)
+
+    verdict = "IN" if report["member"] else "OUT"
+    root = Tree(f"{name} for {user_id} as of {report['as_of']}: [bold]{verdict}[/bold]")
+    grow(root, report["rule"])
+    out.print(root)
+    if report["next_change_at"]:
+        out.print(f"could change without new events at {report['next_change_at']}")

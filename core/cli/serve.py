@@ -1,0 +1,67 @@
+"""``segflow serve`` and ``segflow dashboard``: the long-running shells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.cli.context import Group, obj, out
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log every request (off by default: at thousands of events a second "
+            "the log costs more than storing them; errors are logged either way).",
+        ),
+    ] = False,
+) -> None:
+    """Run the ingestion API (Segment-compatible /v1, tracking pixel and links)."""
+    from core.api import serve as run_server
+
+    cli = obj(ctx)
+    run_server(cli.engine(), cli.settings, host, port, access_log=access_log)
+
+
+dashboard_app = typer.Typer(
+    help="Analyst dashboards (marimo apps).", no_args_is_help=True, cls=Group
+)
+
+
+@dashboard_app.command("overview")
+def dashboard_overview(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 2718,
+    headless: Annotated[
+        bool, typer.Option("--headless/--no-headless", help="Do not open a browser.")
+    ] = False,
+    export_html: Annotated[
+        Path | None,
+        typer.Option("--export-html", help="Write a static HTML report to PATH instead."),
+    ] = None,
+) -> None:
+    """Stored data at a glance: summary, events per day by type, top products."""
+    from core.notebooks import run_notebook
+
+    cli = obj(ctx)
+    cli.engine()  # fail here, in one line, if the database cannot be opened
+    status = run_notebook(
+        "overview.py",
+        cli.settings.database_url,
+        host=host,
+        port=port,
+        headless=headless,
+        export_html=export_html,
+    )
+    if status:
+        raise typer.Exit(status)
+    if export_html is not None:
+        out.print(f"wrote {export_html}")

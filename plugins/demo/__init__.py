@@ -1,0 +1,100 @@
+"""The demo store: a synthetic outdoor-gear shop and ``segflow demo``.
+
+``plugins.demo.generator`` makes the events (deterministic for a seed);
+``plugins.demo.store.run_demo`` imports them and runs the example scores and
+segments. This module registers the command; ``make demo`` runs
+``segflow demo --reset``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from core import bulk_import_scope, hookimpl
+
+
+def demo_command(
+    ctx: typer.Context,
+    people: Annotated[int, typer.Option(min=1, help="Known people in the store.")] = 5000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+    reset: Annotated[
+        bool, typer.Option(help="Delete the previous demo run first (refused on real data).")
+    ] = False,
+    segments: Annotated[
+        Path | None,
+        typer.Option(help="Segment definitions to run on the store (default: the examples)."),
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Score definitions to compute first (default: the examples)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Generate a realistic outdoor-gear store, import it, run the segments, summarise."""
+    from plugins.demo.store import run_demo
+
+    cli = ctx.obj
+    engine = cli.engine()
+    description = f"generating and importing {people:,} people x {days} days"
+    with cli.progress(description) as advance, bulk_import_scope():
+        summary = run_demo(
+            engine,
+            people=people,
+            days=days,
+            seed=seed,
+            reset=reset,
+            segments=segments,
+            scores=scores,
+            batch_size=cli.settings.batch_size,
+            on_progress=advance,
+        )
+    if as_json:
+        cli.print_json(summary)
+    else:
+        for table in _tables(summary):
+            cli.out.print(table)
+        imported = summary["import"]
+        cli.out.print(
+            f"imported {imported['accepted']:,} events ({imported['duplicates']:,} duplicates "
+            f"skipped, {imported['rejected']:,} rejected) into "
+            f"{engine.url.render_as_string(hide_password=True)}"
+        )
+    if summary["import"]["rejected"]:
+        raise typer.Exit(1)
+
+
+def _tables(summary: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    head = Table("", "", title="segflow demo store")
+    head.add_row("profiles", f"{summary['profiles']:,}")
+    head.add_row("  identified", f"{summary['identified']:,}")
+    head.add_row("  anonymous", f"{summary['anonymous']:,}")
+    head.add_row(
+        "  identified after anonymous visits", f"{summary['identified_after_anonymous']:,}"
+    )
+    head.add_row("profiles merged", f"{summary['merged']:,}")
+    head.add_row("events", f"{summary['events']:,}")
+    head.add_row("from", str(summary["first_event"]))
+    head.add_row("to", str(summary["last_event"]))
+    head.add_row("revenue", f"{summary['revenue']:,.2f}")
+    types = Table("event type", "events", "share", title="events by type")
+    total = summary["events"] or 1
+    for k, v in summary["by_type"].items():
+        types.add_row(k, f"{v:,}", f"{100 * v / total:.1f}%")
+    kind = "full" if summary["full_run"] else "incremental"
+    sizes = Table("segment", "members", title=f"segments ({kind} run)")
+    for name, size in summary["segments"].items():
+        sizes.add_row(name, f"{size:,}")
+    return [head, types, sizes]
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    commands = typer.Typer()
+    commands.command("demo")(demo_command)
+    cli.add_command(typer.main.get_command(commands), "demo")
