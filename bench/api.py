@@ -255,7 +255,7 @@ def _run(quick: bool, work: Path) -> list[Result]:
             for i in range(100)
         ]
         t0 = time.perf_counter()
-        ingest(base_engine, events, notify=False)
+        ingest(base_engine, events)
         baseline_s.append(time.perf_counter() - t0)
         base_engine.dispose()
     total = n["batches"] * 100

@@ -109,7 +109,7 @@ def prepare(quick: bool) -> dict[str, Any]:
     events = cdnow_events(path)
     tmp = Path(tempfile.mkdtemp(prefix="segflow-bench-bgnbd-"))
     engine = open_db(f"sqlite:///{tmp}/segflow.db")
-    report = ingest(engine, events, source="bench", notify=False, bulk=True)
+    report = ingest(engine, events, source="bench", bulk=True)
     with engine.connect() as conn:
         s = summary(conn, as_of=AS_OF)
     return {"accepted": report.accepted, "engine": engine, "tmp": tmp, "summary": s}

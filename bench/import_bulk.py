@@ -180,9 +180,7 @@ def segflow_once(url: str, events: list[dict[str, Any]], label: str, step: Step)
             timer(f"import_bulk {label}", profile=True) as t,
             bulk_import_scope(),
         ):
-            report = ingest(
-                engine, events, source=SOURCE, notify=False, bulk=True, on_progress=step
-            )
+            report = ingest(engine, events, source=SOURCE, bulk=True, on_progress=step)
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
     finally:
@@ -558,7 +556,7 @@ def describe(quick: bool) -> str:
             f"- input: the first {n:,} events of "
             f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
             f"days={DAYS}, end={END.isoformat()})`, materialised before timing",
-            f'- segflow: `ingest(engine, events, source="{SOURCE}", notify=False, '
+            f'- segflow: `ingest(engine, events, source="{SOURCE}", '
             "bulk=True)` inside `bulk_import_scope()` (as `segflow import` runs a big file) "
             "into a fresh migrated database (`open_db`, not timed); its secondary indexes "
             "are dropped for the load and rebuilt inside the timed call",

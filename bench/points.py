@@ -190,7 +190,6 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
                     engine,
                     demo_events(n, people),
                     source=SOURCE,
-                    notify=False,
                     bulk=True,
                     on_progress=lambda k, p=prog, t=task: p.update(t, advance=k),
                 )
@@ -498,7 +497,7 @@ def describe(quick: bool) -> str:
         [
             f"- input: the first {n:,} events of "
             f"`plugins.demo.generator.generate({people:,}, seed={SEED}, "
-            f"days={DAYS}, end={END.isoformat()})`, stored with `ingest(..., notify=False, "
+            f"days={DAYS}, end={END.isoformat()})`, stored with `ingest(..., "
             "bulk=True)` (not timed; SQLite: built once and cached in `bench/.results/`)",
             '- segflow: `score_all(conn, validate(params), as_of=end, name="engagement")` of '
             "the points model with `examples/scores/engagement.yaml` (5 rules, product_view "

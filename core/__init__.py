@@ -52,6 +52,7 @@ _LAZY = {
     "ConfigError": "core.config",
     "Settings": "core.config",
     "condition_kinds": "core.plugins",
+    "events_ingested_hook": "core.plugins",
     "scoring_models": "core.plugins",
     "segment_change_hook": "core.plugins",
     # storage: read-only table handles (write through the functions below)
@@ -151,6 +152,7 @@ __all__ = [
     "delete_all_data",
     "describe_validation_error",
     "epoch_seconds",
+    "events_ingested_hook",
     "evaluate_profiles",
     "hookimpl",
     "ingest",
@@ -215,7 +217,12 @@ if TYPE_CHECKING:
     from core.ingestion import validate as validate_event
     from core.ingestion.mapping import RowMapper
     from core.maintenance import delete_all_data
-    from core.plugins import condition_kinds, scoring_models, segment_change_hook
+    from core.plugins import (
+        condition_kinds,
+        events_ingested_hook,
+        scoring_models,
+        segment_change_hook,
+    )
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
     from core.segments.evaluate import EventRow, ProfileData
     from core.segments.language import (

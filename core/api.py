@@ -194,9 +194,9 @@ def _key_from_header(header: str) -> str | None:
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
-    from core.plugins import event_sources
+    from core.plugins import event_sources, events_ingested_hook
 
-    committer = GroupCommitter(engine)
+    committer = GroupCommitter(engine, events_ingested_hook(engine))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

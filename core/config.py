@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
+from core.errors import validation_reason
+from core.plugins import settings_sections
+
 DEFAULT_DATABASE_URL = "sqlite:///segflow.db"
 CONFIG_FILE = "segflow.toml"
 
@@ -73,8 +76,6 @@ class Settings(BaseModel):
         when no loaded plugin registered ``section``.
         """
         if section not in self._validated:
-            from core.plugins import settings_sections
-
             models = settings_sections()
             if section not in models:
                 raise ConfigError(f"no plugin registered the settings section [{section}]")
@@ -94,11 +95,8 @@ def _validate_section(path: str, section: str, model: Any, value: Any) -> Any:
     try:
         return TypeAdapter(model).validate_python(value)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"{path}: [{section}] {where + ': ' if where else ''}{err['msg']}"
-        ) from None
+        where, msg = validation_reason(exc)
+        raise ConfigError(f"{path}: [{section}] {where + ': ' if where else ''}{msg}") from None
 
 
 def _plugin_sections(path: str, data: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +156,6 @@ def load_file(path: Path, sections: dict[str, Any] | None = None) -> dict:
 
 
 def load_settings(db: str | None = None) -> Settings:
-    from core.plugins import settings_sections
-
     models = settings_sections()
     values: dict = {}
     source = "default"
@@ -185,9 +181,8 @@ def load_settings(db: str | None = None) -> Settings:
             **{k: v for k, v in values.items() if k in core_keys}, plugin_settings=sections
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{field}': {err['msg']}") from None
+        field, msg = validation_reason(exc)
+        raise ConfigError(f"{path}: field '{field}': {msg}") from None
     settings._source = source
     settings._path = str(path)
     # Every section now, so a bad value fails at once, whichever command runs.

@@ -46,7 +46,9 @@ def on_events_ingested(events: Sequence[StoredEvent], engine: Engine) -> None:
     inline for imports, on a hook thread after the answer for the HTTP API
     (one call may then hold many requests' events). Keep it quick or hand work
     to a queue. The built-in real-time segment evaluation is an implementation
-    of this hook.
+    of this hook. Ingestion calls it when its caller passes
+    ``on_stored=core.events_ingested_hook(engine)`` (the import command, the
+    API, the flow, polling and streams do).
     """
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from core import hookspecs
-from core.types import Change, ScoringModel
+from core.types import Change, EventSource, ScoringModel, StoredEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -95,11 +95,20 @@ def get_manager() -> pluggy.PluginManager:
     return build_manager()
 
 
-def ingest_hook() -> Any:
-    """The ``on_events_ingested`` hook caller, or None when no plugin implements
-    it (callers then need not build the stored events at all)."""
-    hook = get_manager().hook.on_events_ingested
-    return hook if hook.get_hookimpls() else None
+def events_ingested_hook(
+    engine: Engine, pm: pluggy.PluginManager | None = None
+) -> Callable[[Sequence[StoredEvent]], None] | None:
+    """What ingestion calls after each committed batch (its ``on_stored``):
+    ``on_events_ingested``; None when no plugin implements it, so ingestion
+    need not build the stored events at all."""
+    hook = (pm or get_manager()).hook.on_events_ingested
+    if not hook.get_hookimpls():
+        return None
+
+    def notify(events: Sequence[StoredEvent]) -> None:
+        hook(events=events, engine=engine)
+
+    return notify
 
 
 def reset() -> None:
@@ -154,6 +163,11 @@ def collect(
 def event_sources(pm: pluggy.PluginManager | None = None) -> dict:
     """All registered event sources by name."""
     return collect("register_event_sources", "event source", lambda s: s.name, pm)
+
+
+def file_sources(pm: pluggy.PluginManager | None = None) -> dict[str, EventSource]:
+    """The event sources that read files (what ``import_file`` chooses from)."""
+    return {name: s for name, s in event_sources(pm).items() if s.read is not None}
 
 
 def condition_kinds(pm: pluggy.PluginManager | None = None) -> ConditionKinds:

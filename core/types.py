@@ -153,9 +153,10 @@ class ScoreValue:
     components: dict[str, Any] = field(default_factory=dict)
 
 
-# Batch: (connection, validated params, as_of) -> {score name: {profile_id: ScoreValue}}.
-# One definition may store several scores (e.g. rfm stores rfm and rfm_group...);
-# the definition's own name is passed in params as "__name__" by the runner.
+# Batch: (connection, validated params, as_of, definition name)
+#   -> {score name: {profile_id: ScoreValue}}.
+# One definition may store several scores (e.g. rfm stores rfm and rfm_group...),
+# named after the definition.
 BatchScorer = Callable[[Connection, Any, datetime, str], dict[str, dict[int, ScoreValue]]]
 # Real time, optional: (ProfileData, validated params, as_of) -> ScoreValue.
 ProfileScorer = Callable[[Any, Any, datetime], ScoreValue]

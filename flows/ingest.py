@@ -32,6 +32,7 @@ from core.ingestion import (
     import_file,
     worth_bulk_loading,
 )
+from core.plugins import events_ingested_hook, file_sources
 from core.types import ReadOptions
 
 # How many rejected lines each file's counts list; the totals count them all.
@@ -83,7 +84,15 @@ def import_file_task(
     # a killed worker left). The process-wide tuning of the CLI's import is
     # not applied: a worker may run other tasks alongside.
     bulk = file.is_file() and worth_bulk_loading(engine, estimate_records(file))
-    report = import_file(engine, file, options, batch_size=batch_size, bulk=bulk)
+    report = import_file(
+        engine,
+        file,
+        options,
+        sources=file_sources(),
+        batch_size=batch_size,
+        on_stored=events_ingested_hook(engine),
+        bulk=bulk,
+    )
     counts = file_counts(report)
     get_run_logger().info(
         "%s: %d read, %d accepted, %d duplicates, %d rejected",

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from core.db import models, open_db
 from core.ingestion import CommitterClosed, GroupCommitter, IngestError, Rejection, validate
+from core.plugins import events_ingested_hook
 from core.types import RawRecord
 
 
@@ -101,7 +102,7 @@ def test_the_hook_runs_after_the_commit_for_every_event(fresh_sqlite, register_p
                 calls.append(len(events))
 
     register_plugin(Recorder, name="recorder")
-    committer = GroupCommitter(engine)
+    committer = GroupCommitter(engine, events_ingested_hook(engine))
     futures = [committer.submit([event(i)], "test") for i in range(50)]
     for f in futures:
         f.result(timeout=10)

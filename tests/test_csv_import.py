@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from core.db import open_db
 from core.db.tables import EVENTS
 from core.ingestion import MappingError, import_file
+from core.plugins import file_sources
 from core.types import ReadOptions
 
 CSV = """order,customer,when,sku,qty,price,channel
@@ -44,7 +45,7 @@ def engine(fresh_sqlite):
 def test_rows_are_mapped_and_bad_rows_named(engine, tmp_path):
     path = tmp_path / "orders.csv"
     path.write_text(CSV)
-    report = import_file(engine, path, OPTIONS)
+    report = import_file(engine, path, OPTIONS, sources=file_sources())
     assert report.accepted == 3
     reasons = {r.location: r.reason for r in report.rejected}
     assert reasons == {
@@ -73,7 +74,7 @@ def test_tsv_and_gzip(engine, tmp_path):
     options = ReadOptions(
         columns={"user": "user_id", "page": "url"}, constants={"type": "page_view"}
     )
-    assert import_file(engine, path, options).accepted == 2
+    assert import_file(engine, path, options, sources=file_sources()).accepted == 2
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def test_mapping_mistakes_are_usage_errors_before_any_row(engine, tmp_path, opti
     path = tmp_path / "orders.csv"
     path.write_text(CSV)
     with pytest.raises(MappingError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        import_file(engine, path, options)
+        import_file(engine, path, options, sources=file_sources())
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(EVENTS)).scalar_one() == 0
 
@@ -104,7 +105,7 @@ def test_ragged_rows_are_rejected(engine, tmp_path):
     path.write_text(
         'user_id,type,ts\nu1,page_view,2026-01-01T00:00:00Z,extra\n"u2",page_view,2026-01-01T00:00:00Z\n'
     )
-    report = import_file(engine, path)
+    report = import_file(engine, path, sources=file_sources())
     assert report.accepted == 1
     assert report.rejected[0].location.endswith("r.csv:2")
     assert "more fields than the 3 header columns" in report.rejected[0].reason

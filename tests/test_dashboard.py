@@ -43,7 +43,7 @@ def demo_events() -> list[dict]:
 
 @pytest.fixture
 def demo_url(db_url: str, demo_events: list[dict]) -> str:
-    report = ingest(open_db(db_url), demo_events, source="demo", notify=False)
+    report = ingest(open_db(db_url), demo_events, source="demo")
     assert report.accepted == len(demo_events) and not report.rejected
     return db_url
 
@@ -242,7 +242,7 @@ def port_closed(port: int, timeout: float = 30.0) -> bool:
 def test_cli_serves_the_app_and_stops_with_it(tmp_path, demo_events):
     """`segflow dashboard overview` serves over HTTP on loopback; SIGTERM stops marimo too."""
     url = f"sqlite:///{tmp_path}/segflow.db"
-    ingest(open_db(url), demo_events[:100], source="demo", notify=False)
+    ingest(open_db(url), demo_events[:100], source="demo")
     port = free_port()
     command = [sys.executable, "-c", "from core.cli import entry; entry()"]  # = console script
     command += ["--db", url, "dashboard", "overview", "--headless", "--port", str(port)]

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from core.db import open_db
 from core.db.tables import EVENTS, PROFILES
 from core.ingestion import import_file, ingest
+from core.plugins import events_ingested_hook, file_sources
 from core.profiles import profile_summary
 from tests.helpers import count, events_by_profile, identity_map, live_profiles, write_jsonl
 
@@ -36,7 +37,7 @@ def test_import_keeps_good_lines_and_reports_bad_ones(engine, tmp_path):
             ev("purchase", 5, user_id="u1", value=99.5, currency="usd"),
         ],
     )
-    report = import_file(engine, path)
+    report = import_file(engine, path, sources=file_sources())
     assert (report.received, report.accepted, report.duplicates) == (7, 3, 0)
     assert [(r.location, r.reason.split(":")[0]) for r in report.rejected] == [
         (f"{path}:2", "invalid JSON"),
@@ -65,7 +66,7 @@ def test_a_line_with_a_nul_character_is_rejected_and_the_rest_kept(engine, tmp_p
         + [ev("identify", 10, user_id="u\x002")]
         + [ev("page_view", i, user_id="u1", url=f"/{i}") for i in range(20, 23)],
     )
-    report = import_file(engine, path, batch_size=4)
+    report = import_file(engine, path, batch_size=4, sources=file_sources())
     assert (report.accepted, count(engine)) == (6, 6)
     assert [(r.location, r.reason) for r in report.rejected] == [
         (
@@ -81,9 +82,9 @@ def test_reimport_adds_nothing_and_duplicates_are_counted(engine, tmp_path):
     records = [ev("page_view", i, anonymous_id="a1", url=f"/p{i}") for i in range(10)]
     records.append(records[3])  # the same line twice within the file
     path = write_jsonl(tmp_path / "e.jsonl", records)
-    first = import_file(engine, path, batch_size=4)
+    first = import_file(engine, path, batch_size=4, sources=file_sources())
     assert (first.accepted, first.duplicates) == (10, 1)
-    again = import_file(engine, path, batch_size=3)
+    again = import_file(engine, path, batch_size=3, sources=file_sources())
     assert (again.accepted, again.duplicates, again.profiles_created) == (0, 11, 0)
     assert count(engine) == 10
     assert len(live_profiles(engine)) == 1
@@ -198,9 +199,12 @@ def test_hook_receives_only_stored_events(engine, register_plugin):
             seen.extend((e.type, e.profile_id, e.event.message_id) for e in events)
 
     register_plugin(Recorder)
-    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1")])
+    hook = events_ingested_hook(engine)
+    ingest(engine, [ev("page_view", 1, user_id="u1", message_id="x1")], on_stored=hook)
     ingest(
-        engine, [ev("page_view", 1, user_id="u1", message_id="x1"), ev("search", 2, user_id="u1")]
+        engine,
+        [ev("page_view", 1, user_id="u1", message_id="x1"), ev("search", 2, user_id="u1")],
+        on_stored=hook,
     )
     with engine.connect() as conn:
         pid = conn.execute(sa.select(PROFILES.c.id)).scalar_one()
@@ -337,7 +341,13 @@ def test_pipelined_load_hooks_after_commit(engine, register_plugin):
     register_plugin(Checker)
     interval = sys.getswitchinterval()
     records = [ev("page_view", i % 60, user_id=f"u{i % 7}", message_id=f"m{i}") for i in range(95)]
-    report = ingest(engine, records + records[:10], bulk=True, batch_size=10)
+    report = ingest(
+        engine,
+        records + records[:10],
+        bulk=True,
+        batch_size=10,
+        on_stored=events_ingested_hook(engine),
+    )
     assert (report.accepted, report.duplicates) == (95, 10)
     assert visible == [True] * 10
     assert count(engine) == 95

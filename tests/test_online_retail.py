@@ -11,6 +11,7 @@ import yaml
 from core.db import open_db
 from core.db.tables import EVENTS, PROFILES
 from core.ingestion import import_file
+from core.plugins import file_sources
 from core.types import ReadOptions
 from tests.conftest import PROJECT_ROOT, require_shared
 
@@ -29,7 +30,7 @@ def test_every_customer_line_is_accounted_for(fresh_sqlite):
     distinct_refunds = {r for r in distinct if r[0].startswith("C")}
     customers = {r[6] for r in customer_rows}
 
-    report = import_file(engine, path, ReadOptions(**mapping))
+    report = import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
 
     assert report.received == len(rows)
     assert report.accepted + report.duplicates == len(customer_rows)

@@ -17,7 +17,7 @@ import typer  # at module level: typer resolves the test commands' annotations h
 from core import hookspecs
 from core.db import open_db
 from core.ingestion import ingest
-from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources
+from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources, events_ingested_hook
 from core.types import EventSource, RawRecord
 from tests.conftest import PROJECT_ROOT
 
@@ -87,9 +87,10 @@ def test_hook_register_event_sources(register_plugin, tmp_path):
     path = tmp_path / "a.words"
     path.write_text("u1 page_view\nu2 search\n")
     from core.ingestion import import_file
+    from core.plugins import file_sources
 
     engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
-    report = import_file(engine, path)
+    report = import_file(engine, path, sources=file_sources())
     assert (report.accepted, report.by_type) == (2, {"page_view": 1, "search": 1})
 
 
@@ -115,11 +116,12 @@ def test_hook_on_events_ingested(register_plugin, tmp_path):
     register_plugin(Watcher)
     engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
     records = [{"type": "page_view", "user_id": "u1", "ts": 1_700_000_000 + i} for i in range(5)]
-    ingest(engine, records, batch_size=2)
+    hook = events_ingested_hook(engine)
+    ingest(engine, records, batch_size=2, on_stored=hook)
     assert [len(b) for b in batches] == [2, 2, 1]  # after each committed batch
-    ingest(engine, records)  # all duplicates: nothing new, no call
+    ingest(engine, records, on_stored=hook)  # all duplicates: nothing new, no call
     assert len(batches) == 3
-    ingest(engine, [{"type": "search", "user_id": "u1"}], notify=False)
+    ingest(engine, [{"type": "search", "user_id": "u1"}])  # no on_stored: no hook
     assert len(batches) == 3
 
 
@@ -465,7 +467,7 @@ def test_hook_register_settings(register_plugin, tmp_path, monkeypatch):
         load_settings()
     assert str(bad.value) == f"{config}: [sources.feed] 1.every: Input should be greater than 0"
     config.write_text('[mood]\nwrd = "hi"\n')
-    with pytest.raises(ConfigError, match=re.escape(f"{config}: [mood] wrd: Extra inputs")):
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: [mood] wrd: unknown key")):
         load_settings()
     config.write_text('[sources.fed]\nname = "a"\n')
     with pytest.raises(ConfigError) as unknown:

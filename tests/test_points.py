@@ -67,7 +67,7 @@ def params(draw):
 
 def check(engine, records, p):
     delete_all_data(engine)
-    ingest(engine, records, notify=False)
+    ingest(engine, records)
     with engine.connect() as conn:
         batch = score_all(conn, p, AS_OF, "s")["s"]
         for pid, value in batch.items():
@@ -125,7 +125,6 @@ def test_decay_caps_and_normalisation_by_hand(fresh_sqlite):
                 for i in range(5)
             ],
         ],
-        notify=False,
     )
     p = validate(
         {
@@ -190,7 +189,6 @@ def test_runs_keep_history_and_feed_segments(fresh_sqlite, tmp_path):
             }
             for d in range(1, 13)
         ],
-        notify=False,
     )
     definitions = load_score_files(PROJECT_ROOT / "examples" / "scores", scoring_models())
     run_scores(engine, definitions, AS_OF - timedelta(days=30))

@@ -33,6 +33,7 @@ from scipy import optimize
 from core.db import open_db
 from core.db.tables import PROFILES
 from core.ingestion import import_file, ingest
+from core.plugins import file_sources
 from core.scoring import parse_definition, run_scores, store_scores
 from core.types import ReadOptions, ScoreError
 from plugins.scoring import predictive as pred
@@ -56,7 +57,7 @@ def cdnow_sample(_migrated_sqlite, tmp_path_factory):
     shutil.copy(_migrated_sqlite, target)
     engine = open_db(f"sqlite:///{target}")
     events = cdnow_events(path)
-    report = ingest(engine, events, notify=False)
+    report = ingest(engine, events)
     assert (report.accepted, report.duplicates, report.rejected) == (len(events), 0, [])
     return engine
 
@@ -303,7 +304,7 @@ def _purchases(engine, rows: list[tuple[str, int]]) -> None:
         }
         for i, (user, day) in enumerate(rows)
     ]
-    report = ingest(engine, events, notify=False)
+    report = ingest(engine, events)
     assert report.accepted == len(rows)
 
 
@@ -362,7 +363,7 @@ def test_clv_is_left_out_when_spend_cannot_be_fitted(fresh_sqlite):
                     "message_id": f"u{u}-{d}",
                 }
             )
-    ingest(engine, events, notify=False)
+    ingest(engine, events)
     with engine.connect() as conn:
         fit, values = pred.fit_and_score(conn, as_of=DAY + timedelta(days=200), name="churn")
     assert set(values) == {"churn", "churn_p_alive"}
@@ -402,7 +403,7 @@ def test_days_are_utc_dates_and_as_of_is_an_instant(db_url, monkeypatch):
         }
         for i, (u, ts, v) in enumerate(rows)
     ]
-    assert ingest(engine, events, notify=False).accepted == len(rows)
+    assert ingest(engine, events).accepted == len(rows)
     with engine.connect() as conn:
         s = pred.summary(conn, as_of=as_of, unit_days=1.0)
         ids = user_ids(conn)
@@ -440,7 +441,7 @@ def test_online_retail_purchases_and_refunds(fresh_sqlite):
     path = require_shared("online_retail/online_retail.csv.gz")
     mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())
     engine = open_db(fresh_sqlite())
-    report = import_file(engine, path, ReadOptions(**mapping), notify=False)
+    report = import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
     assert report.accepted > 400_000 and report.by_type.get("refund", 0) > 0
 
     # Independent expectation: distinct UTC dates of each customer's non-cancelled lines.
@@ -482,7 +483,7 @@ def test_cdnow_master_fits(fresh_sqlite):
     path = require_shared("cdnow/CDNOW_master.txt")
     engine = open_db(fresh_sqlite())
     events = cdnow_events(path)
-    assert ingest(engine, events, notify=False).accepted == len(events) == 69_659
+    assert ingest(engine, events).accepted == len(events) == 69_659
     with engine.connect() as conn:
         fit, values = pred.fit_and_score(conn, as_of=CDNOW_AS_OF)
     assert fit.profiles == 23_570

@@ -141,5 +141,5 @@ def test_the_consume_command_reads_its_settings_section(
     (tmp_path / "segflow.toml").write_text('[[sources.stream]]\nname = "web"\n')
     assert main(["--db", db, "consume", "web", "--once"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "error: segflow.toml: [sources.stream] 0.stream: Field required"
+        "error: segflow.toml: [sources.stream] 0.stream: required"
     )

@@ -380,12 +380,13 @@ def _straddle_ok(values: list[float], scores: list[int]) -> None:
 @pytest.mark.slow
 def test_online_retail(rfm, fresh_sqlite):
     from core.ingestion import import_file
+    from core.plugins import file_sources
     from core.types import ReadOptions
 
     path = require_shared("online_retail/online_retail.csv.gz")
     mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())
     engine = open_db(fresh_sqlite())
-    import_file(engine, path, ReadOptions(**mapping), notify=False)
+    import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
 
     # Independent figures from the file: distinct lines (exact repeats are dropped
     # on import), purchases and refunds (C invoices) per customer.

@@ -219,7 +219,7 @@ def store_facts(engine, facts) -> None:
 
 def check_same(engine, records, rule, base=None, facts=((), ())):
     delete_all_data(engine)
-    ingest(engine, records, notify=False)
+    ingest(engine, records)
     store_facts(engine, facts)
     base = parse_segment({"name": "base", "rule": base or {"event": "view"}}, kinds=KINDS)
     segment = parse_segment({"name": "s", "rule": rule}, kinds=KINDS)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from core.cli import main
 from core.db import models, open_db
 from core.ingestion import ingest
-from core.plugins import condition_kinds
+from core.plugins import condition_kinds, events_ingested_hook
 from core.segments.language import SegmentError
 from core.segments.store import load_segment_files, run_segments
 from plugins.demo.generator import generate
@@ -51,16 +51,16 @@ def test_incremental_runs_give_the_same_memberships_as_full_runs(db_url, store_e
     early = [e for e in store_events if e["ts"] <= cut.isoformat()]
     late = [e for e in store_events if e["ts"] > cut.isoformat()]
     incremental = open_db(db_url)
-    ingest(incremental, early, notify=False)
+    ingest(incremental, early)
     first = run_segments(incremental, cut, kinds=KINDS, definitions=definitions)
     assert first.full and sum(first.sizes.values()) > 0
     for step, as_of in enumerate([cut + timedelta(days=3), END, END + timedelta(days=20)]):
         if step == 1:
-            ingest(incremental, late, notify=False)
+            ingest(incremental, late)
         result = run_segments(incremental, as_of, kinds=KINDS, definitions=definitions)
         assert not result.full
         reference = open_db(f"sqlite:///{tmp_path}/full{step}.db")
-        ingest(reference, early + (late if step >= 1 else []), notify=False)
+        ingest(reference, early + (late if step >= 1 else []))
         run_segments(reference, as_of, kinds=KINDS, definitions=definitions, full=True)
         # Profile ids differ between databases; compare by user id.
         assert by_user(incremental) == by_user(reference), as_of
@@ -124,7 +124,7 @@ def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_p
     run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
     before = memberships(engine)["carts"]
     # Without real time, so the run is what notices the merge.
-    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}], notify=False)
+    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}])
     result = run_segments(
         engine,
         END + timedelta(minutes=1),
@@ -167,7 +167,7 @@ def test_bad_definitions_name_file_segment_and_path(tmp_path, content, message):
 def test_cli_run_members_list_history(tmp_path, monkeypatch, capsys, store_events):
     monkeypatch.chdir(tmp_path)
     db = f"sqlite:///{tmp_path}/cli.db"
-    ingest(open_db(db), store_events, notify=False)
+    ingest(open_db(db), store_events)
     shutil.copytree(EXAMPLES, tmp_path / "segments")
     assert main(["--db", db, "segments", "run", "--as-of", END.isoformat(), "--json"]) == 0
     run = json.loads(capsys.readouterr().out)
@@ -205,13 +205,17 @@ def test_realtime_evaluation_follows_ingestion(fresh_sqlite, tmp_path):
     run_segments(engine, now, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
     assert memberships(engine) == {}
     # The built-in plugin re-evaluates u1 as soon as the batch is committed.
-    ingest(engine, [{"type": "add_to_cart", "user_id": "u1", "ts": now.isoformat()}])
+    ingest(
+        engine,
+        [{"type": "add_to_cart", "user_id": "u1", "ts": now.isoformat()}],
+        on_stored=events_ingested_hook(engine),
+    )
     assert len(memberships(engine)["fresh_carts"]) == 1
     with engine.connect() as conn:
         change = conn.execute(sa.select(CHANGES.c.change)).scalars().all()
     assert change == ["entered"]
     # Without real time (bulk loads), nothing moves until the next run.
-    ingest(engine, [{"type": "add_to_cart", "user_id": "u2", "ts": now.isoformat()}], notify=False)
+    ingest(engine, [{"type": "add_to_cart", "user_id": "u2", "ts": now.isoformat()}])
     assert len(memberships(engine)["fresh_carts"]) == 1
     # An hour later the window has passed: re-evaluating u1 records the exit,
     # the same answer the SQL path gives for many profiles at once.
@@ -239,7 +243,6 @@ def test_cli_explain_preview_backfill_and_segment_tests(tmp_path, monkeypatch, c
             for i in range(4)
         ]
         + [{"type": "add_to_cart", "user_id": "ann", "ts": t.isoformat(), "product_id": "P1"}],
-        notify=False,
     )
     shutil.copytree(EXAMPLES, tmp_path / "segments")
     assert main(["--db", db, "segments", "run", "--as-of", END.isoformat()]) == 0

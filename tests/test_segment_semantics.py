@@ -72,7 +72,6 @@ def engine(db_url):
                 "properties": {"price": 5},
             },
         ],
-        notify=False,
     )
     return engine
 

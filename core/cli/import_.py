@@ -69,6 +69,7 @@ def import_cmd(
     from core.ingestion import bulk_import_scope, estimate_records, worth_bulk_loading
     from core.ingestion.files import import_file, source_for
     from core.ingestion.options import load_read_options
+    from core.plugins import events_ingested_hook, file_sources
 
     options = load_read_options(
         mapping,
@@ -79,12 +80,14 @@ def import_cmd(
         timezone=timezone,
         delimiter=delimiter,
     )
+    sources = file_sources()
     for path in files:  # every file checked before the first is read
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-        source_for(path, fmt)
+        source_for(path, sources, fmt)
     cli = obj(ctx)
     engine = cli.engine()
+    on_stored = events_ingested_hook(engine) if realtime else None
     reports = {}
     for path in files:
         as_bulk = bulk if bulk is not None else worth_bulk_loading(engine, estimate_records(path))
@@ -93,10 +96,11 @@ def import_cmd(
                 engine,
                 path,
                 options,
+                sources=sources,
                 fmt=fmt,
                 batch_size=batch_size or cli.settings.batch_size,
                 on_progress=advance,
-                notify=realtime,
+                on_stored=on_stored,
                 bulk=as_bulk,
             )
     rejected = sum(len(r.rejected) for r in reports.values())

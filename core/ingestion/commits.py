@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -29,7 +30,6 @@ from sqlalchemy.engine import Engine
 
 from core.ingestion.pipeline import ingest
 from core.ingestion.schema import Event
-from core.plugins import ingest_hook
 from core.types import StoredEvent
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,15 @@ class Submission:
 class GroupCommitter:
     """Stores submissions on one thread and runs the ingest hook on another."""
 
-    def __init__(self, engine: Engine, max_events: int = MAX_GROUP_EVENTS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        on_stored: Callable[[list[StoredEvent]], None] | None = None,
+        max_events: int = MAX_GROUP_EVENTS,
+    ) -> None:
         self.engine = engine
+        # Called on the hook thread with what was committed (events_ingested_hook).
+        self.on_stored = on_stored
         self.max_events = max_events
         self._queue: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
         self._stored: list[StoredEvent] = []
@@ -192,14 +199,12 @@ class GroupCommitter:
 
     def _ingest(self, subs: list[Submission]) -> None:
         events = [e for s in subs for e in s.events]
-        hook = ingest_hook()
         ingest(
             self.engine,
             events,
             source=subs[0].source,
             batch_size=len(events),
-            notify=False,
-            on_stored=self._hand_over if hook is not None else None,
+            on_stored=self._hand_over if self.on_stored is not None else None,
         )
 
     def _hand_over(self, stored: list[StoredEvent]) -> None:
@@ -227,11 +232,10 @@ class GroupCommitter:
             # Light traffic is evaluated at once; under load the next round
             # waits to gather.
             gather = HOOK_GATHER_SECONDS if len(events) >= BUSY_ROUND else 0.0
-            hook = ingest_hook()
-            if hook is None:
+            if self.on_stored is None:
                 continue
             try:
-                hook(events=events, engine=self.engine)
+                self.on_stored(events)
             except Exception:
                 # The events are stored; a failing plugin must not stop the hook
                 # for later ones. Their profiles are not re-evaluated now: the

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from core.ingestion.pipeline import ingest
 from core.ingestion.report import IngestReport
-from core.plugins import event_sources
-from core.types import EventSource, ReadOptions
+from core.types import EventSource, ReadOptions, StoredEvent
 
 
 class ImportUsageError(ValueError):
     """The import was asked wrongly (missing file, unknown format); nothing was read."""
 
 
-def file_sources() -> dict[str, EventSource]:
-    return {name: s for name, s in event_sources().items() if s.read is not None}
-
-
-def source_for(path: Path, fmt: str | None = None) -> EventSource:
-    sources = file_sources()
+def source_for(
+    path: Path, sources: Mapping[str, EventSource], fmt: str | None = None
+) -> EventSource:
+    """The file source for ``path``: ``fmt`` by name, else by the file's suffix."""
     if fmt:
         if fmt not in sources:
             raise ImportUsageError(
@@ -45,18 +42,20 @@ def import_file(
     path: Path,
     options: ReadOptions | None = None,
     *,
+    sources: Mapping[str, EventSource],
     fmt: str | None = None,
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
-    notify: bool = True,
+    on_stored: Callable[[list[StoredEvent]], None] | None = None,
     bulk: bool = False,
 ) -> IngestReport:
-    """Read ``path`` with the file source for its name (or ``fmt``) and ingest
-    it; ``bulk``: as for ``ingest`` (``estimate_records`` helps choose)."""
+    """Read ``path`` with the file source among ``sources`` (``core.plugins.
+    file_sources()``) for its name (or ``fmt``) and ingest it; ``on_stored``
+    and ``bulk``: as for ``ingest`` (``estimate_records`` helps choose bulk)."""
     options = options or ReadOptions()
     if not path.is_file():
         raise ImportUsageError(f"{path}: no such file")
-    source = source_for(path, fmt)
+    source = source_for(path, sources, fmt)
     return ingest(
         engine,
         source.read(path, options),
@@ -65,7 +64,7 @@ def import_file(
         default_tz=options.timezone,
         ts_format=options.ts_format,
         on_progress=on_progress,
-        notify=notify,
+        on_stored=on_stored,
         bulk=bulk,
     )
 

@@ -45,7 +45,6 @@ def ingest(
     default_tz: str | tzinfo | None = None,
     ts_format: str | None = None,
     on_progress: Callable[[int], None] | None = None,
-    notify: bool = True,
     bulk: bool = False,
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
 ) -> IngestReport:
@@ -54,9 +53,9 @@ def ingest(
 
     Bad records are reported, never fatal: good ones in the same batch are kept.
     ``on_progress(n)`` is called with the number of records read per batch.
-    ``notify=False`` skips the ``on_events_ingested`` hook (bulk back-loads).
-    ``on_stored(events)``: called after each committed batch instead of the hook
-    (for a caller that runs the hook itself, elsewhere or later).
+    ``on_stored(events)``: called after each committed batch with its stored
+    events; pass ``core.plugins.events_ingested_hook(engine)`` for the plugins'
+    ``on_events_ingested`` (real-time segments), or nothing for a back-load.
     ``bulk=True``: a bulk load (core.ingestion.bulk): the events' secondary
     indexes are built once at the end instead of row by row, crash-safely, and
     on SQLite the INSERTs are pipelined. The caller chooses (see
@@ -83,7 +82,7 @@ def ingest(
     first = last = None
     with (
         bulk_load(engine, bulk) as load,
-        BatchWriter(engine, source, report, notify, load, on_stored, pipeline=bulk) as out,
+        BatchWriter(engine, source, report, load, on_stored, pipeline=bulk) as out,
     ):
         n = 0
         for n, item in enumerate(records, 1):
@@ -153,7 +152,6 @@ class BatchWriter:
         engine: Engine,
         source: str,
         report: IngestReport,
-        notify: bool,
         load: DeferredLoad | None = None,
         on_stored: Callable[[list[StoredEvent]], None] | None = None,
         pipeline: bool = False,
@@ -164,11 +162,6 @@ class BatchWriter:
         self.report = report
         self.writer = make_writer(engine)
         self.hook: Callable[[list[StoredEvent]], None] | None = on_stored
-        if notify and on_stored is None:
-            from core.plugins import ingest_hook
-
-            if (hook := ingest_hook()) is not None:
-                self.hook = lambda events: hook(events=events, engine=engine)
         self.helper: ThreadPoolExecutor | None = None
         if pipeline and _shares_connections(engine):
             self.helper = ThreadPoolExecutor(1, thread_name_prefix="segflow-insert")

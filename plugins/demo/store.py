@@ -74,9 +74,8 @@ def run_demo(
         source=DEMO_SOURCE,
         batch_size=batch_size,
         on_progress=on_progress,
+        # No on_stored: segments are evaluated once, below, not per batch.
         bulk=worth_bulk_loading(engine, people * EVENTS_PER_PERSON),
-        # A bulk load: segments are evaluated once, below, not per batch.
-        notify=False,
     )
     now = datetime.now(UTC)
     # Scores first: segments such as loyal_high_engagement read them.

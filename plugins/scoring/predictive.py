@@ -731,13 +731,13 @@ def validate(params: Any) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise ValueError(f"params must be a mapping of event, horizon, unit_days, got {params!r}")
-    unknown = set(params) - set(DEFAULT_PARAMS) - {"__name__"}
+    unknown = set(params) - set(DEFAULT_PARAMS)
     if unknown:
         raise ValueError(
             f"unknown param(s) {', '.join(sorted(map(str, unknown)))} "
             f"(known: {', '.join(DEFAULT_PARAMS)})"
         )
-    out = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if k != "__name__"}}
+    out = {**DEFAULT_PARAMS, **params}
     event = out["event"]
     if not is_snake_name(event, EVENT_TYPE_MAX_LENGTH):
         raise ValueError(f"event: {event!r} is not an event type (snake_case, e.g. purchase)")

@@ -28,6 +28,7 @@ from core import (
     IngestReport,
     RawRecord,
     UsageError,
+    events_ingested_hook,
     hookimpl,
     ingest,
     load_cursor,
@@ -111,8 +112,10 @@ def poll_once(
     sleep: Callable[[float], None] = time.sleep,
     max_pages: int = 10_000,
 ) -> PollResult:
-    """Fetch pages from the stored cursor until the endpoint has nothing new."""
+    """Fetch pages from the stored cursor until the endpoint has nothing new;
+    each page's events go to the plugins' ``on_events_ingested`` (real time)."""
     result = PollResult(cursor=load_cursor(engine, config.name))
+    on_stored = events_ingested_hook(engine)
     own = client is None
     import httpx
 
@@ -129,7 +132,9 @@ def poll_once(
                 )
                 for i, item in enumerate(items)
             ]
-            result.report.add(ingest(engine, records, source=f"poll:{config.name}"))
+            result.report.add(
+                ingest(engine, records, source=f"poll:{config.name}", on_stored=on_stored)
+            )
             result.pages += 1
             next_cursor = page.get(config.next_field)
             if next_cursor is None or next_cursor == result.cursor or not items:

@@ -23,7 +23,15 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from core import EventSource, IngestReport, RawRecord, UsageError, hookimpl, ingest
+from core import (
+    EventSource,
+    IngestReport,
+    RawRecord,
+    UsageError,
+    events_ingested_hook,
+    hookimpl,
+    ingest,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -89,8 +97,11 @@ def consume_once(
     client: redis.Redis | None = None,
     block_ms: int | None = None,
 ) -> ConsumeResult:
-    """Read what is pending for this consumer, then new entries; store; acknowledge."""
+    """Read what is pending for this consumer, then new entries; store (the
+    plugins' ``on_events_ingested`` sees them); acknowledge."""
     import redis
+
+    on_stored = events_ingested_hook(engine)
 
     client = client or redis.Redis.from_url(config.url)
     ensure_group(client, config)
@@ -111,7 +122,7 @@ def consume_once(
             if not entries:
                 break
             records, raw_by_id = _records(config, entries)
-            report = ingest(engine, records, source=f"stream:{config.name}")
+            report = ingest(engine, records, source=f"stream:{config.name}", on_stored=on_stored)
             for rejection in report.rejected:
                 eid = rejection.location.rsplit(" ", 1)[1]
                 client.xadd(
