@@ -34,7 +34,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
         PREFECT_HOME: tmp_path_factory.mktemp("prefect-home"),
     }
-    with temporary_settings(settings), prefect_test_harness():
+    # The harness waits 30 s for its server by default; on a busy two-core machine
+    # starting it has taken longer, failing every flow test for want of a server.
+    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
         yield
 
 
