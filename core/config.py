@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 
 from core.errors import validation_reason
 from core.plugins import settings_sections
+from core.types import UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///segflow.db"
 CONFIG_FILE = "segflow.toml"
@@ -83,6 +84,16 @@ class Settings(BaseModel):
                 self._path, section, models[section], self.plugin_settings.get(section, _ABSENT)
             )
         return self._validated[section]
+
+    def plugin_entry(self, section: str, name: str, what: str) -> Any:
+        """The entry called ``name`` of a plugin's array-of-tables section (entries
+        with a ``name``, such as ``[[sources.poll]]``), or a UsageError listing them."""
+        entries = self.plugin(section)
+        found = next((e for e in entries if e.name == name), None)
+        if found is None:
+            known = ", ".join(e.name for e in entries) or "none configured"
+            raise UsageError(f"no {what} named {name!r} in [[{section}]] ({known})")
+        return found
 
 
 _ABSENT = object()

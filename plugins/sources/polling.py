@@ -27,7 +27,6 @@ from core import (
     EventSource,
     IngestReport,
     RawRecord,
-    UsageError,
     events_ingested_hook,
     hookimpl,
     ingest,
@@ -148,15 +147,6 @@ def poll_once(
     return result
 
 
-def named(configs: list[PollConfig], name: str) -> PollConfig:
-    """The configured endpoint called ``name``, or a usage error listing them."""
-    found = next((c for c in configs if c.name == name), None)
-    if found is None:
-        known = ", ".join(c.name for c in configs) or "none configured"
-        raise UsageError(f"no poll named {name!r} in [[{SECTION}]] ({known})")
-    return found
-
-
 def run(
     engine: Engine,
     config: PollConfig,
@@ -192,7 +182,7 @@ def poll_command(
 ) -> None:
     """Pull events from a paginated HTTP endpoint every interval, resuming at its cursor."""
     cli = ctx.obj
-    config = named(cli.settings.plugin(SECTION), name)
+    config = cli.settings.plugin_entry(SECTION, name, "poll")
 
     def passed(result: PollResult) -> None:
         r = result.report

@@ -27,7 +27,6 @@ from core import (
     EventSource,
     IngestReport,
     RawRecord,
-    UsageError,
     events_ingested_hook,
     hookimpl,
     ingest,
@@ -142,15 +141,6 @@ def consume_once(
     return result
 
 
-def named(configs: list[StreamConfig], name: str) -> StreamConfig:
-    """The configured stream called ``name``, or a usage error listing them."""
-    found = next((c for c in configs if c.name == name), None)
-    if found is None:
-        known = ", ".join(c.name for c in configs) or "none configured"
-        raise UsageError(f"no stream named {name!r} in [[{SECTION}]] ({known})")
-    return found
-
-
 def run(
     engine: Engine,
     config: StreamConfig,
@@ -179,7 +169,7 @@ def consume_command(
 ) -> None:
     """Consume a Redis Stream with a consumer group; acknowledge after committing."""
     cli = ctx.obj
-    config = named(cli.settings.plugin(SECTION), name)
+    config = cli.settings.plugin_entry(SECTION, name, "stream")
 
     def report(result: ConsumeResult) -> None:
         r = result.report
