@@ -53,6 +53,7 @@ _LAZY = {
     "Settings": "core.config",
     "condition_kinds": "core.plugins",
     "events_ingested_hook": "core.plugins",
+    "profiles_loaded_hook": "core.plugins",
     "scoring_models": "core.plugins",
     "segment_change_hook": "core.plugins",
     # storage: read-only table handles (write through the functions below)
@@ -164,6 +165,7 @@ __all__ = [
     "load_segment_files",
     "matches",
     "parse_duration",
+    "profiles_loaded_hook",
     "run_scores",
     "run_segments",
     "save_cursor",
@@ -220,6 +222,7 @@ if TYPE_CHECKING:
     from core.plugins import (
         condition_kinds,
         events_ingested_hook,
+        profiles_loaded_hook,
         scoring_models,
         segment_change_hook,
     )

@@ -7,7 +7,7 @@ callback, so one plugin can contribute several.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -49,6 +49,27 @@ def on_events_ingested(events: Sequence[StoredEvent], engine: Engine) -> None:
     of this hook. Ingestion calls it when its caller passes
     ``on_stored=core.events_ingested_hook(engine)`` (the import command, the
     API, the flow, polling and streams do).
+    """
+
+
+@hookspec
+def on_profiles_loaded(profile_ids: Set[int], engine: Engine) -> None:
+    """Called once at the end of a bulk load with every profile it stored events on.
+
+    A plugin that implements it gets this one call for a bulk load instead of
+    ``on_events_ingested`` per batch: re-evaluating per batch costs a big
+    import more than storing it, and a profile whose events span many batches
+    would be evaluated once per batch. ``profile_ids`` are the ids the load's
+    events were attributed to (some may since have been merged into another
+    profile of the set); ``engine`` is the database. It runs after the load's
+    last transaction, so the events' indexes are rebuilt and merged profiles'
+    events moved. Plugins that implement only ``on_events_ingested`` keep
+    their calls per batch. Ingestion calls it when its caller passes
+    ``on_loaded=core.profiles_loaded_hook(engine)`` and ``on_stored=
+    core.events_ingested_hook(engine, bulk=True)`` (``segflow import`` does
+    for the files it bulk-loads). Should the process die before the call, the
+    profiles are not lost: the next incremental ``segflow segments run``
+    evaluates every profile with events stored since the run before.
     """
 
 

@@ -20,6 +20,7 @@ import importlib.metadata
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -96,17 +97,39 @@ def get_manager() -> pluggy.PluginManager:
 
 
 def events_ingested_hook(
-    engine: Engine, pm: pluggy.PluginManager | None = None
+    engine: Engine, pm: pluggy.PluginManager | None = None, *, bulk: bool = False
 ) -> Callable[[Sequence[StoredEvent]], None] | None:
     """What ingestion calls after each committed batch (its ``on_stored``):
     ``on_events_ingested``; None when no plugin implements it, so ingestion
-    need not build the stored events at all."""
-    hook = (pm or get_manager()).hook.on_events_ingested
+    need not build the stored events at all. ``bulk``: for a bulk load that
+    also calls ``profiles_loaded_hook``, so plugins implementing
+    ``on_profiles_loaded`` are left out here (they get that call instead)."""
+    pm = pm or get_manager()
+    hook = pm.hook.on_events_ingested
+    if bulk:
+        instead = {impl.plugin for impl in pm.hook.on_profiles_loaded.get_hookimpls()}
+        if instead:
+            hook = pm.subset_hook_caller("on_events_ingested", remove_plugins=instead)
     if not hook.get_hookimpls():
         return None
 
     def notify(events: Sequence[StoredEvent]) -> None:
         hook(events=events, engine=engine)
+
+    return notify
+
+
+def profiles_loaded_hook(
+    engine: Engine, pm: pluggy.PluginManager | None = None
+) -> Callable[[AbstractSet[int]], None] | None:
+    """What a bulk load calls once at its end (``ingest``'s ``on_loaded``):
+    ``on_profiles_loaded``; None when no plugin implements it."""
+    hook = (pm or get_manager()).hook.on_profiles_loaded
+    if not hook.get_hookimpls():
+        return None
+
+    def notify(profile_ids: AbstractSet[int]) -> None:
+        hook(profile_ids=profile_ids, engine=engine)
 
     return notify
 

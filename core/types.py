@@ -174,20 +174,55 @@ class ScoringModel:
 # -- observers ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as committed: the validated event and the profile it went to."""
+    """An event as committed: its validated fields and the profile it went to.
 
-    # The validated event (core.Event); typed loosely so this module imports no core.
-    event: Any
-    profile_id: int
-    # The event's own time, or the receive time when it carried none.
-    ts: datetime
-    received_at: datetime
+    ``event``, the validated model (core.Event), is built on first access:
+    a big load stores hundreds of thousands of events, and building a
+    pydantic model for each would cost as much as storing it, while most
+    hooks read only ``profile_id`` or ``type``.
+    """
+
+    __slots__ = ("_build", "_event", "_fields", "profile_id", "received_at", "ts")
+
+    def __init__(
+        self,
+        event: Any,
+        profile_id: int,
+        ts: datetime,
+        received_at: datetime,
+        build: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        """``event``: the model itself, or, with ``build``, the validated
+        fields ``build(fields)`` turns into it when asked."""
+        if build is None:
+            self._event, self._fields = event, None
+        else:
+            self._event, self._fields = None, event
+        self._build = build
+        self.profile_id = profile_id
+        # The event's own time, or the receive time when it carried none.
+        self.ts = ts
+        self.received_at = received_at
+
+    @property
+    def event(self) -> Any:
+        """The validated event (core.Event); typed loosely so this module imports no core."""
+        if self._event is None:
+            assert self._build is not None and self._fields is not None
+            self._event = self._build(self._fields)
+        return self._event
 
     @property
     def type(self) -> str:
-        return self.event.type
+        fields = self._fields
+        return fields["type"] if fields is not None else self._event.type
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredEvent(type={self.type!r}, profile_id={self.profile_id}, "
+            f"ts={self.ts!r}, received_at={self.received_at!r})"
+        )
 
 
 @dataclass

@@ -537,3 +537,32 @@ def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
     assert sorted(hooked) == sorted(f"m{i}" for i in range(20))
     with engine.begin() as conn:  # and nothing holds the write lock
         conn.execute(sa.text("CREATE INDEX ix_probe ON events (source)"))
+
+
+def test_stored_events_build_their_event_only_when_read_and_as_validated(db_url):
+    """The plain path hands hooks StoredEvents without building Event; read,
+    ``event`` is the model Event.model_validate gives for the record."""
+    from core.ingestion import Event
+
+    engine = open_db(db_url)
+    records = [
+        {
+            "type": "page_view",
+            "user_id": "u1",
+            "ts": "2026-01-02T03:04:05+00:00",
+            "message_id": "m1",
+        },
+        {"type": "identify", "anonymous_id": "a1", "traits": {"plan": "pro"}, "message_id": "m2"},
+        {"type": "purchase", "user_id": "u1", "value": 12, "currency": "eur"},  # not plain
+    ]
+    seen = []
+    ingest(engine, records, on_stored=seen.extend)
+    assert [e.type for e in seen] == ["page_view", "identify", "purchase"]
+    for stored, record in zip(seen, records, strict=True):
+        expected = Event.model_validate(record)
+        assert stored.event is stored.event  # built once
+        assert stored.event.model_dump() == expected.model_dump()
+        given = stored.event.model_fields_set - {"message_id"}
+        assert given == expected.model_fields_set - {"message_id"}
+        assert stored.ts == (expected.ts or stored.received_at)
+    assert "type='page_view'" in repr(seen[0])

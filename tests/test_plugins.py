@@ -17,7 +17,13 @@ import typer  # at module level: typer resolves the test commands' annotations h
 from core import hookspecs
 from core.db import open_db
 from core.ingestion import ingest
-from core.plugins import DEFAULT_PLUGINS, build_manager, event_sources, events_ingested_hook
+from core.plugins import (
+    DEFAULT_PLUGINS,
+    build_manager,
+    event_sources,
+    events_ingested_hook,
+    profiles_loaded_hook,
+)
 from core.types import EventSource, RawRecord
 from tests.conftest import PROJECT_ROOT
 
@@ -123,6 +129,54 @@ def test_hook_on_events_ingested(register_plugin, tmp_path):
     assert len(batches) == 3
     ingest(engine, [{"type": "search", "user_id": "u1"}])  # no on_stored: no hook
     assert len(batches) == 3
+
+
+def test_hook_on_profiles_loaded(register_plugin, tmp_path):
+    """A bulk load calls on_profiles_loaded once at its end; a plugin that
+    implements it gets no on_events_ingested for that load, one that does not
+    keeps its calls per batch; outside bulk loads both get per-batch calls."""
+    loaded, per_batch, others = [], [], []
+
+    class Evaluator:
+        @staticmethod
+        def on_profiles_loaded(profile_ids, engine):
+            with engine.connect() as conn:  # the load is committed by then
+                stored = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
+            loaded.append((set(profile_ids), stored))
+
+        @staticmethod
+        def on_events_ingested(events):
+            per_batch.append(len(events))
+
+    class Watcher:
+        @staticmethod
+        def on_events_ingested(events):
+            others.append(len(events))
+
+    register_plugin(Evaluator)
+    register_plugin(Watcher)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    records = [
+        {"type": "page_view", "user_id": f"u{i % 4}", "ts": 1_700_000_000 + i} for i in range(9)
+    ]
+    ingest(
+        engine,
+        records,
+        batch_size=4,
+        bulk=True,
+        on_stored=events_ingested_hook(engine, bulk=True),
+        on_loaded=profiles_loaded_hook(engine),
+    )
+    with engine.connect() as conn:
+        profiles = set(conn.exec_driver_sql("SELECT id FROM profiles").scalars())
+    assert loaded == [(profiles, 9)] and len(profiles) == 4
+    assert per_batch == [] and others == [4, 4, 1]
+    more = [{"type": "search", "user_id": "u9", "ts": 1_700_000_100 + i} for i in range(3)]
+    ingest(engine, more, batch_size=2, on_stored=events_ingested_hook(engine))
+    assert per_batch == [2, 1] and others == [4, 4, 1, 2, 1] and len(loaded) == 1
+    # A load that stores nothing new (all duplicates) touches no profile: no call.
+    ingest(engine, records, bulk=True, on_loaded=profiles_loaded_hook(engine))
+    assert len(loaded) == 1
 
 
 def test_builtin_plugins_register_like_external_ones(monkeypatch):

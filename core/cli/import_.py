@@ -50,7 +50,11 @@ def import_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Events per transaction.")] = None,
     realtime: Annotated[
         bool,
-        typer.Option("--realtime/--no-realtime", help="Call on_events_ingested hooks."),
+        typer.Option(
+            "--realtime/--no-realtime",
+            help="Call on_events_ingested hooks (for a bulk load: on_profiles_loaded once "
+            "at its end, where a plugin implements it).",
+        ),
     ] = True,
     bulk: Annotated[
         bool | None,
@@ -69,7 +73,7 @@ def import_cmd(
     from core.ingestion import bulk_import_scope, estimate_records, worth_bulk_loading
     from core.ingestion.files import import_file, source_for
     from core.ingestion.options import load_read_options
-    from core.plugins import events_ingested_hook, file_sources
+    from core.plugins import events_ingested_hook, file_sources, profiles_loaded_hook
 
     options = load_read_options(
         mapping,
@@ -87,10 +91,13 @@ def import_cmd(
         source_for(path, sources, fmt)
     cli = obj(ctx)
     engine = cli.engine()
-    on_stored = events_ingested_hook(engine) if realtime else None
     reports = {}
     for path in files:
         as_bulk = bulk if bulk is not None else worth_bulk_loading(engine, estimate_records(path))
+        # A bulk load evaluates segments once, at its end, for the profiles it
+        # touched; a small import keeps real time per batch.
+        on_stored = events_ingested_hook(engine, bulk=as_bulk) if realtime else None
+        on_loaded = profiles_loaded_hook(engine) if realtime and as_bulk else None
         with progress(f"importing {path.name}") as advance, bulk_import_scope():
             reports[str(path)] = import_file(
                 engine,
@@ -101,6 +108,7 @@ def import_cmd(
                 batch_size=batch_size or cli.settings.batch_size,
                 on_progress=advance,
                 on_stored=on_stored,
+                on_loaded=on_loaded,
                 bulk=as_bulk,
             )
     rejected = sum(len(r.rejected) for r in reports.values())

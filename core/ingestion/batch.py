@@ -25,7 +25,11 @@ def store_batch(
     report: IngestReport,
     want_stored: bool = True,
     load: DeferredLoad | None = None,
+    touched: set[int] | None = None,
 ) -> list[StoredEvent]:
+    """Store one batch in ``conn``'s transaction; its stored events when
+    ``want_stored``, and the ids of the profiles they went to added to
+    ``touched``."""
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
         return []
@@ -60,6 +64,8 @@ def store_batch(
     now = utcnow()
     pid_of = {h: resolver.profile_id(h) for h in set(handles)}
     pids = [pid_of[h] for h in handles]
+    if touched is not None:
+        touched.update(pid_of.values())
     inserted = writer(conn, records, pids, source, now)
     if inserted != len(records):
         # Another writer stored some of these between our check and insert.
@@ -71,9 +77,12 @@ def store_batch(
     report.identifies += types[IDENTIFY]
     if not want_stored:
         return []
+    # The plain path's fields become an Event only if a hook asks for one.
     return [
-        StoredEvent(as_event(e), pid, r.get("ts") or now, now)
-        for e, r, pid in zip(fresh, records, pids, strict=True)
+        StoredEvent(e, pid, e.get("ts") or now, now, as_event)
+        if type(e) is dict
+        else StoredEvent(e, pid, e.ts or now, now)
+        for e, pid in zip(fresh, pids, strict=True)
     ]
 
 

@@ -9,7 +9,8 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``bulk.dropped``: a bulk load recorded itself and dropped the indexes;
 - ``ingest.batch``: a batch was written (pipelined: its transaction may be open);
 - ``bulk.index``: an index was rebuilt in the load's last transaction;
-- ``bulk.move``: a queued merge move was applied in that transaction.
+- ``bulk.move``: a queued merge move was applied in that transaction;
+- ``ingest.loaded``: a load is in, its ``on_loaded`` call not yet made.
 """
 
 from __future__ import annotations

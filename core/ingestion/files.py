@@ -47,11 +47,12 @@ def import_file(
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
+    on_loaded: Callable[[set[int]], None] | None = None,
     bulk: bool = False,
 ) -> IngestReport:
     """Read ``path`` with the file source among ``sources`` (``core.plugins.
-    file_sources()``) for its name (or ``fmt``) and ingest it; ``on_stored``
-    and ``bulk``: as for ``ingest`` (``estimate_records`` helps choose bulk)."""
+    file_sources()``) for its name (or ``fmt``) and ingest it; ``on_stored``,
+    ``on_loaded`` and ``bulk``: as for ``ingest`` (``estimate_records`` helps choose bulk)."""
     options = options or ReadOptions()
     if not path.is_file():
         raise ImportUsageError(f"{path}: no such file")
@@ -65,6 +66,7 @@ def import_file(
         ts_format=options.ts_format,
         on_progress=on_progress,
         on_stored=on_stored,
+        on_loaded=on_loaded,
         bulk=bulk,
     )
 

@@ -47,6 +47,7 @@ def ingest(
     on_progress: Callable[[int], None] | None = None,
     bulk: bool = False,
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
+    on_loaded: Callable[[set[int]], None] | None = None,
 ) -> IngestReport:
     """Validate, dedupe, resolve and store events; one transaction per batch
     (a big SQLite load groups batches, up to PIPELINE_COMMIT_ROWS events each).
@@ -56,6 +57,13 @@ def ingest(
     ``on_stored(events)``: called after each committed batch with its stored
     events; pass ``core.plugins.events_ingested_hook(engine)`` for the plugins'
     ``on_events_ingested`` (real-time segments), or nothing for a back-load.
+    ``on_loaded(profile_ids)``: called once when the whole load is in (for a
+    bulk load: after its indexes are rebuilt and merges applied) with the ids
+    of every profile it stored events on; pass ``core.plugins.
+    profiles_loaded_hook(engine)`` for ``on_profiles_loaded``, with
+    ``events_ingested_hook(engine, bulk=True)`` as ``on_stored``. A load that
+    fails makes no call: the next incremental segment run evaluates the
+    profiles of every event stored since the run before.
     ``bulk=True``: a bulk load (core.ingestion.bulk): the events' secondary
     indexes are built once at the end instead of row by row, crash-safely, and
     on SQLite the INSERTs are pipelined. The caller chooses (see
@@ -80,9 +88,10 @@ def ingest(
     batch: list[Event | Fields] = []
     # Where the current batch starts and ends, named only if storing it fails.
     first = last = None
+    touched: set[int] | None = set() if on_loaded is not None else None
     with (
         bulk_load(engine, bulk) as load,
-        BatchWriter(engine, source, report, load, on_stored, pipeline=bulk) as out,
+        BatchWriter(engine, source, report, load, on_stored, pipeline=bulk, touched=touched) as out,
     ):
         n = 0
         for n, item in enumerate(records, 1):
@@ -118,6 +127,9 @@ def ingest(
         if on_progress and n > report.received:
             on_progress(n - report.received)
         report.received = n
+    if on_loaded is not None and touched:
+        crash_point("ingest.loaded")
+        on_loaded(touched)
     return report
 
 
@@ -155,8 +167,11 @@ class BatchWriter:
         load: DeferredLoad | None = None,
         on_stored: Callable[[list[StoredEvent]], None] | None = None,
         pipeline: bool = False,
+        touched: set[int] | None = None,
     ) -> None:
         self.engine = engine
+        # Where the ids of the profiles stored batches went to are gathered.
+        self.touched = touched
         self.load = load or DeferredLoad()
         self.source = source
         self.report = report
@@ -216,7 +231,14 @@ class BatchWriter:
         self, conn: Connection, writer: EventWriter, batch: list[Event | Fields]
     ) -> list[StoredEvent]:
         return store_batch(
-            conn, writer, batch, self.source, self.report, self.hook is not None, self.load
+            conn,
+            writer,
+            batch,
+            self.source,
+            self.report,
+            self.hook is not None,
+            self.load,
+            self.touched,
         )
 
     def _start(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:

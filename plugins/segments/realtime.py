@@ -1,7 +1,10 @@
 """Built-in plugin: keep segment memberships current as events arrive.
 
-Switch it off for bulk loads with ``segflow import --no-realtime`` (the hook
-is not called), or leave it out with SEGFLOW_LOAD_PLUGINS.
+Streaming ingestion (the API, small imports) re-evaluates each batch's
+profiles; a bulk load (``segflow import`` of a big file) evaluates every
+profile it touched once, at its end (``on_profiles_loaded``), through the
+one-pass SQL evaluation. Switch it off with ``segflow import --no-realtime``
+(no hook is called), or leave it out with SEGFLOW_LOAD_PLUGINS.
 """
 
 from __future__ import annotations
@@ -11,11 +14,20 @@ from core import condition_kinds, evaluate_profiles, hookimpl, segment_change_ho
 
 @hookimpl
 def on_events_ingested(events, engine) -> None:
-    # Built per batch, not cached: plugins may come and go (tests, reloads);
+    _evaluate({e.profile_id for e in events}, engine)
+
+
+@hookimpl
+def on_profiles_loaded(profile_ids, engine) -> None:
+    _evaluate(set(profile_ids), engine)
+
+
+def _evaluate(profile_ids: set[int], engine) -> None:
+    # Built per call, not cached: plugins may come and go (tests, reloads);
     # parsed definitions stay cached as long as the kinds are equal.
     evaluate_profiles(
         engine,
-        {e.profile_id for e in events},
+        profile_ids,
         kinds=condition_kinds(),
         on_change=segment_change_hook(engine),
     )
