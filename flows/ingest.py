@@ -32,7 +32,7 @@ from core.ingestion import (
     import_file,
     worth_bulk_loading,
 )
-from core.plugins import events_ingested_hook, file_sources
+from core.plugins import events_ingested_hook, file_sources, profiles_loaded_hook
 from core.types import ReadOptions
 
 # How many rejected lines each file's counts list; the totals count them all.
@@ -90,7 +90,9 @@ def import_file_task(
         options,
         sources=file_sources(),
         batch_size=batch_size,
-        on_stored=events_ingested_hook(engine),
+        # As `segflow import`: a bulk load evaluates segments once, at its end.
+        on_stored=events_ingested_hook(engine, bulk=bulk),
+        on_loaded=profiles_loaded_hook(engine) if bulk else None,
         bulk=bulk,
     )
     counts = file_counts(report)
