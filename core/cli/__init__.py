@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from core.cli import db, import_, keys, plugins, profiles, scores, segments, serve
 from core.cli.context import CommandContext, Group, err
 from core.config import load_settings
+
+if TYPE_CHECKING:
+    import click
 
 app = typer.Typer(
     name="segflow",

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -20,6 +19,7 @@ from typer.core import TyperGroup
 from core.types import CommandError, UsageError
 
 if TYPE_CHECKING:
+    import click
     from sqlalchemy.engine import Engine
 
     from core.config import Settings
