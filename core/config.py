@@ -167,10 +167,11 @@ def load_file(path: Path, sections: dict[str, Any] | None = None) -> dict:
 
 
 def load_settings(db: str | None = None) -> Settings:
-    models = settings_sections()
     values: dict = {}
     source = "default"
     path = config_path()
+    # Plugin sections can only come from the file; without one, no plugin need load.
+    models = settings_sections() if path.is_file() else {}
     if path.is_file():
         values.update(load_file(path, models))
         source = str(path)

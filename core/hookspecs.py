@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-from sqlalchemy.engine import Engine
 
 from core.types import Change, ConditionKind, EventSource, ScoringModel, StoredEvent
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from typer.core import TyperGroup
 
 hookspec = pluggy.HookspecMarker("segflow")

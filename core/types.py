@@ -12,11 +12,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Table
+    from sqlalchemy.engine import Connection
+else:
+    # Pydantic resolves these annotations (models hold a ConditionKind); as Any it
+    # needs no SQLAlchemy, which `import core.types` must not load.
+    ColumnElement = Table = Connection = Any
 
 # Event types, and names of definitions (segments, scores, ...): snake_case.
 SNAKE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -94,9 +100,9 @@ def _accept(params: Any) -> Any:
 class SqlContext:
     """What a plugin's SQL form can refer to."""
 
-    profile_id: sa.ColumnElement  # the evaluated profile's id (outer query)
+    profile_id: ColumnElement  # the evaluated profile's id (outer query)
     profiles: Any  # the profiles row being evaluated (attributes, email, ...)
-    events: sa.Table
+    events: Table
     as_of: datetime
 
 
@@ -116,7 +122,7 @@ class ConditionKind:
     description: str
     # (params, profile: core.segments.evaluate.ProfileData, as_of) -> bool
     python: Callable[[Any, Any, datetime], bool]
-    sql: Callable[[Any, SqlContext], sa.ColumnElement] | None = None
+    sql: Callable[[Any, SqlContext], ColumnElement] | None = None
     # Checks and normalises the parameters; raise ValueError with a clear message.
     validate: Callable[[Any], Any] = _accept
     # True: the parameters are the whole condition mapping ({event: x, within: 48h})
@@ -126,7 +132,7 @@ class ConditionKind:
     # core.segments.sql.FeatureColumns) -> boolean expression. Ask ``request``
     # for features first; the returned function builds the test once the
     # feature columns exist.
-    features: Callable[[Any, Any], Callable[[Any], sa.ColumnElement]] | None = None
+    features: Callable[[Any, Any], Callable[[Any], ColumnElement]] | None = None
     # (params, profile, as_of) -> the earliest time after as_of at which the
     # answer could change with no new event (a window expiring), or None.
     next_change_at: Callable[[Any, Any, datetime], datetime | None] | None = None

@@ -664,3 +664,46 @@ def test_the_public_api_is_complete_and_cheap_to_import():
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     ).stdout
     assert loaded.strip() == "[]"
+
+
+# Run a command in a fresh interpreter and report what it imported.
+_IMPORTED_AFTER = """
+import json, sys
+from core.cli import main
+status = main(sys.argv[1:])
+print(json.dumps([status, sorted(sys.modules)]))
+"""
+# What no command needs before its own work starts.
+_HEAVY = ("sqlalchemy", "alembic", "sqlmodel", "numpy", "scipy", "pandas", "fastapi", "httpx")
+
+
+def test_a_core_command_starts_without_importing_plugins_or_the_engine(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{_greeter_distribution(site)}:{PROJECT_ROOT}"}
+    for name in ("SEGFLOW_LOAD_PLUGINS", "SEGFLOW_CONFIG", "SEGFLOW_DATABASE_URL", "SEGFLOW_DEBUG"):
+        env.pop(name, None)
+
+    def imported(*args: str) -> tuple[int, set[str], str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORTED_AFTER, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            check=True,
+        )
+        status, modules = json.loads(done.stdout.splitlines()[-1])
+        return status, set(modules), done.stdout
+
+    status, modules, _ = imported("segments", "run", "--help")
+    assert status == 0
+    plugin_modules = {m for m in modules if m.startswith(("plugins", "segflow_greeter"))}
+    assert plugin_modules == set()
+    assert {m.partition(".")[0] for m in modules} & set(_HEAVY) == set()
+    # A plugin's command is still found: its plugin loads when the name is not the core's.
+    status, modules, out = imported("greet", "--help")
+    assert status == 0 and "Greet someone" in out and "segflow_greeter" in modules
+    # So is a plugin's command inside a core group (scores fit, from predictive).
+    status, modules, out = imported("scores", "fit", "--help")
+    assert status == 0 and "plugins.scoring.predictive" in modules

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from core.cli import db, import_, keys, plugins, profiles, scores, segments, serve
 from core.cli.context import CommandContext, Group, err
-from core.config import ConfigError, load_settings
-from core.types import CommandError, UsageError
+from core.config import load_settings
+
+if TYPE_CHECKING:
+    import click
 
 app = typer.Typer(
     name="segflow",
@@ -53,56 +55,72 @@ app.command()(serve.serve)
 app.add_typer(serve.dashboard_app, name="dashboard")
 
 
+def _register_plugin_commands(cli: click.Group) -> None:
+    from core.plugins import get_manager
+
+    get_manager().hook.register_commands(cli=cli)
+
+
 def build_cli() -> TyperGroup:
     """The root command: the core's commands, then those plugins register.
 
     Built afresh for every run, so the plugins loaded now (SEGFLOW_LOAD_PLUGINS,
-    test plugins) are the ones whose commands exist.
+    test plugins) are the ones whose commands exist. The plugins' commands are
+    added when first needed (``Group.get_command`` / ``list_commands``).
     """
-    from core.plugins import get_manager
-
     cli = typer.main.get_command(app)
-    assert isinstance(cli, TyperGroup)  # the root has a callback: always a group
-    get_manager().hook.register_commands(cli=cli)
+    assert isinstance(cli, Group)  # the root has a callback: always a group
+    cli.plugin_loader = _register_plugin_commands
     return cli
+
+
+# Errors that end a command with one line and a status: "module:class" -> status.
+# Looked up only in modules already imported (an error cannot come from one that
+# is not), so the start of every command does not import the whole engine.
+EXPECTED_ERRORS: dict[str, int] = {
+    "core.types:UsageError": 2,
+    "core.ingestion:ImportUsageError": 2,
+    "core.ingestion:MappingError": 2,
+    "core.notebooks:NotebookNotFound": 2,
+    "core.types:CommandError": 1,
+    "core.config:ConfigError": 1,
+    "core.db:DatabaseError": 1,
+    "core.profiles:ProfileNotFound": 1,
+    "core.ingestion:IngestError": 1,
+    "core.segments.language:SegmentError": 1,
+    "core.types:ScoreError": 1,
+    "core.keys:UnknownKey": 1,
+}
+
+
+def expected_status(exc: BaseException) -> int | None:
+    """The exit status of an expected error, None for any other exception."""
+    for ref, status in EXPECTED_ERRORS.items():
+        module_name, _, name = ref.partition(":")
+        module = sys.modules.get(module_name)
+        cls = getattr(module, name, None) if module is not None else None
+        if cls is not None and isinstance(exc, cls):
+            return status
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors become one line on stderr and an exit status."""
-    from core.db import DatabaseError
-    from core.ingestion import ImportUsageError, IngestError, MappingError
-    from core.keys import UnknownKey
-    from core.notebooks import NotebookNotFound
-    from core.profiles import ProfileNotFound
-    from core.segments.language import SegmentError
-    from core.types import ScoreError
-
     try:
         # Outside standalone mode click returns the status of typer.Exit instead of raising.
         status = build_cli().main(args=argv, prog_name="segflow", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except (UsageError, ImportUsageError, MappingError, NotebookNotFound) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        return 2
-    except (
-        CommandError,
-        ConfigError,
-        DatabaseError,
-        ProfileNotFound,
-        IngestError,
-        SegmentError,
-        ScoreError,
-        UnknownKey,
-    ) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        return 1
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except typer.Abort:
         return 1
     except Exception as exc:  # noqa: BLE001 - the promise is no traceback, ever
+        expected = expected_status(exc)
+        if expected is not None:
+            err.print(f"error: {exc}", markup=False, highlight=False)
+            return expected
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()  # click's own usage errors: message plus usage line, status 2
             return exc.exit_code

@@ -10,23 +10,19 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from sqlalchemy.engine import Engine
 from typer.core import TyperGroup
 
-from core.config import Settings
 from core.types import CommandError, UsageError
+
+if TYPE_CHECKING:
+    import click
+    from sqlalchemy.engine import Engine
+
+    from core.config import Settings
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -34,13 +30,43 @@ err = Console(stderr=True, soft_wrap=True)
 
 class Group(TyperGroup):
     """A command group where a plugin cannot silently replace a command (typer's
-    ``add_command``, like click's, lets the last one win)."""
+    ``add_command``, like click's, lets the last one win).
+
+    Plugins' commands are added on demand: the root group holds a loader that
+    calls ``register_commands`` the first time a name is not one of the core's,
+    or the commands are listed (help, ``segflow plugins``), so a core command
+    runs without importing a single plugin.
+    """
+
+    plugin_loader: Callable[[click.Group], None] | None = None
 
     def add_command(self, cmd: Any, name: str | None = None) -> None:
         name = name or cmd.name
         if name in self.commands:
             raise CommandError(f"the command {self.name or 'segflow'} {name!r} is defined twice")
         super().add_command(cmd, name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and load_plugin_commands(ctx):
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+
+def load_plugin_commands(ctx: click.Context) -> bool:
+    """Let the plugins add their commands to this run's root group, once;
+    True when they were added just now."""
+    root = ctx.find_root().command
+    loader = getattr(root, "plugin_loader", None)
+    if loader is None:
+        return False
+    root.plugin_loader = None  # first, so a plugin listing commands does not recurse
+    loader(root)
+    return True
 
 
 class CommandContext:
@@ -103,6 +129,15 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 @contextlib.contextmanager
 def progress(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """A rich progress display on stderr; yields ``advance(n)``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = [SpinnerColumn(), TextColumn("{task.description}")]
     if total:
         columns += [BarColumn(), MofNCompleteColumn()]

@@ -8,13 +8,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from core.cli.context import CommandContext, out
+from core.cli.context import CommandContext, load_plugin_commands, out
 
 
-def plugins(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def plugins(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List loaded plugins and the hooks each implements."""
     from core.plugins import plugin_report
 
+    # Plugins' commands are added on demand; here, so a clash between two shows.
+    load_plugin_commands(ctx)
     report = plugin_report()
     if as_json:
         CommandContext.print_json(report["plugins"])
