@@ -50,7 +50,7 @@ def evaluate_profiles(
         else:
             result = _python(conn, segments, ids, as_of)
         changes = _apply(conn, segs, result, as_of, ids, set())
-        _retire_merged(conn, segs, as_of, changes)
+        _retire_merged(conn, segs, as_of, changes, into=ids)
     if changes and on_change is not None:
         on_change(changes)
     return changes
