@@ -61,7 +61,7 @@ class Statements:
         """Every statement, the id load shown with its parameter named."""
         out = list(self.setup)
         if self.load is not None:
-            out.append(f"{self.load}  -- the candidate profile ids")
+            out.append(f"-- the candidate profile ids, one parameter\n{self.load}")
         return out + list(self.analyze) + [self.query]
 
 

@@ -257,4 +257,4 @@ def _pg_candidates(element, compiler, **kw):
 
 @compiles(candidate_ids)
 def _default_candidates(element, compiler, **kw):
-    return "1 = 1"
+    return "1"
