@@ -166,19 +166,27 @@ _PARSED: dict[tuple, Segment] = {}
 def stored_segments(conn: Connection, kinds: ConditionKinds) -> dict[str, StoredSegment]:
     out = {}
     registry = kinds.fingerprint()
-    for r in conn.execute(
-        sa.select(
-            SEGMENTS.c.id,
-            SEGMENTS.c.name,
-            SEGMENTS.c.version,
-            SEGMENTS.c.updated_at,
-            SEGMENTS.c.definition,
+    # Keys first, through the driver; definitions (JSON) only for those not
+    # parsed yet: a real-time call reads this on every ingested batch.
+    cur = conn.connection.cursor()
+    try:
+        cur.execute("SELECT id, name, version, updated_at FROM segments")
+        keys = cur.fetchall()
+    finally:
+        cur.close()
+    missing = [r[0] for r in keys if (registry, r[0], r[2], r[3]) not in _PARSED]
+    definitions = {}
+    if missing:
+        definitions = dict(
+            conn.execute(
+                sa.select(SEGMENTS.c.id, SEGMENTS.c.definition).where(SEGMENTS.c.id.in_(missing))
+            ).all()
         )
-    ):
-        key = (registry, r.id, r.version, r.updated_at)
+    for sid, name, version, updated_at in keys:
+        key = (registry, sid, version, updated_at)
         if key not in _PARSED:
-            _PARSED[key] = parse_segment(r.definition, kinds=kinds, file=f"segment row {r.id}")
-        out[r.name] = StoredSegment(r.id, r.version, _PARSED[key])
+            _PARSED[key] = parse_segment(definitions[sid], kinds=kinds, file=f"segment row {sid}")
+        out[name] = StoredSegment(sid, version, _PARSED[key])
     return out
 
 
