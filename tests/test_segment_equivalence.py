@@ -17,6 +17,7 @@ from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
 from core.segments.kinds import ConditionKinds
 from core.segments.language import parse_segment
+from core.segments.sql import PLANS
 from tests.helpers import live_profiles
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -225,6 +226,16 @@ def check_same(engine, records, rule, base=None, facts=((), ())):
     segment = parse_segment({"name": "s", "rule": rule}, kinds=KINDS)
     with engine.connect() as conn:
         batch = evaluate_sql(conn, {"s": segment, "base": base}, AS_OF)
+        # Every plan the compiler can choose, for everyone and for candidates
+        # looked up by profile, gives the default plan's answer.
+        ids = [p["id"] for p in live_profiles(engine)]
+        for plan in PLANS:
+            for kwargs in ({}, {"profile_ids": ids, "lookup": True}):
+                other = evaluate_sql(conn, {"s": segment, "base": base}, AS_OF, plan=plan, **kwargs)
+                assert (other.members, other.next_change_at) == (
+                    batch.members,
+                    batch.next_change_at,
+                ), (plan, kwargs, rule)
         python_members, python_next = set(), {}
         for profile in live_profiles(engine):
             data = load_profile_data(conn, profile["id"], AS_OF)

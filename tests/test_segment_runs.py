@@ -386,3 +386,31 @@ def test_identical_conditions_share_one_feature_and_one_scan():
     stmt, _ = compiler.query(compiled)
     sql = str(stmt.compile())
     assert sql.count("FROM events") == 1
+
+
+def test_realtime_retires_the_profiles_merged_into_the_evaluated_one(db_url, tmp_path):
+    from core.segments.realtime import evaluate_profiles
+
+    engine = open_db(db_url)
+    ingest(engine, [{"type": "add_to_cart", "anonymous_id": "anon", "ts": "2026-04-30T10:00:00Z"}])
+    ingest(engine, [{"type": "add_to_cart", "anonymous_id": "other", "ts": "2026-04-30T10:00:00Z"}])
+    ingest(engine, [{"type": "page_view", "user_id": "u", "ts": "2026-04-30T11:00:00Z"}])
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "carts.yaml").write_text("name: carts\nrule: {event: add_to_cart}\n")
+    run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
+    profiles = models.Profile.__table__
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.select(profiles.c.user_id, profiles.c.id)).all())
+    ingest(engine, [{"type": "identify", "user_id": "u", "anonymous_id": "anon"}])
+    with engine.connect() as conn:
+        merged = conn.execute(
+            sa.select(profiles.c.id).where(profiles.c.merged_into.is_not(None))
+        ).scalar_one()
+    changes = evaluate_profiles(engine, {ids["u"]}, END + timedelta(minutes=1), kinds=KINDS)
+    # The merged profile leaves, the survivor (with its events now) enters;
+    # the unrelated member stays.
+    assert sorted((c.profile_id, c.change) for c in changes) == sorted(
+        [(merged, "exited"), (ids["u"], "entered")]
+    )
+    assert len(memberships(engine)["carts"]) == 2

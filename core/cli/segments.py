@@ -254,3 +254,71 @@ def segments_explain(
     out.print(root)
     if report["next_change_at"]:
         out.print(f"could change without new events at {report['next_change_at']}")
+
+
+Dialect = Annotated[
+    str | None,
+    typer.Option("--dialect", help="sqlite or postgresql (default: the configured database's)."),
+]
+
+
+@app.command("sql")
+def segments_sql(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Segments to show.")],
+    directory: Directory = Path("segments"),
+    dialect: Dialect = None,
+    incremental: Annotated[
+        bool, typer.Option("--incremental", help="The SQL of an incremental run (candidates).")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add the database's plan (needs the database).")
+    ] = False,
+    as_of: AsOf = None,
+) -> None:
+    """Print the SQL a run executes for NAME... (the definitions in DIR, else
+    the saved ones), formatted; --explain adds the database's plan."""
+    import sqlalchemy as sa
+
+    from core.segments.plans import compiled_sql, explain_sql, format_sql
+    from core.segments.store import load_segment_files, segments_by_name, stored_segments
+
+    kinds = condition_kinds()
+    context = obj(ctx)
+    if explain and dialect is not None:
+        raise UsageError("--explain uses the database's dialect; drop --dialect")
+    if dialect not in (None, "sqlite", "postgresql"):
+        raise UsageError(f"--dialect: {dialect!r} is not sqlite or postgresql")
+    if directory.is_dir():
+        segments = segments_by_name(load_segment_files(directory, kinds))
+    else:
+        with context.engine().connect() as conn:
+            segments = segments_by_name(stored_segments(conn, kinds))
+    unknown = [n for n in names if n not in segments]
+    if unknown:
+        raise UsageError(
+            f"unknown segment {', '.join(map(repr, unknown))}; known: "
+            + (", ".join(sorted(segments)) or f"none (no segment files in {directory})")
+        )
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        target: sa.Dialect = psycopg.dialect()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        target = pysqlite.dialect()
+    elif explain:
+        target = context.engine().dialect
+    else:
+        target = sa.engine.make_url(context.settings.database_url).get_dialect()()
+    st = compiled_sql(segments, names, parse_as_of(as_of), target, incremental=incremental)
+    shown = [*st.script()[:-1], format_sql(st.query)]
+    out.print(f"-- {target.name}, plan {st.plan}", markup=False, highlight=False)
+    out.print(";\n\n".join(shown) + ";", markup=False, highlight=False, soft_wrap=True)
+    if explain:
+        with context.engine().connect() as conn:
+            plan = explain_sql(conn, st)
+        out.print("\n-- plan", markup=False, highlight=False)
+        for line in plan:
+            out.print(f"-- {line}", markup=False, highlight=False, soft_wrap=True)

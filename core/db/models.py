@@ -81,7 +81,8 @@ class Profile(SQLModel, table=True):
     # Set when this profile was merged into another; its events and identities
     # moved there, the row stays so old references still resolve.
     merged_into: int | None = Field(
-        default=None, sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=True)
+        default=None,
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=True, index=True),
     )
 
 

@@ -2,51 +2,53 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-import sqlalchemy as sa
+import orjson
 from sqlalchemy.engine import Connection
 
-from core.db.tables import CONSENTS, EVENTS, PROFILES
+from core.segments.batch import db_time
 from core.segments.evaluate import EventRow, ProfileData
 
 
 def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> ProfileData:
-    """One profile's events (up to as_of), attributes, consents and scores."""
-    rows = conn.execute(
-        sa.select(
-            EVENTS.c.type,
-            EVENTS.c.ts,
-            EVENTS.c.session_id,
-            EVENTS.c.product_id,
-            EVENTS.c.value,
-            EVENTS.c.currency,
-            EVENTS.c.url,
-            EVENTS.c.campaign,
-            EVENTS.c.source,
-            EVENTS.c.properties,
-            EVENTS.c.message_id,
+    """One profile's events (up to as_of), attributes, consents and scores.
+
+    Read through the driver: a real-time call is a few small statements, and
+    SQLAlchemy's per-statement and per-row work would be most of its cost.
+    """
+    dialect = conn.dialect
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    sqlite = dialect.name == "sqlite"
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(
+            "SELECT type, ts, session_id, product_id, value, currency, url, campaign, source,"
+            f" properties, message_id FROM events WHERE profile_id = {mark} AND ts <= {mark}"
+            " ORDER BY ts, id",
+            (profile_id, db_time(dialect.name, as_of)),
         )
-        .where(EVENTS.c.profile_id == profile_id, EVENTS.c.ts <= as_of)
-        .order_by(EVENTS.c.ts, EVENTS.c.id)
-    )
-    events = [
-        EventRow(*r[:9], properties=r.properties or {}, message_id=r.message_id) for r in rows
-    ]
-    attributes = (
-        conn.execute(
-            sa.select(PROFILES.c.attributes).where(PROFILES.c.id == profile_id)
-        ).scalar_one_or_none()
-        or {}
-    )
-    consents = set(
-        conn.execute(
-            sa.select(CONSENTS.c.purpose).where(
-                CONSENTS.c.profile_id == profile_id, CONSENTS.c.granted.is_(True)
-            )
-        ).scalars()
-    )
+        rows = cur.fetchall()
+        cur.execute(f"SELECT attributes FROM profiles WHERE id = {mark}", (profile_id,))
+        found = cur.fetchone()
+        cur.execute(
+            f"SELECT purpose FROM consents WHERE profile_id = {mark} AND granted = {mark}",
+            (profile_id, True),
+        )
+        consents = {r[0] for r in cur.fetchall()}
+    finally:
+        cur.close()
+    events = []
+    for r in rows:
+        ts = datetime.fromisoformat(r[1]).replace(tzinfo=UTC) if sqlite else r[1]
+        props = r[9]
+        if isinstance(props, str | bytes):
+            props = orjson.loads(props)
+        events.append(EventRow(r[0], ts, *r[2:9], properties=props or {}, message_id=r[10]))
+    attributes = found[0] if found else None
+    if isinstance(attributes, str | bytes):
+        attributes = orjson.loads(attributes)
     from core.scoring import scores_as_of
 
     scores = scores_as_of(conn, profile_id, as_of)
-    return ProfileData(events=events, attributes=attributes, consents=consents, scores=scores)
+    return ProfileData(events=events, attributes=attributes or {}, consents=consents, scores=scores)

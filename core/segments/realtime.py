@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from core.db.tables import PROFILES
 from core.segments.batch import BatchResult, evaluate_sql
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
@@ -20,6 +19,7 @@ from core.segments.store import (
     segments_by_name,
     stored_segments,
 )
+from core.segments.writes import select_pairs
 from core.types import Change
 
 # Above this many profiles in one batch, one SQL query beats loading each
@@ -50,7 +50,7 @@ def evaluate_profiles(
         else:
             result = _python(conn, segments, ids, as_of)
         changes = _apply(conn, segs, result, as_of, ids, set())
-        _retire_merged(conn, segs, as_of, changes)
+        _retire_merged(conn, segs, as_of, changes, into=ids)
     if changes and on_change is not None:
         on_change(changes)
     return changes
@@ -59,13 +59,16 @@ def evaluate_profiles(
 def _python(conn: Any, segments: dict, ids: list[int], as_of: datetime) -> BatchResult:
     order = check_references(segments)
     result = BatchResult({n: set() for n in segments}, {}, set())
-    live = set(
-        conn.execute(
-            PROFILES.select()
-            .with_only_columns(PROFILES.c.id)
-            .where(PROFILES.c.id.in_(ids), PROFILES.c.merged_into.is_(None))
-        ).scalars()
-    )
+    cur = conn.connection.cursor()
+    try:
+        live = {
+            pid
+            for (pid,) in select_pairs(
+                cur, conn.dialect, "SELECT id FROM profiles WHERE merged_into IS NULL", "id", ids
+            )
+        }
+    finally:
+        cur.close()
     for pid in ids:
         if pid not in live:
             continue

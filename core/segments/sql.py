@@ -23,13 +23,18 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from core.db.tables import EVENTS, PROFILES
 from core.segments.language import Compare, Condition, Rule
-from core.segments.sqlfuncs import json_key
+from core.segments.sqlfuncs import candidate_ids, json_key, unindexed
 from core.segments.where import event_field, field_ref, where_sql
 from core.types import SqlContext
 
 # A feature's identity: equal keys are one column, whichever segment asked.
 FeatureKey = tuple
 Render = Callable[["FeatureColumns"], ColumnElement]
+
+# The plans a compiled query can take (see ``Compiler.query``).
+ONE_SCAN = "one_scan"
+SPLIT_SCANS = "split_scans"
+PLANS = (ONE_SCAN, SPLIT_SCANS)
 
 COMBINE_SQL: dict[str, Callable[..., ColumnElement]] = {
     "all": sa.and_,
@@ -76,6 +81,8 @@ class Features:
     session_inner: dict[tuple, sa.Label] = field(default_factory=dict)
     session: dict[tuple, sa.Label] = field(default_factory=dict)
     types: set[str] = field(default_factory=set)
+    # What each feature reads, (types, window or None): the scans read only that.
+    reach: dict[tuple, tuple[tuple[str, ...], timedelta | None]] = field(default_factory=dict)
     # (time feature key, delta): next change candidates, de-duplicated in order.
     changes: dict[tuple[tuple, timedelta], None] = field(default_factory=dict)
 
@@ -86,9 +93,10 @@ class Features:
             parts.append(EVENTS.c.ts > self.as_of - within)
         return sa.and_(*parts)
 
-    def _event_feature(self, key: tuple, expr_fn) -> tuple:
+    def _event_feature(self, key: tuple, expr_fn, types, within) -> tuple:
         if key not in self.event:
             self.event[key] = expr_fn().label(f"f{len(self.event)}")
+            self.reach[key] = (tuple(types), within)
         return key
 
     def _aggregate(self, kind: str, prop: str | None, types, within, where):
@@ -107,7 +115,9 @@ class Features:
     def measure(self, kind: str, prop: str | None, types, within, where) -> FeatureKey:
         """count/sum/min/max/avg/distinct of matching events per profile."""
         key = ("m", kind, prop, types, within, where)
-        return self._event_feature(key, lambda: self._aggregate(kind, prop, types, within, where))
+        return self._event_feature(
+            key, lambda: self._aggregate(kind, prop, types, within, where), types, within
+        )
 
     def time(self, last: bool, types, within, where) -> FeatureKey:
         """The latest (``last``) or earliest matching event's time per profile."""
@@ -117,7 +127,7 @@ class Features:
             picked = sa.case((self._cond(types, within, where), EVENTS.c.ts))
             return sa.func.max(picked) if last else sa.func.min(picked)
 
-        return self._event_feature(key, build)
+        return self._event_feature(key, build, types, within)
 
     def session_measure(
         self, kind: str, prop: str | None, types, within, where, cmp: Compare
@@ -129,6 +139,7 @@ class Features:
             if k not in self.session_inner:
                 expr = self._aggregate(*k[1:])
                 self.session_inner[k] = expr.label(f"s{len(self.session_inner)}")
+                self.reach[k] = (tuple(types), within)
         key = ("s", inner, cmp)
         if key not in self.session:
             self.session[key] = (inner_n, inner, cmp, f"p{len(self.session)}")
@@ -172,15 +183,33 @@ class Compiler:
         return self.compile(self.segments[name])
 
     # -- the query ------------------------------------------------------------------
-    def query(self, compiled: dict[str, Render], profile_ids: list[int] | None = None):
-        """SELECT profile id, one boolean per segment, and next-change times."""
-        ev = self._event_subquery()
-        ss = self._session_subquery()
+    def query(
+        self,
+        compiled: dict[str, Render],
+        profile_ids: list[int] | None = None,
+        *,
+        ids: sa.Table | None = None,
+        plan: str = ONE_SCAN,
+    ):
+        """SELECT profile id, one boolean per segment, and next-change times.
+
+        ``ids`` (a table of candidate profile ids, column ``id``) restricts the
+        answer to those profiles and is joined inside the event scans, so they
+        read only those profiles' events through (profile_id, ts);
+        ``profile_ids`` does the same with an IN list. ``plan`` is ONE_SCAN (one
+        grouped scan for every event feature) or SPLIT_SCANS (one per group of
+        features sharing event types).
+        """
+        if plan not in PLANS:
+            raise ValueError(f"unknown plan {plan!r}; plans: {', '.join(PLANS)}")
+        scans = self._event_subqueries(plan, ids, profile_ids)
+        ss = self._session_subquery(ids, profile_ids)
         p = PROFILES.alias("p")
         cols: dict[tuple, ColumnElement] = {}
-        if ev is not None:
+        for ev in scans:
             for key, label in self.f.event.items():
-                cols[key] = ev.c[label.name]
+                if label.name in ev.c:
+                    cols[key] = ev.c[label.name]
         sess: dict[tuple, ColumnElement] = {}
         if ss is not None:
             for key, (_, _, _, name) in self.f.session.items():
@@ -193,8 +222,11 @@ class Compiler:
         for i, (key, delta) in enumerate(self.f.changes):
             change_cols.append((f"c{i}", delta))
             selects.append(cols[key].label(f"c{i}"))
-        stmt = sa.select(*selects).select_from(p)
-        if ev is not None:
+        if ids is not None:
+            stmt = sa.select(*selects).select_from(ids.join(p, p.c.id == unindexed(ids.c.id)))
+        else:
+            stmt = sa.select(*selects).select_from(p)
+        for ev in scans:
             stmt = stmt.outerjoin(ev, ev.c.profile_id == p.c.id)
         if ss is not None:
             stmt = stmt.outerjoin(ss, ss.c.profile_id == p.c.id)
@@ -203,27 +235,44 @@ class Compiler:
             stmt = stmt.where(p.c.id.in_(profile_ids))
         return stmt, change_cols
 
-    def _event_subquery(self):
-        if not self.f.event:
-            return None
-        return (
-            sa.select(EVENTS.c.profile_id, *self.f.event.values())
-            .where(EVENTS.c.ts <= self.as_of, EVENTS.c.type.in_(sorted(self.f.types)))
-            .group_by(EVENTS.c.profile_id)
-            .subquery("ev")
-        )
+    def _scan(self, columns: list, keys: list[tuple], ids, profile_ids, group_by: list):
+        """A grouped scan of the events these features read, and only those."""
+        reach = [self.f.reach[k] for k in keys]
+        where = [EVENTS.c.ts <= self.as_of, reach_sql(reach, self.as_of, ids is not None)]
+        source: Any = EVENTS
+        if ids is not None:
+            # The candidates drive: each one's events through (profile_id, ts).
+            source = ids.join(EVENTS, EVENTS.c.profile_id == unindexed(ids.c.id))
+            where.append(candidate_ids(EVENTS.c.profile_id, ids))
+        if profile_ids is not None:
+            where.append(EVENTS.c.profile_id.in_(profile_ids))
+        return sa.select(*group_by, *columns).select_from(source).where(*where).group_by(*group_by)
 
-    def _session_subquery(self):
+    def _event_subqueries(self, plan: str, ids, profile_ids) -> list:
+        if not self.f.event:
+            return []
+        keys = list(self.f.event)
+        groups = [keys] if plan == ONE_SCAN else type_groups(keys, self.f.reach)
+        return [
+            self._scan(
+                [self.f.event[k] for k in group], group, ids, profile_ids, [EVENTS.c.profile_id]
+            ).subquery("ev" if len(groups) == 1 else f"ev{i}")
+            for i, group in enumerate(groups)
+        ]
+
+    def _session_subquery(self, ids, profile_ids):
         if not self.f.session:
             return None
+        keys = list(self.f.session_inner)
         inner = (
-            sa.select(EVENTS.c.profile_id, EVENTS.c.session_id, *self.f.session_inner.values())
-            .where(
-                EVENTS.c.ts <= self.as_of,
-                EVENTS.c.session_id.is_not(None),
-                EVENTS.c.type.in_(sorted(self.f.types)),
+            self._scan(
+                list(self.f.session_inner.values()),
+                keys,
+                ids,
+                profile_ids,
+                [EVENTS.c.profile_id, EVENTS.c.session_id],
             )
-            .group_by(EVENTS.c.profile_id, EVENTS.c.session_id)
+            .where(EVENTS.c.session_id.is_not(None))
             .subquery("si")
         )
         outs = []
@@ -236,3 +285,46 @@ class Compiler:
             ok = sa.and_(n > 0, compare_sql(value, cmp))
             outs.append(sa.func.max(sa.case((ok, 1), else_=0)).label(name))
         return sa.select(inner.c.profile_id, *outs).group_by(inner.c.profile_id).subquery("ss")
+
+
+def type_windows(reaches) -> dict[str, timedelta | None]:
+    """Per event type, the widest window any feature reads it in (None: all time)."""
+    widest: dict[str, timedelta | None] = {}
+    for types, within in reaches:
+        for t in types:
+            if t in widest and (widest[t] is None or within is None):
+                widest[t] = None
+            else:
+                widest[t] = within if t not in widest else max(widest[t], within)
+    return widest
+
+
+def reach_sql(reaches, as_of: datetime, by_profile: bool = False) -> ColumnElement:
+    """The events these features read: each type within its widest window.
+
+    Types sharing a window are one IN list, so each term is a range of the
+    (type, ts) index; ``by_profile``: the events are looked up per profile,
+    and the type test must not lead the planner to (type, ts) instead.
+    """
+    by_window: dict[timedelta | None, list[str]] = {}
+    for t, within in sorted(type_windows(reaches).items()):
+        by_window.setdefault(within, []).append(t)
+    terms = []
+    for within, types in sorted(by_window.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        column = unindexed(EVENTS.c.type) if by_profile else EVENTS.c.type
+        test = column.in_(types) if len(types) > 1 else column == types[0]
+        terms.append(test if within is None else sa.and_(test, EVENTS.c.ts > as_of - within))
+    return terms[0] if len(terms) == 1 else sa.or_(*terms)
+
+
+def type_groups(keys: list[tuple], reach: dict) -> list[list[tuple]]:
+    """Features split into groups that share no event type, in first-seen order."""
+    groups: list[tuple[set[str], list[tuple]]] = []
+    for key in keys:
+        types = set(reach[key][0])
+        touching = [g for g in groups if g[0] & types]
+        merged = (types.union(*(g[0] for g in touching)), [k for g in touching for k in g[1]])
+        merged[1].append(key)
+        groups = [g for g in groups if g not in touching] + [merged]
+    order = {k: i for i, k in enumerate(keys)}
+    return sorted((sorted(g[1], key=order.get) for g in groups), key=lambda g: order[g[0]])

@@ -198,3 +198,63 @@ def _pg_epoch(element, compiler, **kw):
 def _default_epoch(element, compiler, **kw):
     (column,) = list(element.clauses)
     return f"UNIX_TIMESTAMP({compiler.process(column, **kw)})"
+
+
+class unindexed(FunctionElement):  # noqa: N801
+    """The expression, kept from driving an index: SQLite's unary ``+``.
+
+    SQLite knows nothing of a temporary table's size and would rather walk
+    (type, ts) over every candidate type than look the candidates' events up
+    by (profile_id, ts); this makes the lookup its only choice. Elsewhere
+    (PostgreSQL analyses the table) the expression is left as it is.
+    """
+
+    inherit_cache = True
+    name = "unindexed"
+
+    def __init__(self, expr: Any) -> None:
+        self.type = expr.type
+        super().__init__(expr)
+
+
+@compiles(unindexed, "sqlite")
+def _sqlite_unindexed(element, compiler, **kw):
+    (expr,) = list(element.clauses)
+    return f"+{compiler.process(expr, **kw)}"
+
+
+@compiles(unindexed)
+def _default_unindexed(element, compiler, **kw):
+    (expr,) = list(element.clauses)
+    return compiler.process(expr, **kw)
+
+
+class candidate_ids(FunctionElement):  # noqa: N801
+    """``column`` is one of the ids in table ``ids`` (a second, redundant
+    test beside the join, for PostgreSQL's sake).
+
+    On PostgreSQL ``= ANY(ARRAY(SELECT id ...))``: an array built once whose
+    size the planner cannot guess small or large, so it probes the
+    (profile_id, ts) index instead of hashing a scan of all candidate event
+    types. Elsewhere nothing (TRUE): the join already says it.
+    """
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "candidate_ids"
+
+    def __init__(self, column: Any, ids: Any) -> None:
+        self.ids = ids
+        super().__init__(column)
+
+
+@compiles(candidate_ids, "postgresql")
+def _pg_candidates(element, compiler, **kw):
+    (column,) = list(element.clauses)
+    ids = element.ids
+    return f"{compiler.process(column, **kw)} = ANY(ARRAY(SELECT {ids.name}.id FROM {ids.name}))"
+
+
+@compiles(candidate_ids)
+def _default_candidates(element, compiler, **kw):
+    return "1"

@@ -14,9 +14,7 @@ import yaml
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
-from core.db.sql import chunks
 from core.db.tables import (
-    CHANGES,
     EVALUATION_STATE,
     EVENTS,
     MEMBERSHIPS,
@@ -25,9 +23,10 @@ from core.db.tables import (
     SEGMENT_SIZES,
     SEGMENTS,
 )
-from core.segments.batch import evaluate_sql
+from core.segments.batch import db_time, evaluate_sql
 from core.segments.kinds import ConditionKinds
 from core.segments.language import Segment, SegmentError, check_references, parse_segment
+from core.segments.writes import delete_in, delete_pairs, insert_rows, select_pairs
 from core.types import Change
 
 # Called with a run's changes after they are committed (on_segment_change).
@@ -167,19 +166,27 @@ _PARSED: dict[tuple, Segment] = {}
 def stored_segments(conn: Connection, kinds: ConditionKinds) -> dict[str, StoredSegment]:
     out = {}
     registry = kinds.fingerprint()
-    for r in conn.execute(
-        sa.select(
-            SEGMENTS.c.id,
-            SEGMENTS.c.name,
-            SEGMENTS.c.version,
-            SEGMENTS.c.updated_at,
-            SEGMENTS.c.definition,
+    # Keys first, through the driver; definitions (JSON) only for those not
+    # parsed yet: a real-time call reads this on every ingested batch.
+    cur = conn.connection.cursor()
+    try:
+        cur.execute("SELECT id, name, version, updated_at FROM segments")
+        keys = cur.fetchall()
+    finally:
+        cur.close()
+    missing = [r[0] for r in keys if (registry, r[0], r[2], r[3]) not in _PARSED]
+    definitions = {}
+    if missing:
+        definitions = dict(
+            conn.execute(
+                sa.select(SEGMENTS.c.id, SEGMENTS.c.definition).where(SEGMENTS.c.id.in_(missing))
+            ).all()
         )
-    ):
-        key = (registry, r.id, r.version, r.updated_at)
+    for sid, name, version, updated_at in keys:
+        key = (registry, sid, version, updated_at)
         if key not in _PARSED:
-            _PARSED[key] = parse_segment(r.definition, kinds=kinds, file=f"segment row {r.id}")
-        out[r.name] = StoredSegment(r.id, r.version, _PARSED[key])
+            _PARSED[key] = parse_segment(definitions[sid], kinds=kinds, file=f"segment row {sid}")
+        out[name] = StoredSegment(sid, version, _PARSED[key])
     return out
 
 
@@ -240,7 +247,11 @@ def run_segments(
             for name in changed:
                 result.members[name] = everyone.members[name]
         changes = _apply(conn, segs, result, as_of, candidates, changed)
-        _retire_merged(conn, segs, as_of, changes)
+        if full:
+            _retire_merged(conn, segs, as_of, changes)
+        # An incremental run needs no sweep: a merge touches both profiles
+        # (updated_at), so the merged one is a candidate, and the diff above
+        # takes it out of its segments (merged profiles are never members).
         _sizes = _record_sizes(conn, segs, as_of)
         entered = {n: 0 for n in segs}
         exited = {n: 0 for n in segs}
@@ -271,87 +282,134 @@ def _candidates(conn: Connection, last: Any, as_of: datetime) -> list[int]:
 
 
 # Up to this many candidates, their memberships are looked up by key; more,
-# and one scan of the segment is cheaper than the many lookups.
+# and one scan of the memberships is cheaper than the many lookups.
 FEW_CANDIDATES = 5000
+
+_MEMBERSHIP_PAIRS = "SELECT segment_id, profile_id FROM memberships"
 
 
 def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, changed):
-    changes: list[Change] = []
-    for name, stored in segs.items():
-        sid, version = stored.id, stored.version
-        q = sa.select(MEMBERSHIPS.c.profile_id).where(MEMBERSHIPS.c.segment_id == sid)
-        if candidates is None or name in changed:
-            current = set(conn.execute(q).scalars())
-        elif len(candidates) > FEW_CANDIDATES:
-            current = set(conn.execute(q).scalars()) & set(candidates)
+    """Record the difference between the stored memberships and ``result``:
+    entries, exits and evaluation state, in bulk, in the caller's transaction."""
+    dialect = conn.dialect
+    ids = {s.id: name for name, s in segs.items()}
+    current: dict[str, set[int]] = {name: set() for name in segs}
+    cur = conn.connection.cursor()
+    try:
+        scope = None
+        if candidates is None or len(candidates) > FEW_CANDIDATES:
+            rows = select_pairs(cur, dialect, _MEMBERSHIP_PAIRS)
+            scope = None if candidates is None else set(candidates)
         else:
             # Only the candidates' memberships: a real-time call must not read a
             # whole (large) segment to update a few profiles.
-            current = set()
-            for part in chunks(sorted(candidates)):
-                current.update(conn.execute(q.where(MEMBERSHIPS.c.profile_id.in_(part))).scalars())
-        new = result.members[name]
-        entered, exited = sorted(new - current), sorted(current - new)
-        if entered:
-            conn.execute(
-                MEMBERSHIPS.insert(),
-                [
-                    {"segment_id": sid, "profile_id": p, "since": as_of, "version": version}
-                    for p in entered
-                ],
-            )
-        for part in chunks(exited):
-            conn.execute(
-                MEMBERSHIPS.delete().where(
-                    MEMBERSHIPS.c.segment_id == sid, MEMBERSHIPS.c.profile_id.in_(part)
-                )
-            )
-        rows = [
-            {"segment_id": sid, "profile_id": p, "change": kind, "at": as_of, "version": version}
-            for kind, ids in (("entered", entered), ("exited", exited))
-            for p in ids
-        ]
-        if rows:
-            conn.execute(CHANGES.insert(), rows)
-        changes += [Change(name, r["profile_id"], r["change"], as_of, version) for r in rows]
-    evaluated = sorted(result.evaluated)
-    for part in chunks(evaluated):
-        conn.execute(EVALUATION_STATE.delete().where(EVALUATION_STATE.c.profile_id.in_(part)))
-    if evaluated:
-        conn.execute(
-            EVALUATION_STATE.insert(),
-            [
-                {
-                    "profile_id": p,
-                    "evaluated_at": as_of,
-                    "next_change_at": result.next_change_at.get(p),
-                }
-                for p in evaluated
-            ],
+            rows = select_pairs(cur, dialect, _MEMBERSHIP_PAIRS, "profile_id", sorted(candidates))
+            everyone = [segs[n].id for n in changed if n in segs]
+            rows += select_pairs(cur, dialect, _MEMBERSHIP_PAIRS, "segment_id", everyone)
+        for sid, pid in rows:
+            if sid in ids:
+                current[ids[sid]].add(pid)
+        at = db_time(dialect.name, as_of)
+        now = db_time(dialect.name, utcnow())
+        changes: list[Change] = []
+        inserts, deletes, logged = [], [], []
+        for name, stored in segs.items():
+            sid, version = stored.id, stored.version
+            had = current[name]
+            if scope is not None and name not in changed:
+                had &= scope
+            new = result.members[name]
+            entered, exited = sorted(new - had), sorted(had - new)
+            inserts += [(sid, p, at, version) for p in entered]
+            deletes += [(sid, p) for p in exited]
+            for kind, who in (("entered", entered), ("exited", exited)):
+                logged += [(sid, p, kind, at, version, now) for p in who]
+                changes += [Change(name, p, kind, as_of, version) for p in who]
+        delete_pairs(
+            cur, dialect, "memberships", ("segment_id", "profile_id"), ("int", "bigint"), deletes
         )
+        insert_rows(
+            cur,
+            dialect,
+            "memberships",
+            ("segment_id", "profile_id", "since", "version"),
+            ("int", "bigint", "timestamptz", "int"),
+            inserts,
+        )
+        insert_rows(
+            cur,
+            dialect,
+            "membership_changes",
+            ("segment_id", "profile_id", "change", "at", "version", "recorded_at"),
+            ("int", "bigint", "text", "timestamptz", "int", "timestamptz"),
+            logged,
+        )
+        evaluated = sorted(result.evaluated)
+        if candidates is None:
+            cur.execute("DELETE FROM evaluation_state")
+        else:
+            delete_in(cur, dialect, "evaluation_state", "profile_id", evaluated)
+        times = result.next_change_at
+        insert_rows(
+            cur,
+            dialect,
+            "evaluation_state",
+            ("profile_id", "evaluated_at", "next_change_at"),
+            ("bigint", "timestamptz", "timestamptz"),
+            [(p, at, db_time(dialect.name, times[p]) if p in times else None) for p in evaluated],
+        )
+    finally:
+        cur.close()
     return changes
 
 
-def _retire_merged(conn, segs, as_of, changes) -> None:
-    """Profiles merged into another leave their segments (the survivor is evaluated)."""
+def _retire_merged(conn, segs, as_of, changes, into: Sequence[int] | None = None) -> None:
+    """Profiles merged into another leave their segments (the survivor is evaluated).
+
+    ``into``: only profiles merged into these (a real-time call's profiles);
+    None: every merged profile that still has a membership.
+    """
     by_id = {s.id: (name, s.version) for name, s in segs.items()}
-    rows = conn.execute(
-        sa.select(MEMBERSHIPS.c.segment_id, MEMBERSHIPS.c.profile_id)
-        .join(PROFILES, PROFILES.c.id == MEMBERSHIPS.c.profile_id)
-        .where(PROFILES.c.merged_into.is_not(None))
-    ).all()
+    dialect = conn.dialect
+    cur = conn.connection.cursor()
+    try:
+        sql = (
+            "SELECT m.segment_id, m.profile_id FROM memberships m "
+            "JOIN profiles p ON p.id = m.profile_id WHERE p.merged_into IS NOT NULL"
+        )
+        if into is None:
+            rows = select_pairs(cur, dialect, sql)
+        else:
+            merged = select_pairs(
+                cur,
+                dialect,
+                "SELECT id FROM profiles WHERE merged_into IS NOT NULL",
+                "merged_into",
+                sorted(into),
+            )
+            rows = select_pairs(
+                cur, dialect, _MEMBERSHIP_PAIRS, "profile_id", sorted(p for (p,) in merged)
+            )
+        rows = sorted((sid, pid) for sid, pid in rows if sid in by_id)
+        if not rows:
+            return
+        at = db_time(dialect.name, as_of)
+        now = db_time(dialect.name, utcnow())
+        delete_pairs(
+            cur, dialect, "memberships", ("segment_id", "profile_id"), ("int", "bigint"), rows
+        )
+        insert_rows(
+            cur,
+            dialect,
+            "membership_changes",
+            ("segment_id", "profile_id", "change", "at", "version", "recorded_at"),
+            ("int", "bigint", "text", "timestamptz", "int", "timestamptz"),
+            [(sid, pid, "exited", at, by_id[sid][1], now) for sid, pid in rows],
+        )
+    finally:
+        cur.close()
     for sid, pid in rows:
         name, version = by_id[sid]
-        conn.execute(
-            MEMBERSHIPS.delete().where(
-                MEMBERSHIPS.c.segment_id == sid, MEMBERSHIPS.c.profile_id == pid
-            )
-        )
-        conn.execute(
-            CHANGES.insert().values(
-                segment_id=sid, profile_id=pid, change="exited", at=as_of, version=version
-            )
-        )
         changes.append(Change(name, pid, "exited", as_of, version))
 
 

@@ -74,8 +74,11 @@ def next_change_at(
 
 def features(cond: SequenceCondition, request: Features) -> Render:
     spec = cond.sequence
-    a_key = request.time(True, spec.first, None, ())
-    b_key = request.time(True, spec.then_not, None, ())
+    # Both latest times read only the lookback: a start before it never
+    # matches nor changes, and a then_not event before it is older than any
+    # start that matches, so the answers and next changes are the same.
+    a_key = request.time(True, spec.first, spec.lookback, ())
+    b_key = request.time(True, spec.then_not, spec.lookback, ())
     request.changes_at(a_key, spec.within)
     request.changes_at(a_key, spec.lookback)
 
