@@ -11,9 +11,10 @@ import platform
 import pstats
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,147 @@ def best_of(case: str, n: int, attempts: list[Any], precision: int = 2) -> Resul
             if x not in r.failures:
                 r.fail(x)
     return r
+
+
+# -- stores built by the benchmarks (prepared, not timed) --------------------------------
+
+
+def remove_sqlite(path: Path) -> None:
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database (WAL folded in), for a run of its own."""
+    remove_sqlite(dst)
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+def ingest_events(
+    url: str, events: Iterable[dict[str, Any]], total: int, label: str, source: str = "bench"
+) -> dict[str, Any]:
+    """Ingest ``events`` (about ``total`` of them) with a progress bar, as a bulk load.
+
+    Returns what the store holds: events, profiles, merged profiles and the
+    load's seconds; raises when any event was rejected or a duplicate.
+    """
+    import sqlalchemy as sa
+
+    from core.db import open_db
+    from core.ingestion import ingest
+
+    engine = open_db(url)
+    try:
+        with progress() as prog:
+            task = prog.add_task(f"{label}: ingesting", total=total)
+            t0 = time.perf_counter()
+            report = ingest(
+                engine,
+                events,
+                source=source,
+                bulk=True,
+                on_progress=lambda k: prog.update(task, advance=k),
+            )
+            seconds = time.perf_counter() - t0
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
+            profiles = conn.execute(sa.text("SELECT count(*) FROM profiles")).scalar_one()
+    finally:
+        engine.dispose()
+    if report.rejected or report.duplicates:
+        raise RuntimeError(
+            f"{label} ingest: {len(report.rejected)} rejected, {report.duplicates} duplicates"
+        )
+    return {
+        "events": stored,
+        "profiles": profiles,
+        "merged": report.profiles_merged,
+        "build_seconds": round(seconds, 1),
+    }
+
+
+def sqlite_cache(
+    key: str, events: int, build: Callable[[str], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]]:
+    """The SQLite database cached under bench/.results/ as ``key`` + schema revision.
+
+    ``build(url)`` fills a fresh database (not timed) and returns its facts
+    (``events`` at least); a cached file is reused when it holds ``events``
+    events. The cache is one self-contained file (journal_mode=DELETE): copy
+    it (``copy_sqlite``) before a run writes to it.
+    """
+    import json
+
+    from core.db import head_revision
+
+    RESULTS_DIR.mkdir(exist_ok=True)
+    key = f"{key}-rev{head_revision()}"
+    path = RESULTS_DIR / f"{key}.db"
+    meta_path = RESULTS_DIR / f"{key}.json"
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            stored = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            con.close()
+        if stored == events:
+            meta["cached"] = True
+            return path, meta
+        console.print(f"{path.name}: {stored:,} events, expected {events:,}; rebuilding")
+    tmp = path.with_name(path.stem + ".building.db")
+    remove_sqlite(tmp)
+    meta_path.unlink(missing_ok=True)
+    meta = build(f"sqlite:///{tmp}")
+    con = sqlite3.connect(tmp)
+    try:  # fold the WAL into the file so the cache is one self-contained file
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        con.close()
+    remove_sqlite(path)
+    tmp.rename(path)
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    meta["cached"] = False
+    return path, meta
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+@dataclass
+class ChildRun:
+    """A finished child process: wall seconds, exit status, output, peak RSS."""
+
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+    max_rss_bytes: int
+
+
+def run_child(
+    argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> ChildRun:
+    """Run ``argv`` to its end; its own peak RSS comes from wait4 (Linux: KiB)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(
+            seconds,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            usage.ru_maxrss * 1024,
+        )

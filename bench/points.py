@@ -12,10 +12,8 @@ database, built once with ``core.ingestion.ingest`` and cached in
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -176,41 +174,12 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
     Starts with ~n/57 people and takes more (a fresh database each time) in the
     unlikely case the demo yields fewer than ``n`` events.
     """
-    from core.db import open_db
-    from core.ingestion import ingest
-
     people = people or _people(n)
     while True:
-        engine = open_db(url)
-        try:
-            with common.progress() as prog:
-                task = prog.add_task(f"{label}: ingesting demo events", total=n)
-                t0 = time.perf_counter()
-                report = ingest(
-                    engine,
-                    demo_events(n, people),
-                    source=SOURCE,
-                    bulk=True,
-                    on_progress=lambda k, p=prog, t=task: p.update(t, advance=k),
-                )
-                seconds = time.perf_counter() - t0
-            with engine.connect() as conn:
-                stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
-                profiles = conn.execute(sa.text("SELECT count(*) FROM profiles")).scalar_one()
-        finally:
-            engine.dispose()
-        if report.rejected or report.duplicates:
-            raise RuntimeError(
-                f"demo ingest: {len(report.rejected)} rejected, {report.duplicates} duplicates"
-            )
+        meta = common.ingest_events(url, demo_events(n, people), n, f"{label} demo", SOURCE)
+        stored = meta["events"]
         if stored == n:
-            return {
-                "events": n,
-                "people": people,
-                "profiles": profiles,
-                "merged": report.profiles_merged,
-                "build_seconds": round(seconds, 1),
-            }
+            return {**meta, "people": people}
         if stored > n:
             raise RuntimeError(f"demo ingest stored {stored} events, asked for {n}")
         short = f"only {stored:,} events from the demo with {people:,} people"
@@ -218,12 +187,7 @@ def ingest_demo(url: str, n: int, label: str, people: int | None = None) -> dict
             raise RuntimeError(short)  # PostgreSQL: the caller's database is not reset
         people = math.ceil(people * 1.25)
         common.console.print(f"{short}; retrying with {people:,} people")
-        _remove_sqlite(Path(url.removeprefix("sqlite:///")))
-
-
-def _remove_sqlite(path: Path) -> None:
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        p.unlink(missing_ok=True)
+        common.remove_sqlite(Path(url.removeprefix("sqlite:///")))
 
 
 def sqlite_cache(n: int) -> tuple[Path, dict[str, Any]]:
@@ -231,38 +195,8 @@ def sqlite_cache(n: int) -> tuple[Path, dict[str, Any]]:
 
     Keyed by size, seed, days, end and schema revision, so re-runs reuse it.
     """
-    from core.db import head_revision
-
-    common.RESULTS_DIR.mkdir(exist_ok=True)
-    key = f"points-demo-n{n}-seed{SEED}-days{DAYS}-end{END:%Y%m%d}-rev{head_revision()}"
-    path = common.RESULTS_DIR / f"{key}.db"
-    meta_path = common.RESULTS_DIR / f"{key}.json"
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            stored = con.execute("SELECT count(*) FROM events").fetchone()[0]
-        finally:
-            con.close()
-        if stored == n:
-            meta["cached"] = True
-            return path, meta
-        common.console.print(f"{path.name}: {stored:,} events, expected {n:,}; rebuilding")
-    tmp = path.with_name(path.stem + ".building.db")
-    _remove_sqlite(tmp)
-    meta_path.unlink(missing_ok=True)
-    meta = ingest_demo(f"sqlite:///{tmp}", n, "sqlite")
-    con = sqlite3.connect(tmp)
-    try:  # fold the WAL into the file so the cache is one self-contained file
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        con.close()
-    _remove_sqlite(path)
-    tmp.rename(path)
-    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    meta["cached"] = False
-    return path, meta
+    key = f"points-demo-n{n}-seed{SEED}-days{DAYS}-end{END:%Y%m%d}"
+    return common.sqlite_cache(key, n, lambda url: ingest_demo(url, n, "sqlite"))
 
 
 # -- timing helpers ---------------------------------------------------------------------
