@@ -336,14 +336,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             ("int", "bigint", "timestamptz", "int"),
             inserts,
         )
-        insert_rows(
-            cur,
-            dialect,
-            "membership_changes",
-            ("segment_id", "profile_id", "change", "at", "version", "recorded_at"),
-            ("int", "bigint", "text", "timestamptz", "int", "timestamptz"),
-            logged,
-        )
+        _log_changes(cur, dialect, logged)
         evaluated = sorted(result.evaluated)
         if candidates is None:
             cur.execute("DELETE FROM evaluation_state")
@@ -361,6 +354,18 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
     finally:
         cur.close()
     return changes
+
+
+def _log_changes(cur, dialect, rows: list[tuple]) -> None:
+    """membership_changes rows: (segment_id, profile_id, change, at, version, recorded_at)."""
+    insert_rows(
+        cur,
+        dialect,
+        "membership_changes",
+        ("segment_id", "profile_id", "change", "at", "version", "recorded_at"),
+        ("int", "bigint", "text", "timestamptz", "int", "timestamptz"),
+        rows,
+    )
 
 
 def _retire_merged(conn, segs, as_of, changes, into: Sequence[int] | None = None) -> None:
@@ -398,13 +403,8 @@ def _retire_merged(conn, segs, as_of, changes, into: Sequence[int] | None = None
         delete_pairs(
             cur, dialect, "memberships", ("segment_id", "profile_id"), ("int", "bigint"), rows
         )
-        insert_rows(
-            cur,
-            dialect,
-            "membership_changes",
-            ("segment_id", "profile_id", "change", "at", "version", "recorded_at"),
-            ("int", "bigint", "text", "timestamptz", "int", "timestamptz"),
-            [(sid, pid, "exited", at, by_id[sid][1], now) for sid, pid in rows],
+        _log_changes(
+            cur, dialect, [(sid, pid, "exited", at, by_id[sid][1], now) for sid, pid in rows]
         )
     finally:
         cur.close()
