@@ -155,24 +155,6 @@ def latest_score_sql(model: str, profile_id: Any, as_of: datetime) -> Any:
     )
 
 
-def scores_as_of(conn: Connection, profile_id: int, as_of: datetime) -> dict[str, float]:
-    """The same rule as ``latest_score_sql``, for one profile and every model."""
-    # Each model's latest run is looked up through (model, as_of) for this
-    # profile's rows only: real time must not read every model's whole history.
-    runs = SCORES.alias("runs")
-    run = (
-        sa.select(sa.func.max(runs.c.as_of))
-        .where(runs.c.model == SCORES.c.model, runs.c.as_of <= as_of)
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        sa.select(SCORES.c.model, SCORES.c.value)
-        .where(SCORES.c.profile_id == profile_id, SCORES.c.as_of <= as_of, SCORES.c.as_of == run)
-        .order_by(SCORES.c.id)
-    )
-    return {model: value for model, value in rows}
-
-
 def latest_scores(conn: Connection, profile_id: int) -> list[dict[str, Any]]:
     """Each score name's latest row for one profile, with its history length."""
     rows = conn.execute(

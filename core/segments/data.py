@@ -36,6 +36,17 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
             (profile_id, True),
         )
         consents = {r[0] for r in cur.fetchall()}
+        # The rule of core.scoring.latest_score_sql: each model's value from its
+        # latest run at or before as_of, that run found through (model, as_of).
+        at = db_time(dialect.name, as_of)
+        cur.execute(
+            "SELECT s.model, s.value FROM scores s"
+            f" WHERE s.profile_id = {mark} AND s.as_of <= {mark} AND s.as_of = ("
+            f"SELECT max(r.as_of) FROM scores r WHERE r.model = s.model AND r.as_of <= {mark})"
+            " ORDER BY s.id",
+            (profile_id, at, at),
+        )
+        scores = {model: value for model, value in cur.fetchall()}
     finally:
         cur.close()
     events = []
@@ -48,7 +59,4 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
     attributes = found[0] if found else None
     if isinstance(attributes, str | bytes):
         attributes = orjson.loads(attributes)
-    from core.scoring import scores_as_of
-
-    scores = scores_as_of(conn, profile_id, as_of)
     return ProfileData(events=events, attributes=attributes or {}, consents=consents, scores=scores)
