@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.db import open_db
+from core.db.sql import sqlite_time
 from core.db.tables import EVENTS
 from core.ingestion import Event, ingest
 from core.ingestion.plain import TS_TEXT, as_event, plain_fields
-from core.ingestion.writers import EVENT_COLUMNS, _sqlite_ts, _sqlite_ts_of
+from core.ingestion.writers import EVENT_COLUMNS, _sqlite_ts_of
 from plugins.demo.generator import generate
 
 ISO = st.datetimes(
@@ -261,4 +262,4 @@ def test_sqlite_time_text_cut_from_the_iso_text_equals_the_formatted_one(text):
         assert not text.endswith(("Z", "+00:00"))
         return
     assert fields[TS_TEXT] == text
-    assert _sqlite_ts_of(text, fields["ts"]) == _sqlite_ts(fields["ts"])
+    assert _sqlite_ts_of(text, fields["ts"]) == sqlite_time(fields["ts"])

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
 # Stay below every backend's bound-parameter limit.
 IN_CHUNK = 900
+
+
+def param_mark(dialect: Any) -> str:
+    """The driver's placeholder for one parameter (``?`` or ``%s``)."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+def sqlite_time(value: datetime) -> str:
+    """A timestamp as the exact text SQLAlchemy's SQLite DateTime writes (naive
+    UTC, fixed width), so rows written through the driver and through the ORM
+    compare and sort alike."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def chunks(seq: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
@@ -29,7 +45,7 @@ def fetch_in(
         return []
     driver = conn.connection.driver_connection
     qmark = conn.dialect.paramstyle == "qmark"
-    mark = "?" if qmark else "%s"
+    mark = param_mark(conn.dialect)
     base = sql if qmark else sql.replace("?", "%s")
     out: list[tuple] = []
     cur = driver.cursor()

@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from core.db.models import utcnow
-from core.db.sql import fetch_in
+from core.db.sql import fetch_in, sqlite_time
 from core.db.tables import AUDIT, EVENTS, IDENTITIES, PROFILES
-from core.ingestion.writers import _sqlite_ts
 
 
 @dataclass
@@ -293,7 +292,7 @@ def _sqlite_values(row: dict[str, Any], columns: tuple[str, ...]) -> tuple:
     for c in columns:
         v = row[c]
         if isinstance(v, datetime):
-            v = _sqlite_ts(v)
+            v = sqlite_time(v)
         elif isinstance(v, dict):
             v = _json_text(v)
         values.append(v)

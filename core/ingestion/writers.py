@@ -6,11 +6,12 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from core.db.sql import sqlite_time
 from core.db.tables import EVENTS
 from core.ingestion.plain import STORED_JSON, TS_TEXT
 from core.ingestion.schema import IDENTIFY, Fields, json_bytes
@@ -44,22 +45,13 @@ def make_writer(engine: Engine) -> EventWriter:
     return _write_core
 
 
-def _sqlite_ts(value: datetime) -> str:
-    # The exact text SQLAlchemy's SQLite DateTime writes (naive UTC, fixed
-    # width), so rows written here and through the ORM compare and sort alike.
-    # Event times are already UTC (the schema converts them), hence the slice.
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]
-
-
 def _sqlite_ts_of(text: str | None, value: datetime) -> str:
-    """``_sqlite_ts(value)``, cut from ``text`` when that is the plain form's
+    """``sqlite_time(value)``, cut from ``text`` when that is the plain form's
     ISO text of ``value`` in UTC (date, time, 0-6 fraction digits, offset)."""
     if text is not None and (text[-1] == "Z" or text.endswith("+00:00")):
         fraction = text[19:-1] if text[-1] == "Z" else text[19:-6]
         return text[:10] + " " + text[11:19] + ((fraction or ".") + "000000")[:7]
-    return _sqlite_ts(value)
+    return sqlite_time(value)
 
 
 # Rows per INSERT statement on SQLite: 13 columns x 500 stays far below the
@@ -147,7 +139,7 @@ def _rows(
 
     The hottest loop of a bulk load, hence written out inline.
     """
-    received: datetime | str = _sqlite_ts(now) if for_sqlite else now
+    received: datetime | str = sqlite_time(now) if for_sqlite else now
     props_json = props_json or for_sqlite
     absent = SQLITE_ABSENT if for_sqlite else dict.fromkeys(SQLITE_ABSENT)
     no_session, no_product, no_value, no_currency, no_url, no_campaign = (

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from core.db.sql import param_mark, sqlite_time
 from core.segments.language import Segment, check_references
 from core.segments.sql import ONE_SCAN, PLANS, SPLIT_SCANS, Compiler
 
@@ -100,8 +101,7 @@ def statements(
             # planner guesses their size and may scan all events.
             analyze = (f"ANALYZE {IDS_TABLE}",)
         else:
-            mark = "?" if dialect.paramstyle == "qmark" else "%s"
-            load = f"INSERT INTO {IDS_TABLE} (id) VALUES ({mark})"
+            load = f"INSERT INTO {IDS_TABLE} (id) VALUES ({param_mark(dialect)})"
     return Statements(
         setup, load, analyze, query, tuple(wanted), tuple(d for _, d in change_cols), plan
     )
@@ -151,7 +151,7 @@ def evaluate_sql(
             for sql in st.analyze:
                 cur.execute(sql)
         cur.execute(st.query)
-        parse = _time_reader(conn.dialect.name)
+        parse = time_reader(conn.dialect.name)
         n = len(st.names)
         columns = [members[name] for name in st.names]
         deltas = list(enumerate(st.changes, start=1 + n))
@@ -189,7 +189,7 @@ def _fetch(cur: Any) -> Iterator[tuple]:
         yield from rows
 
 
-def _time_reader(dialect: str):
+def time_reader(dialect: str):
     """Driver values of a timestamp column as aware UTC datetimes."""
     if dialect == "sqlite":
         # SQLite hands back the stored text (naive UTC, fixed width).
@@ -199,10 +199,9 @@ def _time_reader(dialect: str):
 
 def db_time(dialect: str, value: datetime) -> Any:
     """A timestamp as the driver writes it for this dialect (UTC)."""
-    value = value.astimezone(UTC)
     if dialect == "sqlite":
-        return value.isoformat(" ", "microseconds")[:26]
-    return value
+        return sqlite_time(value)
+    return value.astimezone(UTC)
 
 
 __all__ = [

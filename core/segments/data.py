@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 from sqlalchemy.engine import Connection
 
-from core.segments.batch import db_time
+from core.db.sql import param_mark
+from core.segments.batch import db_time, time_reader
 from core.segments.evaluate import EventRow, ProfileData
 
 
@@ -18,8 +19,8 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
     SQLAlchemy's per-statement and per-row work would be most of its cost.
     """
     dialect = conn.dialect
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    sqlite = dialect.name == "sqlite"
+    mark = param_mark(dialect)
+    parse = time_reader(dialect.name)
     cur = conn.connection.cursor()
     try:
         cur.execute(
@@ -51,7 +52,7 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
         cur.close()
     events = []
     for r in rows:
-        ts = datetime.fromisoformat(r[1]).replace(tzinfo=UTC) if sqlite else r[1]
+        ts = parse(r[1])
         props = r[9]
         if isinstance(props, str | bytes):
             props = orjson.loads(props)

@@ -13,11 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from core.db.sql import chunks
-
-
-def _mark(cur_dialect: Any) -> str:
-    return "?" if cur_dialect.paramstyle == "qmark" else "%s"
+from core.db.sql import chunks, param_mark
 
 
 def select_pairs(
@@ -34,7 +30,7 @@ def select_pairs(
         cur.execute(f"{sql}{where}{column} = ANY(%s)", (list(values),))
         return list(cur.fetchall())
     out: list[tuple] = []
-    mark = _mark(dialect)
+    mark = param_mark(dialect)
     for part in chunks(values):
         cur.execute(f"{sql}{where}{column} IN ({', '.join([mark] * len(part))})", tuple(part))
         out.extend(cur.fetchall())
@@ -62,7 +58,7 @@ def insert_rows(
             [list(c) for c in zip(*rows, strict=True)],
         )
         return
-    marks = ", ".join([_mark(dialect)] * len(columns))
+    marks = ", ".join([param_mark(dialect)] * len(columns))
     cur.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {suffix}", rows)
 
 
@@ -82,7 +78,7 @@ def delete_pairs(
             [list(c) for c in zip(*rows, strict=True)],
         )
         return
-    mark = _mark(dialect)
+    mark = param_mark(dialect)
     cur.executemany(f"DELETE FROM {table} WHERE {a} = {mark} AND {b} = {mark}", rows)
 
 
@@ -93,7 +89,7 @@ def delete_in(cur: Any, dialect: Any, table: str, column: str, values: Sequence)
     if dialect.name == "postgresql":
         cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (list(values),))
         return
-    mark = _mark(dialect)
+    mark = param_mark(dialect)
     for part in chunks(values):
         cur.execute(
             f"DELETE FROM {table} WHERE {column} IN ({', '.join([mark] * len(part))})", tuple(part)
