@@ -240,6 +240,32 @@ class Change:
     version: int
 
 
+# -- personalised email --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One personalised email, rendered and ready to deliver.
+
+    ``html`` and ``text`` are final: CSS inlined and, unless it is a preview,
+    every link already a signed click link and the open pixel added.
+    ``headers`` holds what delivery must set besides From/To/Subject
+    (List-Unsubscribe, List-Unsubscribe-Post, ...). ``idempotency_key`` names
+    the send: delivering the same key twice never sends twice.
+    """
+
+    profile_id: int
+    to: str
+    template: str
+    version: str
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    marketing: bool = True  # needs email consent and no unsubscribe
+
+
 # -- commands -------------------------------------------------------------------
 
 
