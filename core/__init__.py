@@ -45,6 +45,7 @@ _TABLES = (
     "MEMBERSHIPS",
     "CHANGES",
     "SEGMENT_SIZES",
+    "PRODUCTS",
 )
 
 # Exported name -> "module" or "module:attribute" (imported on first access).

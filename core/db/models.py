@@ -334,3 +334,23 @@ class BulkLoadMove(SQLModel, table=True):
     load_id: int = Field(index=True)
     from_profile: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     to_profile: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+
+
+class Product(SQLModel, table=True):
+    """The product catalogue: filled by ``segflow catalog import`` and kept current
+    from the product properties of product events; emails show its prices and
+    stock, and recommendations leave out what is out of stock."""
+
+    __tablename__ = "products"
+    __table_args__ = (sa.Index("ix_products_category", "category"),)
+
+    # The events' product_id: the key every product event carries.
+    id: str = Field(primary_key=True, max_length=255)
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    category: str | None = Field(default=None, max_length=255)
+    price: float | None = None
+    currency: str | None = Field(default=None, max_length=3)
+    url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    image_url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    in_stock: bool = Field(default=True, sa_column=sa.Column(sa.Boolean, nullable=False))
+    updated_at: datetime = _ts()

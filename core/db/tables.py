@@ -22,3 +22,4 @@ SEGMENT_SIZES = models.SegmentSize.__table__
 SOURCE_STATES = models.SourceState.__table__
 BULK_LOADS = models.BulkLoad.__table__
 BULK_LOAD_MOVES = models.BulkLoadMove.__table__
+PRODUCTS = models.Product.__table__
