@@ -24,6 +24,23 @@ def test_open_db_migrates_and_creates_the_indexes(db_url):
     assert ["message_id"] in uniques
 
 
+def test_the_fast_revision_reads_agree_with_alembic(db_url):
+    """Commands read the schema revision without loading Alembic; Alembic's own
+    answer must be the same (one linear history, files named by revision)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    assert dbmod.head_revision() == ScriptDirectory(str(dbmod.MIGRATIONS)).get_current_head()
+    engine = dbmod.make_engine(db_url)
+    assert dbmod.current_revision(engine) is None
+    dbmod.upgrade(engine, "0003")
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0003"
+    assert dbmod.current_revision(engine) == "0003"
+    dbmod.check_schema(engine)
+    assert dbmod.current_revision(engine) == dbmod.head_revision()
+
+
 def test_timestamps_come_back_aware_and_in_utc(db_url):
     from datetime import UTC, datetime, timedelta, timezone
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -65,6 +65,8 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -72,19 +74,36 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    """The code's schema revision, read from the migration files' names (NNNN_*.py,
+    one linear history; a test holds it to Alembic's own head): every command
+    checks it, and loading Alembic to learn it costs more than most commands."""
+    files = (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    return max(path.name[:4] for path in files)
 
 
 def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            revisions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     except sa.exc.OperationalError as exc:
         reason = " ".join(str(exc.orig).split())  # drivers print several lines; keep one
         raise DatabaseError(f"cannot open database {engine.url!r}: {reason}") from None
+    if len(revisions) > 1:
+        raise DatabaseError(f"database {engine.url!r} has several schema heads: {revisions}")
+    return revisions[0][0] if revisions else None
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
 
 
@@ -93,8 +112,7 @@ def check_schema(engine: Engine, auto_upgrade: bool = True) -> None:
     current, head = current_revision(engine), head_revision()
     if current == head:
         return
-    known = {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in known_revisions():
         raise DatabaseError(
             f"database schema is at revision {current}, which this segflow does not know "
             f"(newer version?); code expects {head}"

@@ -11,14 +11,34 @@ on resolved profiles.
   imports; ``identity``: identity resolution; ``report``: what a call reports.
 """
 
-from core.ingestion.bulk import finish_interrupted_loads, worth_bulk_loading
-from core.ingestion.commits import CommitterClosed, GroupCommitter
-from core.ingestion.files import ImportUsageError, estimate_records, import_file
-from core.ingestion.mapping import MappingError
-from core.ingestion.pipeline import ingest
-from core.ingestion.process import bulk_import_scope
-from core.ingestion.report import IngestError, IngestReport, Rejection
-from core.ingestion.schema import IDENTIFY, Event, describe_error, parse_timezone, validate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Exported name -> module, imported on first access: ``from core.ingestion.mapping
+# import RowMapper`` (a file source plugin at load time) must not load the writers,
+# bulk loads and SQLAlchemy models with it.
+_LAZY = {
+    "finish_interrupted_loads": "core.ingestion.bulk",
+    "worth_bulk_loading": "core.ingestion.bulk",
+    "CommitterClosed": "core.ingestion.commits",
+    "GroupCommitter": "core.ingestion.commits",
+    "ImportUsageError": "core.ingestion.files",
+    "estimate_records": "core.ingestion.files",
+    "import_file": "core.ingestion.files",
+    "MappingError": "core.ingestion.mapping",
+    "ingest": "core.ingestion.pipeline",
+    "bulk_import_scope": "core.ingestion.process",
+    "IngestError": "core.ingestion.report",
+    "IngestReport": "core.ingestion.report",
+    "Rejection": "core.ingestion.report",
+    "IDENTIFY": "core.ingestion.schema",
+    "Event": "core.ingestion.schema",
+    "describe_error": "core.ingestion.schema",
+    "parse_timezone": "core.ingestion.schema",
+    "validate": "core.ingestion.schema",
+}
 
 __all__ = [
     "IDENTIFY",
@@ -40,3 +60,23 @@ __all__ = [
     "validate",
     "worth_bulk_loading",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core.ingestion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from core.ingestion.bulk import finish_interrupted_loads, worth_bulk_loading
+    from core.ingestion.commits import CommitterClosed, GroupCommitter
+    from core.ingestion.files import ImportUsageError, estimate_records, import_file
+    from core.ingestion.mapping import MappingError
+    from core.ingestion.pipeline import ingest
+    from core.ingestion.process import bulk_import_scope
+    from core.ingestion.report import IngestError, IngestReport, Rejection
+    from core.ingestion.schema import IDENTIFY, Event, describe_error, parse_timezone, validate

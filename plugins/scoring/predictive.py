@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-import numpy as np
 import sqlalchemy as sa
 import typer
 from sqlalchemy.engine import Connection, Engine
@@ -58,8 +57,9 @@ from core import (
 
 
 class _OnFirstUse:
-    """A module imported when first used: scipy takes a second or more to import,
-    and every ``segflow`` command loads this plugin (it adds ``scores fit``)."""
+    """A module imported when first used: numpy and scipy take longer to import
+    than most commands to run, and every ``segflow`` command that lists commands
+    or scoring models loads this plugin (it adds ``scores fit``)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -71,6 +71,7 @@ class _OnFirstUse:
         return getattr(self._module, attr)
 
 
+np = _OnFirstUse("numpy")
 integrate = _OnFirstUse("scipy.integrate")
 optimize = _OnFirstUse("scipy.optimize")
 special = _OnFirstUse("scipy.special")

@@ -9,7 +9,7 @@ one-pass SQL evaluation. Switch it off with ``segflow import --no-realtime``
 
 from __future__ import annotations
 
-from core import condition_kinds, evaluate_profiles, hookimpl, segment_change_hook
+from core import condition_kinds, hookimpl, segment_change_hook
 
 
 @hookimpl
@@ -23,6 +23,10 @@ def on_profiles_loaded(profile_ids, engine) -> None:
 
 
 def _evaluate(profile_ids: set[int], engine) -> None:
+    # Imported here: every command that lists commands loads this plugin, and
+    # the evaluator brings the segment engine and SQLAlchemy with it.
+    from core import evaluate_profiles
+
     # Built per call, not cached: plugins may come and go (tests, reloads);
     # parsed definitions stay cached as long as the kinds are equal.
     evaluate_profiles(

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
 
 from core import (
     CommandError,
@@ -29,13 +28,11 @@ from core import (
     RawRecord,
     events_ingested_hook,
     hookimpl,
-    ingest,
-    load_cursor,
-    save_cursor,
 )
 
 if TYPE_CHECKING:
     import httpx
+    from sqlalchemy.engine import Engine
 
 # httpx is imported where it is used: every command loads this plugin (for `poll`).
 SECTION = "sources.poll"
@@ -113,6 +110,9 @@ def poll_once(
 ) -> PollResult:
     """Fetch pages from the stored cursor until the endpoint has nothing new;
     each page's events go to the plugins' ``on_events_ingested`` (real time)."""
+    # Imported here: every command that lists commands loads this plugin.
+    from core import ingest, load_cursor, save_cursor
+
     result = PollResult(cursor=load_cursor(engine, config.name))
     on_stored = events_ingested_hook(engine)
     own = client is None

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
 
 from core import (
     EventSource,
@@ -29,11 +28,11 @@ from core import (
     RawRecord,
     events_ingested_hook,
     hookimpl,
-    ingest,
 )
 
 if TYPE_CHECKING:
     import redis
+    from sqlalchemy.engine import Engine
 
 # redis is imported where it is used: every command loads this plugin (for `consume`).
 SECTION = "sources.stream"
@@ -99,6 +98,8 @@ def consume_once(
     """Read what is pending for this consumer, then new entries; store (the
     plugins' ``on_events_ingested`` sees them); acknowledge."""
     import redis
+
+    from core import ingest  # here: every command that lists commands loads this plugin
 
     on_stored = events_ingested_hook(engine)
 

@@ -29,7 +29,6 @@ from core import (
     BadToken,
     EventSource,
     hookimpl,
-    set_consent,
     tracking_event,
     verify_token,
 )
@@ -97,6 +96,8 @@ def mount(router: Any, api: Any) -> None:
     @router.post("/t/u/{token}", include_in_schema=False)
     def unsubscribe(token: str, request: Request) -> HTMLResponse:
         """RFC 8058 one-click: the mail client POSTs List-Unsubscribe=One-Click."""
+        from core import set_consent  # the consent store loads SQLAlchemy; only here
+
         data = record("unsubscribe", token, request)
         set_consent(api.engine, data.get("u") or data["e"], "email", False, "unsubscribe")
         return HTMLResponse(UNSUBSCRIBED)
