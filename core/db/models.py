@@ -247,7 +247,8 @@ class MembershipChange(SQLModel, table=True):
 
 
 class EvaluationState(SQLModel, table=True):
-    """Per profile: when it was last evaluated and when it must be looked at again."""
+    """Profiles whose membership can change with no new event (a window
+    expiring): when they were last evaluated and when to look at them again."""
 
     __tablename__ = "evaluation_state"
 
