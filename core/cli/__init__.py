@@ -90,6 +90,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.segments.language:SegmentError": 1,
     "core.types:ScoreError": 1,
     "core.keys:UnknownKey": 1,
+    "core.types:DeliveryFailure": 1,
 }
 
 
