@@ -123,9 +123,7 @@ def _survivors(conn: Connection, profile_ids: set[int]) -> dict[int, int]:
                     sa.select(PROFILES.c.id, PROFILES.c.merged_into).where(
                         PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.is_not(None)
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
         pending = {p for p in pending if found[p] in step}
         for p in pending:

@@ -289,6 +289,13 @@ class PermanentFailure(DeliveryFailure):
     a refused address): recorded ``failed`` and never retried."""
 
 
+class DeliveryInDoubt(DeliveryFailure):
+    """The provider may or may not have taken the message (the connection was
+    lost while it was being handed over): it is left ``unknown``, never sent
+    again by itself, and the run stops. Any other exception from ``send`` is
+    taken the same way."""
+
+
 def _settings_session(settings: Any) -> AbstractContextManager[Any]:
     return nullcontext(settings)
 
@@ -309,8 +316,8 @@ class EspConnector:
     (``message``, From and Message-ID set) core builds, and returns the
     provider's id for it. It raises ``TemporaryFailure`` or
     ``PermanentFailure`` only when the provider certainly did not take the
-    message; any other exception means it may have, and the message is left
-    ``unknown`` rather than sent again.
+    message; ``DeliveryInDoubt`` (or any other exception) means it may have,
+    and the message is left ``unknown`` rather than sent again.
 
     ``sender(settings)`` is the From address of the connector's settings.
 

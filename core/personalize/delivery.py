@@ -40,6 +40,7 @@ from core.personalize.messages import FINAL, OPEN, MessageRow, change, finish, k
 from core.personalize.mime import sender_domain, to_mime
 from core.types import (
     CommandError,
+    DeliveryInDoubt,
     EspConnector,
     PermanentFailure,
     RenderedEmail,
@@ -270,7 +271,9 @@ class _Run:
                 return self.outcome(key, "failed", _short(exc))
             except Exception as exc:
                 # It may have reached the provider: never hand it over again by itself.
-                reason = f"{type(exc).__name__}: {_short(exc)}"
+                reason = _short(exc)
+                if not isinstance(exc, DeliveryInDoubt):
+                    reason = f"{type(exc).__name__}: {reason}"
                 finish(self.engine, claimed, "unknown", more_attempts=tries - 1, reason=reason)
                 self.report.unknown.append(key)
                 raise

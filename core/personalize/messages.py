@@ -158,4 +158,4 @@ def status_counts(engine: Engine) -> dict[str, int]:
         rows = conn.execute(
             sa.select(MESSAGES.c.status, sa.func.count()).group_by(MESSAGES.c.status)
         )
-        return dict(rows.tuples().all())
+        return {status: n for status, n in rows}

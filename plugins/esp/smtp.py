@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core import (
     DeliveryFailure,
+    DeliveryInDoubt,
     EspConnector,
     PermanentFailure,
     RenderedEmail,
@@ -97,11 +98,16 @@ class SmtpSession:
 
     def connect(self) -> smtplib.SMTP:
         cfg = self.config
-        smtp = smtplib.SMTP(timeout=cfg.timeout_seconds, local_hostname=cfg.local_hostname)
         try:
-            code, text = smtp.connect(cfg.host, cfg.port)
-            if code != 220:
-                raise _answer(code, text, f"{self.where} greeting")
+            # Host given here, not to connect(): STARTTLS checks the certificate against it.
+            smtp = smtplib.SMTP(
+                cfg.host, cfg.port, timeout=cfg.timeout_seconds, local_hostname=cfg.local_hostname
+            )
+        except smtplib.SMTPResponseException as exc:
+            raise _answer(exc.smtp_code, exc.smtp_error, f"{self.where} greeting") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryFailure(f"{self.where}: {exc}") from None
+        try:
             smtp.ehlo()
             secure = False
             if cfg.starttls != "never" and smtp.has_extn("starttls"):
@@ -208,10 +214,13 @@ def send(email: RenderedEmail, message: EmailMessage, session: SmtpSession) -> s
         # DATA itself refused: no content was sent.
         session.reset()
         raise _answer(exc.smtp_code, exc.smtp_error, "DATA") from None
-    except BaseException:
+    except (OSError, smtplib.SMTPException) as exc:
         # Lost while the server was taking the message: it may have it.
         session.drop()
-        raise
+        raise DeliveryInDoubt(
+            f"{session.where}: connection lost while the server took the message ({exc}); "
+            "it may have been delivered"
+        ) from None
     if code != 250:
         session.reset()
         raise _answer(code, text, "DATA")
