@@ -444,7 +444,8 @@ def send(
             else:
                 report.count("earlier", row.status)
             progressed()
-        elif pid in refusals:
+        elif pid in refusals and (row is None or row.status != "sending"):
+            # (A message a killed run left ``sending`` is settled by deliver first.)
             refused.append(pid)
         else:
             to_render.append(pid)
