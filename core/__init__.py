@@ -197,7 +197,6 @@ __all__ = [
     "where_matches",
     "where_sql",
     "worth_bulk_loading",
-    "PRODUCTS",
     "DeliveryFailure",
     "DeliveryInDoubt",
     "EspConnector",
