@@ -21,7 +21,11 @@ from core.types import (
     Change,
     CommandError,
     ConditionKind,
+    DeliveryFailure,
+    DeliveryInDoubt,
+    EspConnector,
     EventSource,
+    PermanentFailure,
     RawRecord,
     ReadOptions,
     RenderedEmail,
@@ -30,6 +34,7 @@ from core.types import (
     ScoringModel,
     SqlContext,
     StoredEvent,
+    TemporaryFailure,
     UsageError,
     is_snake_name,
 )
@@ -46,6 +51,7 @@ _TABLES = (
     "CHANGES",
     "SEGMENT_SIZES",
     "PRODUCTS",
+    "MESSAGES",
 )
 
 # Exported name -> "module" or "module:attribute" (imported on first access).
@@ -103,6 +109,13 @@ _LAZY = {
     "tracking_event": "core.tracking",
     "verify_token": "core.tracking:verify",
     "set_consent": "core.consents",
+    # delivery: connectors, the consent gate, the messages outbox
+    "esp_connectors": "core.plugins",
+    "email_refusals": "core.consents",
+    "DeliveryReport": "core.personalize.delivery",
+    "deliver": "core.personalize.delivery",
+    "send_segment": "core.personalize.delivery:send",
+    "to_mime": "core.personalize.mime",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -184,6 +197,18 @@ __all__ = [
     "where_matches",
     "where_sql",
     "worth_bulk_loading",
+    "DeliveryFailure",
+    "DeliveryInDoubt",
+    "EspConnector",
+    "PermanentFailure",
+    "TemporaryFailure",
+    "MESSAGES",
+    "esp_connectors",
+    "email_refusals",
+    "DeliveryReport",
+    "deliver",
+    "send_segment",
+    "to_mime",
 ]
 
 
@@ -199,7 +224,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from core.config import ConfigError, Settings
-    from core.consents import set_consent
+    from core.consents import email_refusals, set_consent
     from core.db.tables import (
         AUDIT,
         CHANGES,
@@ -207,6 +232,7 @@ if TYPE_CHECKING:
         EVENTS,
         IDENTITIES,
         MEMBERSHIPS,
+        MESSAGES,
         PRODUCTS,
         PROFILES,
         SCORES,
@@ -224,8 +250,12 @@ if TYPE_CHECKING:
     from core.ingestion import validate as validate_event
     from core.ingestion.mapping import RowMapper
     from core.maintenance import delete_all_data
+    from core.personalize.delivery import DeliveryReport, deliver
+    from core.personalize.delivery import send as send_segment
+    from core.personalize.mime import to_mime
     from core.plugins import (
         condition_kinds,
+        esp_connectors,
         events_ingested_hook,
         profiles_loaded_hook,
         scoring_models,

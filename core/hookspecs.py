@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from core.types import Change, ConditionKind, EventSource, ScoringModel, StoredEvent
+from core.types import (
+    Change,
+    ConditionKind,
+    EspConnector,
+    EventSource,
+    ScoringModel,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -142,4 +149,19 @@ def register_settings(register: Callable[[str, Any], None]) -> None:
     error naming the file, section and key. ``Settings.plugin(section)``
     returns the validated value (the model's defaults, or ``[]`` for a list,
     when the file has no such section). Sections nobody registered are an error.
+    """
+
+
+@hookspec
+def register_esp_connectors(register: Callable[[EspConnector], None]) -> None:
+    """Contribute email service connectors (``smtp``, ``outbox``, ESP APIs).
+
+    Call ``register(EspConnector(name, description, send=..., sender=...))``
+    once per connector; ``segflow send --via NAME`` and
+    ``core.deliver(..., via=connector)`` use it. Core records every message in
+    the ``messages`` table before and after ``send``, applies the consent gate
+    and retries ``TemporaryFailure`` with backoff; the connector only hands one
+    message to its service. Declare the connector's settings (host, folder,
+    ``*_env`` names of secrets, never the secrets) with ``register_settings``.
+    Connector names must be unique across plugins.
     """

@@ -707,3 +707,66 @@ def test_a_core_command_starts_without_importing_plugins_or_the_engine(tmp_path)
     # So is a plugin's command inside a core group (scores fit, from predictive).
     status, modules, out = imported("scores", "fit", "--help")
     assert status == 0 and "plugins.scoring.predictive" in modules
+
+
+def test_hook_register_esp_connectors(register_plugin, tmp_path):
+    """A plugin's connector delivers through the same path as the built-in ones:
+    its session opened once per run, each message recorded, sent once."""
+    import contextlib
+
+    import sqlalchemy as sa
+
+    from core.consents import set_consent
+    from core.db.tables import MESSAGES
+    from core.personalize.delivery import deliver
+    from core.plugins import esp_connectors
+    from core.types import EspConnector, RenderedEmail
+
+    opened: list[list] = []
+
+    @contextlib.contextmanager
+    def open_postbox(settings):
+        delivered: list = []
+        opened.append(delivered)
+        yield delivered
+
+    def send(email, message, delivered):
+        delivered.append((email.to, str(message["Message-ID"])))
+        return f"pb-{len(delivered)}"
+
+    class Postbox:
+        @staticmethod
+        def register_esp_connectors(register):
+            register(
+                EspConnector(
+                    "postbox",
+                    "a list in memory",
+                    send=send,
+                    sender=lambda settings: "Shop <news@shop.example>",
+                    open=open_postbox,
+                )
+            )
+
+    register_plugin(Postbox)
+    connector = esp_connectors()["postbox"]
+    assert {"smtp", "outbox", "postbox"} <= set(esp_connectors())
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(engine, [{"type": "identify", "user_id": "u1", "traits": {"email": "u1@x.io"}}])
+    set_consent(engine, "u1", "email", True, "signup")
+    email = RenderedEmail(1, "u1@x.io", "welcome", "1", "Hi", "<p>Hi</p>", "Hi", {}, "w:1")
+    assert deliver(engine, [email], via=connector, settings=None).sent == 1
+    assert deliver(engine, [email], via=connector, settings=None).earlier == {"sent": 1}
+    assert [len(run) for run in opened] == [1, 0]
+    assert opened[0][0][0] == "u1@x.io" and opened[0][0][1].endswith("@shop.example>")
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(MESSAGES.c.status, MESSAGES.c.provider_id)).one()
+    assert tuple(row) == ("sent", "pb-1")
+
+    class Clash:
+        @staticmethod
+        def register_esp_connectors(register):
+            register(EspConnector("smtp", "another smtp"))
+
+    register_plugin(Clash)
+    with pytest.raises(ValueError, match="ESP connector 'smtp' is registered twice"):
+        esp_connectors()

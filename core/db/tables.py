@@ -23,3 +23,4 @@ SOURCE_STATES = models.SourceState.__table__
 BULK_LOADS = models.BulkLoad.__table__
 BULK_LOAD_MOVES = models.BulkLoadMove.__table__
 PRODUCTS = models.Product.__table__
+MESSAGES = models.Message.__table__

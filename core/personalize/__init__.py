@@ -1,0 +1,1 @@
+"""Personalised email: rendering, MIME, the messages outbox and delivery."""
