@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,12 @@ import typer
 from rich.table import Table
 
 from core.cli.context import Group, obj, out
+
+
+class Esp(StrEnum):
+    mailchimp = "mailchimp"
+    klaviyo = "klaviyo"
+
 
 app = typer.Typer(help="Email templates (Jinja2, in templates/).", no_args_is_help=True, cls=Group)
 
@@ -29,8 +36,8 @@ def templates_list(ctx: typer.Context) -> None:
 @app.command("export")
 def templates_export(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Template name, e.g. cart_abandonment.")],
-    to: Annotated[str, typer.Option("--to", help="mailchimp or klaviyo.")],
+    template: Annotated[str, typer.Argument(help="Template name, e.g. cart_abandonment.")],
+    to: Annotated[Esp, typer.Option("--to", help="The ESP's template language.")],
     block: Annotated[
         str | None, typer.Option("--block", help="Only this block (default: all).")
     ] = None,
@@ -41,7 +48,7 @@ def templates_export(
     """The template's segment-aware blocks as Mailchimp merge tags or Klaviyo tags."""
     from core.personalize.export import export_template
 
-    exported = export_template(name, to, settings=obj(ctx).settings, block=block)
+    exported = export_template(template, to.value, settings=obj(ctx).settings, block=block)
     if out_file is None:
         typer.echo(exported.text, nl=False)
         return

@@ -284,7 +284,11 @@ class Writer:
 
     def nested(self, test: Test, then: str, otherwise: str) -> str:
         if test.op == "not":
-            return self.nested(test.args[0], otherwise, then)
+            inner = test.args[0]
+            if inner.op == "field" and then:
+                assert inner.field is not None
+                return self.condition(inner.field, then, otherwise, negated=True)
+            return self.nested(inner, otherwise, then)
         if test.op == "and":
             return self.nested(test.args[0], self.nested(test.args[1], then, otherwise),
                                otherwise)  # fmt: skip
@@ -293,17 +297,17 @@ class Writer:
         assert test.field is not None
         return self.condition(test.field, then, otherwise)
 
-    def condition(self, field_: Field, then: str, otherwise: str) -> str:
+    def condition(self, field_: Field, then: str, otherwise: str, negated: bool = False) -> str:
         name = self.name(field_)
-        if self.esp == "mailchimp":
-            if not then:
-                return f"*|IFNOT:{name}|*{otherwise}*|END:IF|*" if otherwise else ""
-            rest = f"*|ELSE:|*{otherwise}" if otherwise else ""
-            return f"*|IF:{name}|*{then}{rest}*|END:IF|*"
         if not then:
-            return f"{{% if not {name} %}}{otherwise}{{% endif %}}" if otherwise else ""
+            then, otherwise, negated = otherwise, "", not negated
+            if not then:
+                return ""
+        if self.esp == "mailchimp":
+            rest = f"*|ELSE:|*{otherwise}" if otherwise else ""
+            return f"*|{'IFNOT' if negated else 'IF'}:{name}|*{then}{rest}*|END:IF|*"
         rest = f"{{% else %}}{otherwise}" if otherwise else ""
-        return f"{{% if {name} %}}{then}{rest}{{% endif %}}"
+        return f"{{% if {'not ' if negated else ''}{name} %}}{then}{rest}{{% endif %}}"
 
     def var(self, var: Var) -> str:
         name = self.name(var.field)

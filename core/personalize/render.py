@@ -172,14 +172,7 @@ def _render(
     context = _context(conn, person, config, unsubscribe, message, recommendations)
     for extra in pm.hook.template_context(profile=context["profile"], message=message):
         _merge(context, extra)
-    subject_at = f"{compiled.html_file}:{compiled.subject_line}"
-    subject = " ".join(_run(templates, compiled.subject, context, subject_at).split())
-    markup = _run(templates, compiled.html, context, compiled.html_file)
-    text = _run(templates, compiled.text, context, compiled.text_file)
-    try:
-        markup = _INLINER.inline(markup)
-    except (css_inline.InlineError, ValueError) as exc:
-        raise TemplateError(f"{compiled.html_file}: inlining its CSS failed: {exc}") from None
+    subject, markup, text = render_parts(templates, compiled, context)
     headers: dict[str, str] = {}
     if recipient is not None:
         markup, text = track(markup, text, recipient, unsubscribe)
@@ -198,7 +191,23 @@ def _render(
     )
 
 
-def _run(templates: TemplateSet, template: Any, context: dict[str, Any], where: str) -> str:
+def render_parts(
+    templates: TemplateSet, compiled: CompiledEmail, context: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    """Subject (one line), HTML (CSS inlined) and text of ``compiled`` in
+    ``context``; no tracking. TemplateError naming the file and line of a failure."""
+    subject_at = f"{compiled.html_file}:{compiled.subject_line}"
+    subject = " ".join(_run(templates, compiled.subject, context, subject_at).split())
+    markup = _run(templates, compiled.html, context, compiled.html_file)
+    text = _run(templates, compiled.text, context, compiled.text_file)
+    try:
+        markup = _INLINER.inline(markup)
+    except (css_inline.InlineError, ValueError) as exc:
+        raise TemplateError(f"{compiled.html_file}: inlining its CSS failed: {exc}") from None
+    return subject, markup, text
+
+
+def _run(templates: TemplateSet, template: Any, context: Mapping[str, Any], where: str) -> str:
     try:
         return template.render(context)
     except Exception as exc:  # every failure in a template is the template's, located
