@@ -60,9 +60,10 @@ def render_email(
     unsubscribe headers, and an unsubscribe link that leads nowhere.
     ``message_key`` is the idempotency key of the send (the tracking tokens
     carry it); by default ``template:profile_id:date``, one email of a
-    template per person per day. ``recommendations`` serves the
-    ``recommendations`` list (default ``core.recommend`` when it exists).
-    ``settings``: default ``load_settings()``.
+    template per person per day (``preview:`` before it for a preview).
+    ``recommendations(conn, profile_id, k=..., as_of=...)`` serves the
+    ``recommendations`` list (default ``core.recommend`` when it exists, else
+    none). ``settings``: default ``load_settings()``.
 
     TemplateError for a template problem (naming file and line),
     ProfileNotFound, CommandError when tracking has no secret key.
@@ -81,10 +82,6 @@ def render_email(
 def templates_for(settings: Settings, pm: pluggy.PluginManager | None = None) -> TemplateSet:
     """The template set of these settings' folders and the plugins' filters."""
     return template_set(settings.email.templates, plugin_filters(pm))
-
-
-def compiled_template(name: str, settings: Settings) -> CompiledEmail:
-    return templates_for(settings).get(name)
 
 
 def plugin_filters(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
@@ -150,6 +147,9 @@ def _render(
     person = read_person(conn, profile_id, as_of)
     pid = person.profile_id
     key = message_key or message_key_for(compiled.name, pid, as_of)
+    if not tracking and message_key is None:
+        # A preview is never the send: its key must not stand in for the real one's.
+        key = "preview:" + key
     recipient = None
     if tracking:
         if not settings.secret_key:

@@ -4,8 +4,10 @@ Templates are written by marketers and may come from an installation's own
 folders, so they run in an immutable sandbox: no attribute starting with an
 underscore (``__class__``, ``__mro__``), no ``mro`` on types, ``str.format``
 checked the same way, no mutation of lists and dicts from the context,
-``range`` capped, and ``*`` / ``**`` refused when the result would be huge
-(``"x" * 10**9`` would otherwise exhaust memory before any check ran).
+``range`` capped, ``*`` / ``**`` refused when the result would be huge
+(``"x" * 10**9`` would otherwise exhaust memory before any check ran), and
+the output of a template capped. Time is not bounded: nested loops over
+capped ranges can still run long.
 Undefined names fail (StrictUndefined) instead of rendering as nothing.
 """
 
@@ -17,12 +19,16 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import missing  # Undefined's "no object" marker
 
 from core.personalize.errors import TemplateError
 
 # Longest string or sequence ``*`` may build, and largest integer ``**`` may.
 MAX_REPEAT = 100_000
 MAX_POWER_BITS = 4096
+# Longest output of one template: far above any email (Gmail clips at 102 KB),
+# far below what a runaway loop would fill memory with.
+MAX_OUTPUT = 4_000_000
 
 
 class SegflowUndefined(StrictUndefined):
@@ -37,16 +43,12 @@ class SegflowUndefined(StrictUndefined):
             return self._undefined_hint
         name = self._undefined_name
         obj = self._undefined_obj
-        if obj is _MISSING:
+        if obj is missing:
             return f"undefined variable {name!r}"
         if isinstance(obj, Mapping):
             keys = ", ".join(sorted(str(k) for k in obj)[:12]) or "none"
             return f"undefined key {name!r} (the mapping has: {keys})"
         return f"undefined attribute {name!r} of {type(obj).__name__}"
-
-
-# jinja2.utils.missing, the "no object" marker of Undefined.
-_MISSING = SegflowUndefined()._undefined_obj
 
 
 # What ``getattr`` finds on a dict: every other name is one of its keys.
@@ -127,7 +129,22 @@ def environment(
     )
     env.filters.update(filters)
     env.plain_types = plain_types
+    env.concat = _capped_concat  # type: ignore[method-assign]
     return env
+
+
+def _capped_concat(parts: Any) -> str:
+    """``"".join`` of a template's output, refusing to grow past MAX_OUTPUT."""
+    out = []
+    size = 0
+    for part in parts:
+        size += len(part)
+        if size > MAX_OUTPUT:
+            raise SecurityError(
+                f"the output passed {MAX_OUTPUT:,} characters; a loop that runs away?"
+            )
+        out.append(part)
+    return "".join(out)
 
 
 def _finalize(value: Any) -> Any:
