@@ -3,9 +3,9 @@
 A complete email is what a send needs: ``core.personalize.render_email`` (the
 person's context read from the database, recommendations, the sandboxed
 subject/HTML/text render, CSS inlined, every link signed, the open pixel and
-the unsubscribe headers) and then its MIME message, built here with the
-standard library's ``EmailMessage`` (policy SMTP, multipart/alternative,
-serialised to bytes) as the delivery path does. The baseline, in the same
+the unsubscribe headers) and then its MIME message as delivery builds it
+(``core.personalize.mime.to_mime``: the standard library's ``EmailMessage``,
+multipart/alternative), serialised to bytes. The baseline, in the same
 run and the same process: the bare Jinja2 render of the same two templates
 (a plain ``jinja2.Environment``, no sandbox) with each person's context
 already built, which is the least any templating send has to pay.
@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any
 
 from bench import common
@@ -145,16 +144,11 @@ def chosen_people(engine: Any, n: int) -> list[int]:
 
 
 def mime(email: Any) -> bytes:
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = SENDER
-    message["To"] = email.to
-    message["Subject"] = email.subject
-    message["Message-ID"] = f"<{email.idempotency_key.replace(':', '.')}@shop.example.com>"
-    for name, value in email.headers.items():
-        message[name] = value
-    message.set_content(email.text)
-    message.add_alternative(email.html, subtype="html")
-    return message.as_bytes()
+    """The message delivery hands a connector: ``core.personalize.mime.to_mime``
+    (``EmailMessage``, policy SMTP, quoted-printable parts), as bytes."""
+    from core.personalize.mime import to_mime
+
+    return to_mime(email, SENDER).as_bytes()
 
 
 def mime_compat32(email: Any) -> bytes:
@@ -277,14 +271,20 @@ def run(quick: bool) -> list[Result]:
                     times["complete"].append(segflow(True))
                     prog.update(task, advance=1)
             emails = list(rendered)
-            with common.Quiet(), timer() as t_mime:
-                messages = [mime(e) for e in emails]
-            with common.Quiet(), timer() as t_compat:
-                older = [mime_compat32(e) for e in emails]
+            mime_times: list[float] = []
+            compat_times: list[float] = []
+            for _ in range(k):
+                with common.Quiet(), timer() as t_mime:
+                    messages = [mime(e) for e in emails]
+                mime_times.append(t_mime[0])
+                with common.Quiet(), timer() as t_compat:
+                    older = [mime_compat32(e) for e in emails]
+                compat_times.append(t_compat[0])
             stages = stage_costs(conn, order[:500], settings, recommend, emails[:500])
         engine.dispose()
     _facts.update(meta | {"distinct_people": len(ids), "recommend": recommend_note})
-    return results(n, times, (t_mime[0], t_compat[0]), emails, (messages, older), stages)
+    mime_best = (min(mime_times), min(compat_times))
+    return results(n, times, mime_best, emails, (messages, older), stages)
 
 
 def _events_of(people: int) -> int:
@@ -330,7 +330,7 @@ def stage_costs(
     t0 = time.perf_counter()
     for email in emails:
         mime(email)
-    per["MIME (EmailMessage, as_bytes)"] = time.perf_counter() - t0
+    per["MIME (to_mime, as_bytes)"] = time.perf_counter() - t0
     return {name: seconds / len(ids) * 1e6 for name, seconds in per.items()}
 
 
@@ -348,10 +348,10 @@ def results(
     render = Result("segflow render_email: context, recommendations, tracking, CSS", n,
                     min(times["render"]))  # fmt: skip
     render.ratio = ratio(render.seconds, base.seconds)
-    complete = Result("complete email: render_email + MIME (stdlib EmailMessage)", n,
+    complete = Result("complete email: render_email + MIME (to_mime, stdlib EmailMessage)", n,
                       min(times["complete"]))  # fmt: skip
     complete.ratio = ratio(complete.seconds, base.seconds)
-    alone = Result("MIME alone: EmailMessage of the rendered emails", n, mime_seconds[0])
+    alone = Result("MIME alone: to_mime of the rendered emails", n, mime_seconds[0])
     alone.ratio = ratio(alone.seconds, base.seconds)
     compat = Result("MIME alone: email.mime MIMEMultipart (compat32), same messages", n,
                     mime_seconds[1])  # fmt: skip
@@ -417,9 +417,9 @@ def describe(quick: bool) -> str:
             f"{emails_for(quick):,} emails over {_facts.get('distinct_people', 0)} identified "
             "people with a cart add, in turn, one process, one connection; "
             f"recommendations: {_facts.get('recommend', '')}",
-            "- complete: plus the MIME message delivery sends: `EmailMessage(policy=SMTP)`, "
-            "From/To/Subject/Message-ID and the unsubscribe headers, text part, HTML "
-            "alternative, `as_bytes()`",
+            "- complete: plus the MIME message delivery sends: `core.personalize.mime.to_mime` "
+            "(`EmailMessage(policy=SMTP)`, From/To/Subject/Date/Message-ID and the unsubscribe "
+            "headers, quoted-printable text and HTML parts), `as_bytes()`",
             "- baseline: a plain `jinja2.Environment` (no sandbox) rendering the same HTML and "
             "text templates with each person's context built beforehand, same run",
             f"- target: complete emails >= {TARGET:,.0f}/s on one core (the events/s column "

@@ -232,3 +232,23 @@ def test_segflow_templates_list_and_export(cli):
     assert status == 2 and "sendgrid" in err
     status, _, err = cli("templates", "export", "welcome", "--to", "klaviyo", "--block", "x")
     assert status == 1 and "no segment-aware block named 'x'" in err
+
+
+def test_segflow_send_renders_each_member_through_render_email(cli, tmp_path, monkeypatch):
+    """The send command wired to render_email: ada (a cart abandoner with email
+    consent) gets her tracked cart email in the outbox, once per campaign."""
+    monkeypatch.setenv("SEGFLOW_SECRET_KEY", SECRET)
+    args = ("send", "cart_abandonment", "--segment", "cart_abandoners", "--campaign", "spring")
+    status, out, err = cli(*args, "--via", "outbox")
+    assert status == 0, err
+    files = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 1 and files[0].name.startswith("spring_cart_abandoners_cart_abandonment")
+    raw = files[0].read_text()
+    # the header as written, one line: not folded into RFC 2047 encoded words
+    unsubscribe = re.search(r"^List-Unsubscribe: <(http://127\.0\.0\.1:8000/t/u/\S+)>$", raw, re.M)
+    assert unsubscribe is not None and "To: ada@example.com" in raw
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw
+    markup = files[0].with_suffix(".html").read_text()
+    assert "/t/c/" in markup and "/t/o/" in markup and "Ridge 2P Backpacking Tent" in markup
+    status, out, _ = cli(*args, "--via", "outbox")
+    assert status == 0 and len(list((tmp_path / "outbox").glob("*.eml"))) == 1  # sent once

@@ -770,6 +770,8 @@ def test_hook_register_esp_connectors(register_plugin, tmp_path):
     register_plugin(Clash)
     with pytest.raises(ValueError, match="ESP connector 'smtp' is registered twice"):
         esp_connectors()
+
+
 def _email_probe(tmp_path, text: str):
     """A database with one person and a template folder holding ``probe``."""
     from core.config import Settings
