@@ -18,6 +18,7 @@ cart block and its prices are exercised, taken in turn.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -212,6 +213,7 @@ def run(quick: bool) -> list[Result]:
 
     people = people_for(quick)
     n = emails_for(quick)
+    _facts["load"] = os.getloadavg()[0]
     path, meta = common.sqlite_cache(
         f"render-demo-{people}-s{SEED}-d{DAYS}",
         _events_of(people),
@@ -423,6 +425,7 @@ def describe(quick: bool) -> str:
             "- baseline: a plain `jinja2.Environment` (no sandbox) rendering the same HTML and "
             "text templates with each person's context built beforehand, same run",
             f"- target: complete emails >= {TARGET:,.0f}/s on one core (the events/s column "
-            "is emails/s)",
+            "is emails/s); the machine's load average when the run started: "
+            f"{_facts.get('load', 0):.2f} (other work on it slows every case alike)",
         ]
     )
