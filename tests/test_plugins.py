@@ -834,6 +834,12 @@ def test_hook_template_filters(register_plugin, tmp_path):
         tmp_path, "{{ profile.first_name|shout }} {{ 'hi'|shout('?') }}"
     )
     assert render_email(engine, "probe", 1, settings=settings).text == "ADA! HI?"
+    # collected once: the fresh lambda of each hook call does not recompile the templates
+    from core.personalize.render import templates_for
+
+    compiled = templates_for(settings).get("probe")
+    render_email(engine, "probe", 1, settings=settings)
+    assert templates_for(settings).get("probe") is compiled
 
     class Usurper:
         @staticmethod

@@ -84,10 +84,21 @@ def templates_for(settings: Settings, pm: pluggy.PluginManager | None = None) ->
     return template_set(settings.email.templates, plugin_filters(pm))
 
 
+# The plugins' filters per set of template_filters implementations: collected
+# once, so a plugin that builds its functions afresh on each call does not
+# make every render compile its templates again.
+_FILTERS: dict[tuple[Any, ...], dict[str, Callable[..., Any]]] = {}
+
+
 def plugin_filters(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
     """The filters plugins register (``template_filters``)."""
     from core.plugins import get_manager
 
+    hook = (pm or get_manager()).hook.template_filters
+    key = tuple(hook.get_hookimpls())  # the implementations themselves: kept alive, never reused
+    known = _FILTERS.get(key)
+    if known is not None:
+        return known
     found: dict[str, Callable[..., Any]] = {}
 
     def register(name: str, function: Callable[..., Any]) -> None:
@@ -101,7 +112,8 @@ def plugin_filters(pm: pluggy.PluginManager | None = None) -> dict[str, Callable
             raise TemplateError(f"template filter {name!r} is not callable")
         found[name] = function
 
-    (pm or get_manager()).hook.template_filters(register=register)
+    hook(register=register)
+    _FILTERS[key] = found
     return found
 
 
