@@ -116,6 +116,9 @@ _LAZY = {
     "deliver": "core.personalize.delivery",
     "send_segment": "core.personalize.delivery:send",
     "to_mime": "core.personalize.mime",
+    # personalised email
+    "render_email": "core.personalize.render",
+    "TemplateError": "core.personalize.errors",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -160,6 +163,7 @@ __all__ = [
     "Settings",
     "SqlContext",
     "StoredEvent",
+    "TemplateError",
     "UsageError",
     "Where",
     "bulk_import_scope",
@@ -183,6 +187,7 @@ __all__ = [
     "matches",
     "parse_duration",
     "profiles_loaded_hook",
+    "render_email",
     "run_scores",
     "run_segments",
     "save_cursor",
@@ -252,7 +257,9 @@ if TYPE_CHECKING:
     from core.maintenance import delete_all_data
     from core.personalize.delivery import DeliveryReport, deliver
     from core.personalize.delivery import send as send_segment
+    from core.personalize.errors import TemplateError
     from core.personalize.mime import to_mime
+    from core.personalize.render import render_email
     from core.plugins import (
         condition_kinds,
         esp_connectors,

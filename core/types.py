@@ -269,6 +269,24 @@ class RenderedEmail:
     marketing: bool = True  # needs email consent and no unsubscribe
 
 
+@dataclass(frozen=True)
+class TemplateMessage:
+    """The message a template is being rendered for (``template_context`` gets it).
+
+    ``key`` is the message's idempotency key, which its tracking tokens carry;
+    ``preview`` is true for ``segflow render`` and other renders with tracking
+    off, which are never sent; ``as_of`` is the time the person's data is read
+    at (None: now).
+    """
+
+    template: str
+    version: str
+    key: str
+    profile_id: int
+    preview: bool
+    as_of: datetime | None = None
+
+
 class DeliveryFailure(Exception):
     """A connector could not deliver; the message is the provider's answer (no secrets)."""
 

@@ -15,7 +15,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperGroup
 
-from core.cli import db, import_, keys, plugins, profiles, scores, segments, send, serve
+from core.cli import (
+    db,
+    import_,
+    keys,
+    plugins,
+    profiles,
+    render,
+    scores,
+    segments,
+    send,
+    serve,
+    templates,
+)
 from core.cli.context import CommandContext, Group, err
 from core.config import load_settings
 
@@ -54,6 +66,8 @@ app.add_typer(keys.app, name="keys")
 app.command()(serve.serve)
 app.add_typer(serve.dashboard_app, name="dashboard")
 app.command("send")(send.send_cmd)
+app.command()(render.render)
+app.add_typer(templates.app, name="templates")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

@@ -60,13 +60,17 @@ def send_cmd(
     from core.personalize.delivery import send
     from core.plugins import esp_connectors
 
-    render = getattr(core, "render_email", None)
-    if render is None:
+    render_email = getattr(core, "render_email", None)
+    if render_email is None:
         raise CommandError("this installation cannot render email (no core.render_email)")
     connectors = esp_connectors()
     if via not in connectors:
         raise UsageError(f"--via {via!r}: no such connector ({', '.join(sorted(connectors))})")
     cli = obj(ctx)
+
+    def render(conn, name: str, profile_id: int, key: str):
+        return render_email(conn, name, profile_id, message_key=key, settings=cli.settings)
+
     with _progress(f"{'checking' if dry_run else 'sending'} {template}") as on_progress:
         report = send(
             cli.engine(),

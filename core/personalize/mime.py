@@ -39,6 +39,12 @@ RESERVED_HEADERS = frozenset(
     )
 )
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable, no colon
+# Written out with lines up to RFC 5322's limit: a List-Unsubscribe URL (a
+# signed token, no space to fold at) is longer than SMTP's 78, and the email
+# package would otherwise rewrite it as RFC 2047 encoded words, which mail
+# clients do not decode there, so one-click unsubscribe would break. The
+# parts' bodies are encoded before, at 76 characters a line.
+WRITE_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 def sender_domain(sender: str) -> str:
@@ -85,4 +91,5 @@ def to_mime(email: RenderedEmail, sender: str, *, date: datetime | None = None) 
     msg.add_alternative(email.html, subtype="html", charset="utf-8", cte="quoted-printable")
     for part in msg.iter_parts():
         del part["MIME-Version"]  # the top level says it once
+    msg.policy = WRITE_POLICY
     return msg
