@@ -68,6 +68,46 @@ def test_incremental_runs_give_the_same_memberships_as_full_runs(db_url, store_e
     assert sum(result.exited.values()) > 0
 
 
+@pytest.mark.parametrize("path", ["batch", "realtime"])
+def test_events_stored_ahead_of_a_run_count_when_a_later_run_reaches_them(db_url, tmp_path, path):
+    """Events stored with a time after a run's as_of (clocks ahead, imports of
+    tomorrow's file) come into view as as_of passes them with nothing new
+    ingested: the incremental run must evaluate those people too."""
+    from core.segments.realtime import evaluate_profiles
+
+    folder = tmp_path / "segs"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(
+        "name: carts\nrule: {event: add_to_cart, within: 1h, count: '>= 2'}\n"
+    )
+    definitions = load_segment_files(folder, KINDS)
+    engine = open_db(db_url)
+    ingest(engine, [{"type": "page_view", "user_id": "ahead", "ts": END.isoformat()}])
+    ahead = [
+        {"type": "add_to_cart", "user_id": "ahead", "ts": (END + timedelta(minutes=m)).isoformat()}
+        for m in (1, 5)
+    ]
+    ingest(engine, [*ahead, {"type": "page_view", "user_id": "other", "ts": END.isoformat()}])
+    if path == "batch":
+        run_segments(engine, END, kinds=KINDS, definitions=definitions)
+    else:
+        run_segments(engine, END - timedelta(days=1), kinds=KINDS, definitions=definitions)
+        with engine.connect() as conn:
+            pid = conn.execute(
+                sa.select(models.Profile.__table__.c.id).where(
+                    models.Profile.__table__.c.user_id == "ahead"
+                )
+            ).scalar_one()
+        evaluate_profiles(engine, {pid}, END, kinds=KINDS)
+    assert memberships(engine) == {}
+    later = run_segments(engine, END + timedelta(minutes=15), kinds=KINDS)
+    assert not later.full
+    assert by_user(engine) == {"carts": {"ahead"}}
+    # Once they are in view they are no next change any more: the run after
+    # evaluates nobody who has not changed.
+    assert run_segments(engine, END + timedelta(minutes=20), kinds=KINDS).evaluated == 0
+
+
 def by_user(engine) -> dict[str, set[str]]:
     profiles = models.Profile.__table__
     with engine.connect() as conn:

@@ -313,12 +313,12 @@ def segments_sql(
     else:
         target = sa.engine.make_url(context.settings.database_url).get_dialect()()
     st = compiled_sql(segments, names, parse_as_of(as_of), target, incremental=incremental)
-    shown = [*st.script()[:-1], format_sql(st.query)]
+    shown = [*st.script()[:-2], format_sql(st.query), format_sql(st.future)]
     out.print(f"-- {target.name}, plan {st.plan}", markup=False, highlight=False)
     out.print(";\n\n".join(shown) + ";", markup=False, highlight=False, soft_wrap=True)
     if explain:
         with context.engine().connect() as conn:
             plan = explain_sql(conn, st)
-        out.print("\n-- plan", markup=False, highlight=False)
+        out.print("\n-- plan (of the main query)", markup=False, highlight=False)
         for line in plan:
             out.print(f"-- {line}", markup=False, highlight=False, soft_wrap=True)

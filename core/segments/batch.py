@@ -8,7 +8,7 @@ without per-row type processing.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,8 +36,18 @@ FULL_PLAN_SHARE = 0.25
 @dataclass
 class BatchResult:
     members: dict[str, set[int]]
-    next_change_at: dict[int, datetime]
+    next_change_at: dict[int, datetime]  # the rules' own (a window expiring)
     evaluated: set[int]
+    # The first event already stored after as_of, per profile that has one: it
+    # comes into view as as_of passes it (``next_changes`` merges the two).
+    first_after: dict[int, datetime] = field(default_factory=dict)
+
+    def next_changes(self) -> dict[int, datetime]:
+        out = dict(self.next_change_at)
+        for pid, t in self.first_after.items():
+            if pid not in out or t < out[pid]:
+                out[pid] = t
+        return out
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,16 @@ class Statements:
     ``setup`` prepares the candidate-id table and ``load`` fills it (its one
     parameter: the ids) when the evaluation is incremental; ``query`` returns
     profile_id, one 0/1 column per name in ``names``, then one time column
-    per delta in ``changes`` (a next change is that time + delta).
+    per delta in ``changes`` (a next change is that time + delta); ``future``
+    returns profile_id and the first stored event after as_of (a next change
+    too).
     """
 
     setup: tuple[str, ...]
     load: str | None
     analyze: tuple[str, ...]
     query: str
+    future: str
     names: tuple[str, ...]
     changes: tuple[timedelta, ...]
     plan: str
@@ -63,7 +76,7 @@ class Statements:
         out = list(self.setup)
         if self.load is not None:
             out.append(f"-- the candidate profile ids, one parameter\n{self.load}")
-        return out + list(self.analyze) + [self.query]
+        return out + list(self.analyze) + [self.query, self.future]
 
 
 def statements(
@@ -85,7 +98,10 @@ def statements(
     wanted = [n for n in segments if only is None or n in only]
     compiled = {name: compiler.compile(segments[name].rule) for name in wanted}
     stmt, change_cols = compiler.query(compiled, ids=_IDS if incremental else None, plan=plan)
-    query = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    literal = {"literal_binds": True}
+    query = str(stmt.compile(dialect=dialect, compile_kwargs=literal))
+    ids = _IDS if incremental else None
+    future = str(compiler.future_events(ids).compile(dialect=dialect, compile_kwargs=literal))
     setup: tuple[str, ...] = ()
     load = None
     analyze: tuple[str, ...] = ()
@@ -103,7 +119,7 @@ def statements(
         else:
             load = f"INSERT INTO {IDS_TABLE} (id) VALUES ({param_mark(dialect)})"
     return Statements(
-        setup, load, analyze, query, tuple(wanted), tuple(d for _, d in change_cols), plan
+        setup, load, analyze, query, future, tuple(wanted), tuple(d for _, d in change_cols), plan
     )
 
 
@@ -177,11 +193,13 @@ def evaluate_sql(
                         best = t
             if best is not None:
                 next_change[pid] = best
+        cur.execute(st.future)
+        first_after = {pid: parse(t) for pid, t in _fetch(cur) if pid in evaluated}
         if ids is not None:
             cur.execute(st.setup[-1])
     finally:
         cur.close()
-    return BatchResult(members, next_change, evaluated)
+    return BatchResult(members, next_change, evaluated, first_after)
 
 
 def _profile_span(conn: Connection) -> int:

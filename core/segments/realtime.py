@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from core.segments.batch import BatchResult, evaluate_sql
+from core.db.sql import param_mark
+from core.segments.batch import BatchResult, db_time, evaluate_sql, time_reader
 from core.segments.data import load_profile_data
 from core.segments.evaluate import evaluate
 from core.segments.kinds import ConditionKinds
@@ -84,4 +85,22 @@ def _python(conn: Any, segments: dict, ids: list[int], as_of: datetime) -> Batch
         result.evaluated.add(pid)
         if times:
             result.next_change_at[pid] = min(times)
+        first = _first_after(conn, pid, as_of)
+        if first is not None:
+            result.first_after[pid] = first
     return result
+
+
+def _first_after(conn: Any, pid: int, as_of: datetime) -> datetime | None:
+    """The profile's first event stored with a time after as_of (see BatchResult)."""
+    mark = param_mark(conn.dialect)
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(
+            f"SELECT min(ts) FROM events WHERE profile_id = {mark} AND ts > {mark}",
+            (pid, db_time(conn.dialect.name, as_of)),
+        )
+        (first,) = cur.fetchone()
+    finally:
+        cur.close()
+    return None if first is None else time_reader(conn.dialect.name)(first)

@@ -228,6 +228,8 @@ class Compiler:
         self.as_of = as_of
         self.segments = segments or {}
         self.f = Features(as_of, self._segment)
+        # A plain ``sql`` form may read events of any type.
+        self.correlated = False
 
     # Column references are resolved once the feature subqueries exist.
     def compile(self, rule: Rule) -> Render:
@@ -235,6 +237,7 @@ class Compiler:
             kind = rule.kind
             if kind.features is not None:
                 return kind.features(rule.params, self.f)
+            self.correlated = True
             return _correlated(kind.sql, rule.params)
         parts = [self.compile(child) for child in rule.children]
         combine = COMBINE_SQL[rule.name]
@@ -300,6 +303,18 @@ class Compiler:
         if profile_ids is not None:
             stmt = stmt.where(p.c.id.in_(profile_ids))
         return stmt, change_cols
+
+    def future_events(self, ids: sa.Table | None = None):
+        """Per profile, the first event already stored with a time after as_of
+        (clocks ahead, events sent with a later time): it comes into view as
+        as_of passes it with nothing new ingested, so it is a next change."""
+        where = [EVENTS.c.ts > self.as_of]
+        if self.f.types and not self.correlated:
+            where.append(EVENTS.c.type.in_(sorted(self.f.types)))
+        if ids is not None:
+            where.append(EVENTS.c.profile_id.in_(sa.select(ids.c.id)))
+        first = sa.func.min(EVENTS.c.ts).label("first_after")
+        return sa.select(EVENTS.c.profile_id, first).where(*where).group_by(EVENTS.c.profile_id)
 
     def _scan(self, columns: list, keys: list[tuple], ids, profile_ids, group_by: list):
         """A grouped scan of the events these features read, and only those."""

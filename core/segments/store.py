@@ -344,7 +344,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             delete_in(cur, dialect, "evaluation_state", "profile_id", evaluated)
         # Only profiles whose membership can change with no new event need a
         # row: the next incremental run looks for due ones, never for the rest.
-        times = result.next_change_at
+        times = result.next_changes()
         insert_rows(
             cur,
             dialect,
