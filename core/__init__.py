@@ -22,8 +22,12 @@ from core.types import (
     CommandError,
     ConditionKind,
     EventSource,
+    ProductEvent,
+    ProductHistory,
     RawRecord,
     ReadOptions,
+    Recommender,
+    RecommenderTables,
     RenderedEmail,
     ScoreError,
     ScoreValue,
@@ -46,6 +50,8 @@ _TABLES = (
     "CHANGES",
     "SEGMENT_SIZES",
     "PRODUCTS",
+    "PRODUCT_RELATED",
+    "PRODUCT_POPULARITY",
 )
 
 # Exported name -> "module" or "module:attribute" (imported on first access).
@@ -103,6 +109,13 @@ _LAZY = {
     "tracking_event": "core.tracking",
     "verify_token": "core.tracking:verify",
     "set_consent": "core.consents",
+    # the product catalogue and recommendations
+    "PRODUCT_EVENT_TYPES": "core.catalog",
+    "load_products": "core.catalog",
+    "refresh_products": "core.catalog",
+    "recommend": "core.recommendations",
+    "refresh_recommendations": "core.recommendations",
+    "recommenders": "core.plugins",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -184,6 +197,18 @@ __all__ = [
     "where_matches",
     "where_sql",
     "worth_bulk_loading",
+    "PRODUCT_EVENT_TYPES",
+    "PRODUCT_POPULARITY",
+    "PRODUCT_RELATED",
+    "ProductEvent",
+    "ProductHistory",
+    "Recommender",
+    "RecommenderTables",
+    "load_products",
+    "recommend",
+    "recommenders",
+    "refresh_products",
+    "refresh_recommendations",
 ]
 
 
@@ -198,6 +223,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import set_consent
     from core.db.tables import (
@@ -207,6 +233,8 @@ if TYPE_CHECKING:
         EVENTS,
         IDENTITIES,
         MEMBERSHIPS,
+        PRODUCT_POPULARITY,
+        PRODUCT_RELATED,
         PRODUCTS,
         PROFILES,
         SCORES,
@@ -228,9 +256,11 @@ if TYPE_CHECKING:
         condition_kinds,
         events_ingested_hook,
         profiles_loaded_hook,
+        recommenders,
         scoring_models,
         segment_change_hook,
     )
+    from core.recommendations import recommend, refresh_recommendations
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
     from core.segments.evaluate import EventRow, ProfileData
     from core.segments.language import (

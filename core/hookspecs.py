@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from core.types import Change, ConditionKind, EventSource, ScoringModel, StoredEvent
+from core.types import (
+    Change,
+    ConditionKind,
+    EventSource,
+    Recommender,
+    ScoringModel,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -142,4 +149,24 @@ def register_settings(register: Callable[[str, Any], None]) -> None:
     error naming the file, section and key. ``Settings.plugin(section)``
     returns the validated value (the model's defaults, or ``[]`` for a list,
     when the file has no such section). Sections nobody registered are an error.
+    """
+
+
+@hookspec
+def register_recommenders(register: Callable[[Recommender], None]) -> None:
+    """Contribute product recommenders.
+
+    Call ``register(Recommender(name, description, recommend, refresh))``.
+    ``core.recommend(conn, profile_id, k=..., recommender=name)`` reads the
+    person's product history (a ``ProductHistory``: their product events up
+    to ``as_of``, newest first, and what they bought), calls
+    ``recommend(conn, history, k, as_of)`` for ranked ``(product_id, score)``
+    pairs, drops what the person bought, what is out of stock and what is not
+    in the catalogue, and returns the first ``k`` with their product columns.
+    ``refresh(conn, as_of)``, optional, precomputes for everyone and returns
+    ``RecommenderTables`` (SELECTs or rows), which the core stores in
+    ``product_related`` / ``product_popularity`` under the recommender's name
+    (``core.refresh_recommendations``, ``segflow recommend refresh``); serving
+    reads them back. The built-in ``related`` recommender is registered this
+    way. Names must be unique across plugins.
     """

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from core import hookspecs
-from core.types import Change, EventSource, ScoringModel, StoredEvent
+from core.types import Change, EventSource, Recommender, ScoringModel, StoredEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,6 +47,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.scoring.rfm",
     "plugins.scoring.predictive",
     "plugins.demo",
+    "plugins.catalog.events",
+    "plugins.recommend.related",
 )
 # Settings sections: dotted snake_case names, e.g. "sources.poll".
 SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -250,3 +252,8 @@ def plugin_report(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
             for section, model in settings_sections(pm).items()
         },
     }
+
+
+def recommenders(pm: pluggy.PluginManager | None = None) -> dict[str, Recommender]:
+    """Every registered recommender by name (``register_recommenders``)."""
+    return collect("register_recommenders", "recommender", lambda r: r.name, pm)

@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperGroup
 
-from core.cli import db, import_, keys, plugins, profiles, scores, segments, serve
+from core.cli import (
+    catalog,
+    db,
+    import_,
+    keys,
+    plugins,
+    profiles,
+    recommend,
+    scores,
+    segments,
+    serve,
+)
 from core.cli.context import CommandContext, Group, err
 from core.config import load_settings
 
@@ -53,6 +64,8 @@ app.add_typer(scores.app, name="scores")
 app.add_typer(keys.app, name="keys")
 app.command()(serve.serve)
 app.add_typer(serve.dashboard_app, name="dashboard")
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(recommend.app, name="recommend")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:
@@ -90,6 +103,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.segments.language:SegmentError": 1,
     "core.types:ScoreError": 1,
     "core.keys:UnknownKey": 1,
+    "core.recommendations:UnknownRecommender": 2,
 }
 
 

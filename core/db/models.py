@@ -354,3 +354,40 @@ class Product(SQLModel, table=True):
     image_url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     in_stock: bool = Field(default=True, sa_column=sa.Column(sa.Boolean, nullable=False))
     updated_at: datetime = _ts()
+
+
+class ProductRelated(SQLModel, table=True):
+    """Item-to-item scores a recommender's refresh computed: products to show
+    someone interested in ``product_id``, best ``score`` first."""
+
+    __tablename__ = "product_related"
+
+    # PK order: serving reads one recommender's rows for a person's products.
+    recommender: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    related_id: str = Field(primary_key=True, max_length=255)
+    score: float
+
+
+class ProductPopularity(SQLModel, table=True):
+    """A recommender's best-sellers, what it falls back on: by category (joined
+    to the catalogue), then overall."""
+
+    __tablename__ = "product_popularity"
+    __table_args__ = (sa.Index("ix_product_popularity_recommender_score", "recommender", "score"),)
+
+    recommender: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    score: float
+
+
+class RecommenderRun(SQLModel, table=True):
+    """The last refresh of each recommender: as of when, and what it stored."""
+
+    __tablename__ = "recommender_runs"
+
+    recommender: str = Field(primary_key=True, max_length=64)
+    as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    refreshed_at: datetime = _ts()
+    related: int = 0
+    popular: int = 0
