@@ -56,16 +56,26 @@ def _chosen(name: str, found: Mapping[str, Recommender]) -> Recommender:
     return found[name]
 
 
+# How many of a person's latest product events a recommender is given: enough
+# for any recency-weighted seed set, and a bound on what a heavy buyer costs.
+HISTORY_EVENTS = 100
+
+_person = (
+    EVENTS.c.profile_id == sa.bindparam("profile_id"),
+    EVENTS.c.ts <= sa.bindparam("as_of"),
+    EVENTS.c.product_id.is_not(None),
+)
 _HISTORY = (
     sa.select(EVENTS.c.type, EVENTS.c.product_id, EVENTS.c.ts)
-    .where(
-        EVENTS.c.profile_id == sa.bindparam("profile_id"),
-        EVENTS.c.ts <= sa.bindparam("as_of"),
-        # Through (profile_id, ts): a person's events, not every product event.
-        unindexed(EVENTS.c.type).in_(PRODUCT_EVENT_TYPES),
-        EVENTS.c.product_id.is_not(None),
-    )
+    # Through (profile_id, ts): a person's events, not every product event.
+    .where(*_person, unindexed(EVENTS.c.type).in_(PRODUCT_EVENT_TYPES))
     .order_by(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
+    .limit(HISTORY_EVENTS)
+)
+_BOUGHT = (
+    sa.select(EVENTS.c.product_id)
+    .where(*_person, unindexed(EVENTS.c.type) == "purchase")
+    .distinct()
 )
 _PRODUCTS = sa.select(*(PRODUCTS.c[name] for name in PRODUCT_COLUMNS)).where(
     PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.in_stock
@@ -73,10 +83,15 @@ _PRODUCTS = sa.select(*(PRODUCTS.c[name] for name in PRODUCT_COLUMNS)).where(
 
 
 def product_history(conn: Connection, profile_id: int, as_of: datetime) -> ProductHistory:
-    """The person's product events up to ``as_of``, newest first, and what they bought."""
-    rows = conn.execute(_HISTORY, {"profile_id": profile_id, "as_of": as_of}).all()
+    """The person's latest HISTORY_EVENTS product events up to ``as_of``, newest
+    first, and everything they bought up to then."""
+    params = {"profile_id": profile_id, "as_of": as_of}
+    rows = conn.execute(_HISTORY, params).all()
     events = tuple(ProductEvent(t, p, ts) for t, p, ts in rows)
-    bought = frozenset(e.product_id for e in events if e.type == "purchase")
+    if len(events) < HISTORY_EVENTS:
+        bought = frozenset(e.product_id for e in events if e.type == "purchase")
+    else:
+        bought = frozenset(conn.execute(_BOUGHT, params).scalars())
     return ProductHistory(profile_id, as_of, events, bought)
 
 
@@ -117,17 +132,30 @@ def recommend(
 def _store(
     conn: Connection, table: sa.Table, columns: tuple[str, ...], name: str, part: Any
 ) -> int:
-    """Insert one part of a refresh under the recommender's name; rows stored."""
+    """Insert one part of a refresh under the recommender's name; rows stored.
+    Related products get their rank per product (1: the highest score)."""
+    ranked = "related_id" in columns
     if isinstance(part, sa.sql.Selectable):
         computed = part.subquery("computed")
-        query = sa.select(
-            sa.literal(name, sa.String), *(computed.c[i] for i in range(len(columns)))
-        )
-        conn.execute(table.insert().from_select(["recommender", *columns], query))
+        values = [computed.c[i] for i in range(len(columns))]
+        if ranked:
+            product, related, score = values
+            values.append(
+                sa.func.row_number().over(partition_by=product, order_by=(score.desc(), related))
+            )
+        query = sa.select(sa.literal(name, sa.String), *values)
+        names = ["recommender", *columns, *(["rank"] if ranked else [])]
+        conn.execute(table.insert().from_select(names, query))
     else:
-        rows = [{"recommender": name, **dict(zip(columns, row, strict=True))} for row in part]
+        rows = [dict(zip(columns, row, strict=True)) for row in part]
+        if ranked:
+            rows.sort(key=lambda r: (r["product_id"], -r["score"], r["related_id"]))
+            rank, previous = 0, None
+            for row in rows:
+                rank = rank + 1 if row["product_id"] == previous else 1
+                row["rank"], previous = rank, row["product_id"]
         if rows:
-            conn.execute(table.insert(), rows)
+            conn.execute(table.insert(), [{"recommender": name, **row} for row in rows])
     # Counted, not the driver's rowcount: SQLite's is -1 for INSERT ... WITH.
     counted = sa.select(sa.func.count()).where(table.c.recommender == name)
     return conn.execute(counted).scalar_one()
@@ -147,6 +175,8 @@ def refresh_recommender(
         conn, PRODUCT_RELATED, ("product_id", "related_id", "score"), name, tables.related
     )
     popular = _store(conn, PRODUCT_POPULARITY, ("product_id", "score"), name, tables.popular)
+    for scratch in tables.scratch:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
     insert = dialect_insert(conn, RECOMMENDER_RUNS)
     values = {"as_of": as_of, "refreshed_at": utcnow(), "related": related, "popular": popular}
     conn.execute(

@@ -283,8 +283,9 @@ class ProductEvent(NamedTuple):
 
 @dataclass(frozen=True)
 class ProductHistory:
-    """What a recommender starts from: one person's product events up to
-    ``as_of``, newest first, and the products they bought (never recommended)."""
+    """What a recommender starts from: one person's latest product events up to
+    ``as_of`` (a few hundred at most), newest first, and every product they
+    bought up to then (never recommended)."""
 
     profile_id: int
     as_of: datetime
@@ -308,6 +309,8 @@ class RecommenderTables:
 
     related: Any = ()
     popular: Any = ()
+    # Temporary tables the refresh made for its SELECTs, dropped once they ran.
+    scratch: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -358,14 +358,17 @@ class Product(SQLModel, table=True):
 
 class ProductRelated(SQLModel, table=True):
     """Item-to-item scores a recommender's refresh computed: products to show
-    someone interested in ``product_id``, best ``score`` first."""
+    someone interested in ``product_id``, ``rank`` 1 the best (highest score)."""
 
     __tablename__ = "product_related"
+    # Keyed by rank and clustered by the key on SQLite: serving reads each of
+    # a person's products' best few as one short range of the table.
+    __table_args__ = {"sqlite_with_rowid": False}
 
-    # PK order: serving reads one recommender's rows for a person's products.
     recommender: str = Field(primary_key=True, max_length=64)
     product_id: str = Field(primary_key=True, max_length=255)
-    related_id: str = Field(primary_key=True, max_length=255)
+    rank: int = Field(primary_key=True)
+    related_id: str = Field(max_length=255)
     score: float
 
 
@@ -374,7 +377,10 @@ class ProductPopularity(SQLModel, table=True):
     to the catalogue), then overall."""
 
     __tablename__ = "product_popularity"
-    __table_args__ = (sa.Index("ix_product_popularity_recommender_score", "recommender", "score"),)
+    __table_args__ = (
+        sa.Index("ix_product_popularity_recommender_score", "recommender", "score"),
+        {"sqlite_with_rowid": False},
+    )
 
     recommender: str = Field(primary_key=True, max_length=64)
     product_id: str = Field(primary_key=True, max_length=255)

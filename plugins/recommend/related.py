@@ -16,11 +16,13 @@ Refresh (SQL, every product at once, ``segflow recommend refresh``):
 - best-sellers: each product's summed interest over everyone, the fallback.
 
 Serving one person (a few indexed reads): their ``seeds`` most recent products,
-weighted like the refresh, each contributes its related products; the
-products they viewed, carted or bought and those out of stock are left out.
-When that gives fewer than k, the best-sellers of the categories they looked
-at follow, then the overall best-sellers. A fallback's score is below every
-score before it, so the list is in score order.
+weighted like the refresh, each bring their ``per_seed`` best related products,
+scored by the sum of seed interest times relatedness; the products they viewed,
+carted or bought and those out of stock are left out (the email shows viewed
+and carted ones in blocks of their own). When that gives fewer than k, the
+best-sellers of the categories they looked at follow, then the overall
+best-sellers. A fallback's score is below every score before it, so the list
+is in score order.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class RelatedParams(BaseModel):
     weights: dict[str, float] = {"product_view": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
     per_person: int = Field(30, ge=2)
     neighbours: int = Field(50, ge=1)
+    per_seed: int = Field(10, ge=1)
     popularity_exponent: float = Field(0.3, ge=0, le=1)
-    seeds: int = Field(20, ge=1)
+    seeds: int = Field(20, ge=1, le=100)
 
 
 # -- refresh (everyone, SQL) ---------------------------------------------------------
@@ -88,9 +91,15 @@ def interest_query(params: RelatedParams, as_of: datetime) -> sa.Select:
     )
 
 
-def refresh_queries(params: RelatedParams, as_of: datetime) -> RecommenderTables:
-    """The two SELECTs of a refresh: (product, related, score) and (product, score)."""
-    interest = interest_query(params, as_of).cte("interest")
+# The refresh's scratch table: one row per (person, product) it counts, indexed
+# by person, so that pairing people's products is an index lookup per row.
+ITEMS = "related_items"
+
+
+def items_query(params: RelatedParams, as_of: datetime) -> sa.Select:
+    """(profile_id, product_id, w, iuf): each person's ``per_person`` most
+    recent products, their interest, and the person's weight."""
+    interest = interest_query(params, as_of).subquery("interest")
     ranked = sa.select(
         interest.c.profile_id,
         interest.c.product_id,
@@ -102,22 +111,22 @@ def refresh_queries(params: RelatedParams, as_of: datetime) -> RecommenderTables
         )
         .label("rn"),
         sa.func.count().over(partition_by=interest.c.profile_id).label("n"),
-    ).cte("ranked")
+    ).subquery("ranked")
     kept = sa.case((ranked.c.n > params.per_person, params.per_person), else_=ranked.c.n)
-    items = (
-        sa.select(
-            ranked.c.profile_id,
-            ranked.c.product_id,
-            ranked.c.w,
-            (1.0 / sa.func.ln(2.0 + kept)).label("iuf"),
-        )
-        .where(ranked.c.rn <= params.per_person)
-        .cte("items")
-    )
+    return sa.select(
+        ranked.c.profile_id,
+        ranked.c.product_id,
+        ranked.c.w,
+        (1.0 / sa.func.ln(2.0 + kept)).label("iuf"),
+    ).where(ranked.c.rn <= params.per_person)
+
+
+def related_query(params: RelatedParams, items: Any) -> sa.Select:
+    """(product_id, related_id, score): each product's ``neighbours`` best."""
     norm = (
         sa.select(items.c.product_id, sa.func.sum(items.c.w * items.c.w).label("n"))
         .group_by(items.c.product_id)
-        .cte("norm")
+        .subquery("norm")
     )
     a, b = items.alias("a"), items.alias("b")
     pairs = (
@@ -127,33 +136,56 @@ def refresh_queries(params: RelatedParams, as_of: datetime) -> RecommenderTables
             sa.func.sum(a.c.iuf * a.c.w * b.c.w).label("co"),
         )
         .select_from(
-            a.join(b, sa.and_(a.c.profile_id == b.c.profile_id, a.c.product_id != b.c.product_id))
+            a.join(b, sa.and_(b.c.profile_id == a.c.profile_id, b.c.product_id != a.c.product_id))
         )
         .group_by(a.c.product_id, b.c.product_id)
-        .cte("pairs")
+        .subquery("pairs")
     )
-    score = (pairs.c.co / sa.func.power(norm.c.n, params.popularity_exponent)).label("score")
-    scored = (
-        sa.select(pairs.c.product_id, pairs.c.related_id, score)
+    score = pairs.c.co / sa.func.power(norm.c.n, params.popularity_exponent)
+    rank = sa.func.row_number().over(
+        partition_by=pairs.c.product_id, order_by=(score.desc(), pairs.c.related_id)
+    )
+    top = (
+        sa.select(pairs.c.product_id, pairs.c.related_id, score.label("score"), rank.label("rank"))
         .join(norm, norm.c.product_id == pairs.c.related_id)
-        .cte("scored")
+        .subquery("top")
     )
-    top = sa.select(
-        scored,
-        sa.func.row_number()
-        .over(
-            partition_by=scored.c.product_id,
-            order_by=(scored.c.score.desc(), scored.c.related_id),
-        )
-        .label("rank"),
-    ).subquery("top")
-    related = sa.select(top.c.product_id, top.c.related_id, top.c.score).where(
+    return sa.select(top.c.product_id, top.c.related_id, top.c.score).where(
         top.c.rank <= params.neighbours
     )
-    popular = sa.select(interest.c.product_id, sa.func.sum(interest.c.w)).group_by(
+
+
+def popular_query(params: RelatedParams, as_of: datetime) -> sa.Select:
+    """(product_id, score): each product's interest summed over everyone."""
+    interest = interest_query(params, as_of).subquery("interest")
+    return sa.select(interest.c.product_id, sa.func.sum(interest.c.w)).group_by(
         interest.c.product_id
     )
-    return RecommenderTables(related=related, popular=popular)
+
+
+def refresh_tables(conn: Any, params: RelatedParams, as_of: datetime) -> RecommenderTables:
+    """Fill the scratch table; the SELECTs of the refresh read it."""
+    sql = items_query(params, as_of).compile(
+        dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+    )
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {ITEMS}")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {ITEMS} AS {sql}")
+    conn.exec_driver_sql(f"CREATE INDEX {ITEMS}_person ON {ITEMS} (profile_id, product_id, w)")
+    if conn.dialect.name == "postgresql":
+        # Temporary tables are never analysed on their own.
+        conn.exec_driver_sql(f"ANALYZE {ITEMS}")
+    items = sa.table(
+        ITEMS,
+        sa.column("profile_id", sa.BigInteger),
+        sa.column("product_id", sa.String),
+        sa.column("w", sa.Float),
+        sa.column("iuf", sa.Float),
+    )
+    return RecommenderTables(
+        related=related_query(params, items),
+        popular=popular_query(params, as_of),
+        scratch=(ITEMS,),
+    )
 
 
 # -- serving (one person) ------------------------------------------------------------
@@ -174,47 +206,64 @@ def seeds(history: ProductHistory, params: RelatedParams) -> dict[str, float]:
     return out
 
 
-def _related(conn: Any, name: str, seed: dict[str, float]) -> dict[str, float]:
-    rows = conn.execute(
-        sa.select(
-            PRODUCT_RELATED.c.product_id, PRODUCT_RELATED.c.related_id, PRODUCT_RELATED.c.score
-        )
-        .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_RELATED.c.related_id)
-        .where(
-            PRODUCT_RELATED.c.recommender == name,
-            PRODUCT_RELATED.c.product_id.in_(list(seed)),
-            PRODUCTS.c.in_stock,
-        )
-    )
+_RELATED = sa.select(
+    PRODUCT_RELATED.c.product_id, PRODUCT_RELATED.c.related_id, PRODUCT_RELATED.c.score
+).where(
+    PRODUCT_RELATED.c.recommender == sa.bindparam("name"),
+    PRODUCT_RELATED.c.product_id.in_(sa.bindparam("seeds", expanding=True)),
+    PRODUCT_RELATED.c.rank <= sa.bindparam("per_seed"),
+)
+_IN_STOCK = sa.select(PRODUCTS.c.id).where(
+    PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.in_stock
+)
+_BEST = (
+    sa.select(PRODUCT_POPULARITY.c.product_id, PRODUCT_POPULARITY.c.score)
+    .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_POPULARITY.c.product_id)
+    .where(PRODUCT_POPULARITY.c.recommender == sa.bindparam("name"), PRODUCTS.c.in_stock)
+    .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id)
+    .limit(sa.bindparam("limit"))
+)
+_BEST_IN = _BEST.where(PRODUCTS.c.category.in_(sa.bindparam("categories", expanding=True)))
+_CATEGORIES = sa.select(PRODUCTS.c.id, PRODUCTS.c.category).where(
+    PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.category.is_not(None)
+)
+
+
+def _related(
+    conn: Any, name: str, seed: dict[str, float], seen: set[str], k: int, per_seed: int
+) -> list[tuple[str, float]]:
+    """The k best in-stock products related to the seeds, not among ``seen``:
+    each seed's ``per_seed`` best neighbours, weighted by the seed's interest."""
+    params = {"name": name, "seeds": list(seed), "per_seed": per_seed}
     scores: dict[str, float] = defaultdict(float)
-    for product_id, related_id, score in rows:
-        scores[related_id] += seed[product_id] * score
-    return scores
+    for product_id, related_id, score in conn.execute(_RELATED, params).all():
+        if related_id not in seen:
+            scores[related_id] += seed[product_id] * score
+    ranked = sorted(scores, key=lambda p: (-scores[p], p))
+    chosen: list[tuple[str, float]] = []
+    # Stock looked up for the best few first: most people need no more.
+    for start in range(0, len(ranked), 2 * k):
+        batch = ranked[start : start + 2 * k]
+        available = set(conn.execute(_IN_STOCK, {"ids": batch}).scalars())
+        chosen += [(p, scores[p]) for p in batch if p in available]
+        if len(chosen) >= k:
+            break
+    return chosen[:k]
 
 
 def _best_sellers(
     conn: Any, name: str, limit: int, categories: list[str] | None = None
 ) -> list[tuple[str, float]]:
-    query = (
-        sa.select(PRODUCT_POPULARITY.c.product_id, PRODUCT_POPULARITY.c.score)
-        .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_POPULARITY.c.product_id)
-        .where(PRODUCT_POPULARITY.c.recommender == name, PRODUCTS.c.in_stock)
-        .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id)
-        .limit(limit)
-    )
-    if categories is not None:
-        query = query.where(PRODUCTS.c.category.in_(categories))
-    return [(p, s) for p, s in conn.execute(query)]
+    if categories is None:
+        rows = conn.execute(_BEST, {"name": name, "limit": limit})
+    else:
+        rows = conn.execute(_BEST_IN, {"name": name, "limit": limit, "categories": categories})
+    return [(p, s) for p, s in rows]
 
 
 def _categories(conn: Any, seed: dict[str, float]) -> list[str]:
     weights: dict[str, float] = defaultdict(float)
-    rows = conn.execute(
-        sa.select(PRODUCTS.c.id, PRODUCTS.c.category).where(
-            PRODUCTS.c.id.in_(list(seed)), PRODUCTS.c.category.is_not(None)
-        )
-    )
-    for product_id, category in rows:
+    for product_id, category in conn.execute(_CATEGORIES, {"ids": list(seed)}):
         weights[category] += seed[product_id]
     return sorted(weights, key=lambda c: (-weights[c], c))
 
@@ -230,15 +279,12 @@ def serve(
 ) -> list[tuple[str, float]]:
     params = params or RelatedParams()
     seed = seeds(history, params)
-    seen = {e.product_id for e in history.events}
+    seen = {e.product_id for e in history.events} | history.bought
     chosen: dict[str, float] = {}
     if seed:
-        scores = _related(conn, name, seed)
-        for product_id in sorted(scores, key=lambda p: (-scores[p], p)):
-            if product_id not in seen:
-                chosen[product_id] = scores[product_id]
-                if len(chosen) == k:
-                    return list(chosen.items())
+        chosen.update(_related(conn, name, seed, seen, k, params.per_seed))
+        if len(chosen) == k:
+            return list(chosen.items())
     # Fallbacks: ask for enough that k remain after leaving out what is taken.
     tiers = []
     if seed:
@@ -248,13 +294,18 @@ def serve(
         if categories == []:
             continue
         below = min(chosen.values(), default=1.0) * 0.5
-        best = _best_sellers(conn, name, k + len(seen) + len(chosen), categories)
-        top = best[0][1] if best else 1.0
-        for product_id, popularity in best:
-            if product_id not in seen and product_id not in chosen:
-                chosen[product_id] = below * popularity / top if top > 0 else 0.0
-                if len(chosen) == k:
-                    return list(chosen.items())
+        limit = 2 * k + len(chosen)
+        while True:  # more best-sellers only for people who have seen the first ones
+            best = _best_sellers(conn, name, limit, categories)
+            top = best[0][1] if best else 1.0
+            fresh = [(p, s) for p, s in best if p not in seen and p not in chosen]
+            if len(fresh) >= k - len(chosen) or len(best) < limit:
+                break
+            limit *= 4
+        for product_id, popularity in fresh[: k - len(chosen)]:
+            chosen[product_id] = below * popularity / top if top > 0 else 0.0
+        if len(chosen) == k:
+            break
     return list(chosen.items())
 
 
@@ -267,7 +318,7 @@ def make_recommender(name: str = NAME, params: RelatedParams | None = None) -> R
         return serve(conn, history, k, as_of, name=name, params=chosen)
 
     def refresh(conn: Any, as_of: datetime) -> RecommenderTables:
-        return refresh_queries(chosen, as_of)
+        return refresh_tables(conn, chosen, as_of)
 
     return Recommender(
         name=name,

@@ -21,11 +21,13 @@ def upgrade() -> None:
         "product_related",
         sa.Column("recommender", sa.String(length=64), nullable=False),
         sa.Column("product_id", sa.String(length=255), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
         sa.Column("related_id", sa.String(length=255), nullable=False),
         sa.Column("score", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "recommender", "product_id", "related_id", name=op.f("pk_product_related")
+            "recommender", "product_id", "rank", name=op.f("pk_product_related")
         ),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "product_popularity",
@@ -33,6 +35,7 @@ def upgrade() -> None:
         sa.Column("product_id", sa.String(length=255), nullable=False),
         sa.Column("score", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("recommender", "product_id", name=op.f("pk_product_popularity")),
+        sqlite_with_rowid=False,
     )
     op.create_index(
         "ix_product_popularity_recommender_score",
