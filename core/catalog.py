@@ -19,6 +19,7 @@ event does not carry) keeps its stored value.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -41,7 +42,6 @@ from sqlalchemy.engine import Connection, Engine
 from core.db.models import utcnow
 from core.db.sql import dialect_insert, fetch_in
 from core.db.tables import EVENTS, PRODUCTS, SOURCE_STATES
-from core.errors import describe_validation_error
 from core.ingestion.files import ImportUsageError, source_for
 from core.ingestion.report import Rejection
 from core.ingestion.schema import (
@@ -164,25 +164,28 @@ class CatalogReport:
 
 
 def describe_product_error(exc: ValidationError) -> str:
-    """One line naming each failing field, worded for someone fixing a catalogue."""
-    errors = []
+    """One line naming each failing field (``field 'price': ...``, as events'
+    errors read), worded for someone fixing a catalogue."""
+    reasons = []
     for err in exc.errors(include_url=False):
-        kind, ctx = err["type"], err.get("ctx") or {}
-        if kind == "string_pattern_mismatch" and ctx.get("pattern") == NO_NUL:
+        kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+        if kind == "missing":
+            msg = "required"
+        elif kind == "string_pattern_mismatch" and ctx.get("pattern") == NO_NUL:
             msg = NUL_MESSAGE
         elif kind == "string_pattern_mismatch" and err["loc"] == ("currency",):
-            msg = f"{err['input']!r} is not a three-letter currency code (ISO 4217)"
+            msg = f"{value!r} is not a three-letter currency code (ISO 4217)"
         elif kind == "greater_than_equal":
-            msg = f"{err['input']!r} is negative; a price is 0 or more"
+            msg = f"{value!r} is negative; a price is 0 or more"
         elif kind.startswith("bool_"):
-            msg = f"{err['input']!r} is not true/false (or yes/no, 1/0)"
+            msg = f"{value!r} is not true/false (or yes/no, 1/0)"
         elif kind.startswith("float_"):
-            msg = f"{err['input']!r} is not a number"
+            msg = f"{value!r} is not a number"
         else:
-            errors.append(err)
-            continue
-        errors.append({**err, "type": PydanticCustomError("product", msg)})
-    return describe_validation_error(ValidationError.from_exception_data(exc.title, errors))
+            msg = err["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(part) for part in err["loc"])
+        reasons.append(f"field '{loc}': {msg}" if loc else msg)
+    return "; ".join(reasons)
 
 
 def parse_product(data: Mapping[str, Any], timezone: tzinfo | None = None) -> ProductRecord:
@@ -219,8 +222,8 @@ def event_product_fields(
 
 
 class ProductMerge:
-    """Folds updates into one per product: for each field the newest value
-    (equal times: the later update), stamped with the newest update's time."""
+    """Folds updates into what to write per product: for each field its newest
+    value (equal times: the later update), kept with that value's own time."""
 
     def __init__(self) -> None:
         self._latest: dict[str, tuple[datetime, dict[str, tuple[datetime, Any]]]] = {}
@@ -234,15 +237,26 @@ class ProductMerge:
                 fields[name] = (when, value)
         self._latest[update.id] = (max(stamp, when), fields)
 
+    def __len__(self) -> int:
+        return len(self._latest)
+
     def updates(self) -> list[ProductUpdate]:
-        return [
-            ProductUpdate(pid, {n: v for n, (_, v) in fields.items()}, stamp)
-            for pid, (stamp, fields) in self._latest.items()
-        ]
+        """Per product, one update per time its fields' values hold, oldest
+        first, so that each is applied only over an older row (a field an
+        old event gave does not ride along with a newer one's time)."""
+        out = []
+        for pid, (stamp, fields) in self._latest.items():
+            by_time: dict[datetime, dict[str, Any]] = defaultdict(dict)
+            for name, (when, value) in fields.items():
+                by_time[when][name] = value
+            if not by_time:  # a catalogue row naming only the id
+                by_time[stamp] = {}
+            out += [ProductUpdate(pid, by_time[when], when) for when in sorted(by_time)]
+        return out
 
 
 def merge_updates(updates: Iterable[ProductUpdate]) -> list[ProductUpdate]:
-    """One update per product (see ProductMerge)."""
+    """What to write for ``updates`` (see ProductMerge)."""
     merge = ProductMerge()
     for update in updates:
         merge.add(update)
@@ -253,9 +267,21 @@ def merge_updates(updates: Iterable[ProductUpdate]) -> list[ProductUpdate]:
 
 
 def upsert_products(conn: Connection, updates: Sequence[ProductUpdate]) -> int:
-    """Write ``updates`` (one per product) in bulk: new products are inserted,
-    known ones get the fields an update gives unless their row is newer.
-    Returns how many updates were sent."""
+    """Write ``updates`` in bulk: new products are inserted, known ones get the
+    fields an update gives unless their row is newer than the update. Several
+    updates of one product are applied oldest first. Returns how many
+    products were written to."""
+    rounds: dict[str, list[ProductUpdate]] = defaultdict(list)
+    for u in updates:
+        rounds[u.id].append(u)
+    depth = max((len(us) for us in rounds.values()), default=0)
+    for i in range(depth):  # a product at most once per statement
+        this = [sorted(us, key=lambda u: u.updated_at)[i] for us in rounds.values() if len(us) > i]
+        _upsert_once(conn, this)
+    return len(rounds)
+
+
+def _upsert_once(conn: Connection, updates: list[ProductUpdate]) -> None:
     # One statement per set of given fields: the others must keep their values.
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for u in updates:
@@ -269,7 +295,6 @@ def upsert_products(conn: Connection, updates: Sequence[ProductUpdate]) -> int:
             where=insert.excluded.updated_at >= PRODUCTS.c.updated_at,
         )
         conn.execute(stmt, rows)
-    return len(updates)
 
 
 def _save_cursor(conn: Connection, name: str, cursor: Any) -> None:
@@ -318,11 +343,10 @@ def load_products(
         merge.add(ProductUpdate(product.id, product.given(), product.updated_at or stamp))
     updates = merge.updates()
     with engine.begin() as conn:
-        ids = [u.id for u in updates]
+        ids = sorted({u.id for u in updates})
         known = fetch_in(conn, "SELECT id FROM products WHERE 1 = 1", "id", ids)
-        upsert_products(conn, updates)
-    report.products = len(updates)
-    report.created = len(updates) - len(known)
+        report.products = upsert_products(conn, updates)
+    report.created = report.products - len(known)
     return report
 
 
@@ -394,11 +418,10 @@ def refresh_products(engine: Engine) -> int:
             fields = event_product_fields(event_type, url, currency, properties or {})
             if fields:
                 merge.add(ProductUpdate(product_id, fields, ts))
-    updates = merge.updates()
     # Written in a transaction of its own, which starts by writing: on SQLite
     # a read transaction that turns into a write can fail at once when another
     # writer went first, where a write waits its turn.
     with engine.begin() as conn:
-        upsert_products(conn, updates)
+        updated = upsert_products(conn, merge.updates())
         _save_cursor(conn, EVENTS_CURSOR, top)
-    return len(updates)
+    return updated
