@@ -177,6 +177,12 @@ def refresh_recommender(
     popular = _store(conn, PRODUCT_POPULARITY, ("product_id", "score"), name, tables.popular)
     for scratch in tables.scratch:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
+    if conn.dialect.name == "postgresql":
+        # Refilled at once, faster than autovacuum notices (the catalogue too,
+        # when just imported): without fresh statistics the planner reads all
+        # of a recommender's rows, or the whole catalogue, per person.
+        for table in (PRODUCT_RELATED, PRODUCT_POPULARITY, PRODUCTS):
+            conn.exec_driver_sql(f"ANALYZE {table.name}")
     insert = dialect_insert(conn, RECOMMENDER_RUNS)
     values = {"as_of": as_of, "refreshed_at": utcnow(), "related": related, "popular": popular}
     conn.execute(

@@ -378,7 +378,13 @@ class ProductPopularity(SQLModel, table=True):
 
     __tablename__ = "product_popularity"
     __table_args__ = (
-        sa.Index("ix_product_popularity_recommender_score", "recommender", "score"),
+        # Best first, ties by id, read straight from the index.
+        sa.Index(
+            "ix_product_popularity_recommender_score_product_id",
+            "recommender",
+            "score",
+            "product_id",
+        ),
         {"sqlite_with_rowid": False},
     )
 

@@ -206,22 +206,25 @@ def seeds(history: ProductHistory, params: RelatedParams) -> dict[str, float]:
     return out
 
 
-_RELATED = sa.select(
-    PRODUCT_RELATED.c.product_id, PRODUCT_RELATED.c.related_id, PRODUCT_RELATED.c.score
-).where(
-    PRODUCT_RELATED.c.recommender == sa.bindparam("name"),
-    PRODUCT_RELATED.c.product_id.in_(sa.bindparam("seeds", expanding=True)),
-    PRODUCT_RELATED.c.rank <= sa.bindparam("per_seed"),
-)
-_IN_STOCK = sa.select(PRODUCTS.c.id).where(
-    PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.in_stock
+# A seed's best few neighbours are one short range of the key; stock is looked
+# up for those only, in the same round trip.
+_RELATED = (
+    sa.select(PRODUCT_RELATED.c.product_id, PRODUCT_RELATED.c.related_id, PRODUCT_RELATED.c.score)
+    .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_RELATED.c.related_id)
+    .where(
+        PRODUCT_RELATED.c.recommender == sa.bindparam("name"),
+        PRODUCT_RELATED.c.product_id.in_(sa.bindparam("seeds", expanding=True)),
+        PRODUCT_RELATED.c.rank <= sa.bindparam("per_seed", type_=sa.Integer),
+        PRODUCTS.c.in_stock,
+    )
 )
 _BEST = (
     sa.select(PRODUCT_POPULARITY.c.product_id, PRODUCT_POPULARITY.c.score)
     .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_POPULARITY.c.product_id)
     .where(PRODUCT_POPULARITY.c.recommender == sa.bindparam("name"), PRODUCTS.c.in_stock)
-    .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id)
-    .limit(sa.bindparam("limit"))
+    # Ties by id, descending: the index read backwards gives the order.
+    .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
 )
 _BEST_IN = _BEST.where(PRODUCTS.c.category.in_(sa.bindparam("categories", expanding=True)))
 _CATEGORIES = sa.select(PRODUCTS.c.id, PRODUCTS.c.category).where(
@@ -240,15 +243,7 @@ def _related(
         if related_id not in seen:
             scores[related_id] += seed[product_id] * score
     ranked = sorted(scores, key=lambda p: (-scores[p], p))
-    chosen: list[tuple[str, float]] = []
-    # Stock looked up for the best few first: most people need no more.
-    for start in range(0, len(ranked), 2 * k):
-        batch = ranked[start : start + 2 * k]
-        available = set(conn.execute(_IN_STOCK, {"ids": batch}).scalars())
-        chosen += [(p, scores[p]) for p in batch if p in available]
-        if len(chosen) >= k:
-            break
-    return chosen[:k]
+    return [(p, scores[p]) for p in ranked[:k]]
 
 
 def _best_sellers(
@@ -294,8 +289,10 @@ def serve(
         if categories == []:
             continue
         below = min(chosen.values(), default=1.0) * 0.5
-        limit = 2 * k + len(chosen)
-        while True:  # more best-sellers only for people who have seen the first ones
+        # Enough that k remain after leaving out what the person has seen; more
+        # only when they have seen most of those too.
+        limit = 2 * k + len(chosen) + len(seen)
+        while True:
             best = _best_sellers(conn, name, limit, categories)
             top = best[0][1] if best else 1.0
             fresh = [(p, s) for p, s in best if p not in seen and p not in chosen]

@@ -38,9 +38,9 @@ def upgrade() -> None:
         sqlite_with_rowid=False,
     )
     op.create_index(
-        "ix_product_popularity_recommender_score",
+        "ix_product_popularity_recommender_score_product_id",
         "product_popularity",
-        ["recommender", "score"],
+        ["recommender", "score", "product_id"],
         unique=False,
     )
     op.create_table(
@@ -56,6 +56,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("recommender_runs")
-    op.drop_index("ix_product_popularity_recommender_score", table_name="product_popularity")
+    op.drop_index(
+        "ix_product_popularity_recommender_score_product_id", table_name="product_popularity"
+    )
     op.drop_table("product_popularity")
     op.drop_table("product_related")
