@@ -365,18 +365,20 @@ def bench_backend(label: str, url: str, split: Split, path: Path) -> list[Result
     base_ms = [x * 1000 for x in baseline]
     p50, p99 = statistics.median(ms), _percentile(ms, 0.99)
     base_p99 = _percentile(base_ms, 0.99)
-    read = Result(f"{label}: one SELECT of a person's events (baseline, p99)", n, base_p99 / 1000)
+    # Rows: everyone served once (the fastest pass of each), so events/s reads
+    # as people served per second; the target is the p99 in the notes.
+    read = Result(f"{label}: one SELECT of each person's events (baseline)", n, sum(baseline))
     read.ratio = 1.0
-    read.notes.append(f"p50 {statistics.median(base_ms):.2f} ms, p99 {base_p99:.2f} ms")
-    serve = Result(f"{label}: core.recommend, one person (p99)", n, p99 / 1000)
-    serve.ratio = common.ratio(p99, base_p99)
-    serve.target = f"p99 < {P99_TARGET_MS:g} ms"
+    read.notes.append(f"p50 {statistics.median(base_ms):.2f} ms, p99 {base_p99:.2f} ms a person")
+    serve = Result(f"{label}: core.recommend for each person", n, sum(served))
+    serve.ratio = common.ratio(sum(served), sum(baseline))
+    serve.target = f"p99 < {P99_TARGET_MS:g} ms a person"
     serve.passed = p99 < P99_TARGET_MS
     if not serve.passed:
         serve.failures.append(f"p99 {p99:.2f} ms")
     serve.notes.append(
-        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(ms):.2f} ms over {n:,} people "
-        "(events = people; seconds = p99)"
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(ms):.2f} ms a person "
+        f"(p99 {p99 / base_p99:.1f}x the baseline's); events = people served"
     )
     _facts[label] = {"related": result.related, "popular": result.popular, "p50": p50, "p99": p99}
     return [popular, related, group, refresh, read, serve]
@@ -416,8 +418,10 @@ def describe(quick: bool) -> str:
         "of one second after the last stored purchase",
         "- evaluated: customers with an earlier invoice whose last invoice holds a product "
         "they had not bought before; 10 products each, never one they bought",
-        "- related: `core.recommend(conn, profile_id, k=10)` (plugins/recommend/related.py "
-        "defaults: 90-day half-life, 365-day window, 30 products a person, 50 neighbours)",
+        "- related: `core.recommend(conn, profile_id, k=10)` with the defaults of "
+        "plugins/recommend/related.py: 90-day half-life, 365-day window, 30 products a "
+        "person and 50 neighbours a product in the refresh; a person's 20 latest products, "
+        "10 neighbours each, when serving",
         "- baseline, same run and exclusions: the products most customers bought in the "
         "stored history",
         "- serving: after the evaluation pass (which prepares every statement), each "
