@@ -38,6 +38,8 @@ if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 co
 PROFILE = False
 # Set by bench.run --repeat: repetitions per case (the fastest counts).
 REPEAT: int | None = None
+# --scale: the data sizes of benchmarks that honour it times this (None: full).
+SCALE: float | None = None
 
 
 def repeats(quick: bool) -> int:

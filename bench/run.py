@@ -3,6 +3,7 @@
     python -m bench.run                  # all benchmarks, full size
     python -m bench.run import_bulk      # only the ones named
     python -m bench.run --quick          # small sizes, to check the harness
+    python -m bench.run --scale 0.25 segments  # a share of the full sizes
     python -m bench.run --profile NAME   # cProfile segflow's timed calls (README untouched)
 
 Exit status 1 when a row fails its target or its verification.
@@ -26,7 +27,7 @@ from bench import common
 from bench.common import Result
 
 # Every benchmark module in bench/, run in this order by default.
-BENCHMARKS = ("import_bulk", "points", "segments", "fit_bgnbd", "api", "recommend")
+BENCHMARKS = ("import_bulk", "points", "segments", "fit_bgnbd", "api", "render", "recommend")
 
 README = Path(__file__).resolve().parent / "README.md"
 MARKER = "<!-- results -->"
@@ -101,7 +102,9 @@ def markdown(outcomes: list[Outcome], argv: list[str], quick: bool, started: dat
             f"### {o.name}: {title}",
             "",
             f"- run: {started.strftime('%Y-%m-%d %H:%M UTC')}, "
-            f"`{command_line(argv)}`" + (" (quick sizes)" if quick else ""),
+            f"`{command_line(argv)}`"
+            + (" (quick sizes)" if quick else "")
+            + (f" (sizes x {common.SCALE:g})" if common.SCALE and not quick else ""),
             f"- machine: nproc {m['nproc']}, {m['CPU']}, {m['OS']}; "
             f"Python {m['Python']}, SQLite {m['SQLite']}",
         ]
@@ -168,15 +171,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="runs per case, the fastest counts (default: 3 with --quick, else 2)",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        metavar="X",
+        help="data sizes times X (benchmarks that size their data; the README says so)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite README.md")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
+    if args.scale is not None and not 0 < args.scale <= 1:
+        parser.error("--scale must be in (0, 1]")
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     common.PROFILE = args.profile
     common.REPEAT = args.repeat
+    common.SCALE = args.scale
     started = datetime.now(UTC)
     outcomes: list[Outcome] = []
     for name in args.names or BENCHMARKS:

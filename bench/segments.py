@@ -1061,7 +1061,7 @@ def bench_startup(quick: bool) -> list:
 
 
 def describe(quick: bool) -> str:
-    s = SIZES[quick]
+    s = sizes_for(quick)
     k = common.repeats(quick)
     names = ", ".join(x.name for x in TWELVE)
     return "\n".join(
@@ -1115,8 +1115,17 @@ def describe(quick: bool) -> str:
     )
 
 
+def sizes_for(quick: bool) -> dict[str, int]:
+    """The sizes of this run: full, quick, or full times ``--scale`` (data only:
+    the numbers of real-time calls stay)."""
+    if quick or not common.SCALE:
+        return SIZES[quick]
+    data = ("demo", "click_people", "import")
+    return {k: int(v * common.SCALE) if k in data else v for k, v in SIZES[False].items()}
+
+
 def run(quick: bool) -> list[Result]:
-    return run_sized(SIZES[quick], backends=("sqlite", "postgresql"))
+    return run_sized(sizes_for(quick), backends=("sqlite", "postgresql"))
 
 
 def run_sized(

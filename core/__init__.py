@@ -21,7 +21,11 @@ from core.types import (
     Change,
     CommandError,
     ConditionKind,
+    DeliveryFailure,
+    DeliveryInDoubt,
+    EspConnector,
     EventSource,
+    PermanentFailure,
     ProductEvent,
     ProductHistory,
     RawRecord,
@@ -34,6 +38,7 @@ from core.types import (
     ScoringModel,
     SqlContext,
     StoredEvent,
+    TemporaryFailure,
     UsageError,
     is_snake_name,
 )
@@ -52,6 +57,7 @@ _TABLES = (
     "PRODUCTS",
     "PRODUCT_RELATED",
     "PRODUCT_POPULARITY",
+    "MESSAGES",
 )
 
 # Exported name -> "module" or "module:attribute" (imported on first access).
@@ -116,6 +122,16 @@ _LAZY = {
     "recommend": "core.recommendations",
     "refresh_recommendations": "core.recommendations",
     "recommenders": "core.plugins",
+    # delivery: connectors, the consent gate, the messages outbox
+    "esp_connectors": "core.plugins",
+    "email_refusals": "core.consents",
+    "DeliveryReport": "core.personalize.delivery",
+    "deliver": "core.personalize.delivery",
+    "send_segment": "core.personalize.delivery:send",
+    "to_mime": "core.personalize.mime",
+    # personalised email
+    "render_email": "core.personalize.render",
+    "TemplateError": "core.personalize.errors",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -160,6 +176,7 @@ __all__ = [
     "Settings",
     "SqlContext",
     "StoredEvent",
+    "TemplateError",
     "UsageError",
     "Where",
     "bulk_import_scope",
@@ -183,6 +200,7 @@ __all__ = [
     "matches",
     "parse_duration",
     "profiles_loaded_hook",
+    "render_email",
     "run_scores",
     "run_segments",
     "save_cursor",
@@ -209,6 +227,18 @@ __all__ = [
     "recommenders",
     "refresh_products",
     "refresh_recommendations",
+    "DeliveryFailure",
+    "DeliveryInDoubt",
+    "EspConnector",
+    "PermanentFailure",
+    "TemporaryFailure",
+    "MESSAGES",
+    "esp_connectors",
+    "email_refusals",
+    "DeliveryReport",
+    "deliver",
+    "send_segment",
+    "to_mime",
 ]
 
 
@@ -225,7 +255,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
-    from core.consents import set_consent
+    from core.consents import email_refusals, set_consent
     from core.db.tables import (
         AUDIT,
         CHANGES,
@@ -233,6 +263,7 @@ if TYPE_CHECKING:
         EVENTS,
         IDENTITIES,
         MEMBERSHIPS,
+        MESSAGES,
         PRODUCT_POPULARITY,
         PRODUCT_RELATED,
         PRODUCTS,
@@ -252,8 +283,14 @@ if TYPE_CHECKING:
     from core.ingestion import validate as validate_event
     from core.ingestion.mapping import RowMapper
     from core.maintenance import delete_all_data
+    from core.personalize.delivery import DeliveryReport, deliver
+    from core.personalize.delivery import send as send_segment
+    from core.personalize.errors import TemplateError
+    from core.personalize.mime import to_mime
+    from core.personalize.render import render_email
     from core.plugins import (
         condition_kinds,
+        esp_connectors,
         events_ingested_hook,
         profiles_loaded_hook,
         recommenders,

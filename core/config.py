@@ -18,8 +18,17 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from core.errors import validation_reason
 from core.plugins import settings_sections
@@ -43,6 +52,45 @@ class WebhookConfig(BaseModel):
     secret: str = Field(min_length=8)
 
 
+class EmailSettings(BaseModel):
+    """``[email]``: how personalised email is rendered (core.personalize)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Where recipients' mail clients reach `segflow serve` (its default address
+    # here): click links, the open pixel and the unsubscribe page point there.
+    base_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^/\s]+")
+    # The shop's own site, for links templates make ("back to the shop").
+    site_url: str = Field(default="https://shop.example.com", pattern=r"^https?://[^/\s]+")
+    # Folders of the installation's templates, searched in order before the
+    # built-in templates/ folder (a template of the same name there wins).
+    templates: list[Path] = []
+    # For people whose profile has no `locale` / `timezone` attribute.
+    locale: str = Field(default="en_US", pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+    timezone: str = "UTC"
+    # Prices without a currency of their own.
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    # Who sends, and the postal address marketing email must show (CAN-SPAM).
+    company: str = "segflow demo store"
+    postal_address: str = "1 Example Street, Springfield, USA"
+    # A page of the site where people manage their email; else the unsubscribe page.
+    preferences_url: str | None = Field(default=None, pattern=r"^https?://")
+    # Products in the recommendation grid and in "recently viewed".
+    recommendations: int = Field(default=4, ge=0, le=24)
+    recently_viewed: int = Field(default=4, ge=0, le=24)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {value!r} (an IANA name, e.g. Europe/Paris)"
+            ) from None
+        return value
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +106,8 @@ class Settings(BaseModel):
     webhooks: list[WebhookConfig] = []
     # Signs tracking links (open pixel, clicks, unsubscribe); `segflow init` makes one.
     secret_key: str | None = Field(default=None, min_length=16)
+    # Personalised email: [email] in segflow.toml.
+    email: EmailSettings = EmailSettings()
     # Plugins' sections as written (section name -> raw value); see plugin().
     plugin_settings: dict[str, Any] = {}
     # Where database_url came from, for `segflow info` and error messages.

@@ -1,13 +1,24 @@
-"""Consent per purpose (email, tracking, ...): the current state per profile."""
+"""Consent per purpose (email, tracking, ...): the current state per profile,
+and the consent gate every marketing email passes (``email_refusals``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
-from core.db.tables import AUDIT, CONSENTS
+from core.db.tables import AUDIT, CONSENTS, EVENTS, PROFILES
 from core.profiles import find_profile_id
+
+EMAIL = "email"
+# What the one-click unsubscribe records (core.tracking), and ESP webhooks may too.
+UNSUBSCRIBE_EVENT = "unsubscribe"
+NO_CONSENT = "no email consent"
+WITHDRAWN = "email consent withdrawn"
+UNSUBSCRIBED = "unsubscribed"
+MERGED_CHAIN_LIMIT = 100
 
 
 def set_consent(engine: Engine, who: str, purpose: str, granted: bool, source: str) -> int:
@@ -45,3 +56,81 @@ def granted(engine: Engine, profile_id: int, purpose: str) -> bool | None:
                 CONSENTS.c.profile_id == profile_id, CONSENTS.c.purpose == purpose
             )
         ).scalar()
+
+
+def email_refusals(conn: Connection, profile_ids: Iterable[int]) -> dict[int, str]:
+    """The consent gate: why marketing email may not go to each of these people.
+
+    Returns profile id -> reason for the refused ones only; a profile not in
+    the result may be sent marketing email. A person passes when their latest
+    ``email`` consent is granted and no ``unsubscribe`` event came at or after
+    that grant. Opt-in: no consent row at all is a refusal (``no email
+    consent``), never a silent yes. A re-grant after an unsubscribe lets mail
+    through again, since the grant is then the later decision.
+
+    A merged profile is judged as the profile it was merged into, and the
+    consents of every profile merged there count (consent rows stay on the
+    profile they were given on): the latest decision wins.
+    """
+    wanted = set(profile_ids)
+    if not wanted:
+        return {}
+    survivor = _survivors(conn, wanted)
+    people = set(survivor.values())
+    # Consent rows of the survivors and of the profiles merged into them.
+    owner = sa.func.coalesce(PROFILES.c.merged_into, PROFILES.c.id)
+    latest: dict[int, tuple[object, bool]] = {}
+    for chunk in _chunks(sorted(people)):
+        rows = conn.execute(
+            sa.select(owner, CONSENTS.c.granted, CONSENTS.c.updated_at)
+            .join(PROFILES, PROFILES.c.id == CONSENTS.c.profile_id)
+            .where(
+                CONSENTS.c.purpose == EMAIL,
+                sa.or_(PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.in_(chunk)),
+            )
+        )
+        for pid, granted_, at in rows:
+            if pid not in latest or at > latest[pid][0]:
+                latest[pid] = (at, bool(granted_))
+    decided = {
+        pid: (NO_CONSENT if pid not in latest else None if latest[pid][1] else WITHDRAWN)
+        for pid in people
+    }
+    granted_at = {pid: latest[pid][0] for pid, why in decided.items() if why is None}
+    for chunk in _chunks(sorted(granted_at)):
+        last = conn.execute(
+            sa.select(EVENTS.c.profile_id, sa.func.max(EVENTS.c.ts))
+            .where(EVENTS.c.profile_id.in_(chunk), EVENTS.c.type == UNSUBSCRIBE_EVENT)
+            .group_by(EVENTS.c.profile_id)
+        )
+        for pid, at in last:
+            if at is not None and at >= granted_at[pid]:
+                decided[pid] = UNSUBSCRIBED
+    return {pid: decided[survivor[pid]] for pid in wanted if decided[survivor[pid]] is not None}
+
+
+def _survivors(conn: Connection, profile_ids: set[int]) -> dict[int, int]:
+    """profile id -> the live profile it is (itself, or the end of its merges)."""
+    found = {pid: pid for pid in profile_ids}
+    pending = set(profile_ids)
+    for _ in range(MERGED_CHAIN_LIMIT):
+        if not pending:
+            return found
+        step: dict[int, int] = {}
+        for chunk in _chunks(sorted({found[p] for p in pending})):
+            step.update(
+                conn.execute(
+                    sa.select(PROFILES.c.id, PROFILES.c.merged_into).where(
+                        PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.is_not(None)
+                    )
+                ).all()
+            )
+        pending = {p for p in pending if found[p] in step}
+        for p in pending:
+            found[p] = step[found[p]]
+    raise ValueError("a profile merge chain does not end")
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]

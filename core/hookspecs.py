@@ -7,7 +7,7 @@ callback, so one plugin can contribute several.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -15,6 +15,7 @@ import pluggy
 from core.types import (
     Change,
     ConditionKind,
+    EspConnector,
     EventSource,
     Recommender,
     ScoringModel,
@@ -24,6 +25,8 @@ from core.types import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from typer.core import TyperGroup
+
+    from core.types import TemplateMessage
 
 hookspec = pluggy.HookspecMarker("segflow")
 hookimpl = pluggy.HookimplMarker("segflow")
@@ -149,6 +152,53 @@ def register_settings(register: Callable[[str, Any], None]) -> None:
     error naming the file, section and key. ``Settings.plugin(section)``
     returns the validated value (the model's defaults, or ``[]`` for a list,
     when the file has no such section). Sections nobody registered are an error.
+    """
+
+
+@hookspec
+def register_esp_connectors(register: Callable[[EspConnector], None]) -> None:
+    """Contribute email service connectors (``smtp``, ``outbox``, ESP APIs).
+
+    Call ``register(EspConnector(name, description, send=..., sender=...))``
+    once per connector; ``segflow send --via NAME`` and
+    ``core.deliver(..., via=connector)`` use it. Core records every message in
+    the ``messages`` table before and after ``send``, applies the consent gate
+    and retries ``TemporaryFailure`` with backoff; the connector only hands one
+    message to its service. Declare the connector's settings (host, folder,
+    ``*_env`` names of secrets, never the secrets) with ``register_settings``.
+    Connector names must be unique across plugins.
+    """
+
+
+@hookspec
+def template_context(
+    profile: Mapping[str, Any], message: TemplateMessage
+) -> Mapping[str, Any] | None:
+    """Add values to the context of every email template.
+
+    Called once per rendered email, after the core's context is built:
+    ``profile`` is the ``profile`` the template sees (id, user_id, email,
+    first_name, last_name, attributes, consent, locale, timezone) and
+    ``message`` the ``core.types.TemplateMessage`` being rendered (template,
+    version, key, profile_id, preview, as_of). Return a mapping of names to
+    add, or None. A name the core's context already has (``profile``,
+    ``segments``, ``cart``, ...) or another plugin returned is an error
+    naming it: plugins add, they never replace. Runs inside every render, so
+    keep it quick; the values are shown through the template sandbox.
+    """
+
+
+@hookspec
+def template_filters(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Contribute Jinja2 filters to email templates.
+
+    Call ``register(name, function)`` once per filter; templates then use
+    ``{{ value|name(args) }}``. Collected once per process, when templates are
+    first compiled. A name Jinja2 or segflow already defines (``money``,
+    ``date``, ``truncate``, ``upper``, ...) or another plugin registered is
+    refused. A filter runs inside the sandbox's output, so return plain
+    values (escaping is applied to them in HTML templates); decorate with
+    ``jinja2.pass_context`` to read the context (``locale``, ``timezone``).
     """
 
 

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from core import hookspecs
-from core.types import Change, EventSource, Recommender, ScoringModel, StoredEvent
+from core.types import (
+    Change,
+    EspConnector,
+    EventSource,
+    Recommender,
+    ScoringModel,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -49,6 +56,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.demo",
     "plugins.catalog.events",
     "plugins.recommend.related",
+    "plugins.esp.outbox",
+    "plugins.esp.smtp",
 )
 # Settings sections: dotted snake_case names, e.g. "sources.poll".
 SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -205,6 +214,11 @@ def condition_kinds(pm: pluggy.PluginManager | None = None) -> ConditionKinds:
 def scoring_models(pm: pluggy.PluginManager | None = None) -> dict[str, ScoringModel]:
     """Every registered scoring model kind by name (``register_scoring_models``)."""
     return collect("register_scoring_models", "scoring model", lambda m: m.kind, pm)
+
+
+def esp_connectors(pm: pluggy.PluginManager | None = None) -> dict[str, EspConnector]:
+    """Every registered email service connector by name (``register_esp_connectors``)."""
+    return collect("register_esp_connectors", "ESP connector", lambda c: c.name, pm)
 
 
 def segment_change_hook(

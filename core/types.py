@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from sqlalchemy import ColumnElement, Table
     from sqlalchemy.engine import Connection
 else:
@@ -268,6 +271,90 @@ class RenderedEmail:
     headers: dict[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
     marketing: bool = True  # needs email consent and no unsubscribe
+
+
+@dataclass(frozen=True)
+class TemplateMessage:
+    """The message a template is being rendered for (``template_context`` gets it).
+
+    ``key`` is the message's idempotency key, which its tracking tokens carry;
+    ``preview`` is true for ``segflow render`` and other renders with tracking
+    off, which are never sent; ``as_of`` is the time the person's data is read
+    at (None: now).
+    """
+
+    template: str
+    version: str
+    key: str
+    profile_id: int
+    preview: bool
+    as_of: datetime | None = None
+
+
+class DeliveryFailure(Exception):
+    """A connector could not deliver; the message is the provider's answer (no secrets)."""
+
+
+class TemporaryFailure(DeliveryFailure):
+    """Not delivered, and trying again later may work (SMTP 4xx, a dropped
+    connection before the message was handed over, a 429). ``retry_after``:
+    seconds the provider asked to wait, when it said. Delivery retries with
+    backoff, then leaves the message ``deferred`` for the next run."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentFailure(DeliveryFailure):
+    """Not delivered, and retrying the same message will not help (SMTP 5xx,
+    a refused address): recorded ``failed`` and never retried."""
+
+
+class DeliveryInDoubt(DeliveryFailure):
+    """The provider may or may not have taken the message (the connection was
+    lost while it was being handed over): it is left ``unknown``, never sent
+    again by itself, and the run stops. Any other exception from ``send`` is
+    taken the same way."""
+
+
+def _settings_session(settings: Any) -> AbstractContextManager[Any]:
+    return nullcontext(settings)
+
+
+@dataclass(frozen=True)
+class EspConnector:
+    """An email service: SMTP, a folder, an ESP's API.
+
+    Sending is one part of what a connector may do (the ESP sync adds
+    profiles, memberships, events and erasure as further optional fields), so
+    every capability is optional and callers check for it.
+
+    ``open(settings)`` is a context manager for what one run shares (an SMTP
+    connection, an HTTP client); its value is the ``session`` passed to the
+    other functions (by default the settings themselves).
+
+    ``send(email, message, session)`` delivers one email, whose MIME form
+    (``message``, From and Message-ID set) core builds, and returns the
+    provider's id for it. It raises ``TemporaryFailure`` or
+    ``PermanentFailure`` only when the provider certainly did not take the
+    message; ``DeliveryInDoubt`` (or any other exception) means it may have,
+    and the message is left ``unknown`` rather than sent again.
+
+    ``sender(settings)`` is the From address of the connector's settings.
+
+    ``confirm(email, message, session)``, optional, tells after a crash whether
+    a message whose send was under way was delivered: the provider id, or None
+    when it certainly was not (then it is sent). Without it such a message
+    becomes ``unknown`` and is sent again only when asked (``--retry-unknown``).
+    """
+
+    name: str
+    description: str
+    send: Callable[[RenderedEmail, EmailMessage, Any], str] | None = None
+    sender: Callable[[Any], str] | None = None
+    open: Callable[[Any], AbstractContextManager[Any]] = _settings_session
+    confirm: Callable[[RenderedEmail, EmailMessage, Any], str | None] | None = None
 
 
 # -- recommendations ------------------------------------------------------------

@@ -70,3 +70,52 @@ def cdnow_events(path: Path) -> list[dict[str, Any]]:
                 }
             )
     return events
+
+
+def people(engine, count: int, *, consent: bool = True) -> list[int]:
+    """``count`` identified people p0..p{count-1} with an email address and, when
+    ``consent``, email consent granted; their profile ids in order."""
+    from core.consents import set_consent
+    from core.ingestion import ingest
+
+    ingest(
+        engine,
+        [
+            {"type": "identify", "user_id": f"p{i}", "traits": {"email": f"p{i}@example.com"}}
+            for i in range(count)
+        ],
+    )
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.select(PROFILES.c.user_id, PROFILES.c.id)).all())
+    if consent:
+        for i in range(count):
+            set_consent(engine, f"p{i}", "email", True, "test")
+    return [ids[f"p{i}"] for i in range(count)]
+
+
+def rendered_email(profile_id: int, key: str, **changes: Any):
+    """A RenderedEmail as rendering hands it to delivery (tracking headers included)."""
+    from core.types import RenderedEmail
+
+    fields = {
+        "profile_id": profile_id,
+        "to": f"Person {profile_id} <person{profile_id}@example.com>",
+        "template": "browse_recommendations",
+        "version": "v1",
+        "subject": f"Picked for you, №{profile_id}",
+        "html": f"<html><body><h1>Hello {profile_id}</h1><p>Trail shoes</p></body></html>",
+        "text": f"Hello {profile_id}\nTrail shoes\n",
+        "headers": {
+            "List-Unsubscribe": f"<https://t.example/t/u/tok{profile_id}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+        "idempotency_key": key,
+    }
+    return RenderedEmail(**(fields | changes))
+
+
+def delivery_settings(**sections: dict[str, Any]):
+    """core.Settings with the given plugin sections (``esp_smtp={...}`` is [esp.smtp])."""
+    from core.config import Settings
+
+    return Settings(plugin_settings={k.replace("_", ".", 1): v for k, v in sections.items()})

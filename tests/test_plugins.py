@@ -709,6 +709,148 @@ def test_a_core_command_starts_without_importing_plugins_or_the_engine(tmp_path)
     assert status == 0 and "plugins.scoring.predictive" in modules
 
 
+def test_hook_register_esp_connectors(register_plugin, tmp_path):
+    """A plugin's connector delivers through the same path as the built-in ones:
+    its session opened once per run, each message recorded, sent once."""
+    import contextlib
+
+    import sqlalchemy as sa
+
+    from core.consents import set_consent
+    from core.db.tables import MESSAGES
+    from core.personalize.delivery import deliver
+    from core.plugins import esp_connectors
+    from core.types import EspConnector, RenderedEmail
+
+    opened: list[list] = []
+
+    @contextlib.contextmanager
+    def open_postbox(settings):
+        delivered: list = []
+        opened.append(delivered)
+        yield delivered
+
+    def send(email, message, delivered):
+        delivered.append((email.to, str(message["Message-ID"])))
+        return f"pb-{len(delivered)}"
+
+    class Postbox:
+        @staticmethod
+        def register_esp_connectors(register):
+            register(
+                EspConnector(
+                    "postbox",
+                    "a list in memory",
+                    send=send,
+                    sender=lambda settings: "Shop <news@shop.example>",
+                    open=open_postbox,
+                )
+            )
+
+    register_plugin(Postbox)
+    connector = esp_connectors()["postbox"]
+    assert {"smtp", "outbox", "postbox"} <= set(esp_connectors())
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(engine, [{"type": "identify", "user_id": "u1", "traits": {"email": "u1@x.io"}}])
+    set_consent(engine, "u1", "email", True, "signup")
+    email = RenderedEmail(1, "u1@x.io", "welcome", "1", "Hi", "<p>Hi</p>", "Hi", {}, "w:1")
+    assert deliver(engine, [email], via=connector, settings=None).sent == 1
+    assert deliver(engine, [email], via=connector, settings=None).earlier == {"sent": 1}
+    assert [len(run) for run in opened] == [1, 0]
+    assert opened[0][0][0] == "u1@x.io" and opened[0][0][1].endswith("@shop.example>")
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(MESSAGES.c.status, MESSAGES.c.provider_id)).one()
+    assert tuple(row) == ("sent", "pb-1")
+
+    class Clash:
+        @staticmethod
+        def register_esp_connectors(register):
+            register(EspConnector("smtp", "another smtp"))
+
+    register_plugin(Clash)
+    with pytest.raises(ValueError, match="ESP connector 'smtp' is registered twice"):
+        esp_connectors()
+
+
+def _email_probe(tmp_path, text: str):
+    """A database with one person and a template folder holding ``probe``."""
+    from core.config import Settings
+
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    ingest(
+        engine,
+        [{"type": "identify", "user_id": "u1", "email": "u1@example.com",
+          "traits": {"first_name": "Ada", "tier": "gold"}}],
+    )  # fmt: skip
+    (tmp_path / "probe.html.j2").write_text("{# subject: probe #}\n<p>probe</p>")
+    (tmp_path / "probe.txt.j2").write_text(text)
+    settings = Settings(
+        secret_key="a-test-secret-of-enough-length", email={"templates": [tmp_path]}
+    )
+    return engine, settings
+
+
+def test_hook_template_context(register_plugin, tmp_path):
+    from core.personalize import render_email
+    from core.personalize.errors import TemplateError
+
+    seen = []
+
+    class Loyalty:
+        @staticmethod
+        def template_context(profile, message):
+            seen.append((profile["user_id"], message.template, message.preview, message.key))
+            return {"loyalty": {"tier": profile["attributes"]["tier"].upper(), "points": 120}}
+
+    register_plugin(Loyalty)
+    engine, settings = _email_probe(tmp_path, "{{ loyalty.tier }} {{ loyalty.points }}")
+    email = render_email(engine, "probe", 1, settings=settings, message_key="k1")
+    assert email.text == "GOLD 120"
+    preview = render_email(engine, "probe", 1, settings=settings, tracking=False)
+    assert preview.text == "GOLD 120"
+    assert seen == [("u1", "probe", False, "k1"), ("u1", "probe", True, preview.idempotency_key)]
+
+    class Greedy:
+        @staticmethod
+        def template_context(profile, message):
+            return {"cart": []}
+
+    register_plugin(Greedy)
+    with pytest.raises(TemplateError, match="'cart' is already in the context"):
+        render_email(engine, "probe", 1, settings=settings)
+
+
+def test_hook_template_filters(register_plugin, tmp_path):
+    from core.personalize import render_email
+    from core.personalize.errors import TemplateError
+
+    class Shouting:
+        @staticmethod
+        def template_filters(register):
+            register("shout", lambda value, mark="!": f"{str(value).upper()}{mark}")
+
+    register_plugin(Shouting)
+    engine, settings = _email_probe(
+        tmp_path, "{{ profile.first_name|shout }} {{ 'hi'|shout('?') }}"
+    )
+    assert render_email(engine, "probe", 1, settings=settings).text == "ADA! HI?"
+    # collected once: the fresh lambda of each hook call does not recompile the templates
+    from core.personalize.render import templates_for
+
+    compiled = templates_for(settings).get("probe")
+    render_email(engine, "probe", 1, settings=settings)
+    assert templates_for(settings).get("probe") is compiled
+
+    class Usurper:
+        @staticmethod
+        def template_filters(register):
+            register("money", lambda value: "free")
+
+    register_plugin(Usurper)
+    with pytest.raises(TemplateError, match="template filter 'money' is built in"):
+        render_email(engine, "probe", 1, settings=settings)
+
+
 def test_hook_register_recommenders(register_plugin, tmp_path):
     """A plugin's recommender is refreshed and served through core; the core
     drops what the plugin returns that the person bought, that is out of stock

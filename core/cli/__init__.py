@@ -23,9 +23,12 @@ from core.cli import (
     plugins,
     profiles,
     recommend,
+    render,
     scores,
     segments,
+    send,
     serve,
+    templates,
 )
 from core.cli.context import CommandContext, Group, err
 from core.config import load_settings
@@ -66,6 +69,9 @@ app.command()(serve.serve)
 app.add_typer(serve.dashboard_app, name="dashboard")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(recommend.app, name="recommend")
+app.command("send")(send.send_cmd)
+app.command()(render.render)
+app.add_typer(templates.app, name="templates")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:
@@ -104,6 +110,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.types:ScoreError": 1,
     "core.keys:UnknownKey": 1,
     "core.recommendations:UnknownRecommender": 2,
+    "core.types:DeliveryFailure": 1,
 }
 
 

@@ -247,7 +247,8 @@ class MembershipChange(SQLModel, table=True):
 
 
 class EvaluationState(SQLModel, table=True):
-    """Per profile: when it was last evaluated and when it must be looked at again."""
+    """Profiles whose membership can change with no new event (a window
+    expiring): when they were last evaluated and when to look at them again."""
 
     __tablename__ = "evaluation_state"
 
@@ -353,6 +354,35 @@ class Product(SQLModel, table=True):
     url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     image_url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     in_stock: bool = Field(default=True, sa_column=sa.Column(sa.Boolean, nullable=False))
+    updated_at: datetime = _ts()
+
+
+class Message(SQLModel, table=True):
+    """One email, from the decision to send it to the provider's answer: the
+    outbox and delivery log (core/personalize/messages.py). Its idempotency key
+    names the send, so the same key is never delivered twice."""
+
+    __tablename__ = "messages"
+    __table_args__ = (sa.Index("ix_messages_profile_id_created_at", "profile_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False)
+    )
+    template: str = Field(max_length=255)
+    # Unknown for messages the consent gate refused before they were rendered.
+    version: str | None = Field(default=None, max_length=64)
+    subject: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    idempotency_key: str = Field(max_length=255, unique=True)
+    # rendered | sending | sent | deferred | failed | unknown | bounced | skipped
+    status: str = Field(max_length=16, index=True)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    # The connector that sent it (or last tried to).
+    via: str | None = Field(default=None, max_length=64)
+    provider_id: str | None = Field(default=None, max_length=255)
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
 
 

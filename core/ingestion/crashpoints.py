@@ -11,6 +11,10 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``bulk.index``: an index was rebuilt in the load's last transaction;
 - ``bulk.move``: a queued merge move was applied in that transaction;
 - ``ingest.loaded``: a load is in, its ``on_loaded`` call not yet made.
+- ``deliver.recorded``: a delivery recorded a chunk of messages, none claimed;
+- ``deliver.claimed``: a message is ``sending``, not yet handed to the connector;
+- ``deliver.sent``: the connector took it, its status not yet updated;
+- ``deliver.updated``: its ``sent`` is committed.
 """
 
 from __future__ import annotations

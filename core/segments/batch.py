@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from core.db.sql import param_mark, sqlite_time
 from core.segments.language import Segment, check_references
-from core.segments.sql import ONE_SCAN, PLANS, SPLIT_SCANS, Compiler
+from core.segments.sql import ONE_SCAN, PLANS, SPLIT_SCANS, TYPE_SCANS, Compiler
 
 # Candidate profile ids of an incremental or real-time evaluation; the event
 # scans join it so they read only those profiles' events.
@@ -25,7 +25,7 @@ IDS_TABLE = "segflow_eval_ids"
 _IDS = sa.Table(IDS_TABLE, sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True))
 
 # The plan each dialect runs by default, chosen by measurement (bench/README.md).
-DEFAULT_PLANS = {"sqlite": SPLIT_SCANS, "postgresql": SPLIT_SCANS}
+DEFAULT_PLANS = {"sqlite": TYPE_SCANS, "postgresql": TYPE_SCANS}
 
 # Above this share of all profiles, candidates are evaluated by the full
 # plan (one pass over the events) and the rows of the others dropped: looking
@@ -154,7 +154,13 @@ def evaluate_sql(
         parse = time_reader(conn.dialect.name)
         n = len(st.names)
         columns = [members[name] for name in st.names]
-        deltas = list(enumerate(st.changes, start=1 + n))
+        # A window expiring at or before as_of is no next change: the raw value
+        # is compared with as_of - delta in the driver's form (fixed-width text
+        # on SQLite), so only the times that matter are parsed.
+        deltas = [
+            (i, delta, db_time(conn.dialect.name, as_of - delta))
+            for i, delta in enumerate(st.changes, start=1 + n)
+        ]
         for row in _fetch(cur):
             pid = row[0]
             if keep is not None and pid not in keep:
@@ -164,10 +170,10 @@ def evaluate_sql(
                 if row[i]:
                     into.add(pid)
             best = None
-            for i, delta in deltas:
-                if row[i] is not None:
+            for i, delta, bound in deltas:
+                if row[i] is not None and row[i] > bound:
                     t = parse(row[i]) + delta
-                    if t > as_of and (best is None or t < best):
+                    if best is None or t < best:
                         best = t
             if best is not None:
                 next_change[pid] = best
@@ -209,6 +215,7 @@ __all__ = [
     "ONE_SCAN",
     "PLANS",
     "SPLIT_SCANS",
+    "TYPE_SCANS",
     "BatchResult",
     "Statements",
     "db_time",

@@ -23,7 +23,13 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from core.db.tables import EVENTS, PROFILES
 from core.segments.language import Compare, Condition, Rule
-from core.segments.sqlfuncs import candidate_ids, json_key, unindexed
+from core.segments.sqlfuncs import (
+    candidate_ids,
+    greatest_known,
+    json_key,
+    least_known,
+    unindexed,
+)
 from core.segments.where import event_field, field_ref, where_sql
 from core.types import SqlContext
 
@@ -34,7 +40,11 @@ Render = Callable[["FeatureColumns"], ColumnElement]
 # The plans a compiled query can take (see ``Compiler.query``).
 ONE_SCAN = "one_scan"
 SPLIT_SCANS = "split_scans"
-PLANS = (ONE_SCAN, SPLIT_SCANS)
+TYPE_SCANS = "type_scans"
+PLANS = (ONE_SCAN, SPLIT_SCANS, TYPE_SCANS)
+# Features over several event types that TYPE_SCANS computes from one
+# feature per type: (kind of the key, its aggregate) -> how the parts combine.
+DECOMPOSABLE = {("m", "count"), ("m", "sum"), ("m", "min"), ("m", "max"), ("t", True), ("t", False)}
 
 COMBINE_SQL: dict[str, Callable[..., ColumnElement]] = {
     "all": sa.and_,
@@ -70,6 +80,25 @@ class FeatureColumns(SqlContext):
         return self.session_columns[key]
 
 
+@dataclass(frozen=True)
+class ScanReach:
+    """What one scan reads: per event type, the window (None: all time). A
+    feature's test that the scan already guarantees is left out of its CASE,
+    which SQLite would otherwise evaluate for every row it reads."""
+
+    windows: dict[str, timedelta | None]
+
+    def all_types_in(self, types: tuple[str, ...]) -> bool:
+        return set(self.windows) <= set(types)
+
+    def bounded_by(self, types: tuple[str, ...], within: timedelta) -> bool:
+        return all(
+            self.windows[t] is not None and self.windows[t] <= within
+            for t in types
+            if t in self.windows
+        )
+
+
 @dataclass
 class Features:
     """Feature columns requested by the rules, each computed once."""
@@ -86,12 +115,22 @@ class Features:
     # (time feature key, delta): next change candidates, de-duplicated in order.
     changes: dict[tuple[tuple, timedelta], None] = field(default_factory=dict)
 
-    def _cond(self, types: tuple[str, ...], within: timedelta | None, where: tuple):
+    def _cond(
+        self,
+        types: tuple[str, ...],
+        within: timedelta | None,
+        where: tuple,
+        scan: ScanReach | None = None,
+    ):
+        """The test an event must pass to count; None when the scan ``scan``
+        reads only such events."""
         self.types.update(types)
-        parts = [EVENTS.c.type.in_(types), *where_sql(where)]
-        if within is not None:
+        parts = [*where_sql(where)]
+        if scan is None or not scan.all_types_in(types):
+            parts.insert(0, EVENTS.c.type.in_(types))
+        if within is not None and (scan is None or not scan.bounded_by(types, within)):
             parts.append(EVENTS.c.ts > self.as_of - within)
-        return sa.and_(*parts)
+        return sa.and_(*parts) if parts else None
 
     def _event_feature(self, key: tuple, expr_fn, types, within) -> tuple:
         if key not in self.event:
@@ -99,17 +138,44 @@ class Features:
             self.reach[key] = (tuple(types), within)
         return key
 
-    def _aggregate(self, kind: str, prop: str | None, types, within, where):
+    def _aggregate(self, kind: str, prop: str | None, types, within, where, scan=None):
         """The measure over matching events, for a per-profile or per-session GROUP BY."""
-        cond = self._cond(types, within, where)
+        cond = self._cond(types, within, where, scan)
+
+        def when(value):
+            return value if cond is None else sa.case((cond, value))
+
         if kind == "count":
-            return sa.func.count(sa.case((cond, 1)))
+            return sa.func.count() if cond is None else sa.func.count(sa.case((cond, 1)))
         if kind == "distinct":
             ref_kind, name = field_ref(prop)
             value = EVENTS.c[name] if ref_kind == "column" else json_key(EVENTS.c.properties, name)
-            return sa.func.count(sa.distinct(sa.case((cond, value))))
+            return sa.func.count(sa.distinct(when(value)))
         agg = {"sum": sa.func.sum, "min": sa.func.min, "max": sa.func.max, "avg": sa.func.avg}
-        return agg[kind](sa.case((cond, event_field(prop, "number"))))
+        return agg[kind](when(event_field(prop, "number")))
+
+    def _time(self, last: bool, types, within, where, scan=None):
+        cond = self._cond(types, within, where, scan)
+        picked = EVENTS.c.ts if cond is None else sa.case((cond, EVENTS.c.ts))
+        return sa.func.max(picked) if last else sa.func.min(picked)
+
+    def scan_column(self, key: FeatureKey, scan: ScanReach) -> sa.Label:
+        """The feature's column as computed by a scan reading ``scan``."""
+        if key[0] == "m":
+            _, kind, prop, types, within, where = key
+            expr = self._aggregate(kind, prop, types, within, where, scan)
+        else:
+            _, last, types, within, where = key
+            expr = self._time(last, types, within, where, scan)
+        return expr.label(self.event[key].name)
+
+    def per_type(self, key: FeatureKey) -> list[FeatureKey]:
+        """The one-type features ``key`` (over several types) combines."""
+        if key[0] == "m":
+            _, kind, prop, types, within, where = key
+            return [self.measure(kind, prop, (t,), within, where) for t in types]
+        _, last, types, within, where = key
+        return [self.time(last, (t,), within, where) for t in types]
 
     # -- what condition kinds ask for ---------------------------------------------------
     def measure(self, kind: str, prop: str | None, types, within, where) -> FeatureKey:
@@ -122,12 +188,9 @@ class Features:
     def time(self, last: bool, types, within, where) -> FeatureKey:
         """The latest (``last``) or earliest matching event's time per profile."""
         key = ("t", last, types, within, where)
-
-        def build():
-            picked = sa.case((self._cond(types, within, where), EVENTS.c.ts))
-            return sa.func.max(picked) if last else sa.func.min(picked)
-
-        return self._event_feature(key, build, types, within)
+        return self._event_feature(
+            key, lambda: self._time(last, types, within, where), types, within
+        )
 
     def session_measure(
         self, kind: str, prop: str | None, types, within, where, cmp: Compare
@@ -202,7 +265,8 @@ class Compiler:
         """
         if plan not in PLANS:
             raise ValueError(f"unknown plan {plan!r}; plans: {', '.join(PLANS)}")
-        scans = self._event_subqueries(plan, ids, profile_ids)
+        combined = self._decompose() if plan == TYPE_SCANS else {}
+        scans = self._event_subqueries(plan, ids, profile_ids, set(combined))
         ss = self._session_subquery(ids, profile_ids)
         p = PROFILES.alias("p")
         cols: dict[tuple, ColumnElement] = {}
@@ -210,6 +274,8 @@ class Compiler:
             for key, label in self.f.event.items():
                 if label.name in ev.c:
                     cols[key] = ev.c[label.name]
+        for key, parts in combined.items():
+            cols[key] = _combine(key, [cols[k] for k in parts])
         sess: dict[tuple, ColumnElement] = {}
         if ss is not None:
             for key, (_, _, _, name) in self.f.session.items():
@@ -248,17 +314,29 @@ class Compiler:
             where.append(EVENTS.c.profile_id.in_(profile_ids))
         return sa.select(*group_by, *columns).select_from(source).where(*where).group_by(*group_by)
 
-    def _event_subqueries(self, plan: str, ids, profile_ids) -> list:
-        if not self.f.event:
+    def _decompose(self) -> dict[FeatureKey, list[FeatureKey]]:
+        """Features over several types, each made of one feature per type."""
+        out = {}
+        for key in list(self.f.event):
+            if len(self.f.reach[key][0]) > 1 and (key[0], key[1]) in DECOMPOSABLE:
+                out[key] = self.f.per_type(key)
+        return out
+
+    def _event_subqueries(self, plan: str, ids, profile_ids, combined=frozenset()) -> list:
+        keys = [k for k in self.f.event if k not in combined]
+        if not keys:
             return []
-        keys = list(self.f.event)
         groups = [keys] if plan == ONE_SCAN else type_groups(keys, self.f.reach)
-        return [
-            self._scan(
-                [self.f.event[k] for k in group], group, ids, profile_ids, [EVENTS.c.profile_id]
-            ).subquery("ev" if len(groups) == 1 else f"ev{i}")
-            for i, group in enumerate(groups)
-        ]
+        scans = []
+        for i, group in enumerate(groups):
+            if plan == TYPE_SCANS:
+                reach = ScanReach(type_windows([self.f.reach[k] for k in group]))
+                columns = [self.f.scan_column(k, reach) for k in group]
+            else:
+                columns = [self.f.event[k] for k in group]
+            scan = self._scan(columns, group, ids, profile_ids, [EVENTS.c.profile_id])
+            scans.append(scan.subquery("ev" if len(groups) == 1 else f"ev{i}"))
+        return scans
 
     def _session_subquery(self, ids, profile_ids):
         if not self.f.session:
@@ -285,6 +363,23 @@ class Compiler:
             ok = sa.and_(n > 0, compare_sql(value, cmp))
             outs.append(sa.func.max(sa.case((ok, 1), else_=0)).label(name))
         return sa.select(inner.c.profile_id, *outs).group_by(inner.c.profile_id).subquery("ss")
+
+
+def _combine(key: FeatureKey, parts: list[ColumnElement]) -> ColumnElement:
+    """A feature over several types from its one-type parts (NULL where the
+    profile has no rows in a part's scan, as after the LEFT JOIN)."""
+    if key[0] == "t":
+        extreme = greatest_known if key[1] else least_known
+        return extreme(*parts, type_=EVENTS.c.ts.type)
+    kind = key[1]
+    if kind in ("min", "max"):
+        extreme = least_known if kind == "min" else greatest_known
+        return extreme(*parts, type_=sa.Float())
+    total = sum((sa.func.coalesce(c, 0) for c in parts[1:]), sa.func.coalesce(parts[0], 0))
+    if kind == "count":
+        return total
+    # sum: NULL when no part has a value, as SUM over no values.
+    return sa.case((sa.and_(*[c.is_(None) for c in parts]), sa.null()), else_=total)
 
 
 def type_windows(reaches) -> dict[str, timedelta | None]:

@@ -258,3 +258,63 @@ def _pg_candidates(element, compiler, **kw):
 @compiles(candidate_ids)
 def _default_candidates(element, compiler, **kw):
     return "1"
+
+
+class _Extreme(FunctionElement):
+    """The smallest (``least_known``) or largest (``greatest_known``) of the
+    arguments that are not NULL; NULL when all are."""
+
+    inherit_cache = True
+
+    def __init__(self, *columns: Any, type_: Any = None) -> None:
+        super().__init__(*columns)
+        if type_ is not None:
+            self.type = type_
+
+
+class least_known(_Extreme):  # noqa: N801
+    name = "least_known"
+    inherit_cache = True
+
+
+class greatest_known(_Extreme):  # noqa: N801
+    name = "greatest_known"
+    inherit_cache = True
+
+
+def _extreme(element, compiler, function: str, **kw) -> str:
+    # The scalar function is NULL as soon as one argument is: each argument
+    # falls back to the first known one, so only "all unknown" gives NULL.
+    args = [compiler.process(c, **kw) for c in element.clauses]
+    known = f"coalesce({', '.join(args)})"
+    return f"{function}({', '.join(f'coalesce({a}, {known})' for a in args)})"
+
+
+@compiles(least_known, "postgresql")
+def _pg_least(element, compiler, **kw):
+    return f"LEAST({', '.join(compiler.process(c, **kw) for c in element.clauses)})"
+
+
+@compiles(greatest_known, "postgresql")
+def _pg_greatest(element, compiler, **kw):
+    return f"GREATEST({', '.join(compiler.process(c, **kw) for c in element.clauses)})"
+
+
+@compiles(least_known, "sqlite")
+def _sqlite_least(element, compiler, **kw):
+    return _extreme(element, compiler, "min", **kw)
+
+
+@compiles(greatest_known, "sqlite")
+def _sqlite_greatest(element, compiler, **kw):
+    return _extreme(element, compiler, "max", **kw)
+
+
+@compiles(least_known)
+def _default_least(element, compiler, **kw):
+    return _extreme(element, compiler, "LEAST", **kw)
+
+
+@compiles(greatest_known)
+def _default_greatest(element, compiler, **kw):
+    return _extreme(element, compiler, "GREATEST", **kw)

@@ -342,6 +342,8 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             cur.execute("DELETE FROM evaluation_state")
         else:
             delete_in(cur, dialect, "evaluation_state", "profile_id", evaluated)
+        # Only profiles whose membership can change with no new event need a
+        # row: the next incremental run looks for due ones, never for the rest.
         times = result.next_change_at
         insert_rows(
             cur,
@@ -349,7 +351,7 @@ def _apply(conn, segs: dict[str, StoredSegment], result, as_of, candidates, chan
             "evaluation_state",
             ("profile_id", "evaluated_at", "next_change_at"),
             ("bigint", "timestamptz", "timestamptz"),
-            [(p, at, db_time(dialect.name, times[p]) if p in times else None) for p in evaluated],
+            [(p, at, db_time(dialect.name, times[p])) for p in evaluated if p in times],
         )
     finally:
         cur.close()

@@ -4,8 +4,8 @@ A run moves as many rows as there are people changing; SQLAlchemy's per-row
 type processing would cost more than the statements themselves, so these go
 to the DB-API cursor of the run's connection (same transaction), with values
 already in the driver's form (``core.segments.batch.db_time``).
-PostgreSQL takes each batch as one statement over arrays (``unnest``);
-other drivers take ``executemany``.
+PostgreSQL takes inserts as binary COPY and other batches as one statement
+over arrays (``unnest``); other drivers take ``executemany``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def select_pairs(
     return out
 
 
+# Binary COPY needs each column's exact type; the casts' spelling -> its name.
+_BINARY_TYPES = {"int": "int4", "bigint": "int8"}
+
+
 def insert_rows(
     cur: Any,
     dialect: Any,
@@ -51,6 +55,14 @@ def insert_rows(
     if not rows:
         return
     names = ", ".join(columns)
+    if dialect.name == "postgresql" and not suffix:
+        # Binary COPY: psycopg dumps array parameters as text, escaping each
+        # element, which cost more than the server's work (bench/README.md).
+        with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_BINARY_TYPES.get(t, t) for t in pg_types])
+            for row in rows:
+                copy.write_row(row)
+        return
     if dialect.name == "postgresql":
         arrays = ", ".join(f"%s::{t}[]" for t in pg_types)
         cur.execute(

@@ -1,0 +1,1 @@
+"""Email service connectors (``register_esp_connectors``): smtp and outbox."""
