@@ -27,7 +27,7 @@ from bench import common
 from bench.common import Result
 
 # Every benchmark module in bench/, run in this order by default.
-BENCHMARKS = ("import_bulk", "points", "segments", "fit_bgnbd", "api", "render")
+BENCHMARKS = ("import_bulk", "points", "segments", "fit_bgnbd", "api", "render", "recommend")
 
 README = Path(__file__).resolve().parent / "README.md"
 MARKER = "<!-- results -->"

@@ -26,8 +26,12 @@ from core.types import (
     EspConnector,
     EventSource,
     PermanentFailure,
+    ProductEvent,
+    ProductHistory,
     RawRecord,
     ReadOptions,
+    Recommender,
+    RecommenderTables,
     RenderedEmail,
     ScoreError,
     ScoreValue,
@@ -51,6 +55,8 @@ _TABLES = (
     "CHANGES",
     "SEGMENT_SIZES",
     "PRODUCTS",
+    "PRODUCT_RELATED",
+    "PRODUCT_POPULARITY",
     "MESSAGES",
 )
 
@@ -109,6 +115,13 @@ _LAZY = {
     "tracking_event": "core.tracking",
     "verify_token": "core.tracking:verify",
     "set_consent": "core.consents",
+    # the product catalogue and recommendations
+    "PRODUCT_EVENT_TYPES": "core.catalog",
+    "load_products": "core.catalog",
+    "refresh_products": "core.catalog",
+    "recommend": "core.recommendations",
+    "refresh_recommendations": "core.recommendations",
+    "recommenders": "core.plugins",
     # delivery: connectors, the consent gate, the messages outbox
     "esp_connectors": "core.plugins",
     "email_refusals": "core.consents",
@@ -202,6 +215,18 @@ __all__ = [
     "where_matches",
     "where_sql",
     "worth_bulk_loading",
+    "PRODUCT_EVENT_TYPES",
+    "PRODUCT_POPULARITY",
+    "PRODUCT_RELATED",
+    "ProductEvent",
+    "ProductHistory",
+    "Recommender",
+    "RecommenderTables",
+    "load_products",
+    "recommend",
+    "recommenders",
+    "refresh_products",
+    "refresh_recommendations",
     "DeliveryFailure",
     "DeliveryInDoubt",
     "EspConnector",
@@ -228,6 +253,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import email_refusals, set_consent
     from core.db.tables import (
@@ -238,6 +264,8 @@ if TYPE_CHECKING:
         IDENTITIES,
         MEMBERSHIPS,
         MESSAGES,
+        PRODUCT_POPULARITY,
+        PRODUCT_RELATED,
         PRODUCTS,
         PROFILES,
         SCORES,
@@ -265,9 +293,11 @@ if TYPE_CHECKING:
         esp_connectors,
         events_ingested_hook,
         profiles_loaded_hook,
+        recommenders,
         scoring_models,
         segment_change_hook,
     )
+    from core.recommendations import recommend, refresh_recommendations
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
     from core.segments.evaluate import EventRow, ProfileData
     from core.segments.language import (

@@ -17,6 +17,7 @@ from core.types import (
     ConditionKind,
     EspConnector,
     EventSource,
+    Recommender,
     ScoringModel,
     StoredEvent,
 )
@@ -198,4 +199,24 @@ def template_filters(register: Callable[[str, Callable[..., Any]], None]) -> Non
     refused. A filter runs inside the sandbox's output, so return plain
     values (escaping is applied to them in HTML templates); decorate with
     ``jinja2.pass_context`` to read the context (``locale``, ``timezone``).
+    """
+
+
+@hookspec
+def register_recommenders(register: Callable[[Recommender], None]) -> None:
+    """Contribute product recommenders.
+
+    Call ``register(Recommender(name, description, recommend, refresh))``.
+    ``core.recommend(conn, profile_id, k=..., recommender=name)`` reads the
+    person's product history (a ``ProductHistory``: their product events up
+    to ``as_of``, newest first, and what they bought), calls
+    ``recommend(conn, history, k, as_of)`` for ranked ``(product_id, score)``
+    pairs, drops what the person bought, what is out of stock and what is not
+    in the catalogue, and returns the first ``k`` with their product columns.
+    ``refresh(conn, as_of)``, optional, precomputes for everyone and returns
+    ``RecommenderTables`` (SELECTs or rows), which the core stores in
+    ``product_related`` / ``product_popularity`` under the recommender's name
+    (``core.refresh_recommendations``, ``segflow recommend refresh``); serving
+    reads them back. The built-in ``related`` recommender is registered this
+    way. Names must be unique across plugins.
     """

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from core import hookspecs
-from core.types import Change, EspConnector, EventSource, ScoringModel, StoredEvent
+from core.types import (
+    Change,
+    EspConnector,
+    EventSource,
+    Recommender,
+    ScoringModel,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,6 +54,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.scoring.rfm",
     "plugins.scoring.predictive",
     "plugins.demo",
+    "plugins.catalog.events",
+    "plugins.recommend.related",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
 )
@@ -257,3 +266,8 @@ def plugin_report(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
             for section, model in settings_sections(pm).items()
         },
     }
+
+
+def recommenders(pm: pluggy.PluginManager | None = None) -> dict[str, Recommender]:
+    """Every registered recommender by name (``register_recommenders``)."""
+    return collect("register_recommenders", "recommender", lambda r: r.name, pm)

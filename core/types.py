@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -74,6 +74,10 @@ class ReadOptions(BaseModel):
     timezone: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    # The fields a column may feed; None: an event's (and properties.NAME).
+    # The catalogue import sets the product's, and columns it does not name
+    # are left out rather than kept as properties.
+    record_fields: tuple[str, ...] | None = None
 
 
 FileReader = Callable[[Path, ReadOptions], Iterator[RawRecord]]
@@ -351,6 +355,64 @@ class EspConnector:
     sender: Callable[[Any], str] | None = None
     open: Callable[[Any], AbstractContextManager[Any]] = _settings_session
     confirm: Callable[[RenderedEmail, EmailMessage, Any], str | None] | None = None
+
+
+# -- recommendations ------------------------------------------------------------
+
+
+class ProductEvent(NamedTuple):
+    """One product event of a person: product_view, add_to_cart or purchase."""
+
+    type: str
+    product_id: str
+    ts: datetime
+
+
+@dataclass(frozen=True)
+class ProductHistory:
+    """What a recommender starts from: one person's latest product events up to
+    ``as_of`` (a few hundred at most), newest first, and every product they
+    bought up to then (never recommended)."""
+
+    profile_id: int
+    as_of: datetime
+    events: tuple[ProductEvent, ...]
+    bought: frozenset[str]
+
+
+# (connection, history, k, as_of) -> [(product_id, score)], best first. Return k
+# or more when you can: the core drops what was bought, what is out of stock or
+# not in the catalogue, and keeps the first k.
+Recommend = Callable[[Connection, ProductHistory, int, datetime], list[tuple[str, float]]]
+
+
+@dataclass(frozen=True)
+class RecommenderTables:
+    """What a recommender's refresh computed; the core stores it, replacing the
+    previous refresh in one transaction. Each part is a SELECT (run inside the
+    database as ``INSERT ... SELECT``) or rows: ``related`` gives (product_id,
+    related_id, score) for the ``product_related`` table, ``popular``
+    (product_id, score) for ``product_popularity``."""
+
+    related: Any = ()
+    popular: Any = ()
+    # Temporary tables the refresh made for its SELECTs, dropped once they ran.
+    scratch: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommender:
+    """A named way of recommending products to a person (``core.recommend``).
+
+    ``recommend`` serves one person; ``refresh(conn, as_of)``, optional,
+    precomputes what it reads for everyone (``segflow recommend refresh``)
+    and returns ``RecommenderTables``.
+    """
+
+    name: str
+    description: str
+    recommend: Recommend
+    refresh: Callable[[Connection, datetime], RecommenderTables] | None = None
 
 
 # -- commands -------------------------------------------------------------------

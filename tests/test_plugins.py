@@ -849,3 +849,83 @@ def test_hook_template_filters(register_plugin, tmp_path):
     register_plugin(Usurper)
     with pytest.raises(TemplateError, match="template filter 'money' is built in"):
         render_email(engine, "probe", 1, settings=settings)
+
+
+def test_hook_register_recommenders(register_plugin, tmp_path):
+    """A plugin's recommender is refreshed and served through core; the core
+    drops what the plugin returns that the person bought, that is out of stock
+    or not in the catalogue, whatever the plugin does."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    import core
+    from core import EVENTS, PRODUCT_POPULARITY, Recommender, RecommenderTables
+
+    def refresh(conn, as_of):
+        popular = (
+            sa.select(EVENTS.c.product_id, sa.func.count())
+            .where(
+                EVENTS.c.type == "purchase",
+                EVENTS.c.product_id.is_not(None),
+                EVENTS.c.ts <= as_of,
+                EVENTS.c.ts > as_of - timedelta(days=30),
+            )
+            .group_by(EVENTS.c.product_id)
+        )
+        return RecommenderTables(popular=popular)
+
+    def recommend(conn, history, k, as_of):
+        rows = conn.execute(
+            sa.select(PRODUCT_POPULARITY.c.product_id, PRODUCT_POPULARITY.c.score)
+            .where(PRODUCT_POPULARITY.c.recommender == "trending")
+            .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id)
+        )
+        return list(rows)  # bought or out of stock: the core's to drop
+
+    class Trending:
+        @staticmethod
+        def register_recommenders(register):
+            register(Recommender("trending", "most bought lately", recommend, refresh))
+
+    register_plugin(Trending)
+    assert {"related", "trending"} <= set(core.recommenders())
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    # Sales: a 5, b 4, c 3 (out of stock), d 2, e 1 (not in the catalogue);
+    # old sales of f fall outside the 30 days.
+    sales = {"a": 5, "b": 4, "c": 3, "d": 2, "e": 1, "f": 9}
+    events = []
+    for product, n in sales.items():
+        days = 60 if product == "f" else 1
+        for i in range(n):
+            ts = (now - timedelta(days=days, minutes=i)).isoformat()
+            events.append({"type": "purchase", "user_id": f"{product}{i}", "product_id": product})
+            events[-1]["ts"] = ts
+    events.append({"type": "purchase", "user_id": "me", "product_id": "a", "ts": now.isoformat()})
+    assert ingest(engine, events).ok
+    core.load_products(engine, [{"id": p, "in_stock": p != "c"} for p in "abcdf"])
+    (done,) = core.refresh_recommendations(engine, now, names=["trending"])
+    assert (done["related"], done["popular"]) == (0, 5)
+    with engine.connect() as conn:
+        me = conn.execute(sa.select(EVENTS.c.profile_id).where(EVENTS.c.ts == now)).scalar_one()
+        picks = core.recommend(conn, me, k=2, as_of=now, recommender="trending")
+        assert [p["id"] for p in picks] == ["b", "d"]
+        assert [p["score"] for p in picks] == [4.0, 2.0]
+        assert set(picks[0]) == {*core.PRODUCTS.c.keys(), "score"} - {"updated_at"}
+        # Before the purchase, a was not bought yet.
+        earlier = now - timedelta(seconds=1)
+        assert [
+            p["id"] for p in core.recommend(conn, me, k=9, as_of=earlier, recommender="trending")
+        ] == ["a", "b", "d"]
+    with engine.connect() as conn, pytest.raises(ValueError, match="unknown recommender 'nope'"):
+        core.recommend(conn, me, recommender="nope")
+
+    class Twice:
+        @staticmethod
+        def register_recommenders(register):
+            register(Recommender("trending", "again", recommend))
+
+    register_plugin(Twice)
+    with pytest.raises(ValueError, match="recommender 'trending' is registered twice"):
+        core.recommenders()

@@ -16,11 +16,13 @@ import typer
 from typer.core import TyperGroup
 
 from core.cli import (
+    catalog,
     db,
     import_,
     keys,
     plugins,
     profiles,
+    recommend,
     render,
     scores,
     segments,
@@ -65,6 +67,8 @@ app.add_typer(scores.app, name="scores")
 app.add_typer(keys.app, name="keys")
 app.command()(serve.serve)
 app.add_typer(serve.dashboard_app, name="dashboard")
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(recommend.app, name="recommend")
 app.command("send")(send.send_cmd)
 app.command()(render.render)
 app.add_typer(templates.app, name="templates")
@@ -105,6 +109,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.segments.language:SegmentError": 1,
     "core.types:ScoreError": 1,
     "core.keys:UnknownKey": 1,
+    "core.recommendations:UnknownRecommender": 2,
     "core.types:DeliveryFailure": 1,
 }
 

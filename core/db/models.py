@@ -384,3 +384,52 @@ class Message(SQLModel, table=True):
     created_at: datetime = _ts()
     sent_at: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
+
+
+class ProductRelated(SQLModel, table=True):
+    """Item-to-item scores a recommender's refresh computed: products to show
+    someone interested in ``product_id``, ``rank`` 1 the best (highest score)."""
+
+    __tablename__ = "product_related"
+    # Keyed by rank and clustered by the key on SQLite: serving reads each of
+    # a person's products' best few as one short range of the table.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    recommender: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    rank: int = Field(primary_key=True)
+    related_id: str = Field(max_length=255)
+    score: float
+
+
+class ProductPopularity(SQLModel, table=True):
+    """A recommender's best-sellers, what it falls back on: by category (joined
+    to the catalogue), then overall."""
+
+    __tablename__ = "product_popularity"
+    __table_args__ = (
+        # Best first, ties by id, read straight from the index.
+        sa.Index(
+            "ix_product_popularity_recommender_score_product_id",
+            "recommender",
+            "score",
+            "product_id",
+        ),
+        {"sqlite_with_rowid": False},
+    )
+
+    recommender: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    score: float
+
+
+class RecommenderRun(SQLModel, table=True):
+    """The last refresh of each recommender: as of when, and what it stored."""
+
+    __tablename__ = "recommender_runs"
+
+    recommender: str = Field(primary_key=True, max_length=64)
+    as_of: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    refreshed_at: datetime = _ts()
+    related: int = 0
+    popular: int = 0

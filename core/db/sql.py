@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 # Stay below every backend's bound-parameter limit.
@@ -71,3 +72,18 @@ def fetch_in(
 
 # SQLite since 3.32 binds up to 32766 parameters.
 DRIVER_IN_CHUNK = 5000
+
+
+def dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` (upserts)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+    raise NotImplementedError(
+        f"upserts are written for SQLite and PostgreSQL, not {conn.dialect.name}"
+    )

@@ -24,3 +24,6 @@ BULK_LOADS = models.BulkLoad.__table__
 BULK_LOAD_MOVES = models.BulkLoadMove.__table__
 PRODUCTS = models.Product.__table__
 MESSAGES = models.Message.__table__
+PRODUCT_RELATED = models.ProductRelated.__table__
+PRODUCT_POPULARITY = models.ProductPopularity.__table__
+RECOMMENDER_RUNS = models.RecommenderRun.__table__

@@ -151,18 +151,23 @@ class Target:
     spec: str
 
 
-def parse_target(column: str, spec: str) -> Target:
+def parse_target(
+    column: str, spec: str, fields: frozenset[str] = EVENT_FIELDS, properties: bool = True
+) -> Target:
+    """``spec`` (``FIELD[:cast]``) as the target of ``column``: one of ``fields``
+    or, when ``properties``, ``properties.NAME``."""
     name, _, cast = spec.partition(":")
     cast = cast or "str"
     if cast not in CASTS:
         raise MappingError(f"column '{column}': unknown cast ':{cast}' (use {', '.join(CASTS)})")
     path = tuple(name.split("."))
-    if path[0] == "properties" and len(path) == 2 and path[1]:
+    if properties and path[0] == "properties" and len(path) == 2 and path[1]:
         pass
-    elif len(path) != 1 or path[0] not in EVENT_FIELDS:
+    elif len(path) != 1 or path[0] not in fields:
+        extra = " or properties.NAME" if properties else ""
         raise MappingError(
             f"column '{column}': unknown field {name!r} "
-            f"(use one of {', '.join(sorted(EVENT_FIELDS))} or properties.NAME)"
+            f"(use one of {', '.join(sorted(fields))}{extra})"
         )
     fn, desc = CASTS[cast]
     return Target(path, fn, desc, spec)
@@ -179,13 +184,17 @@ class RowMapper:
     """Compiled once per import; ``map(row)`` gives an event dict or raises ValueError."""
 
     def __init__(self, options: ReadOptions) -> None:
-        self.targets = {col: parse_target(col, spec) for col, spec in options.columns.items()}
+        # Events keep unmapped columns as properties; other records (products)
+        # have only their own fields.
+        self.properties = options.record_fields is None
+        self.fields = EVENT_FIELDS if self.properties else frozenset(options.record_fields or ())
+        self.targets = {col: self.target(col, spec) for col, spec in options.columns.items()}
         self.constants = []
         for name, value in options.constants.items():
-            target = parse_target(f"--set {name}", name)
+            target = self.target(f"--set {name}", name)
             self.constants.append((target.path, value))
         self.computed = [
-            (parse_target(f"--compute {name}", name).path, compile_expression(expr, name))
+            (self.target(f"--compute {name}", name).path, compile_expression(expr, name))
             for name, expr in options.computed.items()
         ]
         self.rules = []
@@ -193,16 +202,19 @@ class RowMapper:
             if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
                 raise MappingError(f"rule {i}: needs exactly 'when' and 'set'")
             conds = [(col, _condition(col, spec)) for col, spec in rule["when"].items()]
-            sets = [(parse_target(f"rule {i}", k).path, v) for k, v in rule["set"].items()]
+            sets = [(self.target(f"rule {i}", k).path, v) for k, v in rule["set"].items()]
             self.rules.append((conds, sets))
+
+    def target(self, column: str, spec: str) -> Target:
+        return parse_target(column, spec, self.fields, self.properties)
 
     def bind_header(self, header: list[str], where: str) -> None:
         """Columns named like event fields map to them unless mapped otherwise; a
         mapping that names a column the file lacks is a usage error, before any row."""
         claimed = {t.path for t in self.targets.values()}
         for col in header:
-            if col in EVENT_FIELDS and col not in self.targets and (col,) not in claimed:
-                self.targets[col] = parse_target(col, col)
+            if col in self.fields and col not in self.targets and (col,) not in claimed:
+                self.targets[col] = self.target(col, col)
         named = set(self.targets) | {c for conds, _ in self.rules for c, _ in conds}
         missing = sorted(named - set(header))
         if missing:
@@ -211,13 +223,14 @@ class RowMapper:
             )
 
     def map(self, row: dict[str, str | None]) -> dict[str, Any]:
-        record: dict[str, Any] = {"properties": {}}
+        record: dict[str, Any] = {"properties": {}} if self.properties else {}
         for col, raw in row.items():
             if raw is None or raw == "" or col is None:
                 continue
             target = self.targets.get(col)
             if target is None:
-                record["properties"][col] = raw
+                if self.properties:
+                    record["properties"][col] = raw
                 continue
             try:
                 value = target.cast(raw.strip())
@@ -236,7 +249,7 @@ class RowMapper:
             if len(path) == 1:
                 record.setdefault(path[0], value)
             else:
-                record["properties"].setdefault(path[1], value)
+                record.setdefault("properties", {}).setdefault(path[1], value)
         return record
 
     def computed_values(self, row: dict[str, str | None]):

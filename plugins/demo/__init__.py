@@ -82,6 +82,10 @@ def _tables(summary: dict[str, Any]) -> list[Any]:
     head.add_row("from", str(summary["first_event"]))
     head.add_row("to", str(summary["last_event"]))
     head.add_row("revenue", f"{summary['revenue']:,.2f}")
+    catalogue = summary["catalogue"]
+    head.add_row(
+        "products", f"{catalogue['products']:,} ({catalogue['out_of_stock']:,} out of stock)"
+    )
     types = Table("event type", "events", "share", title="events by type")
     total = summary["events"] or 1
     for k, v in summary["by_type"].items():

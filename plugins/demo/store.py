@@ -19,15 +19,18 @@ from core import (
     database_summary,
     delete_all_data,
     ingest,
+    load_products,
     load_score_files,
     load_segment_files,
+    refresh_products,
+    refresh_recommendations,
     run_scores,
     run_segments,
     scoring_models,
     segment_change_hook,
     worth_bulk_loading,
 )
-from plugins.demo.generator import generate
+from plugins.demo.generator import BASE_URL, CURRENCY, PRODUCTS_PER_CATEGORY, catalogue, generate
 
 DEMO_SOURCE = "demo"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,6 +38,30 @@ EXAMPLE_SEGMENTS = EXAMPLES / "segments"
 EXAMPLE_SCORES = EXAMPLES / "scores"
 # Events per person the generator makes, about: decides up front whether to bulk load.
 EVENTS_PER_PERSON = 60
+
+
+# Sold out in every category: the second best-seller and the one ranked 12th,
+# so recommendations visibly pass over popular products they cannot offer.
+SOLD_OUT_RANKS = (1, 11)
+
+
+def catalogue_rows(seed: int = 42) -> list[dict[str, Any]]:
+    """The store's catalogue as ``core.load_products`` rows: the generator's
+    products with their page, image and stock (a tenth sold out)."""
+    return [
+        {
+            "id": p.id,
+            "name": p.name,
+            "category": p.category,
+            "price": p.price,
+            "currency": CURRENCY,
+            "url": f"{BASE_URL}/p/{p.id}",
+            "image_url": f"{BASE_URL}/img/{p.id}.jpg",
+            # Products are listed by category, best-sellers first.
+            "in_stock": i % PRODUCTS_PER_CATEGORY not in SOLD_OUT_RANKS,
+        }
+        for i, p in enumerate(catalogue(seed))
+    ]
 
 
 def reset_demo(engine: Engine) -> None:
@@ -62,7 +89,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Build the demo store and run the pipeline on it; the summary of what is stored.
 
-    The summary is ``core.database_summary`` plus ``segments`` (sizes),
+    The summary is ``core.database_summary`` plus ``catalogue`` (products, out
+    of stock), ``recommendations`` (what each refresh stored), ``segments`` (sizes),
     ``scores`` (profiles scored per score), ``import`` (the import report, 20
     rejections at most) and ``full_run`` (whether segments ran in full).
     """
@@ -78,6 +106,10 @@ def run_demo(
         bulk=worth_bulk_loading(engine, people * EVENTS_PER_PERSON),
     )
     now = datetime.now(UTC)
+    # The events' product properties first, then the shop's own catalogue,
+    # newer than any event, with what events do not say (stock, images).
+    refresh_products(engine)
+    products = load_products(engine, catalogue_rows(seed), now=now)
     # Scores first: segments such as loyal_high_engagement read them.
     scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES, scoring_models()), now)
     kinds = condition_kinds()
@@ -88,7 +120,13 @@ def run_demo(
         definitions=load_segment_files(segments or EXAMPLE_SEGMENTS, kinds),
         on_change=segment_change_hook(engine),
     )
+    recommendations = refresh_recommendations(engine, now)
     summary = database_summary(engine)
+    summary["catalogue"] = {
+        "products": products.products,
+        "out_of_stock": sum(not row["in_stock"] for row in catalogue_rows(seed)),
+    }
+    summary["recommendations"] = recommendations
     summary["segments"] = dict(sorted(run.sizes.items()))
     summary["scores"] = scored
     imported = report.as_dict()
