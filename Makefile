@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 ## demo: generate the demo store and run the pipeline on the SQLite default (segflow.db)
 demo: $(STAMP)
+	test -f segflow.toml || $(BIN)/segflow init
 	$(BIN)/segflow demo --reset
 
 ## test: the whole suite, with the services it needs (PostgreSQL is started by the tests)

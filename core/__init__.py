@@ -115,6 +115,7 @@ _LAZY = {
     "tracking_event": "core.tracking",
     "verify_token": "core.tracking:verify",
     "set_consent": "core.consents",
+    "set_consents": "core.consents",
     # the product catalogue and recommendations
     "PRODUCT_EVENT_TYPES": "core.catalog",
     "load_products": "core.catalog",
@@ -207,6 +208,7 @@ __all__ = [
     "scoring_models",
     "segment_change_hook",
     "set_consent",
+    "set_consents",
     "store_scores",
     "tracking_event",
     "validate_event",
@@ -255,7 +257,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
-    from core.consents import email_refusals, set_consent
+    from core.consents import email_refusals, set_consent, set_consents
     from core.db.tables import (
         AUDIT,
         CHANGES,

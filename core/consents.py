@@ -49,6 +49,51 @@ def set_consent(engine: Engine, who: str, purpose: str, granted: bool, source: s
     return pid
 
 
+def set_consents(
+    engine: Engine, profile_ids: Iterable[int], purpose: str, granted: bool, source: str
+) -> int:
+    """``set_consent`` for many profiles by id in one transaction (imports of a
+    list's opt-ins, the demo's sign-ups); returns how many were set."""
+    ids = sorted(set(profile_ids))
+    now = utcnow()
+    with engine.begin() as conn:
+        for chunk in _chunks(ids):
+            conn.execute(
+                CONSENTS.delete().where(
+                    CONSENTS.c.profile_id.in_(chunk), CONSENTS.c.purpose == purpose
+                )
+            )
+        if ids:
+            conn.execute(
+                CONSENTS.insert(),
+                [
+                    {
+                        "profile_id": pid,
+                        "purpose": purpose,
+                        "granted": granted,
+                        "source": source,
+                        "updated_at": now,
+                    }
+                    for pid in ids
+                ],
+            )
+            action = "consent.grant" if granted else "consent.withdraw"
+            conn.execute(
+                AUDIT.insert(),
+                [
+                    {
+                        "at": now,
+                        "actor": source,
+                        "action": action,
+                        "target": str(pid),
+                        "details": {"purpose": purpose},
+                    }
+                    for pid in ids
+                ],
+            )
+    return len(ids)
+
+
 def granted(engine: Engine, profile_id: int, purpose: str) -> bool | None:
     with engine.connect() as conn:
         return conn.execute(

@@ -51,6 +51,8 @@ def demo_command(
             scores=scores,
             batch_size=cli.settings.batch_size,
             on_progress=advance,
+            # Tracked email needs the key that signs its links (segflow init).
+            settings=cli.settings if cli.settings.secret_key else None,
         )
     if as_json:
         cli.print_json(summary)
@@ -63,8 +65,23 @@ def demo_command(
             f"skipped, {imported['rejected']:,} rejected) into "
             f"{engine.url.render_as_string(hide_password=True)}"
         )
+        _print_outbox(cli.out, summary.get("outbox"))
     if summary["import"]["rejected"]:
         raise typer.Exit(1)
+
+
+def _print_outbox(out: Any, outbox: dict[str, Any] | None) -> None:
+    if outbox is None:
+        out.print(
+            "no demo emails: tracked links need secret_key in segflow.toml "
+            "(`segflow init` writes one), then run the demo again"
+        )
+        return
+    report = outbox["report"]
+    out.print(f"demo emails in {outbox['folder']}/ ({report['sent']} delivered):")
+    for template, items in outbox["emails"].items():
+        for item in items:
+            out.print(f"  {template} to {item['to']}: {item['html'] or 'not delivered'}")
 
 
 def _tables(summary: dict[str, Any]) -> list[Any]:

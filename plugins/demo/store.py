@@ -30,6 +30,7 @@ from core import (
     segment_change_hook,
     worth_bulk_loading,
 )
+from plugins.demo.emails import grant_signup_consents, send_demo_emails
 from plugins.demo.generator import BASE_URL, CURRENCY, PRODUCTS_PER_CATEGORY, catalogue, generate
 
 DEMO_SOURCE = "demo"
@@ -86,13 +87,17 @@ def run_demo(
     scores: Path | None = None,
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
+    settings: Any = None,
 ) -> dict[str, Any]:
     """Build the demo store and run the pipeline on it; the summary of what is stored.
 
     The summary is ``core.database_summary`` plus ``catalogue`` (products, out
     of stock), ``recommendations`` (what each refresh stored), ``segments`` (sizes),
     ``scores`` (profiles scored per score), ``import`` (the import report, 20
-    rejections at most) and ``full_run`` (whether segments ran in full).
+    rejections at most), ``full_run`` (whether segments ran in full),
+    ``email_consents`` (people who opted in) and, given ``settings`` (with a
+    secret key to sign tracking links), ``outbox``: the cart and browse emails
+    of a few people, delivered to the outbox folder.
     """
     if reset:
         reset_demo(engine)
@@ -106,6 +111,7 @@ def run_demo(
         bulk=worth_bulk_loading(engine, people * EVENTS_PER_PERSON),
     )
     now = datetime.now(UTC)
+    consents = grant_signup_consents(engine)
     # The events' product properties first, then the shop's own catalogue,
     # newer than any event, with what events do not say (stock, images).
     refresh_products(engine)
@@ -132,4 +138,7 @@ def run_demo(
     imported = report.as_dict()
     summary["import"] = imported | {"rejections": imported["rejections"][:20]}
     summary["full_run"] = run.full
+    summary["email_consents"] = consents
+    if settings is not None:
+        summary["outbox"] = send_demo_emails(engine, settings, now)
     return summary

@@ -1,0 +1,142 @@
+"""The demo's emails end to end: `segflow demo`'s store, the cart and browse
+emails in the outbox, looked at in a real browser (Debian chromium), and the
+same email through a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core import recommend
+from core.config import Settings
+from core.db import open_db
+from core.db.tables import EVENTS, MEMBERSHIPS, PRODUCTS, SEGMENTS
+from core.personalize.delivery import deliver
+from core.personalize.render import render_email
+from core.plugins import esp_connectors
+from plugins.demo.store import run_demo
+from tests.conftest import IN_CI, PROJECT_ROOT
+from tests.smtpserver import smtp_server
+
+# Screenshots a person can look at after the run (CI keeps the folder).
+ARTIFACTS = Path(os.environ.get("SEGFLOW_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+BASE_URL = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    settings = Settings(
+        secret_key="a-secret-for-the-demo-emails-test",
+        plugin_settings={"esp.outbox": {"folder": str(folder / "outbox")}},
+    )
+    engine = open_db(f"sqlite:///{folder / 'demo.db'}")
+    summary = run_demo(engine, people=600, seed=5, settings=settings)
+    return engine, settings, summary
+
+
+def segment_of(engine, name: str) -> set[int]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                sa.select(MEMBERSHIPS.c.profile_id)
+                .join(SEGMENTS, SEGMENTS.c.id == MEMBERSHIPS.c.segment_id)
+                .where(SEGMENTS.c.name == name)
+            ).scalars()
+        )
+
+
+def test_the_outbox_holds_tracked_segment_aware_emails(demo):
+    engine, settings, summary = demo
+    outbox = summary["outbox"]
+    assert outbox["report"]["sent"] == sum(len(v) for v in outbox["emails"].values()) > 0
+    assert set(outbox["emails"]) == {"cart_abandonment", "browse_recommendations"}
+    carts, high_intent = segment_of(engine, "cart_abandoners"), segment_of(engine, "high_intent")
+    for template, items in outbox["emails"].items():
+        for item in items:
+            message = message_from_bytes(Path(item["eml"]).read_bytes(), policy=policy.default)
+            assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            assert message["List-Unsubscribe"].startswith(f"<{BASE_URL}/t/u/")
+            html = Path(item["html"]).read_text()
+            hrefs = re.findall(r'href="([^"]+)"', html)
+            assert hrefs and all(h.startswith(f"{BASE_URL}/t/") for h in hrefs), hrefs
+            assert f'src="{BASE_URL}/t/o/' in html  # the open pixel
+            if template == "cart_abandonment":
+                assert item["profile_id"] in carts
+                # The segment-aware block: high-intent people are told stock is held.
+                in_stock_line = "(and still in stock)" in item["subject"]
+                assert in_stock_line == (item["profile_id"] in high_intent)
+
+
+def test_a_browse_email_in_a_real_browser_shows_in_stock_unbought_recommendations(demo):
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        reason = "needs Debian's chromium and the playwright package (make test installs both)"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    engine, settings, summary = demo
+    item = summary["outbox"]["emails"]["browse_recommendations"][0]
+    pid = item["profile_id"]
+    with engine.connect() as conn:
+        picks = recommend(conn, pid, k=settings.email.recommendations)
+        bought = set(
+            conn.execute(
+                sa.select(EVENTS.c.product_id).where(
+                    EVENTS.c.profile_id == pid, EVENTS.c.type == "purchase"
+                )
+            ).scalars()
+        )
+        stock = dict(conn.execute(sa.select(PRODUCTS.c.id, PRODUCTS.c.in_stock)).all())
+    assert picks, "the demo person has recommendations"
+    assert all(stock[p["id"]] and p["id"] not in bought for p in picks)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "demo_browse_recommendations.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 700, "height": 1200})
+            # Offline: the email's images and links point at the shop and the tracker.
+            page.route(re.compile(r"^https?://"), lambda route: route.abort())
+            page.goto(Path(item["html"]).as_uri())
+            page.screenshot(path=str(shot), full_page=True)
+            assert page.get_by_text("Recommended for you").is_visible()
+            for pick in picks:
+                assert page.get_by_text(pick["name"], exact=True).first.is_visible(), pick
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def test_the_cart_email_through_a_real_smtp_server(demo):
+    engine, settings, summary = demo
+    pid = summary["outbox"]["emails"]["cart_abandonment"][0]["profile_id"]
+    with engine.connect() as conn:
+        email = render_email(
+            conn, "cart_abandonment", pid, message_key=f"smtp-test:{pid}", settings=settings
+        )
+    with smtp_server() as (server, port):
+        smtp = settings.model_copy(
+            update={
+                "plugin_settings": settings.plugin_settings
+                | {"esp.smtp": {"host": "127.0.0.1", "port": port, "from": "shop@shop.example"}}
+            }
+        )
+        report = deliver(engine, [email], via=esp_connectors()["smtp"], settings=smtp)
+    assert report.sent == 1
+    (received,) = server.parsed()
+    assert received.get_content_type() == "multipart/alternative"
+    text, html = received.iter_parts()
+    assert "cart" in text.get_content().lower() and html.get_content_type() == "text/html"
+    assert received["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert received["Message-ID"] and received["To"] == email.to
