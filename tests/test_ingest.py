@@ -502,9 +502,10 @@ def test_a_failing_hook_still_leaves_every_committed_batch_hooked(fresh_sqlite, 
 
 
 def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
-    fresh_sqlite, monkeypatch
+    fresh_sqlite, monkeypatch, request
 ):
     import _thread
+    import signal
     import threading
     import time
 
@@ -523,6 +524,10 @@ def test_an_interrupt_after_the_helper_finished_keeps_the_handed_over_batches(
         return real(*args)
 
     monkeypatch.setattr(pipeline, "_insert_sqlite", slow_second)
+    # A process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and then interrupt_main does nothing: Ctrl-C's handler here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     hooked: list[str] = []
     records = [ev("page_view", i % 60, user_id="u1", message_id=f"m{i}") for i in range(55)]
     with pytest.raises(KeyboardInterrupt):
