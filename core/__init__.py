@@ -10,11 +10,11 @@ FastAPI.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core.errors import describe_validation_error, validation_reason
 from core.hookspecs import hookimpl
+from core.lazy import lazy_exports
 from core.types import (
     EVENT_TYPE_MAX_LENGTH,
     SNAKE_NAME,
@@ -244,14 +244,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'core' has no attribute {name!r}")
-    module, _, attribute = where.partition(":")
-    value = getattr(importlib.import_module(module), attribute or name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
