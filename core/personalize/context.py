@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 from core.db.sql import param_mark
 from core.profiles import ProfileNotFound
 from core.segments.batch import db_time, time_reader
+from core.segments.data import latest_scores
 
 # Product events read per email, newest first: the cart goes back to the last
 # purchase and "recently viewed" to the last few views, so a bounded read
@@ -154,15 +155,7 @@ def read_person(conn: Connection, profile_id: int, as_of: datetime | None) -> Pe
         )
         consent = {purpose: bool(granted) for purpose, granted in cur.fetchall()}
         segments = _segments(cur, mark, parse, profile_id, at if as_of is not None else None)
-        # The rule of core.scoring.latest_score_sql, as core/segments/data.py reads it.
-        cur.execute(
-            "SELECT s.model, s.value FROM scores s"
-            f" WHERE s.profile_id = {mark} AND s.as_of <= {mark} AND s.as_of = ("
-            f"SELECT max(r.as_of) FROM scores r WHERE r.model = s.model AND r.as_of <= {mark})"
-            " ORDER BY s.id",
-            (profile_id, at, at),
-        )
-        scores = {model: value for model, value in cur.fetchall()}
+        scores = latest_scores(cur, mark, profile_id, at)
         types = ", ".join(f"'{t}'" for t in PRODUCT_EVENT_TYPES)
         cur.execute(
             "SELECT type, ts, product_id, value, currency, url, properties FROM events"

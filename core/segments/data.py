@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
@@ -10,6 +11,20 @@ from sqlalchemy.engine import Connection
 from core.db.sql import param_mark
 from core.segments.batch import db_time, time_reader
 from core.segments.evaluate import EventRow, ProfileData
+
+
+def latest_scores(cur: Any, mark: str, profile_id: int, at: Any) -> dict[str, float]:
+    """The profile's value of each scoring model as of ``at`` (driver form), by
+    the rule of core.scoring.latest_score_sql: the model's latest run at or
+    before then, that run found through (model, as_of)."""
+    cur.execute(
+        "SELECT s.model, s.value FROM scores s"
+        f" WHERE s.profile_id = {mark} AND s.as_of <= {mark} AND s.as_of = ("
+        f"SELECT max(r.as_of) FROM scores r WHERE r.model = s.model AND r.as_of <= {mark})"
+        " ORDER BY s.id",
+        (profile_id, at, at),
+    )
+    return {model: value for model, value in cur.fetchall()}
 
 
 def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> ProfileData:
@@ -37,17 +52,7 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
             (profile_id, True),
         )
         consents = {r[0] for r in cur.fetchall()}
-        # The rule of core.scoring.latest_score_sql: each model's value from its
-        # latest run at or before as_of, that run found through (model, as_of).
-        at = db_time(dialect.name, as_of)
-        cur.execute(
-            "SELECT s.model, s.value FROM scores s"
-            f" WHERE s.profile_id = {mark} AND s.as_of <= {mark} AND s.as_of = ("
-            f"SELECT max(r.as_of) FROM scores r WHERE r.model = s.model AND r.as_of <= {mark})"
-            " ORDER BY s.id",
-            (profile_id, at, at),
-        )
-        scores = {model: value for model, value in cur.fetchall()}
+        scores = latest_scores(cur, mark, profile_id, db_time(dialect.name, as_of))
     finally:
         cur.close()
     events = []
