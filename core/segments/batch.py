@@ -97,10 +97,10 @@ def statements(
     compiler = Compiler(as_of, {n: s.rule for n, s in segments.items()})
     wanted = [n for n in segments if only is None or n in only]
     compiled = {name: compiler.compile(segments[name].rule) for name in wanted}
-    stmt, change_cols = compiler.query(compiled, ids=_IDS if incremental else None, plan=plan)
+    ids = _IDS if incremental else None
+    stmt, change_cols = compiler.query(compiled, ids=ids, plan=plan)
     literal = {"literal_binds": True}
     query = str(stmt.compile(dialect=dialect, compile_kwargs=literal))
-    ids = _IDS if incremental else None
     future = str(compiler.future_events(ids).compile(dialect=dialect, compile_kwargs=literal))
     setup: tuple[str, ...] = ()
     load = None

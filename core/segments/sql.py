@@ -42,9 +42,9 @@ ONE_SCAN = "one_scan"
 SPLIT_SCANS = "split_scans"
 TYPE_SCANS = "type_scans"
 PLANS = (ONE_SCAN, SPLIT_SCANS, TYPE_SCANS)
-# Features over several event types that TYPE_SCANS computes from one
-# feature per type: (kind of the key, its aggregate) -> how the parts combine.
-DECOMPOSABLE = {("m", "count"), ("m", "sum"), ("m", "min"), ("m", "max"), ("t", True), ("t", False)}
+# The measures TYPE_SCANS computes over several event types from one feature
+# per type (first and last times too); distinct and avg cannot be combined.
+DECOMPOSABLE_MEASURES = ("count", "sum", "min", "max")
 
 COMBINE_SQL: dict[str, Callable[..., ColumnElement]] = {
     "all": sa.and_,
@@ -333,7 +333,8 @@ class Compiler:
         """Features over several types, each made of one feature per type."""
         out = {}
         for key in list(self.f.event):
-            if len(self.f.reach[key][0]) > 1 and (key[0], key[1]) in DECOMPOSABLE:
+            several = len(self.f.reach[key][0]) > 1
+            if several and (key[0] == "t" or key[1] in DECOMPOSABLE_MEASURES):
                 out[key] = self.f.per_type(key)
         return out
 
