@@ -107,6 +107,24 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture
+def run(capsys, tmp_path, monkeypatch):
+    """``run(*args)`` calls the segflow command line in-process, in an empty
+    folder with no database or settings from the environment: (status, out, err)."""
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SEGFLOW_CONFIG", raising=False)
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
+
+
 # -- shared data ----------------------------------------------------------------
 
 

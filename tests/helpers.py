@@ -3,12 +3,70 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from core.db.tables import EVENTS, IDENTITIES, PROFILES
+
+
+def child_env(plugins: str, crash_at: str | None = None) -> dict[str, str]:
+    """The environment of a segflow child process: none of the caller's SEGFLOW_
+    settings, the project importable, only ``plugins`` loaded (it starts
+    faster) and, when given, the crash point it is killed at."""
+    from tests.conftest import PROJECT_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env["SEGFLOW_LOAD_PLUGINS"] = plugins
+    if crash_at:
+        env["SEGFLOW_TEST_CRASH_AT"] = crash_at
+    return env
+
+
+def segflow_child(
+    url: str,
+    *args: str,
+    cwd: Path,
+    plugins: str,
+    crash_at: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
+    """``segflow --db URL ARGS`` in a child process (see ``child_env``), run in
+    ``cwd`` so no segflow.toml of the project's is read."""
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", "--db", url, *args],
+        cwd=cwd,
+        env=child_env(plugins, crash_at),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def chromium_and_playwright() -> tuple[str, Any]:
+    """Debian's chromium and playwright's ``sync_playwright``, which drives it by
+    its executable path (no browser is downloaded). Missing: the test fails in
+    CI (make test installs both) and is skipped elsewhere."""
+    import shutil
+
+    import pytest
+
+    from tests.conftest import IN_CI
+
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        reason = "needs Debian's chromium and the playwright package (make test installs both)"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    return chromium, sync_playwright
 
 
 def write_jsonl(path: Path, records: list) -> Path:

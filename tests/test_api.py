@@ -496,19 +496,12 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
 
 def test_the_snippet_in_a_real_browser_sends_page_product_scroll_and_time(server, tmp_path):
     """Debian's chromium, driven by playwright with its executable path (no download)."""
-    import shutil
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.conftest import IN_CI, PROJECT_ROOT
+    from tests.conftest import PROJECT_ROOT
+    from tests.helpers import chromium_and_playwright
 
-    chromium = shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if chromium is None or sync_playwright is None:
-        reason = "needs Debian's chromium and the playwright package (make test installs both)"
-        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    chromium, sync_playwright = chromium_and_playwright()
     base, engine, key = server
     page_html = (PROJECT_ROOT / "plugins" / "sources" / "tracking" / "snippet.html").read_text()
     page_html = page_html.replace("http://127.0.0.1:8000", base).replace("sf_REPLACE_ME", key)

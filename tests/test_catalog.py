@@ -6,23 +6,17 @@ and updating the catalogue made whole again."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 
 from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
-from core.cli import main
 from core.db import make_engine, open_db
 from core.db.tables import PRODUCTS
 from core.ingestion import ingest
 from core.maintenance import delete_all_data
 from core.plugins import events_ingested_hook, profiles_loaded_hook
-from tests.conftest import PROJECT_ROOT
-from tests.helpers import write_jsonl
+from tests.helpers import segflow_child, write_jsonl
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -50,20 +44,6 @@ def products(engine) -> dict[str, dict]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(PRODUCTS).order_by(PRODUCTS.c.id)).mappings()
         return {r["id"]: {k: v for k, v in r.items() if k != "id"} for r in rows}
-
-
-@pytest.fixture
-def run(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
-    monkeypatch.delenv("SEGFLOW_CONFIG", raising=False)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return invoke
 
 
 def test_catalog_import_keeps_the_good_rows_and_names_the_bad(db_url, run, tmp_path):
@@ -269,20 +249,9 @@ def catalogue_events(path, n: int = 60):
 
 
 def segflow(url: str, *args: str, cwd, crash_at: str | None = None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
     # Only what the import needs: the file reader and the catalogue hook.
-    env["SEGFLOW_LOAD_PLUGINS"] = "plugins.sources.files,plugins.catalog.events"
-    if crash_at:
-        env["SEGFLOW_TEST_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "core.cli", "--db", url, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    plugins = "plugins.sources.files,plugins.catalog.events"
+    return segflow_child(url, *args, cwd=cwd, plugins=plugins, crash_at=crash_at)
 
 
 def snapshot(url: str) -> dict[str, dict]:

@@ -8,25 +8,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import pytest
-
-from core.cli import main
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import write_jsonl
-
-
-@pytest.fixture
-def run(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SEGFLOW_DATABASE_URL", raising=False)
-    monkeypatch.delenv("SEGFLOW_CONFIG", raising=False)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return invoke
 
 
 def events_file(tmp_path, bad=False):

@@ -9,7 +9,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 
 from core.db import make_engine
 from core.db.tables import AUDIT, BULK_LOAD_MOVES, BULK_LOADS, EVENTS, IDENTITIES, PROFILES
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import segflow_child
 
 # Per backend: people in the file (about 18 events each) and events per batch.
 # SQLite's bulk load commits every 50,000 events (PIPELINE_COMMIT_ROWS), so its
@@ -76,19 +75,15 @@ def write_events(path: Path, people: int, seed: int = 7) -> Path:
 def segflow_import(
     url: str, path: Path, batch_size: int, cwd: Path, crash_at: str | None = None
 ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    env["SEGFLOW_LOAD_PLUGINS"] = "plugins.sources.files"  # reads the file; starts faster
-    if crash_at:
-        env["SEGFLOW_TEST_CRASH_AT"] = crash_at
-    args = ["--db", url, "import", str(path), "--bulk", "--no-realtime", "--json"]
-    return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args, "--batch-size", str(batch_size)],
-        cwd=cwd,  # no segflow.toml of the project's
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    args = ["import", str(path), "--bulk", "--no-realtime", "--json"]
+    return segflow_child(
+        url,
+        *args,
+        "--batch-size",
+        str(batch_size),
+        cwd=cwd,
+        plugins="plugins.sources.files",  # reads the file
+        crash_at=crash_at,
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,8 +29,7 @@ from core.db.tables import MESSAGES
 from core.personalize.delivery import deliver
 from core.personalize.mime import message_id
 from core.plugins import esp_connectors
-from tests.conftest import PROJECT_ROOT
-from tests.helpers import delivery_settings, people, rendered_email
+from tests.helpers import child_env, delivery_settings, people, rendered_email
 from tests.smtpserver import smtp_server
 
 FROM = "Shop <news@shop.example>"
@@ -59,12 +57,7 @@ CASES = [
 
 
 def killed_deliver(url: str, via: str, sections: dict, emails: list, crash_at: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
-    env |= {
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "SEGFLOW_LOAD_PLUGINS": "plugins.esp.outbox,plugins.esp.smtp",
-        "SEGFLOW_TEST_CRASH_AT": crash_at,
-    }
+    env = child_env("plugins.esp.outbox,plugins.esp.smtp", crash_at)
     payload = json.dumps([dataclasses.asdict(e) for e in emails])
     done = subprocess.run(
         [sys.executable, "-c", CHILD, url, via, json.dumps(sections), payload],

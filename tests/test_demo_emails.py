@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from core.personalize.delivery import deliver
 from core.personalize.render import render_email
 from core.plugins import esp_connectors
 from plugins.demo.store import run_demo
-from tests.conftest import IN_CI, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import chromium_and_playwright
 from tests.smtpserver import smtp_server
 
 # Screenshots a person can look at after the run (CI keeps the folder).
@@ -75,14 +75,7 @@ def test_the_outbox_holds_tracked_segment_aware_emails(demo):
 
 
 def test_a_browse_email_in_a_real_browser_shows_in_stock_unbought_recommendations(demo):
-    chromium = shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if chromium is None or sync_playwright is None:
-        reason = "needs Debian's chromium and the playwright package (make test installs both)"
-        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    chromium, sync_playwright = chromium_and_playwright()
     engine, settings, summary = demo
     item = summary["outbox"]["emails"]["browse_recommendations"][0]
     pid = item["profile_id"]

@@ -25,14 +25,20 @@ MC_TOKEN = re.compile(
 )
 
 
-def mailchimp(text: str, merge: dict[str, str]) -> str:
+def tokenize(pattern: re.Pattern, text: str) -> list:
+    """Text between the tags, and each tag's groups, in order."""
     tokens: list = []
     pos = 0
-    for m in MC_TOKEN.finditer(text):
+    for m in pattern.finditer(text):
         tokens.append(text[pos : m.start()])
         tokens.append(m.groups())
         pos = m.end()
     tokens.append(text[pos:])
+    return tokens
+
+
+def mailchimp(text: str, merge: dict[str, str]) -> str:
+    tokens = tokenize(MC_TOKEN, text)
     out, rest = _mc_block(tokens, 0, merge)
     assert rest == len(tokens), "unbalanced *|IF|*"
     return out
@@ -83,13 +89,7 @@ OPERAND = re.compile(r"person\|lookup:'([^']*)'|([a-z_]+)")
 
 
 def klaviyo(text: str, person: dict) -> str:
-    tokens: list = []
-    pos = 0
-    for m in KL_TOKEN.finditer(text):
-        tokens.append(text[pos : m.start()])
-        tokens.append(m.groups())
-        pos = m.end()
-    tokens.append(text[pos:])
+    tokens = tokenize(KL_TOKEN, text)
     out, rest = _kl_block(tokens, 0, person)
     assert rest == len(tokens), "unbalanced {% if %}"
     return out

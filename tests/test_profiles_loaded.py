@@ -6,9 +6,6 @@ that evaluation is caught up by the next incremental segment run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +22,7 @@ from core.ingestion import ingest
 from core.plugins import condition_kinds, events_ingested_hook, profiles_loaded_hook
 from core.segments.store import load_segment_files, run_segments
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import write_jsonl
+from tests.helpers import segflow_child, write_jsonl
 
 SEGMENT_DIR = PROJECT_ROOT / "examples" / "segments"
 # Every window of the example segments is a whole number of hours, and a test
@@ -123,21 +120,8 @@ def test_a_bulk_load_evaluated_at_its_end_gives_per_batch_real_times_memberships
 
 
 def segflow(url: str, cwd: Path, *args: str, crash_at: str | None = None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    env["SEGFLOW_LOAD_PLUGINS"] = (
-        "plugins.sources.files,plugins.segments.realtime,plugins.scoring.rfm"
-    )
-    if crash_at:
-        env["SEGFLOW_TEST_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "core.cli", "--db", url, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    plugins = "plugins.sources.files,plugins.segments.realtime,plugins.scoring.rfm"
+    return segflow_child(url, *args, cwd=cwd, plugins=plugins, crash_at=crash_at, timeout=300)
 
 
 def test_a_bulk_import_killed_before_its_evaluation_is_caught_up_by_the_next_segment_run(
