@@ -145,6 +145,9 @@ _LAZY = {
     "perform_pending": "core.automation.perform",
     "workflow_segment_changes": "core.automation.engine:on_segment_changes",
     "workflow_events": "core.automation.engine:on_events",
+    "enter_from_history": "core.automation.engine",
+    "load_workflow_files": "core.automation.language",
+    "workflow_outcomes": "core.automation.report",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -264,6 +267,9 @@ __all__ = [
     "perform_pending",
     "workflow_segment_changes",
     "workflow_events",
+    "enter_from_history",
+    "load_workflow_files",
+    "workflow_outcomes",
 ]
 
 
@@ -271,10 +277,12 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
+    from core.automation.engine import enter_from_history, run_tick
     from core.automation.engine import on_events as workflow_events
     from core.automation.engine import on_segment_changes as workflow_segment_changes
-    from core.automation.engine import run_tick
+    from core.automation.language import load_workflow_files
     from core.automation.perform import perform_pending
+    from core.automation.report import workflow_outcomes
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import email_refusals, set_consent, set_consents

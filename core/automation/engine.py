@@ -267,7 +267,7 @@ def _count(counts: WorkflowCounts, run: Run) -> None:
             setattr(counts, what, getattr(counts, what) + 1)
         elif what in ("skipped", "deferred"):
             bucket = getattr(counts, what)
-            reason = (detail or what).split(":")[0]
+            reason = (detail or what).split(": until")[0]
             bucket[reason] = bucket.get(reason, 0) + 1
 
 
@@ -513,6 +513,32 @@ def on_events(
         for name in watching:
             _wake(engine, reg, as_of, report, name, pids, woken_by_event=True)
     return report
+
+
+def enter_from_history(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    *,
+    as_of: datetime | None = None,
+    registry: Registry | None = None,
+) -> TickReport:
+    """Start the runs that events stored between ``start`` and ``end`` trigger,
+    as if they had just arrived: for a workflow defined after its events were
+    loaded (a back-load, the demo). Keys and re-entry apply as usual."""
+    from core.automation.simulate import stored_events
+
+    reg = registry or default_registry()
+    as_of = as_of or datetime.now(UTC)
+    with engine.connect() as conn:
+        current = Definitions(conn, reg).current()
+        events = stored_events(conn, start, end)
+    entries = {
+        name: list(wf.trigger.on_events(wf.trigger_params, events))
+        for name, wf in current.items()
+        if wf.trigger.on_events is not None
+    }
+    return enter(engine, entries, as_of=as_of, registry=reg)
 
 
 def _waits_on_rules(wf: Workflow) -> bool:

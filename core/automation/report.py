@@ -141,3 +141,44 @@ def person_history(engine: Engine, who: str) -> list[dict[str, Any]]:
                 ).mappings()
             ]
     return runs
+
+
+def workflow_outcomes(engine: Engine, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per workflow: people entered, waiting (active runs), sent (send actions
+    done), held out, exited, completed, and skips and deferrals by reason (cap,
+    quiet hours) from the runs' history."""
+    out: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        defs = Definitions(conn, default_registry())
+        for name in names or sorted(defs.latest):
+            of = WORKFLOW_STATES.c.workflow == name
+            by_status = _runs_by(conn, WORKFLOW_STATES.c.status, of)
+            actions = {
+                (a, s): n
+                for a, s, n in conn.execute(
+                    sa.select(WORKFLOW_ACTIONS.c.action, WORKFLOW_ACTIONS.c.status, sa.func.count())
+                    .where(WORKFLOW_ACTIONS.c.workflow == name)
+                    .group_by(WORKFLOW_ACTIONS.c.action, WORKFLOW_ACTIONS.c.status)
+                )
+            }
+            held: dict[str, dict[str, int]] = {"skipped": {}, "deferred": {}}
+            for what, detail, n in conn.execute(
+                sa.select(WORKFLOW_HISTORY.c.what, WORKFLOW_HISTORY.c.detail, sa.func.count())
+                .join(WORKFLOW_STATES, WORKFLOW_STATES.c.id == WORKFLOW_HISTORY.c.run_id)
+                .where(of, WORKFLOW_HISTORY.c.what.in_(("skipped", "deferred")))
+                .group_by(WORKFLOW_HISTORY.c.what, WORKFLOW_HISTORY.c.detail)
+            ):
+                reason = (detail or what).split(": until")[0]
+                held[what][reason] = held[what].get(reason, 0) + n
+            out[name] = {
+                "entered": sum(by_status.values()),
+                "waiting": by_status.get("active", 0),
+                "sent": actions.get(("send", "done"), 0),
+                "not_sent": sum(n for (a, s), n in actions.items() if a == "send" and s != "done"),
+                "held_out": by_status.get("held_out", 0),
+                "exited": by_status.get("exited", 0),
+                "completed": by_status.get("completed", 0),
+                "actions": {f"{a} {s}": n for (a, s), n in sorted(actions.items())},
+                **held,
+            }
+    return out

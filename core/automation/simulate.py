@@ -112,6 +112,14 @@ def _stored_event(row: Any) -> StoredEvent:
     return StoredEvent(fields, row.profile_id, row.ts, row.ts, build=lambda f: SimpleNamespace(**f))
 
 
+def stored_events(conn, start: datetime, end: datetime) -> list[StoredEvent]:
+    """The events stored with start < ts <= end, in time order, as triggers see them."""
+    rows = conn.execute(
+        sa.select(EVENTS).where(EVENTS.c.ts > start, EVENTS.c.ts <= end).order_by(EVENTS.c.ts)
+    ).all()
+    return [_stored_event(r) for r in rows]
+
+
 def _entries(conn, wf: Workflow, start: datetime, end: datetime) -> list[Entry]:
     trigger, params = wf.trigger, wf.trigger_params
     out: list[Entry] = []
@@ -130,10 +138,7 @@ def _entries(conn, wf: Workflow, start: datetime, end: datetime) -> list[Entry]:
         ).all()
         out += trigger.on_changes(params, [Change(*r) for r in rows])
     if trigger.on_events is not None:
-        rows = conn.execute(
-            sa.select(EVENTS).where(EVENTS.c.ts > start, EVENTS.c.ts <= end).order_by(EVENTS.c.ts)
-        ).all()
-        out += trigger.on_events(params, [_stored_event(r) for r in rows])
+        out += trigger.on_events(params, stored_events(conn, start, end))
     if trigger.on_tick is not None:
         out += trigger.on_tick(params, conn, start, end)
     return sorted(out, key=lambda e: (e.at, e.profile_id, e.key))
