@@ -541,3 +541,78 @@ def test_simulate_replays_history_without_writing(sqlite_url):
 
 def load_cart():
     return workflow(CART)
+
+
+# -- schedules and dates --------------------------------------------------------------------
+
+
+def test_a_schedule_enters_the_segments_members_at_each_cron_time(sqlite_url, tmp_path):
+    engine = open_db(sqlite_url)
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    (folder / "s.yaml").write_text("name: everyone_seen\nrule: {event: page_view}\n")
+    a, b = people(engine, 2)
+    ingest(engine, [{"type": "page_view", "user_id": "p0", "ts": at(-60)}])
+    kinds = default_registry().kinds
+    run_segments(engine, NOW, kinds=kinds, definitions=load_segment_files(folder, kinds))
+    # Saved (the first look, which starts the schedule's clock) at midnight.
+    day = datetime(NOW.year, NOW.month, NOW.day, tzinfo=UTC) + timedelta(days=1)
+    save(engine, """
+name: weekly
+trigger: {schedule: {cron: "0 9 * * *", segment: everyone_seen}}
+reentry: always
+steps:
+  - tag: newsletter
+""", as_of=day)  # fmt: skip
+    run_tick(engine, as_of=day + timedelta(hours=8))
+    assert runs(engine) == []
+    run_tick(engine, as_of=day + timedelta(hours=9, minutes=5))
+    run_tick(engine, as_of=day + timedelta(hours=9, minutes=10))  # same fire: nothing more
+    first = runs(engine)
+    assert [(r["profile_id"], r["entry_key"]) for r in first] == [
+        (a, (day + timedelta(hours=9)).isoformat())
+    ]
+    run_tick(engine, as_of=day + timedelta(days=1, hours=9, minutes=1))
+    assert len(runs(engine)) == 2 and b not in {r["profile_id"] for r in runs(engine)}
+
+
+def test_a_date_attribute_enters_people_on_their_day_once_a_year(sqlite_url):
+    engine = open_db(sqlite_url)
+    save(engine, """
+name: birthday
+trigger: {date_attribute: {attribute: birthday, annual: true}}
+reentry: always
+steps:
+  - tag: birthday_treat
+""", as_of=NOW)  # fmt: skip
+    a, b = people(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(
+            PROFILES.update()
+            .where(PROFILES.c.id == a)
+            .values(attributes={"birthday": "1990-03-14"})
+        )
+        conn.execute(PROFILES.update().where(PROFILES.c.id == b)
+                     .values(attributes={"birthday": "1985-07-01"}))  # fmt: skip
+    run_tick(engine, as_of=datetime(2027, 3, 13, 12, tzinfo=UTC))
+    assert runs(engine) == []
+    run_tick(engine, as_of=datetime(2027, 3, 14, 8, tzinfo=UTC))
+    run_tick(engine, as_of=datetime(2027, 3, 14, 20, tzinfo=UTC))
+    assert [(r["profile_id"], r["entry_key"]) for r in runs(engine)] == [(a, "2027-03-14")]
+    # A missed day is caught up; a year of missed days is not (b's July).
+    run_tick(engine, as_of=datetime(2028, 3, 15, 8, tzinfo=UTC))
+    assert [r["entry_key"] for r in runs(engine)] == ["2027-03-14", "2028-03-14"]
+
+
+def test_workflows_validate_exits_1_naming_the_error(run, tmp_path):
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "w.yaml").write_text(
+        "name: w\ntrigger: {segment_entered: vip}\nsteps:\n  - wait: 1h\n  - sync: {list: x}\n"
+    )
+    status, out, err = run("workflows", "validate")
+    assert status == 1 and "w.yaml:5: workflow 'w': steps[1]: unknown step 'sync'" in err
+    (tmp_path / "workflows" / "w.yaml").write_text(
+        "name: w\ntrigger: {segment_entered: vip}\nsteps:\n  - wait: 1h\n"
+    )
+    status, out, _ = run("workflows", "validate")
+    assert status == 0 and "ok  w: 1 steps, trigger segment_entered" in out

@@ -24,6 +24,7 @@ from core import (
 )
 
 SEGMENT_NAME_MAX_LENGTH = 255
+CATCH_UP = timedelta(days=3)
 
 
 def _segment_name(value: Any) -> str:
@@ -182,6 +183,8 @@ def _anniversary(d: date, year: int) -> date:
 def _on_date(params: DateTrigger, conn, since, as_of) -> list[Entry]:
     today = as_of.date()
     first_day = today if since is None else since.date() + timedelta(days=1)
+    # Ticks that stopped for long catch up a few days, not a year of birthdays.
+    first_day = max(first_day, today - CATCH_UP)
     if first_day > today:
         return []
     days = {first_day + timedelta(days=i) for i in range((today - first_day).days + 1)}
