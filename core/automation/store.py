@@ -86,17 +86,35 @@ def _migrate(conn: Connection, wf: Workflow, version: int) -> int:
     return len(moved)
 
 
+# Parsed definitions by (name, version, digest, what the registry holds): the
+# real-time hooks read the workflows on every ingested batch.
+_PARSED: dict[tuple, Workflow] = {}
+_PARSED_MAX = 1000
+
+
 class Definitions:
-    """Stored workflows, parsed once per (name, version)."""
+    """Stored workflows, parsed once per (name, version) and registry."""
 
     def __init__(self, conn: Connection, reg: Registry) -> None:
         self.conn, self.reg = conn, reg
-        self._parsed: dict[tuple[str, int], Workflow] = {}
-        self.latest = {name: version for name, (version, _) in _latest(conn).items()}
+        self._versions = {
+            (name, version): digest
+            for name, version, digest in conn.execute(
+                sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version, WORKFLOWS.c.digest)
+            )
+        }
+        self.latest: dict[str, int] = {}
+        for name, version in self._versions:
+            self.latest[name] = max(version, self.latest.get(name, 0))
+        self._registry = (
+            reg.kinds.fingerprint(),
+            tuple(sorted(reg.triggers)),
+            tuple(sorted(reg.actions)),
+        )
 
     def get(self, name: str, version: int) -> Workflow:
-        key = (name, version)
-        if key not in self._parsed:
+        key = (name, version, self._versions.get((name, version)), self._registry)
+        if key not in _PARSED:
             definition = self.conn.execute(
                 sa.select(WORKFLOWS.c.definition).where(
                     WORKFLOWS.c.name == name, WORKFLOWS.c.version == version
@@ -104,10 +122,12 @@ class Definitions:
             ).scalar()
             if definition is None:
                 raise WorkflowError(f"no version {version} stored", workflow=name)
-            self._parsed[key] = parse_workflow(
+            if len(_PARSED) > _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[key] = parse_workflow(
                 definition, self.reg, file=f"workflows row {name} v{version}"
             )
-        return self._parsed[key]
+        return _PARSED[key]
 
     def current(self) -> dict[str, Workflow]:
         return {name: self.get(name, version) for name, version in self.latest.items()}
