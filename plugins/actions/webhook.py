@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from core import Action, ActionCall, ActionResult
@@ -33,7 +32,7 @@ class WebhookParams(BaseModel):
     max_wait: float = Field(default=30.0, ge=0, le=300)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Any) -> float | None:
     value = response.headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
@@ -42,6 +41,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _perform(call: ActionCall, sleep=time.sleep) -> ActionResult:
+    # Imported here: every command that loads the plugins loads this module.
+    import httpx
+
     p: WebhookParams = call.params
     payload = {
         "key": call.key,
