@@ -58,6 +58,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.recommend.related",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
+    # `segflow deploy` and `segflow server`, from the Prefect shell (flows/).
+    "flows.commands",
 )
 # Settings sections: dotted snake_case names, e.g. "sources.poll".
 SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
