@@ -27,7 +27,16 @@ from bench import common
 from bench.common import Result
 
 # Every benchmark module in bench/, run in this order by default.
-BENCHMARKS = ("import_bulk", "points", "segments", "fit_bgnbd", "api", "render", "recommend")
+BENCHMARKS = (
+    "import_bulk",
+    "points",
+    "segments",
+    "fit_bgnbd",
+    "api",
+    "render",
+    "recommend",
+    "automation",
+)
 
 README = Path(__file__).resolve().parent / "README.md"
 MARKER = "<!-- results -->"

@@ -18,11 +18,15 @@ from core.lazy import lazy_exports
 from core.types import (
     EVENT_TYPE_MAX_LENGTH,
     SNAKE_NAME,
+    Action,
+    ActionCall,
+    ActionResult,
     Change,
     CommandError,
     ConditionKind,
     DeliveryFailure,
     DeliveryInDoubt,
+    Entry,
     EspConnector,
     EventSource,
     PermanentFailure,
@@ -39,6 +43,7 @@ from core.types import (
     SqlContext,
     StoredEvent,
     TemporaryFailure,
+    Trigger,
     UsageError,
     is_snake_name,
 )
@@ -133,6 +138,16 @@ _LAZY = {
     # personalised email
     "render_email": "core.personalize.render",
     "TemplateError": "core.personalize.errors",
+    # automation: the engine's entry points, and what actions write through
+    "update_attributes": "core.profiles",
+    "segment_members": "core.personalize.delivery",
+    "run_tick": "core.automation.engine",
+    "perform_pending": "core.automation.perform",
+    "workflow_segment_changes": "core.automation.engine:on_segment_changes",
+    "workflow_events": "core.automation.engine:on_events",
+    "enter_from_history": "core.automation.engine",
+    "load_workflow_files": "core.automation.language",
+    "workflow_outcomes": "core.automation.report",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -241,6 +256,20 @@ __all__ = [
     "deliver",
     "send_segment",
     "to_mime",
+    "Action",
+    "ActionCall",
+    "ActionResult",
+    "Entry",
+    "Trigger",
+    "update_attributes",
+    "segment_members",
+    "run_tick",
+    "perform_pending",
+    "workflow_segment_changes",
+    "workflow_events",
+    "enter_from_history",
+    "load_workflow_files",
+    "workflow_outcomes",
 ]
 
 
@@ -248,6 +277,12 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
+    from core.automation.engine import enter_from_history, run_tick
+    from core.automation.engine import on_events as workflow_events
+    from core.automation.engine import on_segment_changes as workflow_segment_changes
+    from core.automation.language import load_workflow_files
+    from core.automation.perform import perform_pending
+    from core.automation.report import workflow_outcomes
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import email_refusals, set_consent, set_consents
@@ -278,7 +313,7 @@ if TYPE_CHECKING:
     from core.ingestion import validate as validate_event
     from core.ingestion.mapping import RowMapper
     from core.maintenance import delete_all_data
-    from core.personalize.delivery import DeliveryReport, deliver
+    from core.personalize.delivery import DeliveryReport, deliver, segment_members
     from core.personalize.delivery import send as send_segment
     from core.personalize.errors import TemplateError
     from core.personalize.mime import to_mime
@@ -292,6 +327,7 @@ if TYPE_CHECKING:
         scoring_models,
         segment_change_hook,
     )
+    from core.profiles import update_attributes
     from core.recommendations import recommend, refresh_recommendations
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
     from core.segments.evaluate import EventRow, ProfileData

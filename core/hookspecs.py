@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from core.types import (
+    Action,
     Change,
     ConditionKind,
     EspConnector,
@@ -20,6 +21,7 @@ from core.types import (
     Recommender,
     ScoringModel,
     StoredEvent,
+    Trigger,
 )
 
 if TYPE_CHECKING:
@@ -219,4 +221,40 @@ def register_recommenders(register: Callable[[Recommender], None]) -> None:
     (``core.refresh_recommendations``, ``segflow recommend refresh``); serving
     reads them back. The built-in ``related`` recommender is registered this
     way. Names must be unique across plugins.
+    """
+
+
+@hookspec
+def register_triggers(register: Callable[[Trigger], None]) -> None:
+    """Contribute workflow triggers: what starts a run (``trigger:`` in a workflow).
+
+    Call ``register(Trigger(name, description, validate, on_changes=...,
+    on_events=..., on_tick=...))`` once per trigger; a workflow's ``trigger:
+    {NAME: value}`` is validated by ``validate(value)`` when it loads. The
+    engine calls ``on_changes`` with every committed batch of segment changes,
+    ``on_events`` with every committed batch of stored events, and ``on_tick``
+    at every tick (schedules, dates), and starts a run for each ``Entry``
+    returned that passes the workflow's entry rule and re-entry policy.
+    Triggers only say who enters; they never write. The built-in
+    ``segment_entered``, ``segment_exited``, ``event``, ``schedule`` and
+    ``date_attribute`` are registered this way. Names must be unique.
+    """
+
+
+@hookspec
+def register_actions(register: Callable[[Action], None]) -> None:
+    """Contribute workflow actions: steps that do something (``- NAME: {...}``).
+
+    Call ``register(Action(name, description, validate, perform, ...))`` once
+    per action. A workflow naming an action no loaded plugin registers fails
+    validation, naming it. When a run reaches the step the engine records the
+    action with its idempotency key in the transaction that moves the run on,
+    then calls ``perform(ActionCall)`` and records the ``ActionResult``;
+    ``perform`` may be called again for a key after a crash, so it must be
+    idempotent by ``call.key`` (``transactional`` actions get the transaction
+    their result commits in, and so run exactly once). ``marketing(params)``
+    true makes the action subject to frequency caps and quiet hours. The
+    built-in ``send``, ``update_profile``, ``tag`` and ``webhook`` are
+    registered this way. Names must be unique and not a step keyword
+    (``wait``, ``if``, ``split``, ``exit``).
     """

@@ -28,12 +28,14 @@ import pluggy
 
 from core import hookspecs
 from core.types import (
+    Action,
     Change,
     EspConnector,
     EventSource,
     Recommender,
     ScoringModel,
     StoredEvent,
+    Trigger,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.recommend.related",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
+    "plugins.automation",
+    "plugins.actions",
     # `segflow deploy` and `segflow server`, from the Prefect shell (flows/).
     "flows.commands",
 )
@@ -273,3 +277,15 @@ def plugin_report(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
 def recommenders(pm: pluggy.PluginManager | None = None) -> dict[str, Recommender]:
     """Every registered recommender by name (``register_recommenders``)."""
     return collect("register_recommenders", "recommender", lambda r: r.name, pm)
+
+
+def triggers(pm: pluggy.PluginManager | None = None) -> dict[str, Trigger]:
+    """Every registered workflow trigger by name (``register_triggers``)."""
+    return collect("register_triggers", "trigger", lambda t: t.name, pm)
+
+
+def actions(pm: pluggy.PluginManager | None = None) -> dict[str, Action]:
+    """Every registered workflow action by name (``register_actions``)."""
+    return collect(
+        "register_actions", "action", lambda a: a.name, pm, reserved=("wait", "if", "split", "exit")
+    )

@@ -132,3 +132,37 @@ def profile_scores(engine: Engine, key: str) -> list[dict[str, Any]]:
 
     with engine.connect() as conn:
         return latest_scores(conn, find_profile_id(conn, key))
+
+
+def update_attributes(
+    conn: Connection,
+    profile_id: int,
+    set_: dict[str, Any] | None = None,
+    unset: list[str] | tuple[str, ...] = (),
+    change: Any = None,
+) -> dict[str, Any]:
+    """Set and remove attributes of one profile in ``conn``'s transaction; the
+    profile counts as changed for the next incremental segment run. ``change``
+    (attributes -> attributes), optional, edits them further (a tag list).
+    Returns the new attributes."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    row = conn.execute(sa.select(PROFILES.c.attributes).where(PROFILES.c.id == profile_id)).first()
+    if row is None:
+        raise ProfileNotFound(f"no profile with id {profile_id}")
+    attrs = row[0]
+    if isinstance(attrs, str | bytes):
+        attrs = orjson.loads(attrs)
+    attrs = {**(attrs or {}), **(set_ or {})}
+    for key in unset:
+        attrs.pop(key, None)
+    if change is not None:
+        attrs = change(attrs)
+    conn.execute(
+        PROFILES.update()
+        .where(PROFILES.c.id == profile_id)
+        .values(attributes=attrs, updated_at=datetime.now(UTC))
+    )
+    return attrs

@@ -415,6 +415,107 @@ class Recommender:
     refresh: Callable[[Connection, datetime], RecommenderTables] | None = None
 
 
+# -- automation -----------------------------------------------------------------
+
+
+class Entry(NamedTuple):
+    """A trigger's answer: this person enters the workflow at ``at``, under ``key``
+    (one run per key: a cart id, a date; "" when the workflow has one run per person)."""
+
+    profile_id: int
+    at: datetime
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What starts a workflow run (``trigger:`` in a workflow definition).
+
+    ``validate(value)`` turns the definition's value into the trigger's params
+    (raise ValueError or pydantic's ValidationError, naming what is wrong).
+    A trigger reacts to any of three moments, each optional:
+
+    - ``on_changes(params, changes)``: segment membership changes just committed;
+    - ``on_events(params, events)``: events just stored (``StoredEvent``);
+    - ``on_tick(params, conn, since, as_of)``: every tick, with the previous
+      tick's time (None the first time): schedules, dates.
+
+    Each returns the ``Entry`` items it starts; the engine applies the
+    workflow's entry rule and re-entry policy. ``segment(params)`` names the
+    segment whose members the workflow is about, if any: ``exit_when:
+    left_segment`` ends a run when its person leaves it.
+    """
+
+    name: str
+    description: str
+    validate: Callable[[Any], Any]
+    on_changes: Callable[[Any, Any], Iterable[Entry]] | None = None
+    on_events: Callable[[Any, Any], Iterable[Entry]] | None = None
+    on_tick: Callable[[Any, Connection, datetime | None, datetime], Iterable[Entry]] | None = None
+    segment: Callable[[Any], str | None] = lambda _params: None
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """One action to perform, as recorded when its run reached it.
+
+    ``key`` (workflow:run:step) is the action's idempotency key: performing it
+    twice must have the effect of once (deliveries and webhooks carry it).
+    ``conn`` is an open transaction for ``transactional`` actions (the action's
+    writes commit together with its ``done`` record), else None and ``engine``
+    is there to open connections.
+    """
+
+    key: str
+    workflow: str
+    run_id: int
+    step: str
+    profile_id: int
+    params: Any
+    as_of: datetime
+    engine: Any
+    settings: Any
+    conn: Connection | None = None
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """How performing went: ``done``; ``skipped`` (with the reason: refused by
+    consent, no address); ``failed`` for good; or ``retry`` (temporary: it stays
+    pending and is performed again on the next run, up to the retry limit)."""
+
+    status: str = "done"
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Action:
+    """A workflow step that does something (``send``, ``update_profile``, ``tag``,
+    ``webhook``, ...): ``- NAME: {params}`` in a workflow's steps.
+
+    ``validate(value)`` checks the step's params when the workflow loads.
+    When a run reaches the step, the engine records the action (pending) in the
+    same transaction that moves the run on; ``perform(call)`` then does it and
+    the engine records the ``ActionResult``. A crash between the two leaves it
+    pending, so ``perform`` may be called again for the same ``call.key``: it
+    must be idempotent by that key. ``transactional`` actions (database-only)
+    get ``call.conn`` and their writes commit with the result, so they happen
+    exactly once. ``marketing(params)``: the action is a marketing message,
+    subject to frequency caps and quiet hours. ``perform_many(calls)``,
+    optional, performs a batch at once (one connection to a service, one
+    delivery) and returns a result per call, in order.
+    """
+
+    name: str
+    description: str
+    validate: Callable[[Any], Any]
+    perform: Callable[[ActionCall], ActionResult]
+    transactional: bool = False
+    marketing: Callable[[Any], bool] = lambda _params: False
+    perform_many: Callable[[list[ActionCall]], list[ActionResult]] | None = None
+
+
 # -- commands -------------------------------------------------------------------
 
 

@@ -929,3 +929,93 @@ def test_hook_register_recommenders(register_plugin, tmp_path):
     register_plugin(Twice)
     with pytest.raises(ValueError, match="recommender 'trending' is registered twice"):
         core.recommenders()
+
+
+def test_hook_register_triggers(register_plugin, tmp_path):
+    """A plugin's trigger starts runs from the events it picks, with the key it gives."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from core import Entry, Trigger
+    from core.automation import run_tick
+    from core.automation.language import default_registry, parse_workflow
+    from core.db.tables import WORKFLOW_STATES
+    from core.plugins import events_ingested_hook
+
+    def on_events(campaign, events):
+        return [
+            Entry(e.profile_id, e.ts, e.event.campaign)
+            for e in events
+            if e.type == "email_click" and e.event.campaign.startswith(campaign)
+        ]
+
+    class Clicks:
+        @staticmethod
+        def register_triggers(register):
+            register(Trigger("clicked", "clicked a campaign", str, on_events=on_events))
+
+    register_plugin(Clicks)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    wf = parse_workflow(
+        {"name": "clickers", "trigger": {"clicked": "spring"}, "reentry": "always",
+         "steps": [{"wait": "1d"}]},
+        default_registry(),
+    )  # fmt: skip
+    run_tick(engine, definitions={"clickers": wf})
+    now = datetime.now(UTC).isoformat()
+    ingest(
+        engine,
+        [
+            {"type": "email_click", "user_id": "u1", "ts": now, "campaign": "spring_a"},
+            {"type": "email_click", "user_id": "u1", "ts": now, "campaign": "autumn"},
+            {"type": "email_click", "user_id": "u1", "ts": now, "campaign": "spring_b"},
+        ],
+        on_stored=events_ingested_hook(engine),
+    )
+    with engine.connect() as conn:
+        keys = conn.execute(sa.select(WORKFLOW_STATES.c.entry_key)).scalars().all()
+    assert sorted(keys) == ["spring_a", "spring_b"]
+
+
+def test_hook_register_actions(register_plugin, tmp_path):
+    """A plugin's action is validated at load, recorded when reached, performed
+    once, and a workflow naming an unknown action is refused with its name."""
+    from datetime import UTC, datetime
+
+    from core import Action, ActionResult, Entry
+    from core.automation import perform_pending, run_tick
+    from core.automation.engine import enter
+    from core.automation.language import WorkflowError, default_registry, parse_workflow
+
+    performed = []
+
+    def validate(value):
+        if not isinstance(value, dict) or "channel" not in value:
+            raise ValueError("needs a channel")
+        return value
+
+    def perform(call):
+        performed.append((call.key, call.params["channel"], call.profile_id))
+        return ActionResult()
+
+    class Chat:
+        @staticmethod
+        def register_actions(register):
+            register(Action("notify_chat", "post to chat", validate, perform))
+
+    definition = {"name": "chatty", "trigger": {"segment_entered": "vip"},
+                  "steps": [{"notify_chat": {"channel": "#sales"}}]}  # fmt: skip
+    with pytest.raises(WorkflowError, match="no loaded plugin registers an action named"):
+        parse_workflow(definition, default_registry())
+    register_plugin(Chat)
+    with pytest.raises(WorkflowError, match=r"steps\[0\]\.notify_chat: needs a channel"):
+        parse_workflow({**definition, "steps": [{"notify_chat": {}}]}, default_registry())
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    run_tick(engine, definitions={"chatty": parse_workflow(definition, default_registry())})
+    ingest(engine, [{"type": "identify", "user_id": "u1"}])
+    now = datetime.now(UTC)
+    enter(engine, {"chatty": [Entry(1, now)]}, as_of=now)
+    perform_pending(engine, None)
+    perform_pending(engine, None)
+    assert performed == [("wf:chatty:1:steps[0]", "#sales", 1)]

@@ -29,6 +29,7 @@ from core.cli import (
     send,
     serve,
     templates,
+    workflows,
 )
 from core.cli.context import CommandContext, Group, err
 from core.config import load_settings
@@ -72,6 +73,7 @@ app.add_typer(recommend.app, name="recommend")
 app.command("send")(send.send_cmd)
 app.command()(render.render)
 app.add_typer(templates.app, name="templates")
+app.add_typer(workflows.app, name="workflows")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:
@@ -111,6 +113,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.keys:UnknownKey": 1,
     "core.recommendations:UnknownRecommender": 2,
     "core.types:DeliveryFailure": 1,
+    "core.automation.language:WorkflowError": 1,
 }
 
 

@@ -433,3 +433,108 @@ class RecommenderRun(SQLModel, table=True):
     refreshed_at: datetime = _ts()
     related: int = 0
     popular: int = 0
+
+
+class WorkflowDefinition(SQLModel, table=True):
+    """Each version of each workflow as it was saved; runs keep the version they
+    entered on (core/automation/store.py)."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (sa.UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    name: str = Field(max_length=64, index=True)
+    version: int
+    digest: str = Field(max_length=64)
+    definition: dict = Field(sa_column=sa.Column(JSONType, nullable=False))
+    created_at: datetime = _ts()
+
+
+class WorkflowState(SQLModel, table=True):
+    """One run of a workflow for one person (and entry key): where it is and
+    when it next needs the engine (``wake_at``; NULL once it ended)."""
+
+    __tablename__ = "workflow_states"
+    __table_args__ = (
+        sa.Index("ix_workflow_states_wake_at", "wake_at"),
+        sa.Index("ix_workflow_states_profile_id_workflow", "profile_id", "workflow"),
+        sa.Index("ix_workflow_states_workflow_status", "workflow", "status"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    workflow: str = Field(max_length=64)
+    version: int
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False)
+    )
+    entry_key: str = Field(default="", max_length=255)
+    # workflow:profile:key while the run is active, NULL after: one active run per key.
+    active_key: str | None = Field(default=None, max_length=400, unique=True)
+    # active | completed | exited | held_out
+    status: str = Field(max_length=16)
+    step: str | None = Field(default=None, max_length=255)
+    # What the run waits for at ``step``: time | until (a rule, or its timeout at ``deadline``).
+    waiting: str | None = Field(default=None, max_length=16)
+    wake_at: datetime | None = _ts(nullable=True)
+    deadline: datetime | None = _ts(nullable=True)
+    arm: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    entered_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+
+
+class WorkflowHistory(SQLModel, table=True):
+    """What happened to a run, step by step (``segflow workflows history``)."""
+
+    __tablename__ = "workflow_history"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    run_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("workflow_states.id"), nullable=False, index=True)
+    )
+    at: datetime = _ts()
+    step: str | None = Field(default=None, max_length=255)
+    # entered | waiting | woke | branch | arm | action | deferred | skipped | exited | completed
+    what: str = Field(max_length=16)
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+
+
+class WorkflowAction(SQLModel, table=True):
+    """An action a run reached: recorded (pending) with the step that reached it,
+    then performed and its result recorded; the key is its idempotency key."""
+
+    __tablename__ = "workflow_actions"
+    __table_args__ = (
+        sa.Index("ix_workflow_actions_profile_id_created_at", "profile_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    idempotency_key: str = Field(max_length=255, unique=True)
+    run_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("workflow_states.id"), nullable=False)
+    )
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), nullable=False)
+    )
+    workflow: str = Field(max_length=64)
+    step: str = Field(max_length=255)
+    action: str = Field(max_length=64)
+    params: dict = Field(sa_column=sa.Column(JSONType, nullable=False))
+    marketing: bool = False
+    # pending | done | skipped | failed
+    status: str = Field(max_length=16, index=True)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    done_at: datetime | None = _ts(nullable=True)
+
+
+class WorkflowTrigger(SQLModel, table=True):
+    """When a workflow's tick-driven trigger (schedule, dates) last looked."""
+
+    __tablename__ = "workflow_triggers"
+
+    workflow: str = Field(primary_key=True, max_length=64)
+    checked_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

@@ -66,6 +66,7 @@ def demo_command(
             f"{engine.url.render_as_string(hide_password=True)}"
         )
         _print_outbox(cli.out, summary.get("outbox"))
+        _print_workflows(cli.out, summary.get("workflows"))
     if summary["import"]["rejected"]:
         raise typer.Exit(1)
 
@@ -82,6 +83,33 @@ def _print_outbox(out: Any, outbox: dict[str, Any] | None) -> None:
     for template, items in outbox["emails"].items():
         for item in items:
             out.print(f"  {template} to {item['to']}: {item['html'] or 'not delivered'}")
+
+
+def _print_workflows(out: Any, result: dict[str, Any] | None) -> None:
+    from rich.table import Table
+
+    if not result:
+        return
+    table = Table(
+        "workflow", "entered", "waiting", "sent", "held out", "exited", "done",
+        "skipped / deferred (cap, quiet hours)",
+        title=f"workflows, a day later (as of {result['as_of'][:16]})",
+    )  # fmt: skip
+    for name, w in result["workflows"].items():
+        held = [f"skipped {_reasons(w['skipped'])}" if w["skipped"] else "",
+                f"deferred {_reasons(w['deferred'])}" if w["deferred"] else ""]  # fmt: skip
+        table.add_row(
+            name, *(f"{w[k]:,}" for k in ("entered", "waiting", "sent", "held_out", "exited",
+                                           "completed")),
+            "; ".join(h for h in held if h) or "-",
+        )  # fmt: skip
+    out.print(table)
+    if result["performed"] is None:
+        out.print("workflow emails not sent: they need secret_key in segflow.toml")
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "-"
 
 
 def _tables(summary: dict[str, Any]) -> list[Any]:

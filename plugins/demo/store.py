@@ -32,6 +32,7 @@ from core import (
 )
 from plugins.demo.emails import grant_signup_consents, send_demo_emails
 from plugins.demo.generator import BASE_URL, CURRENCY, PRODUCTS_PER_CATEGORY, catalogue, generate
+from plugins.demo.workflows import run_demo_workflows, save_demo_workflows
 
 DEMO_SOURCE = "demo"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -85,6 +86,7 @@ def run_demo(
     reset: bool = False,
     segments: Path | None = None,
     scores: Path | None = None,
+    workflows: Path | None = None,
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     settings: Any = None,
@@ -97,7 +99,8 @@ def run_demo(
     rejections at most), ``full_run`` (whether segments ran in full),
     ``email_consents`` (people who opted in) and, given ``settings`` (with a
     secret key to sign tracking links), ``outbox``: the cart and browse emails
-    of a few people, delivered to the outbox folder.
+    of a few people, delivered to the outbox folder; ``workflows``: what the
+    example workflows (``workflows``: another folder of them) did, a day later.
     """
     if reset:
         reset_demo(engine)
@@ -118,6 +121,8 @@ def run_demo(
     products = load_products(engine, catalogue_rows(seed), now=now)
     # Scores first: segments such as loyal_high_engagement read them.
     scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES, scoring_models()), now)
+    # Before the segments run: entering a segment starts the workflows' runs.
+    workflow_names = save_demo_workflows(engine, now, workflows)
     kinds = condition_kinds()
     run = run_segments(
         engine,
@@ -141,4 +146,5 @@ def run_demo(
     summary["email_consents"] = consents
     if settings is not None:
         summary["outbox"] = send_demo_emails(engine, settings, now)
+    summary["workflows"] = run_demo_workflows(engine, settings, now, workflow_names)
     return summary
