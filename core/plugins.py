@@ -62,6 +62,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.esp.smtp",
     "plugins.automation",
     "plugins.actions",
+    # `segflow deploy` and `segflow server`, from the Prefect shell (flows/).
+    "flows.commands",
 )
 # Settings sections: dotted snake_case names, e.g. "sources.poll".
 SECTION_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")

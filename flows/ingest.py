@@ -1,6 +1,7 @@
-"""Prefect flow: import event files into the segflow database.
+"""Prefect flows: import event files, pull the configured HTTP feeds.
 
     files --> import_file_task (one task run per file) --> counts
+    [[sources.poll]] entries --> poll_task (one task run per feed) --> counts
 
 The flow is thin: each task calls ``core.ingestion.import_file``, which
 validates, de-duplicates and stores the events. Re-running a flow is safe
@@ -10,7 +11,8 @@ failed import may simply be retried.
 Files are imported one after the other, in the order given: identity
 resolution follows event order (a later file may merge profiles created by an
 earlier one), and SQLite has a single writer, so parallel imports would only
-queue for the write lock.
+queue for the write lock. Feeds are polled one after the other for the same
+reason; each poll resumes at the cursor its source stored.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
+from prefect.tasks import exponential_backoff
 
-from core.config import load_settings
+from core.config import ConfigError, load_settings
 from core.db import make_engine, open_db
 from core.ingestion import (
     ImportUsageError,
@@ -33,7 +35,8 @@ from core.ingestion import (
     worth_bulk_loading,
 )
 from core.plugins import events_ingested_hook, file_sources, profiles_loaded_hook
-from core.types import ReadOptions
+from core.types import ReadOptions, UsageError
+from flows.common import database, retry_unless
 
 # How many rejected lines each file's counts list; the totals count them all.
 SHOW_REJECTIONS = 50
@@ -41,19 +44,15 @@ SHOW_REJECTIONS = 50
 NOT_RETRIED = (ImportUsageError, MappingError)
 
 
+COUNTED = ("received", "accepted", "duplicates", "rejected")
+
+
 class IngestFlowError(RuntimeError):
-    """Some files could not be imported; the others were."""
+    """Some files (or feeds) could not be imported; the others were."""
 
 
-def retry_unless_usage_error(_task: Any, _task_run: TaskRun, state: State) -> bool:
-    """``retry_condition_fn``: retry transient failures (database), not usage errors."""
-    try:
-        state.result()
-    except NOT_RETRIED:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
+# Retry transient failures (database), not usage errors.
+retry_unless_usage_error = retry_unless(*NOT_RETRIED)
 
 
 def file_counts(report: Any) -> dict[str, Any]:
@@ -129,22 +128,81 @@ def ingest_files(
         path: import_file_task(path, database_url, options, batch_size, return_state=True)
         for path in paths
     }
+    files, totals = _gather(states, "files", "imported")
+    return {"files": files, "totals": totals}
 
-    files: dict[str, dict[str, Any]] = {}
+
+def _gather(states: dict[str, State], what: str, done: str) -> tuple[dict, dict[str, int]]:
+    """Counts per item and in total from task states; IngestFlowError naming
+    the failed ones (after all the others ran)."""
+    items: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    for path, state in states.items():
+    for name, state in states.items():
         result = state.result(raise_on_failure=False)
         if state.is_completed():
-            files[path] = result
+            items[name] = result
         else:
-            failures[path] = str(result) if isinstance(result, BaseException) else state.message
-    totals = {
-        key: sum(counts[key] for counts in files.values())
-        for key in ("received", "accepted", "duplicates", "rejected")
-    }
+            failures[name] = str(result) if isinstance(result, BaseException) else state.message
+    totals = {key: sum(counts[key] for counts in items.values()) for key in COUNTED}
     if failures:
         raise IngestFlowError(
-            f"{len(failures)} of {len(paths)} files failed: {'; '.join(failures.values())}"
-            f" ({len(files)} imported, {totals['accepted']:,} new events)"
+            f"{len(failures)} of {len(states)} {what} failed: {'; '.join(failures.values())}"
+            f" ({len(items)} {done}, {totals['accepted']:,} new events)"
         )
-    return {"files": files, "totals": totals}
+    return items, totals
+
+
+# A feed's own requests are retried with backoff inside a poll; a poll that
+# still fails (the feed down for longer) is tried again later, backing off.
+# Wrong settings are not retried.
+@task(
+    name="poll",
+    task_run_name="poll {name}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=30),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_unless(UsageError, ConfigError, ValueError),
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def poll_task(name: str, database_url: str) -> dict[str, Any]:
+    # The polling source is a built-in plugin: `segflow poll NAME --once` runs the same.
+    from plugins.sources.polling import SECTION, run
+
+    config = load_settings(database_url).plugin_entry(SECTION, name, "poll")
+    with database(database_url) as engine:
+        result = run(engine, config, once=True)
+    counts = {"pages": result.pages, **file_counts(result.report)}
+    get_run_logger().info(
+        "%s: %d page(s), %d new events, %d duplicates, %d rejected",
+        name,
+        result.pages,
+        counts["accepted"],
+        counts["duplicates"],
+        counts["rejected"],
+    )
+    return counts
+
+
+def poll_names(settings: Any) -> list[str]:
+    """The configured feeds ([[sources.poll]]); none when the polling plugin is not loaded."""
+    from core.plugins import settings_sections
+
+    if "sources.poll" not in settings_sections():
+        return []
+    return [entry.name for entry in settings.plugin("sources.poll")]
+
+
+@flow(name="ingest-polls", log_prints=False)
+def ingest_polls(names: list[str] | None = None, database_url: str | None = None) -> dict[str, Any]:
+    """One pass over each configured HTTP feed (``names``, default all of
+    [[sources.poll]]): new events stored, the cursor saved; returns counts per
+    feed and in total. A feed that keeps failing fails its task and, after
+    the others were polled, the flow."""
+    settings = load_settings(database_url)
+    database_url = settings.database_url
+    open_db(database_url, auto_upgrade=settings.auto_upgrade).dispose()
+    names = poll_names(settings) if names is None else names
+    states = {name: poll_task(name, database_url, return_state=True) for name in names}
+    sources, totals = _gather(states, "feeds", "polled")
+    return {"sources": sources, "totals": totals}

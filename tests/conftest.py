@@ -125,6 +125,101 @@ def run(capsys, tmp_path, monkeypatch):
     return invoke
 
 
+# -- Prefect ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real local Prefect server for the session, started by `segflow server`
+    (127.0.0.1, analytics off, scheduler on), its data in a temporary
+    PREFECT_HOME; Prefect clients in this process point at it. Yields its API URL.
+
+    Not ``prefect_test_harness``: its server is an ephemeral one, whose
+    scheduler never runs, and the deployment test needs the schedules to fire.
+    """
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+
+    try:
+        from helpers import child_env
+        from smtpserver import free_port
+    except ImportError:
+        from tests.helpers import child_env
+        from tests.smtpserver import free_port
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = child_env("flows.commands")
+    env.pop("PREFECT_API_URL", None)
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
+    log = (home / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "server", "--port", str(port)],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    # Starting (migrating its SQLite database) has taken over a minute on a busy
+    # two-core machine.
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"segflow server exited: {(home / 'server.log').read_text()}")
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no Prefect server after 180 s: {(home / 'server.log').read_text()}")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+            yield api
+            _drain_prefect_workers()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events still queued before the server stops, as
+    ``prefect_test_harness`` does, so none fails against a closed port."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
 # -- shared data ----------------------------------------------------------------
 
 

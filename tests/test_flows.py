@@ -1,13 +1,12 @@
-"""The Prefect ingest flow, run for real against a temporary local Prefect server.
+"""The Prefect ingest flow, run for real against a local Prefect server.
 
-``prefect_test_harness`` starts a Prefect API server in a subprocess on
-127.0.0.1 with its own SQLite database (several seconds), so it is started once
-per session. Server analytics are switched off: nothing leaves the machine.
+The server (``prefect_server`` in conftest.py: `segflow server` in a
+subprocess on 127.0.0.1 with its own SQLite database, analytics off) takes
+seconds to start, so it is started once per session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,6 @@ import sqlalchemy as sa
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType, TaskRun
-from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 import flows.ingest as ingest_flow
 from core.db import make_engine
@@ -24,20 +21,6 @@ from core.db.tables import EVENTS, PROFILES
 from core.ingestion import IngestError
 from flows.ingest import IngestFlowError, ingest_files
 from tests.helpers import write_jsonl
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    # The harness hands the current settings to the server subprocess, so these
-    # also keep its startup telemetry off and its files out of ~/.prefect.
-    settings = {
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-        PREFECT_HOME: tmp_path_factory.mktemp("prefect-home"),
-    }
-    # The harness waits 30 s for its server by default; on a busy two-core machine
-    # starting it has taken longer, failing every flow test for want of a server.
-    with temporary_settings(settings), prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def ev(type_: str, minute: int, **kw) -> dict:

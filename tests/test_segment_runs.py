@@ -154,6 +154,39 @@ def test_changes_are_recorded_and_versions_bump(fresh_sqlite, tmp_path):
     assert r3.entered == {"spenders": 0} and r3.evaluated == 0
 
 
+def test_a_changed_definition_re_evaluates_the_segments_reading_it(fresh_sqlite, tmp_path):
+    """A segment built on a changed one (``segment:``) changes with it, for
+    everyone, though its own definition did not change and nobody has new events."""
+    engine = open_db(fresh_sqlite())
+    ingest(
+        engine,
+        [
+            {"type": "purchase", "user_id": who, "ts": "2026-04-01T10:00:00Z", "value": value}
+            for who, value in (("a", 600), ("b", 100))
+        ],
+    )
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    spec = folder / "spend.yaml"
+    rules = """
+- name: regulars
+  rule: {segment: spenders}
+- name: vip
+  rule: {all: [{segment: regulars}, {event: purchase}]}
+- name: spenders
+  rule: {event: purchase, sum: {property: value, op: '>= LIMIT'}}
+"""
+    spec.write_text(rules.replace("LIMIT", "500"))
+    run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
+    assert by_user(engine) == {"spenders": {"a"}, "regulars": {"a"}, "vip": {"a"}}
+
+    spec.write_text(rules.replace("LIMIT", "50"))
+    again = run_segments(engine, END, kinds=KINDS, definitions=load_segment_files(folder, KINDS))
+    assert not again.full and again.evaluated == 0
+    assert by_user(engine) == {name: {"a", "b"} for name in ("spenders", "regulars", "vip")}
+    assert again.entered == {"spenders": 1, "regulars": 1, "vip": 1}
+
+
 def test_merged_profiles_leave_and_the_survivor_is_evaluated(fresh_sqlite, tmp_path):
     engine = open_db(fresh_sqlite())
     ingest(engine, [{"type": "add_to_cart", "anonymous_id": "anon", "ts": "2026-04-30T10:00:00Z"}])

@@ -204,6 +204,18 @@ class RunResult:
     changes: list[Change] = field(default_factory=list)
 
 
+def with_dependents(names: set[str], segments: dict[str, Segment]) -> set[str]:
+    """``names`` and every segment reading one of them (``segment:``), at any
+    depth: a change of definition changes those segments' members too."""
+    found = set(names)
+    grew = bool(found)
+    while grew:
+        more = {n for n, seg in segments.items() if n not in found and seg.dependencies() & found}
+        found |= more
+        grew = bool(more)
+    return found
+
+
 def run_segments(
     engine: Engine,
     as_of: datetime,
@@ -232,10 +244,10 @@ def run_segments(
         max_event_id = conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.id), 0)))
         max_event_id = max_event_id.scalar_one()
         started = utcnow()
-        changed = {n for n, s in saved.items() if s.changed}
         # Going back in time (replays) cannot build on a later run's state.
         full = full or last is None or as_of < last.as_of
         segments = segments_by_name(segs)
+        changed = with_dependents({n for n, s in saved.items() if s.changed}, segments)
         everyone = (
             evaluate_sql(conn, segments, as_of, None, only=changed)
             if changed and not full

@@ -1,0 +1,83 @@
+"""What the flows share: the retry rule, engines per task, the example folders.
+
+Tasks take the database URL, not an engine: task parameters are recorded by
+Prefect, and a task may run in another process than its flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from sqlalchemy.engine import Engine
+
+from core.config import ConfigError, Settings, load_settings
+from core.db import make_engine, open_db
+from core.types import UsageError
+from flows.config import EXAMPLE_SCORES, EXAMPLE_SEGMENTS, EXAMPLE_WORKFLOWS
+
+__all__ = ["EXAMPLE_SCORES", "EXAMPLE_SEGMENTS", "EXAMPLE_WORKFLOWS"]
+
+# Wrong input (bad definitions, settings, arguments): a retry fails the same way.
+# Definition errors of segments, scores and workflows are ValueErrors.
+NOT_RETRIED: tuple[type[BaseException], ...] = (ValueError, UsageError, ConfigError)
+
+
+def retry_unless(*errors: type[BaseException]) -> Callable[[Any, TaskRun, State], bool]:
+    """A ``retry_condition_fn`` retrying every failure but ``errors``."""
+
+    def should_retry(_task: Any, _task_run: TaskRun, state: State) -> bool:
+        try:
+            state.result()
+        except errors:
+            return False
+        except Exception:  # noqa: BLE001 - anything else may be transient
+            return True
+        return True
+
+    return should_retry
+
+
+retry_transient = retry_unless(*NOT_RETRIED)
+
+
+def flow_settings(database_url: str | None) -> Settings:
+    """The settings a flow runs with: segflow.toml and the environment, as for
+    any command, with ``database_url`` (when given) as ``--db``; the schema
+    is brought up to date once, before the tasks write."""
+    settings = load_settings(database_url)
+    open_db(settings.database_url, auto_upgrade=settings.auto_upgrade).dispose()
+    return settings
+
+
+@contextlib.contextmanager
+def database(url: str) -> Iterator[Engine]:
+    """An engine for one task, its connections closed when the task ends."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def as_of_or_now(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    if as_of.tzinfo is None:
+        raise UsageError(f"as_of {as_of.isoformat()}: give a UTC offset")
+    return as_of.astimezone(UTC)
+
+
+def folder(path: str | Path | None, what: str) -> Path | None:
+    """A definitions folder given as a parameter; UsageError when it is missing."""
+    if path is None:
+        return None
+    found = Path(path)
+    if not found.is_dir():
+        raise UsageError(f"{what} folder {found}: no such directory")
+    return found

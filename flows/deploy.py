@@ -1,0 +1,122 @@
+"""Deployments of the flows, with their schedules, and serving them.
+
+    build_deployments(settings) -> one RunnerDeployment per flow ([deploy] in segflow.toml)
+    serve_deployments(settings)  -> prefect.serve(...) until stopped
+
+``segflow deploy`` calls these. Serving registers the deployments with the
+Prefect API (PREFECT_API_URL); that server's scheduler creates the runs, and
+the serving process runs them, each in a subprocess with this process's
+environment and working directory (so the runs read the same segflow.toml).
+Stopping it (Ctrl-C, SIGTERM) pauses the schedules, so no runs pile up
+while nothing serves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import Flow, serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron, Interval, Schedule
+
+from core.config import Settings
+from flows.automate import automate
+from flows.config import DeploySettings, schedule_interval
+from flows.ingest import ingest_polls, poll_names
+from flows.pipeline import pipeline
+from flows.scores import scores
+from flows.segment import segment
+from flows.send import send
+
+SECTION = "deploy"
+TAGS = ["segflow"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One deployment to serve: which flow, when ([deploy.schedules] key), with what."""
+
+    key: str
+    flow: Flow
+    parameters: dict[str, Any]
+
+
+def planned(settings: Settings) -> list[Planned]:
+    """The deployments ``[deploy]`` asks for, in the order the pipeline runs them."""
+    deploy: DeploySettings = settings.plugin(SECTION)
+    folders = {
+        "segments": str(deploy.segments.resolve()),
+        "scores": str(deploy.scores.resolve()),
+        "workflows": str(deploy.workflows.resolve()),
+    }
+    plan = []
+    # Feeds only when some are configured: with none, the flow has nothing to do.
+    if poll_names(settings):
+        plan.append(Planned("ingest", ingest_polls, {}))
+    plan += [
+        Planned("scores", scores, {"directory": folders["scores"]}),
+        Planned("segment", segment, {"directory": folders["segments"]}),
+        Planned("automate", automate, {"directory": folders["workflows"]}),
+        Planned("send", send, {}),
+        # monitor: Planned("monitor", monitor, {}) once the dashboards issue adds the flow.
+        Planned(
+            "pipeline",
+            pipeline,
+            {
+                "scores_dir": folders["scores"],
+                "segments_dir": folders["segments"],
+                "workflows_dir": folders["workflows"],
+            },
+        ),
+    ]
+    return plan
+
+
+def schedule_of(value: str | bool, timezone: str) -> Schedule | None:
+    """A [deploy.schedules] value as a Prefect schedule; None for false (on demand)."""
+    if value is False or value is True:
+        return None
+    interval = schedule_interval(value)
+    if interval is not None:
+        return Interval(interval, timezone=timezone)
+    return Cron(value, timezone=timezone)
+
+
+def build_deployments(settings: Settings) -> list[RunnerDeployment]:
+    """One deployment per planned flow, named ``<flow>/<[deploy] name>``, with
+    its schedule (none for those set to false) and its parameters."""
+    deploy: DeploySettings = settings.plugin(SECTION)
+    built = []
+    for item in planned(settings):
+        schedule = schedule_of(getattr(deploy.schedules, item.key), deploy.timezone)
+        built.append(
+            item.flow.to_deployment(
+                name=deploy.name,
+                schedules=[schedule] if schedule is not None else None,
+                parameters=item.parameters,
+                tags=TAGS,
+            )
+        )
+    return built
+
+
+def describe(deployment: RunnerDeployment) -> dict[str, Any]:
+    """What ``segflow deploy`` prints for a deployment: name, schedule, parameters."""
+    schedules = []
+    for entry in deployment.schedules or []:
+        s = entry.schedule
+        if getattr(s, "cron", None):
+            schedules.append(f"cron {s.cron} ({s.timezone or 'UTC'})")
+        elif getattr(s, "interval", None):
+            schedules.append(f"every {s.interval}")
+    return {
+        "deployment": f"{deployment.flow_name}/{deployment.name}",
+        "schedule": ", ".join(schedules) or "on demand",
+        "parameters": deployment.parameters,
+    }
+
+
+def serve_deployments(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
+    """Serve until stopped (Ctrl-C or SIGTERM), then pause the schedules."""
+    serve(*deployments, limit=limit, pause_on_shutdown=True, print_starting_message=False)
