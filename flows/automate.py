@@ -1,11 +1,19 @@
 """Prefect flow: a workflow tick.
 
     workflow files (or stored) --> tick task --> counts per workflow
+                                   [events stored since --> runs they start]
 
 The task calls ``core.automation.run_tick``, as ``segflow workflows run-tick``
 does: new versions of changed definitions are saved, schedules and date
 triggers start runs, and every due run moves on (waits that ended, branches,
 actions recorded). Recorded actions are performed by the send flow.
+
+Given ``history_since``, the events stored since then start the runs their
+triggers start (``core.automation.enter_from_history``): for events that were
+loaded before the workflows existed, or by a bulk load (the demo).
+
+``save_workflows_task`` stores the definitions without a tick: the pipeline
+saves them first, so the events it ingests and the segments it runs start runs.
 """
 
 from __future__ import annotations
@@ -31,12 +39,18 @@ from flows.common import retry_transient as retry_condition
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def tick_task(database_url: str, directory: str | None, as_of: datetime) -> dict[str, Any]:
-    from core.automation import load_workflow_files, run_tick
+def tick_task(
+    database_url: str, directory: str | None, as_of: datetime, history_since: datetime | None
+) -> dict[str, Any]:
+    from core.automation import enter_from_history, load_workflow_files, run_tick
 
     definitions = load_workflow_files(Path(directory)) if directory else None
     with database(database_url) as engine:
         report = run_tick(engine, load_settings(database_url), as_of=as_of, definitions=definitions)
+        if history_since is not None:
+            # After the tick, which saved the definitions; the runs started
+            # take their first steps now, as runs started by arriving events do.
+            enter_from_history(engine, history_since, as_of, as_of=as_of, report=report)
     counts = report.model_dump(mode="json")
     logger = get_run_logger()
     for name, c in sorted(counts.get("workflows", {}).items()):
@@ -52,16 +66,41 @@ def tick_task(database_url: str, directory: str | None, as_of: datetime) -> dict
     return counts
 
 
+@task(
+    name="save-workflows",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_condition,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def save_workflows_task(database_url: str, directory: str) -> dict[str, int]:
+    """Store new versions of the changed definitions in ``directory``; the
+    version of each."""
+    from core.automation import load_workflow_files, save_workflows
+
+    definitions = load_workflow_files(Path(directory))
+    with database(database_url) as engine, engine.begin() as conn:
+        saved = save_workflows(conn, definitions)
+    for s in saved.values():
+        get_run_logger().info("%s: version %d%s", s.name, s.version, " (new)" if s.changed else "")
+    return {name: s.version for name, s in sorted(saved.items())}
+
+
 @flow(name="automate", log_prints=False)
 def automate(
     directory: str | None = str(EXAMPLE_WORKFLOWS),
     database_url: str | None = None,
     as_of: datetime | None = None,
+    history_since: datetime | None = None,
 ) -> dict[str, Any]:
     """Save the workflow definitions in ``directory`` (None: the stored ones
-    only) and run one tick as of ``as_of`` (default now); returns the tick's
-    report: as_of and, per workflow, entered, advanced, actions, held out,
-    exited, skipped and deferred (with reasons)."""
+    only) and run one tick as of ``as_of`` (default now), then start the runs
+    that events stored since ``history_since`` (None: none) trigger; returns
+    the tick's report: as_of and, per workflow, entered, advanced, actions,
+    held out, exited, skipped and deferred (with reasons)."""
     settings = flow_settings(database_url)
     found = folder(directory, "workflows")
-    return tick_task(settings.database_url, str(found) if found else None, as_of_or_now(as_of))
+    when = as_of_or_now(as_of)
+    since = as_of_or_now(history_since) if history_since is not None else None
+    return tick_task(settings.database_url, str(found) if found else None, when, since)

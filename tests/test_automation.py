@@ -517,6 +517,26 @@ def test_a_send_to_someone_without_consent_is_skipped_with_the_reason(sqlite_url
     assert action["status"] == "skipped" and "consent" in action["reason"]
 
 
+def test_a_send_to_someone_without_an_email_address_is_skipped_not_failed(sqlite_url, tmp_path):
+    engine = open_db(sqlite_url)
+    save(engine, sender("hello", "skip"))
+    (with_email,) = people(engine, 1)
+    ingest(engine, [{"type": "page_view", "anonymous_id": "visitor", "ts": at(-5)},
+                    {"type": "identify", "user_id": "app-only", "ts": at(-5)}])  # fmt: skip
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(PROFILES.c.id).where(PROFILES.c.email.is_(None))).scalars()
+        nobody = sorted(ids)
+    assert len(nobody) == 2
+    enter(engine, {"hello": [Entry(pid, NOW) for pid in [with_email, *nobody]]}, as_of=NOW)
+    report = perform_pending(engine, settings_for(tmp_path))
+    assert report.done == 1 and report.skipped == {"no email address": 2} and not report.failed
+    by_person = {a["profile_id"]: (a["status"], a["reason"]) for a in actions(engine)}
+    assert by_person == {with_email: ("done", None)} | dict.fromkeys(
+        nobody, ("skipped", "no email address")
+    )
+    assert len(sent(engine)) == 1
+
+
 # -- simulation --------------------------------------------------------------------------------
 
 

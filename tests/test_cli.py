@@ -98,7 +98,7 @@ def test_init_and_db_commands(run, tmp_path):
     assert f"database: {head_revision()}" in out and f"code:     {head_revision()}" in out
 
 
-def test_demo_summarises_and_refuses_to_reset_real_data(run, tmp_path):
+def test_demo_summarises_and_refuses_to_reset_real_data(run, tmp_path, prefect_server):
     status, out, _ = run("demo", "--people", "40", "--days", "14", "--json")
     summary = json.loads(out)
     assert status == 0

@@ -13,13 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from core import recommend
-from core.config import Settings
+from core.config import load_settings
 from core.db import open_db
 from core.db.tables import EVENTS, MEMBERSHIPS, PRODUCTS, SEGMENTS
 from core.personalize.delivery import deliver
 from core.personalize.render import render_email
 from core.plugins import esp_connectors
-from plugins.demo.store import run_demo
+from plugins.demo.flow import demo as demo_flow
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import chromium_and_playwright
 from tests.smtpserver import smtp_server
@@ -30,15 +30,64 @@ BASE_URL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, prefect_server):
+    """The demo flow (what `segflow demo` runs) on a small store, with its
+    settings from a segflow.toml, as a deployment would have them."""
     folder = tmp_path_factory.mktemp("demo")
-    settings = Settings(
-        secret_key="a-secret-for-the-demo-emails-test",
-        plugin_settings={"esp.outbox": {"folder": str(folder / "outbox")}},
+    config = folder / "segflow.toml"
+    config.write_text(
+        'secret_key = "a-secret-for-the-demo-emails-test"\n'
+        f'[esp.outbox]\nfolder = "{folder / "outbox"}"\n'
     )
-    engine = open_db(f"sqlite:///{folder / 'demo.db'}")
-    summary = run_demo(engine, people=600, seed=5, settings=settings)
-    return engine, settings, summary
+    url = f"sqlite:///{folder / 'demo.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGFLOW_CONFIG", str(config))
+        patch.delenv("SEGFLOW_SECRET_KEY", raising=False)
+        state = demo_flow(database_url=url, people=600, seed=5, return_state=True)
+        settings = load_settings(url)
+    return open_db(url), settings, state.result() | {"flow_run_id": state.state_details.flow_run_id}
+
+
+def child_runs(client, parent_id) -> list:
+    """The subflow runs of a flow run, oldest first: the flow runs whose parent
+    task run (the subflow call) belongs to it."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+        ),
+        sort=FlowRunSort.START_TIME_ASC,
+    )
+
+
+def test_the_demo_runs_the_pipeline_flow_today_and_a_day_later(demo):
+    from datetime import datetime, timedelta
+
+    from prefect import get_client
+
+    _engine, _settings, summary = demo
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        pipelines = [r for r in child_runs(client, summary["flow_run_id"])
+                     if flows[r.flow_id] == "pipeline"]  # fmt: skip
+        assert len(pipelines) == 2 and all(r.state.is_completed() for r in pipelines)
+        steps = [[flows[c.flow_id] for c in child_runs(client, r.id)] for r in pipelines]
+        for run in pipelines:
+            assert all(c.state.is_completed() for c in child_runs(client, run.id))
+    # Today: the generated file imported, no sends (consents come after the
+    # import); a day later: nothing to import, the waits over, sends.
+    assert steps == [
+        ["ingest-files", "recommend", "scores", "segment", "automate"],
+        ["recommend", "scores", "segment", "automate", "send"],
+    ]
+    today, later = (datetime.fromisoformat(r.parameters["as_of"]) for r in pipelines)
+    assert later - today == timedelta(days=1)
+    assert summary["import"]["accepted"] == summary["events"] > 0
 
 
 def segment_of(engine, name: str) -> set[int]:

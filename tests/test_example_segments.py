@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from core import condition_kinds, ingest, load_segment_files, parse_duration, run_segments
 from core.db import models, open_db
 from core.segments.testing import run_tests
-from plugins.demo.store import EXAMPLE_SEGMENTS, run_demo
+from flows.config import EXAMPLE_SEGMENTS
+from plugins.demo.flow import demo
 
 VISITORS = ("recent_visitors", "frequent_visitors", "engaged_browsers")
 AS_OF = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -70,9 +71,10 @@ def test_segment_tests_give_the_same_answer_through_the_sql_compiler(db_url):
 
 
 @pytest.mark.slow
-def test_demo_store_gives_each_visitor_segment_a_telling_size(fresh_sqlite):
-    engine = open_db(fresh_sqlite())
-    summary = run_demo(engine, people=300, days=30)
+def test_demo_store_gives_each_visitor_segment_a_telling_size(fresh_sqlite, prefect_server):
+    url = fresh_sqlite()
+    summary = demo(database_url=url, people=300, days=30)
+    engine = open_db(url)
     for name in VISITORS:
         assert 0 < summary["segments"][name] < summary["profiles"], (name, summary["segments"])
     # Two product views in a week are site activity in that week.

@@ -39,15 +39,15 @@ def recommend(conn, profile_id, *, k, as_of):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A small demo store with the example scores and segments run on it."""
+def demo(tmp_path_factory, prefect_server):
+    """A small demo store with the example scores and segments run on it
+    (the demo flow, as `segflow demo`)."""
     from core.db import open_db
-    from plugins.demo.store import run_demo
+    from plugins.demo.flow import demo as demo_flow
 
-    folder = tmp_path_factory.mktemp("demo")
-    engine = open_db(f"sqlite:///{folder}/demo.db")
-    run_demo(engine, people=150, days=30)
-    return engine
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo')}/demo.db"
+    demo_flow(database_url=url, people=150, days=30)
+    return open_db(url)
 
 
 def demo_people(engine) -> dict[str, list[int]]:

@@ -20,11 +20,13 @@ __all__ = [
     "TickReport",
     "Workflow",
     "WorkflowError",
+    "enter_from_history",
     "load_workflow_files",
     "on_events",
     "on_segment_changes",
     "perform_pending",
     "run_tick",
+    "save_workflows",
     "simulate",
 ]
 
@@ -34,18 +36,27 @@ __getattr__ = lazy_exports(
         "ActionReport": "core.automation.perform",
         "perform_pending": "core.automation.perform",
         "TickReport": "core.automation.engine",
+        "enter_from_history": "core.automation.engine",
         "on_events": "core.automation.engine",
         "on_segment_changes": "core.automation.engine",
         "run_tick": "core.automation.engine",
         "Workflow": "core.automation.language",
         "WorkflowError": "core.automation.language",
         "load_workflow_files": "core.automation.language",
+        "save_workflows": "core.automation.store",
         "simulate": "core.automation.simulate",
     },
 )
 
 if TYPE_CHECKING:
-    from core.automation.engine import TickReport, on_events, on_segment_changes, run_tick
+    from core.automation.engine import (
+        TickReport,
+        enter_from_history,
+        on_events,
+        on_segment_changes,
+        run_tick,
+    )
     from core.automation.language import Workflow, WorkflowError, load_workflow_files
     from core.automation.perform import ActionReport, perform_pending
     from core.automation.simulate import simulate
+    from core.automation.store import save_workflows

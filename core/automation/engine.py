@@ -522,10 +522,12 @@ def enter_from_history(
     *,
     as_of: datetime | None = None,
     registry: Registry | None = None,
+    report: TickReport | None = None,
 ) -> TickReport:
     """Start the runs that events stored between ``start`` and ``end`` trigger,
     as if they had just arrived: for a workflow defined after its events were
-    loaded (a back-load, the demo). Keys and re-entry apply as usual."""
+    loaded (a back-load, the demo). Keys and re-entry apply as usual; counts
+    are added to ``report`` when given."""
     from core.automation.simulate import stored_events
 
     reg = registry or default_registry()
@@ -538,7 +540,7 @@ def enter_from_history(
         for name, wf in current.items()
         if wf.trigger.on_events is not None
     }
-    return enter(engine, entries, as_of=as_of, registry=reg)
+    return enter(engine, entries, as_of=as_of, registry=reg, report=report)
 
 
 def _waits_on_rules(wf: Workflow) -> bool:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from core import Action, ActionCall, ActionResult, deliver, esp_connectors, render_email
+from core import PROFILES, Action, ActionCall, ActionResult, deliver, esp_connectors, render_email
 
 
 class SendParams(BaseModel):
@@ -53,7 +54,12 @@ def perform_many(calls: list[ActionCall]) -> list[ActionResult]:
         first = group[0]
         emails = []
         with first.engine.connect() as conn:
+            addressed = _with_email(conn, [call.profile_id for call in group])
             for call in group:
+                if call.profile_id not in addressed:
+                    # Anonymous visitors, people known only by user id: nobody to send to.
+                    results[call.key] = ActionResult("skipped", "no email address")
+                    continue
                 try:
                     email = render_email(
                         conn,
@@ -87,6 +93,20 @@ def perform_many(calls: list[ActionCall]) -> list[ActionResult]:
                 on_message=outcome,
             )
     return [results.get(c.key, ActionResult("retry", "not delivered")) for c in calls]
+
+
+def _with_email(conn: Any, profile_ids: list[int]) -> set[int]:
+    found: set[int] = set()
+    for start in range(0, len(profile_ids), 500):
+        chunk = profile_ids[start : start + 500]
+        found.update(
+            conn.execute(
+                sa.select(PROFILES.c.id).where(
+                    PROFILES.c.id.in_(chunk), PROFILES.c.email.is_not(None)
+                )
+            ).scalars()
+        )
+    return found
 
 
 def _perform(call: ActionCall) -> ActionResult:

@@ -1,9 +1,9 @@
 """The demo store: a synthetic outdoor-gear shop and ``segflow demo``.
 
 ``plugins.demo.generator`` makes the events (deterministic for a seed);
-``plugins.demo.store.run_demo`` imports them and runs the example scores and
-segments. This module registers the command; ``make demo`` runs
-``segflow demo --reset``.
+``plugins.demo.flow.demo`` writes them to a file and runs the pipeline flow
+on them (import, scores, segments, workflows, sends), today and a day later.
+This module registers the command; ``make demo`` runs ``segflow demo --reset``.
 """
 
 from __future__ import annotations
@@ -32,27 +32,41 @@ def demo_command(
         Path | None,
         typer.Option(help="Score definitions to compute first (default: the examples)."),
     ] = None,
+    workflows: Annotated[
+        Path | None,
+        typer.Option(help="Workflow definitions to run (default: the examples)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Generate a realistic outdoor-gear store, import it, run the segments, summarise."""
-    from plugins.demo.store import run_demo
+    """Generate a realistic outdoor-gear store and run the whole pipeline on it
+    through Prefect (import, scores, segments, workflows, sends), today and a day
+    later; summarise."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    from plugins.demo.flow import demo
+    from plugins.demo.store import refuse_real_data
 
     cli = ctx.obj
     engine = cli.engine()
-    description = f"generating and importing {people:,} people x {days} days"
-    with cli.progress(description) as advance, bulk_import_scope():
-        summary = run_demo(
-            engine,
+    if reset:
+        # Here, not in the flow: a refusal is a message, not a failed flow run.
+        refuse_real_data(engine)
+    folders = {
+        f"{name}_dir": str(given)
+        for name, given in (("segments", segments), ("scores", scores), ("workflows", workflows))
+        if given is not None
+    }
+    # Without PREFECT_API_URL the flow runs on a temporary local Prefect
+    # server, which must not try to phone home.
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}), bulk_import_scope():
+        summary = demo(
+            database_url=engine.url.render_as_string(hide_password=False),
             people=people,
             days=days,
             seed=seed,
             reset=reset,
-            segments=segments,
-            scores=scores,
-            batch_size=cli.settings.batch_size,
-            on_progress=advance,
-            # Tracked email needs the key that signs its links (segflow init).
-            settings=cli.settings if cli.settings.secret_key else None,
+            progress=not as_json,
+            **folders,
         )
     if as_json:
         cli.print_json(summary)

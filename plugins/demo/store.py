@@ -1,45 +1,32 @@
-"""The demo run: generate the store, import it, compute scores, run segments, summarise.
+"""The demo store's steps around the pipeline: write the store's events and
+catalogue, grant the sign-ups' consents, summarise what the pipeline did.
 
-One function, ``run_demo``, so the command, a flow or a notebook get the same store.
+``plugins.demo.flow`` runs them, with the pipeline flow in between.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from core import (
+    EVENTS,
     CommandError,
-    condition_kinds,
-    count_events,
     database_summary,
     delete_all_data,
-    ingest,
     load_products,
-    load_score_files,
-    load_segment_files,
-    refresh_products,
-    refresh_recommendations,
-    run_scores,
-    run_segments,
-    scoring_models,
-    segment_change_hook,
-    worth_bulk_loading,
+    workflow_outcomes,
 )
-from plugins.demo.emails import grant_signup_consents, send_demo_emails
 from plugins.demo.generator import BASE_URL, CURRENCY, PRODUCTS_PER_CATEGORY, catalogue, generate
-from plugins.demo.workflows import run_demo_workflows, save_demo_workflows
 
-DEMO_SOURCE = "demo"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-EXAMPLE_SEGMENTS = EXAMPLES / "segments"
-EXAMPLE_SCORES = EXAMPLES / "scores"
-# Events per person the generator makes, about: decides up front whether to bulk load.
-EVENTS_PER_PERSON = 60
+# Every generated event's message id starts so (the generator's ids).
+DEMO_IDS = "demo-"
 
 
 # Sold out in every category: the second best-seller and the one ranked 12th,
@@ -66,85 +53,70 @@ def catalogue_rows(seed: int = 42) -> list[dict[str, Any]]:
     ]
 
 
-def reset_demo(engine: Engine) -> None:
-    """Delete a previous demo run; refuse when the database holds anything else."""
-    other = count_events(engine, exclude_source=DEMO_SOURCE)
+def refuse_real_data(engine: Engine) -> None:
+    """CommandError when the database holds events that are not the demo's:
+    a reset would delete them."""
+    with engine.connect() as conn:
+        other = conn.execute(
+            sa.select(sa.func.count()).where(~EVENTS.c.message_id.startswith(DEMO_IDS))
+        ).scalar_one()
     if other:
         raise CommandError(
             f"refusing to reset: the database holds {other:,} events that are not demo "
             "data; run the demo on another database (--db sqlite:///demo.db)"
         )
+
+
+def reset_demo(engine: Engine) -> None:
+    """Delete a previous demo run; refuse when the database holds anything else."""
+    refuse_real_data(engine)
     delete_all_data(engine)
 
 
-def run_demo(
-    engine: Engine,
+def write_events(
+    path: Path,
     *,
-    people: int = 5000,
-    days: int = 90,
-    seed: int = 42,
-    reset: bool = False,
-    segments: Path | None = None,
-    scores: Path | None = None,
-    workflows: Path | None = None,
-    batch_size: int = 5000,
+    people: int,
+    days: int,
+    seed: int,
     on_progress: Callable[[int], None] | None = None,
-    settings: Any = None,
-) -> dict[str, Any]:
-    """Build the demo store and run the pipeline on it; the summary of what is stored.
+) -> int:
+    """Write the store's events to ``path`` as JSON Lines (what ``segflow import``
+    reads); how many. ``on_progress`` gets the count written every 10,000."""
+    n = 0
+    with path.open("w", encoding="utf-8") as out:
+        for n, event in enumerate(generate(people, seed=seed, days=days), 1):
+            out.write(json.dumps(event, separators=(",", ":")))
+            out.write("\n")
+            if on_progress is not None and not n % 10_000:
+                on_progress(10_000)
+    if on_progress is not None:
+        on_progress(n % 10_000)
+    return n
 
-    The summary is ``core.database_summary`` plus ``catalogue`` (products, out
-    of stock), ``recommendations`` (what each refresh stored), ``segments`` (sizes),
-    ``scores`` (profiles scored per score), ``import`` (the import report, 20
-    rejections at most), ``full_run`` (whether segments ran in full),
-    ``email_consents`` (people who opted in) and, given ``settings`` (with a
-    secret key to sign tracking links), ``outbox``: the cart and browse emails
-    of a few people, delivered to the outbox folder; ``workflows``: what the
-    example workflows (``workflows``: another folder of them) did, a day later.
-    """
-    if reset:
-        reset_demo(engine)
-    report = ingest(
-        engine,
-        generate(people, seed=seed, days=days),
-        source=DEMO_SOURCE,
-        batch_size=batch_size,
-        on_progress=on_progress,
-        # No on_stored: segments are evaluated once, below, not per batch.
-        bulk=worth_bulk_loading(engine, people * EVENTS_PER_PERSON),
-    )
-    now = datetime.now(UTC)
-    consents = grant_signup_consents(engine)
-    # The events' product properties first, then the shop's own catalogue,
-    # newer than any event, with what events do not say (stock, images).
-    refresh_products(engine)
-    products = load_products(engine, catalogue_rows(seed), now=now)
-    # Scores first: segments such as loyal_high_engagement read them.
-    scored = run_scores(engine, load_score_files(scores or EXAMPLE_SCORES, scoring_models()), now)
-    # Before the segments run: entering a segment starts the workflows' runs.
-    workflow_names = save_demo_workflows(engine, now, workflows)
-    kinds = condition_kinds()
-    run = run_segments(
-        engine,
-        now,
-        kinds=kinds,
-        definitions=load_segment_files(segments or EXAMPLE_SEGMENTS, kinds),
-        on_change=segment_change_hook(engine),
-    )
-    recommendations = refresh_recommendations(engine, now)
+
+def load_catalogue(engine: Engine, seed: int, now: datetime) -> dict[str, int]:
+    """The shop's catalogue, stamped ``now``: newer than the events, so what
+    they say of a product (price, name) never overrides stock and images."""
+    rows = catalogue_rows(seed)
+    report = load_products(engine, rows, now=now)
+    return {"products": report.products, "out_of_stock": sum(not r["in_stock"] for r in rows)}
+
+
+def summarise(engine: Engine, today: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """What is stored, with what the pipeline did ``today`` (ingest, scores,
+    segments, recommendations) and ``later`` (the workflows a day on)."""
     summary = database_summary(engine)
-    summary["catalogue"] = {
-        "products": products.products,
-        "out_of_stock": sum(not row["in_stock"] for row in catalogue_rows(seed)),
-    }
-    summary["recommendations"] = recommendations
-    summary["segments"] = dict(sorted(run.sizes.items()))
-    summary["scores"] = scored
-    imported = report.as_dict()
+    segments = today["segment"]
+    summary["segments"] = {n: s["size"] for n, s in segments["segments"].items()}
+    summary["full_run"] = segments["full"]
+    summary["scores"] = today["scores"]["scored"] if today["scores"] else {}
+    summary["recommendations"] = today["recommend"]["recommenders"]
+    (imported,) = today["ingest"]["files"]["files"].values()
     summary["import"] = imported | {"rejections": imported["rejections"][:20]}
-    summary["full_run"] = run.full
-    summary["email_consents"] = consents
-    if settings is not None:
-        summary["outbox"] = send_demo_emails(engine, settings, now)
-    summary["workflows"] = run_demo_workflows(engine, settings, now, workflow_names)
+    summary["workflows"] = {
+        "as_of": later["as_of"],
+        "workflows": workflow_outcomes(engine),
+        "performed": later["send"],
+    }
     return summary
