@@ -115,8 +115,8 @@ Schedule = Annotated[str | Literal[False], AfterValidator(check_schedule)]
 class Schedules(BaseModel):
     """When each deployment runs. Segments and the tick run at the data's
     refresh cadence, the tick a minute after each segment run so it sees the
-    entries that run made; sends hourly; scores daily, before anyone reads
-    them in the morning (UTC)."""
+    entries that run made; sends hourly; recommendations, then scores, daily,
+    before anyone reads them in the morning (UTC)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,6 +125,7 @@ class Schedules(BaseModel):
     segment: Schedule = "*/5 * * * *"
     automate: Schedule = "1-59/5 * * * *"
     send: Schedule = "0 * * * *"
+    recommend: Schedule = "0 1 * * *"
     scores: Schedule = "0 2 * * *"
     # The pipeline is served without a schedule: run on demand (or by the demo).
     pipeline: Schedule = False

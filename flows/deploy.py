@@ -25,6 +25,7 @@ from flows.automate import automate
 from flows.config import DeploySettings, schedule_interval
 from flows.ingest import ingest_polls, poll_names
 from flows.pipeline import pipeline
+from flows.recommend import recommend
 from flows.scores import scores
 from flows.segment import segment
 from flows.send import send
@@ -55,6 +56,7 @@ def planned(settings: Settings) -> list[Planned]:
     if poll_names(settings):
         plan.append(Planned("ingest", ingest_polls, {}))
     plan += [
+        Planned("recommend", recommend, {}),
         Planned("scores", scores, {"directory": folders["scores"]}),
         Planned("segment", segment, {"directory": folders["segments"]}),
         Planned("automate", automate, {"directory": folders["workflows"]}),

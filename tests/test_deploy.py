@@ -17,7 +17,7 @@ import pytest
 from core.config import ConfigError, load_settings
 from tests.helpers import child_env
 
-FLOWS = ["scores", "segment", "automate", "send", "pipeline"]
+FLOWS = ["recommend", "scores", "segment", "automate", "send", "pipeline"]
 
 
 def schedules(deployment) -> list:
@@ -48,6 +48,7 @@ def test_default_deployments_and_schedules(project):
     assert {d.name for d in built.values()} == {"segflow"}
     crons = {name: [(s.cron, s.timezone) for s in schedules(d)] for name, d in built.items()}
     assert crons == {
+        "recommend": [("0 1 * * *", "UTC")],
         "scores": [("0 2 * * *", "UTC")],
         "segment": [("*/5 * * * *", "UTC")],
         "automate": [("1-59/5 * * * *", "UTC")],
@@ -56,7 +57,7 @@ def test_default_deployments_and_schedules(project):
     }
     assert built["segment"].parameters == {"directory": str(EXAMPLES / "segments")}
     assert built["automate"].parameters == {"directory": str(EXAMPLES / "workflows")}
-    assert built["send"].parameters == {}
+    assert built["send"].parameters == {} and built["recommend"].parameters == {}
     assert built["pipeline"].parameters == {
         "scores_dir": str(EXAMPLES / "scores"),
         "segments_dir": str(EXAMPLES / "segments"),
@@ -162,6 +163,7 @@ def test_deploy_list_prints_what_it_would_serve(project, run):
     rows = json.loads(out)
     assert rows == [describe(d) for d in build_deployments(load_settings())]
     assert [(r["deployment"], r["schedule"]) for r in rows] == [
+        ("recommend/segflow", "cron 0 1 * * * (UTC)"),
         ("scores/segflow", "cron 0 2 * * * (UTC)"),
         ("segment/segflow", "cron */5 * * * * (UTC)"),
         ("automate/segflow", "cron 1-59/5 * * * * (UTC)"),
@@ -171,7 +173,7 @@ def test_deploy_list_prints_what_it_would_serve(project, run):
 
     status, out, _ = run("deploy", "--dry-run")
     assert status == 0
-    assert "would serve: 5" in out
+    assert "would serve: 6" in out
     assert "segment/segflow" in out and "cron */5 * * * * (UTC)" in out
 
 
