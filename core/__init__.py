@@ -36,12 +36,19 @@ from core.types import (
     ReadOptions,
     Recommender,
     RecommenderTables,
+    RecordResult,
+    RemotePerson,
     RenderedEmail,
     ScoreError,
     ScoreValue,
     ScoringModel,
     SqlContext,
     StoredEvent,
+    SyncApi,
+    SyncEvent,
+    SyncLimits,
+    SyncPerson,
+    SyncTarget,
     TemporaryFailure,
     Trigger,
     UsageError,
@@ -63,6 +70,7 @@ _TABLES = (
     "PRODUCT_RELATED",
     "PRODUCT_POPULARITY",
     "MESSAGES",
+    "SYNC_STATES",
 )
 
 # Exported name -> "module" or "module:attribute" (imported on first access).
@@ -148,6 +156,16 @@ _LAZY = {
     "enter_from_history": "core.automation.engine",
     "load_workflow_files": "core.automation.language",
     "workflow_outcomes": "core.automation.report",
+    # ESP / CRM sync: the client connectors call through, runs, verify
+    "SyncClient": "core.sync.client",
+    "SyncFailure": "core.sync.client",
+    "TransportFailure": "core.sync.client",
+    "SyncReport": "core.sync.engine",
+    "run_sync": "core.sync.engine",
+    "plan_sync": "core.sync.engine",
+    "VerifyReport": "core.sync.verify",
+    "verify_sync": "core.sync.verify",
+    "sync_status": "core.sync.verify",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -270,6 +288,23 @@ __all__ = [
     "enter_from_history",
     "load_workflow_files",
     "workflow_outcomes",
+    "SYNC_STATES",
+    "RecordResult",
+    "RemotePerson",
+    "SyncApi",
+    "SyncEvent",
+    "SyncLimits",
+    "SyncPerson",
+    "SyncTarget",
+    "SyncClient",
+    "SyncFailure",
+    "TransportFailure",
+    "SyncReport",
+    "run_sync",
+    "plan_sync",
+    "VerifyReport",
+    "verify_sync",
+    "sync_status",
 ]
 
 
@@ -346,5 +381,8 @@ if TYPE_CHECKING:
     from core.segments.where import Filter, Where, where_matches, where_sql
     from core.source_state import load_cursor, save_cursor
     from core.stats import count_events, database_summary
+    from core.sync.client import SyncClient, SyncFailure, TransportFailure
+    from core.sync.engine import SyncReport, plan_sync, run_sync
+    from core.sync.verify import VerifyReport, sync_status, verify_sync
     from core.tracking import PIXEL_GIF, BadToken, tracking_event
     from core.tracking import verify as verify_token

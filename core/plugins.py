@@ -63,6 +63,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.esp.fakes",
     "plugins.automation",
     "plugins.actions",
+    "plugins.sync",
     # `segflow deploy` and `segflow server`, from the Prefect shell (flows/).
     "flows.commands",
 )

@@ -8,7 +8,7 @@ authors can depend on it without pulling in the engine.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -355,6 +355,134 @@ class EspConnector:
     sender: Callable[[Any], str] | None = None
     open: Callable[[Any], AbstractContextManager[Any]] = _settings_session
     confirm: Callable[[RenderedEmail, EmailMessage, Any], str | None] | None = None
+    # Profile, consent, membership and event sync (core.sync): ESPs and CRMs.
+    sync: SyncApi | None = None
+
+
+# -- sync to ESPs and CRMs (core.sync) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncPerson:
+    """One person as a connector syncs them: identifiers, the mapped properties,
+    email marketing consent (True granted, False withdrawn or unsubscribed,
+    None never asked: never synced as subscribed) and, given to membership
+    calls, ``remote_id``: what the connector answered for them before."""
+
+    profile_id: int
+    email: str
+    user_id: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    subscribed: bool | None = None
+    remote_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """A segment entry or exit sent as an ESP event (ESP flows can trigger on
+    it). ``unique_id`` is the same every time the event is sent, so a resend
+    is not a duplicate where the API de-duplicates."""
+
+    unique_id: str
+    name: str
+    person: SyncPerson
+    time: datetime
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What a connector call did for one record, in the order given: ``ok``
+    (``remote_id``: the API's id for the person, when it has one), ``retry``
+    (a temporary failure: tried again next run) or ``failed`` (the API
+    refused the data: tried again next run too, and counted by ``reason``)."""
+
+    status: str
+    reason: str | None = None
+    remote_id: str | None = None
+
+    @classmethod
+    def ok(cls, remote_id: str | None = None) -> RecordResult:
+        return cls("ok", None, remote_id)
+
+
+@dataclass(frozen=True)
+class SyncLimits:
+    """A connector's documented limits: records per call, requests per second
+    with a burst, and connections at once. The sync client waits by them and
+    by the live rate headers the connector reads (``SyncApi.rate_state``)."""
+
+    profiles_per_call: int = 100
+    members_per_call: int = 100
+    events_per_call: int = 100
+    requests_per_second: float = 10.0
+    burst: int = 10
+    concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """One ``[[connectors]]`` entry of segflow.toml, resolved: the API's base
+    URL, its key (read from the environment variable ``api_key_env`` names;
+    never shown), the segments to sync, how membership is expressed
+    (``list``, ``tag`` or ``property``), the property mapping (remote name ->
+    ``user_id``, ``email`` or ``attributes.NAME``) and the connector's own
+    options (an audience id, a list prefix, ...)."""
+
+    name: str
+    kind: str
+    base_url: str
+    api_key: str = field(repr=False)
+    segments: tuple[str, ...] = ()
+    membership: str = "list"
+    properties: Mapping[str, str] = field(default_factory=dict)
+    events: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemotePerson:
+    """A person as the remote side holds them (``SyncApi.read``): consent and
+    the synced segments they are a member of there."""
+
+    email: str
+    subscribed: bool | None
+    segments: frozenset[str]
+    remote_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncApi:
+    """What an ESP or CRM connector does for ``core.sync``. Every call is
+    async, takes the ``session`` that ``open(target, client)`` yields (an
+    async context manager; ``client`` is core's rate-limited, retrying HTTP
+    client for the target) and answers one ``RecordResult`` per record, in
+    order. A call that fails as a whole raises; the engine counts every
+    record of it as ``retry``.
+
+    ``upsert(session, people)`` creates or updates the people (identifiers,
+    properties, consent); ``add(session, segment, people)`` and
+    ``remove(session, segment, people)`` set membership as the target says;
+    ``events(session, events)``, optional, sends segment entries and exits;
+    ``delete(session, people)``, optional, erases people (privacy);
+    ``read(session)`` pages through the remote state of the target's
+    segments (``segflow sync verify``). ``auth_headers(target)`` are sent with
+    every request (never logged); ``rate_state(response)``, optional, reads
+    the live rate headers: (requests left, seconds until the window resets).
+    """
+
+    limits: SyncLimits
+    base_url: str
+    auth_headers: Callable[[SyncTarget], Mapping[str, str]]
+    open: Callable[[SyncTarget, Any], Any]
+    upsert: Callable[[Any, Sequence[SyncPerson]], Awaitable[list[RecordResult]]]
+    add: Callable[[Any, str, Sequence[SyncPerson]], Awaitable[list[RecordResult]]]
+    remove: Callable[[Any, str, Sequence[SyncPerson]], Awaitable[list[RecordResult]]]
+    read: Callable[[Any], Awaitable[dict[str, RemotePerson]]]
+    events: Callable[[Any, Sequence[SyncEvent]], Awaitable[list[RecordResult]]] | None = None
+    delete: Callable[[Any, Sequence[SyncPerson]], Awaitable[list[RecordResult]]] | None = None
+    rate_state: Callable[[Any], tuple[int, float] | None] | None = None
+    memberships: tuple[str, ...] = ("list",)
 
 
 # -- recommendations ------------------------------------------------------------

@@ -125,6 +125,8 @@ class Schedules(BaseModel):
     segment: Schedule = "*/5 * * * *"
     automate: Schedule = "1-59/5 * * * *"
     send: Schedule = "0 * * * *"
+    # [[connectors]]; served only when some are configured.
+    sync: Schedule = "*/15 * * * *"
     recommend: Schedule = "0 1 * * *"
     scores: Schedule = "0 2 * * *"
     # The pipeline is served without a schedule: run on demand (or by the demo).

@@ -29,6 +29,7 @@ from flows.recommend import recommend
 from flows.scores import scores
 from flows.segment import segment
 from flows.send import send
+from flows.sync import sync
 
 SECTION = "deploy"
 TAGS = ["segflow"]
@@ -61,6 +62,7 @@ def planned(settings: Settings) -> list[Planned]:
         Planned("segment", segment, {"directory": folders["segments"]}),
         Planned("automate", automate, {"directory": folders["workflows"]}),
         Planned("send", send, {}),
+        *([Planned("sync", sync, {})] if _syncs(settings) else []),
         # monitor: Planned("monitor", monitor, {}) once the dashboards issue adds the flow.
         Planned(
             "pipeline",
@@ -73,6 +75,17 @@ def planned(settings: Settings) -> list[Planned]:
         ),
     ]
     return plan
+
+
+def _syncs(settings: Settings) -> bool:
+    """Whether some [[connectors]] entry syncs (the sync plugin may not be loaded)."""
+    from core.plugins import settings_sections
+
+    if "connectors" not in settings_sections():
+        return False
+    from plugins.sync.config import configured
+
+    return bool(configured(settings))
 
 
 def schedule_of(value: str | bool, timezone: str) -> Schedule | None:

@@ -538,3 +538,47 @@ class WorkflowTrigger(SQLModel, table=True):
 
     workflow: str = Field(primary_key=True, max_length=64)
     checked_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class SyncState(SQLModel, table=True):
+    """What a connector's remote side last confirmed for a person: the hash of
+    the fields sent, the synced segments they are a member of there, and the
+    remote id; a failed record keeps the last confirmed values, so the next
+    run sends it again."""
+
+    __tablename__ = "sync_states"
+
+    connector: str = Field(primary_key=True, max_length=64)
+    profile_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), primary_key=True)
+    )
+    email: str = Field(max_length=320)
+    hash: str | None = Field(default=None, max_length=64)
+    segments: list = Field(
+        default_factory=list, sa_column=sa.Column(JSONType, nullable=False, default=list)
+    )
+    subscribed: bool | None = None
+    remote_id: str | None = Field(default=None, max_length=255)
+    # ok | failed | retry
+    status: str = Field(max_length=16)
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))
+    updated_at: datetime = _ts()
+
+
+class SyncRun(SQLModel, table=True):
+    """One sync run of one connector: when, and what it sent, skipped and failed."""
+
+    __tablename__ = "sync_runs"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    connector: str = Field(max_length=64, index=True)
+    dry_run: bool = False
+    # running | done | failed
+    status: str = Field(max_length=16)
+    counts: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)

@@ -32,3 +32,5 @@ WORKFLOW_STATES = models.WorkflowState.__table__
 WORKFLOW_HISTORY = models.WorkflowHistory.__table__
 WORKFLOW_ACTIONS = models.WorkflowAction.__table__
 WORKFLOW_TRIGGERS = models.WorkflowTrigger.__table__
+SYNC_STATES = models.SyncState.__table__
+SYNC_RUNS = models.SyncRun.__table__

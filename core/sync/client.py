@@ -1,0 +1,196 @@
+"""The HTTP client connectors sync through: pooled, rate-limited, retrying.
+
+One ``SyncClient`` per target and run. Every request waits for a token of the
+target's bucket (``SyncLimits.requests_per_second`` with ``burst``) and for a
+connection slot (``concurrency``); when the connector reads the live rate
+headers (``SyncApi.rate_state``) and none are left, every request waits for
+the window to reset. 429, 5xx, timeouts and dropped connections are retried
+with exponential backoff and jitter (a 429's Retry-After is honoured); other
+answers go back to the connector, which maps them to per-record results.
+
+A request that may have reached the API before its connection dropped is
+retried only when the connector says it is idempotent (``idempotent=True``,
+the default for PUT, DELETE and reads): a retried POST could otherwise be
+applied twice. ``TransportFailure`` reports the others, and the connector
+decides (an event with a unique id may be resent; a job id is looked up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from core.types import SyncLimits
+
+RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+class SyncFailure(Exception):
+    """A request that still failed after its retries (``status``: the last
+    answer's, None for a transport error); its records are retried next run."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransportFailure(SyncFailure):
+    """The connection failed after the request may have reached the API, and
+    the request was not marked idempotent, so it was not retried."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits up to base * 2**n,
+    capped; ``attempts`` tries in all."""
+
+    attempts: int = 6
+    base: float = 0.25
+    cap: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, asked: float | None = None) -> float:
+        if asked is not None:
+            # What the API asked for, and a little more, so parallel requests do not
+            # all come back in the same instant.
+            return min(self.cap, asked) + self.rng.uniform(0, self.base)
+        return self.rng.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, max(1, burst), clock
+        self.tokens = float(self.burst)
+        self.stamp = clock()
+        self.lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self.lock:
+            while True:
+                now = self.clock()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429s met
+    waited: float = 0.0  # seconds spent waiting on live rate headers and Retry-After
+
+
+class SyncClient:
+    """``await client.request(method, path, ...)`` -> httpx.Response (any status
+    but the retried ones, which raise ``SyncFailure`` once retries are spent)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        limits: SyncLimits,
+        *,
+        headers: Mapping[str, str] | None = None,
+        rate_state: Callable[[httpx.Response], tuple[int, float] | None] | None = None,
+        backoff: Backoff | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limits = limits
+        self.bucket = TokenBucket(limits.requests_per_second, limits.burst)
+        self.slots = asyncio.Semaphore(limits.concurrency)
+        self.rate_state = rate_state
+        self.backoff = backoff or Backoff()
+        self.stats = ClientStats()
+        self._paused_until = 0.0
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=dict(headers or {}),
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=limits.concurrency, max_keepalive_connections=limits.concurrency
+            ),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> SyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def request(
+        self, method: str, url: str, *, idempotent: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        method = method.upper()
+        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        last = "no attempt"
+        for attempt in range(self.backoff.attempts):
+            await self._wait_for_window()
+            await self.bucket.take()
+            async with self.slots:
+                self.stats.requests += 1
+                try:
+                    response = await self.http.request(method, url, **kwargs)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    # Never reached the API: always safe to try again.
+                    last = f"{type(exc).__name__}: {exc}"
+                    response = None
+                except httpx.TransportError as exc:
+                    last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    if not safe:
+                        raise TransportFailure(f"{method} {url}: {last}") from None
+                    response = None
+            asked = None
+            if response is not None:
+                self._read_rate(response)
+                if response.status_code not in RETRIED_STATUS:
+                    return response
+                last = f"HTTP {response.status_code}"
+                if response.status_code == 429:
+                    self.stats.throttled += 1
+                    asked = _retry_after(response)
+            if attempt + 1 < self.backoff.attempts:
+                self.stats.retries += 1
+                wait = self.backoff.delay(attempt, asked)
+                self.stats.waited += wait if asked is not None else 0.0
+                await asyncio.sleep(wait)
+        status = response.status_code if response is not None else None
+        raise SyncFailure(f"{method} {url}: {last} after {self.backoff.attempts} attempts", status)
+
+    def _read_rate(self, response: httpx.Response) -> None:
+        if self.rate_state is None:
+            return
+        state = self.rate_state(response)
+        if state is not None:
+            left, reset = state
+            if left <= 0 and reset > 0:
+                self._paused_until = max(self._paused_until, time.monotonic() + reset)
+
+    async def _wait_for_window(self) -> None:
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            self.stats.waited += pause
+            await asyncio.sleep(pause)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,647 @@
+"""Sync runs: segflow's people, consent, segment membership and segment events
+to one ESP or CRM target, sending only what changed.
+
+    memberships, profiles, consents --> wanted state per person
+    sync_states (what the remote confirmed) --diff--> upserts, adds, removes
+    membership_changes since the target's cursor --> segment events
+    each wave of batches --> the target's API --> sync_states, per confirmed record
+
+Only new, changed and removed records are sent; a record the API refused or
+that failed keeps its last confirmed state, so the next run sends it again
+without holding up the rest. State is written after each wave of batches, so
+a run killed at any point and run again sends what was not confirmed: an
+upsert or membership call twice leaves the same remote state, and events
+carry the same unique id every time they are sent.
+
+A person is synced when they are a live profile with an email address; the
+first run of a target sends no events for changes that happened before it
+(its cursor starts at the newest change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.engine import Connection, Engine
+
+from core.consents import NO_CONSENT, email_refusals
+from core.db.models import utcnow
+from core.db.sql import dialect_insert
+from core.db.tables import (
+    CHANGES,
+    MEMBERSHIPS,
+    PROFILES,
+    SEGMENTS,
+    SOURCE_STATES,
+    SYNC_RUNS,
+    SYNC_STATES,
+)
+from core.sync.client import SyncClient, SyncFailure
+from core.types import (
+    EspConnector,
+    RecordResult,
+    SyncApi,
+    SyncEvent,
+    SyncPerson,
+    SyncTarget,
+    UsageError,
+)
+
+CHUNK = 500
+ENTERED_EVENT = "Entered segment {segment}"
+EXITED_EVENT = "Exited segment {segment}"
+
+Progress = Callable[[int, int], None]
+
+
+class SyncReport(BaseModel):
+    """What a run did (or, dry, would do): people considered, records sent by
+    kind, unchanged, and failures by reason (``retry``: temporary)."""
+
+    connector: str
+    dry_run: bool = False
+    people: int = 0
+    upserted: int = 0
+    added: int = 0
+    removed: int = 0
+    events: int = 0
+    unchanged: int = 0
+    skipped: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    retry: dict[str, int] = {}
+    requests: int = 0
+    throttled: int = 0
+    seconds: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return self.upserted + self.added + self.removed + self.events
+
+
+@dataclass
+class State:
+    email: str
+    hash: str | None
+    segments: frozenset[str]
+    subscribed: bool | None
+    remote_id: str | None
+    status: str
+    attempts: int
+
+
+@dataclass
+class Wanted:
+    person: SyncPerson
+    hash: str
+    segments: frozenset[str]
+
+
+@dataclass
+class Plan:
+    """The difference between what is wanted and what the remote confirmed."""
+
+    states: dict[int, State] = field(default_factory=dict)
+    wanted: dict[int, Wanted] = field(default_factory=dict)
+    upserts: list[int] = field(default_factory=list)
+    moved: set[int] = field(default_factory=set)  # a new email address: no segments remotely yet
+    adds: dict[str, list[int]] = field(default_factory=dict)
+    removes: dict[str, list[SyncPerson]] = field(default_factory=dict)
+    events: list[tuple[int, SyncEvent]] = field(default_factory=list)
+    forget: list[int] = field(default_factory=list)  # states of merged or email-less profiles
+    cursor: int = 0  # membership_changes id the events reach
+    people: int = 0
+    unchanged: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return (
+            len(self.upserts)
+            + sum(map(len, self.adds.values()))
+            + sum(map(len, self.removes.values()))
+            + len(self.events)
+        )
+
+
+def person_hash(person: SyncPerson) -> str:
+    """What decides whether a person is sent again: the fields an upsert sends."""
+    fields = [person.email, person.user_id, sorted(person.properties.items()), person.subscribed]
+    return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()
+
+
+def cursor_name(target: SyncTarget) -> str:
+    return f"sync:{target.name}:changes"
+
+
+# -- what is wanted ----------------------------------------------------------------------
+
+
+def _segment_ids(
+    conn: Connection, target: SyncTarget, only: Iterable[str] | None
+) -> dict[int, str]:
+    names = list(target.segments)
+    if only is not None:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise UsageError(
+                f"connector {target.name!r} does not sync {', '.join(unknown)} "
+                f"(its segments: {', '.join(names) or 'none'})"
+            )
+        names = [n for n in names if n in set(only)]
+    rows = conn.execute(sa.select(SEGMENTS.c.id, SEGMENTS.c.name).where(SEGMENTS.c.name.in_(names)))
+    found = {sid: name for sid, name in rows}
+    missing = sorted(set(names) - set(found.values()))
+    if missing:
+        raise UsageError(
+            f"connector {target.name!r}: no segment named {', '.join(missing)} "
+            "(segflow segments run --dir DIR defines them)"
+        )
+    return found
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _value(profile: Any, path: str) -> Any:
+    if path in ("user_id", "email"):
+        return getattr(profile, path)
+    if path.startswith("attributes."):
+        return (profile.attributes or {}).get(path.removeprefix("attributes."))
+    raise UsageError(f"property source {path!r}: use user_id, email or attributes.NAME")
+
+
+def _states(conn: Connection, target: SyncTarget) -> dict[int, State]:
+    rows = conn.execute(sa.select(SYNC_STATES).where(SYNC_STATES.c.connector == target.name))
+    return {
+        r.profile_id: State(
+            r.email, r.hash, frozenset(r.segments or ()), r.subscribed, r.remote_id, r.status,
+            r.attempts,
+        )
+        for r in rows
+    }  # fmt: skip
+
+
+def plan_sync(
+    conn: Connection,
+    target: SyncTarget,
+    *,
+    segments: Iterable[str] | None = None,
+    only: Iterable[int] | None = None,
+) -> Plan:
+    """What a run of ``target`` would send (``segments``: only those of its
+    segments; ``only``: only these profiles)."""
+    seg_ids = _segment_ids(conn, target, segments)
+    synced = frozenset(seg_ids.values())
+    ids_filter = set(only) if only is not None else None
+    states = _states(conn, target)
+    member_of: dict[int, set[str]] = {}
+    for chunk in _chunks(sorted(seg_ids), CHUNK):
+        rows = conn.execute(
+            sa.select(MEMBERSHIPS.c.profile_id, MEMBERSHIPS.c.segment_id).where(
+                MEMBERSHIPS.c.segment_id.in_(chunk)
+            )
+        )
+        for pid, sid in rows:
+            if ids_filter is None or pid in ids_filter:
+                member_of.setdefault(pid, set()).add(seg_ids[sid])
+    known = set(states) if ids_filter is None else set(states) & ids_filter
+    candidates = sorted(set(member_of) | known)
+    plan = Plan(states=states)
+    profiles: dict[int, Any] = {}
+    for chunk in _chunks(candidates, CHUNK):
+        for row in conn.execute(
+            sa.select(
+                PROFILES.c.id,
+                PROFILES.c.email,
+                PROFILES.c.user_id,
+                PROFILES.c.attributes,
+                PROFILES.c.merged_into,
+            ).where(PROFILES.c.id.in_(chunk))
+        ):
+            profiles[row.id] = row
+    live = [pid for pid in candidates if pid in profiles and profiles[pid].merged_into is None]
+    refusals = email_refusals(conn, [pid for pid in live if profiles[pid].email])
+    for pid in candidates:
+        profile = profiles.get(pid)
+        state = states.get(pid)
+        if profile is None or profile.merged_into is not None or not profile.email:
+            if pid in member_of:
+                plan.skipped["merged" if profile is not None and profile.merged_into else
+                             "no email address"] += 1  # fmt: skip
+            if state is not None:
+                # The profile it was merged into is synced in its own right; taking
+                # this one out remotely could take that person out too (same email).
+                plan.forget.append(pid)
+            continue
+        plan.people += 1
+        why = refusals.get(pid)
+        person = SyncPerson(
+            profile_id=pid,
+            email=profile.email.strip().lower(),
+            user_id=profile.user_id,
+            properties={name: _value(profile, path) for name, path in target.properties.items()},
+            subscribed=True if why is None else None if why == NO_CONSENT else False,
+            remote_id=state.remote_id if state is not None else None,
+        )
+        wanted = Wanted(person, person_hash(person), frozenset(member_of.get(pid, ())))
+        had = state.segments & synced if state is not None else frozenset()
+        if state is not None and state.email != person.email:
+            # A new address is a new person remotely: the old one leaves the segments.
+            old = replace(person, email=state.email, remote_id=state.remote_id)
+            for seg in sorted(had):
+                plan.removes.setdefault(seg, []).append(old)
+            had = frozenset()
+            state = None
+            plan.moved.add(pid)
+        changed = state is None or state.hash != wanted.hash or state.status != "ok"
+        if changed:
+            plan.upserts.append(pid)
+        for seg in sorted(wanted.segments - had):
+            plan.adds.setdefault(seg, []).append(pid)
+        for seg in sorted(had - wanted.segments):
+            plan.removes.setdefault(seg, []).append(person)
+        if not changed and wanted.segments == had:
+            plan.unchanged += 1
+        plan.wanted[pid] = wanted
+    if target.events:
+        _plan_events(conn, target, seg_ids, plan, ids_filter)
+    return plan
+
+
+def _plan_events(
+    conn: Connection, target: SyncTarget, seg_ids: dict[int, str], plan: Plan, ids: set[int] | None
+) -> None:
+    stored = conn.execute(
+        sa.select(SOURCE_STATES.c.cursor).where(SOURCE_STATES.c.name == cursor_name(target))
+    ).scalar()
+    newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.id), 0))).scalar_one()
+    if stored is None:
+        plan.cursor = newest  # the first run: no events for what happened before it
+        return
+    start = int(stored["cursor"])
+    plan.cursor = newest
+    query = (
+        sa.select(
+            CHANGES.c.id, CHANGES.c.segment_id, CHANGES.c.profile_id, CHANGES.c.change,
+            CHANGES.c.at,
+        )
+        .where(CHANGES.c.id > start, CHANGES.c.id <= newest,
+               CHANGES.c.segment_id.in_(sorted(seg_ids)))
+        .order_by(CHANGES.c.id)
+    )  # fmt: skip
+    for cid, sid, pid, change, at in conn.execute(query):
+        if ids is not None and pid not in ids:
+            continue
+        wanted = plan.wanted.get(pid)
+        if wanted is None:
+            continue  # no longer a person that can be synced (merged, no email)
+        name = (ENTERED_EVENT if change == "entered" else EXITED_EVENT).format(segment=seg_ids[sid])
+        event = SyncEvent(
+            unique_id=f"segflow-{target.name}-{cid}",
+            name=name,
+            person=wanted.person,
+            time=at if at.tzinfo else at.replace(tzinfo=UTC),
+            properties={"segment": seg_ids[sid], "change": change},
+        )
+        plan.events.append((cid, event))
+
+
+# -- running a plan ------------------------------------------------------------------------
+
+
+def run_sync(
+    engine: Engine,
+    target: SyncTarget,
+    connector: EspConnector,
+    *,
+    segments: Iterable[str] | None = None,
+    only: Iterable[int] | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    transport: Any = None,
+) -> SyncReport:
+    """Sync ``target`` through ``connector`` (its ``sync`` API): send the new,
+    changed and removed people, memberships and segment events; ``dry_run``
+    counts what would be sent and sends nothing. ``progress(done, total)``
+    after each batch. ``transport``: an httpx transport (tests)."""
+    api = _api(target, connector)
+    started = datetime.now(UTC)
+    with engine.connect() as conn:
+        plan = plan_sync(conn, target, segments=segments, only=only)
+    report = SyncReport(
+        connector=target.name,
+        dry_run=dry_run,
+        people=plan.people,
+        unchanged=plan.unchanged,
+        skipped=dict(plan.skipped),
+    )
+    if dry_run:
+        report.upserted = len(plan.upserts)
+        report.added = sum(map(len, plan.adds.values()))
+        report.removed = sum(map(len, plan.removes.values()))
+        report.events = len(plan.events)
+        return report
+    run_id = _start_run(engine, target, started)
+    try:
+        asyncio.run(_execute(engine, target, api, plan, report, progress, transport))
+    except BaseException as exc:
+        _finish_run(engine, run_id, report, started, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    _finish_run(engine, run_id, report, started, "done")
+    return report
+
+
+def _api(target: SyncTarget, connector: EspConnector) -> SyncApi:
+    if connector.sync is None:
+        raise UsageError(f"connector {target.name!r}: {target.kind} cannot sync people")
+    if target.membership not in connector.sync.memberships:
+        raise UsageError(
+            f"connector {target.name!r}: {target.kind} expresses membership as "
+            f"{' or '.join(connector.sync.memberships)}, not {target.membership!r}"
+        )
+    return connector.sync
+
+
+class _Run:
+    """One run's bookkeeping: confirmed segments per person, counts, progress."""
+
+    def __init__(self, engine, target, plan, report, progress) -> None:
+        self.engine, self.target, self.plan, self.report = engine, target, plan, report
+        self.progress = progress
+        self.done = 0
+        self.confirmed: dict[int, set[str]] = {
+            pid: set(st.segments) for pid, st in plan.states.items()
+        }
+        self.has_state = {pid for pid, st in plan.states.items() if st.hash is not None}
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.plan.total)
+
+    def count(self, result: RecordResult, field_name: str) -> bool:
+        if result.status == "ok":
+            setattr(self.report, field_name, getattr(self.report, field_name) + 1)
+            return True
+        into = self.report.failed if result.status == "failed" else self.report.retry
+        reason = result.reason or result.status
+        into[reason] = into.get(reason, 0) + 1
+        return False
+
+
+async def _batches(items: Sequence[Any], size: int, call, waves: int):
+    """Yield (batch, results) for each batch, ``waves`` batches in flight at once;
+    a batch whose call raised gets ``retry`` for every record."""
+    batches = list(_chunks(items, max(1, size)))
+    for start in range(0, len(batches), max(1, waves)):
+        wave = batches[start : start + waves]
+        outcomes = await asyncio.gather(*(call(b) for b in wave), return_exceptions=True)
+        for batch, outcome in zip(wave, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                reason = str(outcome) if isinstance(outcome, SyncFailure) else (
+                    f"{type(outcome).__name__}: {outcome}")  # fmt: skip
+                results = [RecordResult("retry", reason)] * len(batch)
+            else:
+                results = list(outcome)
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"connector answered {len(results)} results for {len(batch)} records"
+                    )
+            yield batch, results
+
+
+async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, transport) -> None:
+    run = _Run(engine, target, plan, report, progress)
+    limits = api.limits
+    client = SyncClient(
+        target.base_url,
+        limits,
+        headers=api.auth_headers(target),
+        rate_state=api.rate_state,
+        transport=transport,
+    )
+    _forget(engine, target, plan.forget)
+    async with client, api.open(target, client) as session:
+        try:
+            await _upserts(run, api, session, limits)
+            await _memberships(run, api, session, limits)
+            await _events(run, api, session, limits)
+        finally:
+            report.requests, report.throttled = client.stats.requests, client.stats.throttled
+
+
+async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
+    people = [run.plan.wanted[pid] for pid in run.plan.upserts]
+
+    async def call(batch):
+        return await api.upsert(session, [w.person for w in batch])
+
+    async for batch, results in _batches(
+        people, limits.profiles_per_call, call, limits.concurrency
+    ):
+        rows = []
+        for wanted, result in zip(batch, results, strict=True):
+            pid = wanted.person.profile_id
+            if run.count(result, "upserted"):
+                if pid in run.plan.moved:
+                    run.confirmed[pid] = set()
+                remote = result.remote_id or wanted.person.remote_id
+                person = replace(wanted.person, remote_id=remote)
+                run.plan.wanted[pid] = replace(wanted, person=person)
+                run.has_state.add(pid)
+                rows.append((pid, wanted, "ok", None, remote))
+            else:
+                rows.append((pid, wanted, result.status, result.reason, None))
+        _write_upserts(run, rows)
+        run.tick(len(batch))
+
+
+async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
+    size, waves = limits.members_per_call, limits.concurrency
+    for segment, people in sorted(run.plan.removes.items()):
+
+        async def remove(batch, segment=segment):
+            return await api.remove(session, segment, batch)
+
+        async for batch, results in _batches(people, size, remove, waves):
+            done = []
+            for person, result in zip(batch, results, strict=True):
+                if run.count(result, "removed") and person.profile_id not in run.plan.moved:
+                    run.confirmed.setdefault(person.profile_id, set()).discard(segment)
+                    done.append(person.profile_id)
+            _write_segments(run, done)
+            run.tick(len(batch))
+    for segment, pids in sorted(run.plan.adds.items()):
+        ready = [pid for pid in pids if pid in run.has_state]
+        waiting = len(pids) - len(ready)
+        if waiting:
+            run.report.retry["not upserted"] = run.report.retry.get("not upserted", 0) + waiting
+            run.tick(waiting)
+        people = [run.plan.wanted[pid].person for pid in ready]
+
+        async def add(batch, segment=segment):
+            return await api.add(session, segment, batch)
+
+        async for batch, results in _batches(people, size, add, waves):
+            done = []
+            for person, result in zip(batch, results, strict=True):
+                if run.count(result, "added"):
+                    run.confirmed.setdefault(person.profile_id, set()).add(segment)
+                    done.append(person.profile_id)
+            _write_segments(run, done)
+            run.tick(len(batch))
+
+
+async def _events(run: _Run, api: SyncApi, session, limits) -> None:
+    plan, target = run.plan, run.target
+    if not target.events:
+        return
+    # Events of people whose upsert failed wait with them; the cursor stops
+    # before the first event not delivered, so the next run sends it again.
+    sendable = [
+        (cid, replace(ev, person=plan.wanted[ev.person.profile_id].person))
+        for cid, ev in plan.events
+        if ev.person.profile_id in run.has_state
+    ]
+    held = [cid for cid, ev in plan.events if ev.person.profile_id not in run.has_state]
+    if api.events is None:
+        sendable, held = [], []
+    if held:
+        run.report.retry["not upserted"] = run.report.retry.get("not upserted", 0) + len(held)
+        run.tick(len(held))
+    first_retry = min(held, default=None)
+
+    async def call(batch):
+        return await api.events(session, [ev for _, ev in batch])
+
+    size = limits.events_per_call
+    async for batch, results in _batches(sendable, size, call, limits.concurrency):
+        for (cid, _ev), result in zip(batch, results, strict=True):
+            if not run.count(result, "events") and result.status == "retry":
+                first_retry = cid if first_retry is None else min(first_retry, cid)
+        reached = max(cid for cid, _ in batch)
+        if first_retry is not None:
+            reached = min(reached, first_retry - 1)
+        _save_cursor(run.engine, target, reached)
+        run.tick(len(batch))
+    _save_cursor(run.engine, target, plan.cursor if first_retry is None else first_retry - 1)
+
+
+# -- state writes ----------------------------------------------------------------------------
+
+
+def _write_upserts(run: _Run, rows: list[tuple[int, Wanted, str, str | None, str | None]]) -> None:
+    if not rows:
+        return
+    now = utcnow()
+    with run.engine.begin() as conn:
+        insert = dialect_insert(conn, SYNC_STATES)
+        for pid, wanted, status, reason, remote in rows:
+            person = wanted.person
+            if status == "ok":
+                values = {
+                    "email": person.email,
+                    "hash": wanted.hash,
+                    "subscribed": person.subscribed,
+                    "remote_id": remote,
+                    "segments": sorted(run.confirmed.get(pid, ())),
+                    "status": "ok",
+                    "reason": None,
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                stmt = insert.values(connector=run.target.name, profile_id=pid, **values)
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[SYNC_STATES.c.connector, SYNC_STATES.c.profile_id],
+                    set_=values,
+                ))  # fmt: skip
+            else:
+                stmt = insert.values(
+                    connector=run.target.name,
+                    profile_id=pid,
+                    email=person.email,
+                    hash=None,
+                    segments=[],
+                    status=status,
+                    reason=reason,
+                    attempts=1,
+                    updated_at=now,
+                )
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[SYNC_STATES.c.connector, SYNC_STATES.c.profile_id],
+                    set_={"status": status, "reason": reason, "updated_at": now,
+                          "attempts": SYNC_STATES.c.attempts + 1},
+                ))  # fmt: skip
+
+
+def _write_segments(run: _Run, pids: list[int]) -> None:
+    if not pids:
+        return
+    now = utcnow()
+    with run.engine.begin() as conn:
+        for pid in pids:
+            conn.execute(
+                SYNC_STATES.update()
+                .where(SYNC_STATES.c.connector == run.target.name, SYNC_STATES.c.profile_id == pid)
+                .values(segments=sorted(run.confirmed.get(pid, ())), updated_at=now)
+            )
+
+
+def _forget(engine: Engine, target: SyncTarget, pids: list[int]) -> None:
+    if not pids:
+        return
+    with engine.begin() as conn:
+        for chunk in _chunks(sorted(pids), CHUNK):
+            conn.execute(
+                SYNC_STATES.delete().where(
+                    SYNC_STATES.c.connector == target.name, SYNC_STATES.c.profile_id.in_(chunk)
+                )
+            )
+
+
+def _save_cursor(engine: Engine, target: SyncTarget, cursor: int) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        insert = dialect_insert(conn, SOURCE_STATES)
+        conn.execute(
+            insert.values(
+                name=cursor_name(target), cursor={"cursor": cursor}, updated_at=now
+            ).on_conflict_do_update(
+                index_elements=[SOURCE_STATES.c.name],
+                set_={"cursor": {"cursor": cursor}, "updated_at": now},
+            )
+        )
+
+
+def _start_run(engine: Engine, target: SyncTarget, started: datetime) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            SYNC_RUNS.insert()
+            .values(connector=target.name, status="running", counts={}, started_at=started)
+            .returning(SYNC_RUNS.c.id)
+        ).scalar_one()
+
+
+def _finish_run(engine, run_id, report, started, status, error=None) -> None:
+    now = utcnow()
+    report.seconds = round((now - started).total_seconds(), 3)
+    with engine.begin() as conn:
+        conn.execute(
+            SYNC_RUNS.update()
+            .where(SYNC_RUNS.c.id == run_id)
+            .values(status=status, counts=report.model_dump(mode="json"), error=error,
+                    finished_at=now)
+        )  # fmt: skip
