@@ -15,6 +15,8 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``deliver.claimed``: a message is ``sending``, not yet handed to the connector;
 - ``deliver.sent``: the connector took it, its status not yet updated;
 - ``deliver.updated``: its ``sent`` is committed.
+- ``sync.sent``: a sync batch was answered by the API, its results not yet written;
+- ``sync.written``: its results are committed to ``sync_states`` (or the event cursor).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from core.db.tables import (
     SYNC_RUNS,
     SYNC_STATES,
 )
+from core.ingestion.crashpoints import crash_point
 from core.sync.client import SyncClient, SyncFailure
 from core.types import (
     EspConnector,
@@ -452,6 +453,7 @@ async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
     async for batch, results in _batches(
         people, limits.profiles_per_call, call, limits.concurrency
     ):
+        crash_point("sync.sent")
         rows = []
         for wanted, result in zip(batch, results, strict=True):
             pid = wanted.person.profile_id
@@ -466,6 +468,7 @@ async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
             else:
                 rows.append((pid, wanted, result.status, result.reason, None))
         _write_upserts(run, rows)
+        crash_point("sync.written")
         run.tick(len(batch))
 
 
@@ -477,12 +480,14 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
             return await api.remove(session, segment, batch)
 
         async for batch, results in _batches(people, size, remove, waves):
+            crash_point("sync.sent")
             done = []
             for person, result in zip(batch, results, strict=True):
                 if run.count(result, "removed") and person.profile_id not in run.plan.moved:
                     run.confirmed.setdefault(person.profile_id, set()).discard(segment)
                     done.append(person.profile_id)
             _write_segments(run, done)
+            crash_point("sync.written")
             run.tick(len(batch))
     for segment, pids in sorted(run.plan.adds.items()):
         ready = [pid for pid in pids if pid in run.has_state]
@@ -496,12 +501,14 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
             return await api.add(session, segment, batch)
 
         async for batch, results in _batches(people, size, add, waves):
+            crash_point("sync.sent")
             done = []
             for person, result in zip(batch, results, strict=True):
                 if run.count(result, "added"):
                     run.confirmed.setdefault(person.profile_id, set()).add(segment)
                     done.append(person.profile_id)
             _write_segments(run, done)
+            crash_point("sync.written")
             run.tick(len(batch))
 
 
@@ -529,6 +536,7 @@ async def _events(run: _Run, api: SyncApi, session, limits) -> None:
 
     size = limits.events_per_call
     async for batch, results in _batches(sendable, size, call, limits.concurrency):
+        crash_point("sync.sent")
         for (cid, _ev), result in zip(batch, results, strict=True):
             if not run.count(result, "events") and result.status == "retry":
                 first_retry = cid if first_retry is None else min(first_retry, cid)
@@ -536,6 +544,7 @@ async def _events(run: _Run, api: SyncApi, session, limits) -> None:
         if first_retry is not None:
             reached = min(reached, first_retry - 1)
         _save_cursor(run.engine, target, reached)
+        crash_point("sync.written")
         run.tick(len(batch))
     _save_cursor(run.engine, target, plan.cursor if first_retry is None else first_retry - 1)
 
