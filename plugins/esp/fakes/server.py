@@ -265,6 +265,9 @@ def _handler_class(api: FakeApi) -> type[BaseHTTPRequestHandler]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's backlog of 5 drops the SYNs of a burst of parallel clients,
+    # which then retry a second later: a vendor's server takes them all at once.
+    request_queue_size = 128
 
 
 @contextlib.contextmanager
