@@ -1,0 +1,226 @@
+"""The sync engine with each real connector, against its fake over HTTP, on
+SQLite and PostgreSQL: only what changed is sent, consent and leaving a
+segment are synced, segment events are not duplicated, injected faults end
+in the same remote state, and a `segflow sync run` killed with SIGKILL
+between a batch's answer and its state write ends, once run again, as an
+uninterrupted run does. The remote state is read back by the connector
+(``verify_sync``) and, independently, from the fake's own state."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core.db import open_db
+from core.db.tables import SYNC_STATES
+from core.plugins import DEFAULT_PLUGINS, esp_connectors
+from core.profiles import update_attributes
+from core.segments.store import run_segments
+from core.sync import run_sync, verify_sync
+from core.types import SyncTarget
+from plugins.esp.fakes import make_fake
+from plugins.esp.fakes.server import Faults, running
+from tests.helpers import people, segflow_child
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+KEY = "test-key-us21"
+# Not SEGFLOW_*: child processes get none of those from the test.
+KEY_ENV = "FAKE_ESP_API_KEY"
+SEGMENTS = """
+- name: gold
+  description: gold tier
+  rule: {attribute: tier, op: eq, value: gold}
+- name: silver
+  description: silver tier
+  rule: {attribute: tier, op: eq, value: silver}
+"""
+# Per connector: the fake's tier for functional tests, how membership is expressed.
+KINDS = {
+    "klaviyo": {"tier": "fast", "membership": "list"},
+    "mailchimp": {"tier": "default", "membership": "tag"},
+    "hubspot": {"tier": "fast", "membership": "list"},
+}
+PEOPLE = 12
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request) -> str:
+    if request.param not in esp_connectors() or esp_connectors()[request.param].sync is None:
+        pytest.fail(f"no {request.param} connector with a sync API is registered")
+    return request.param
+
+
+def store(url: str, tmp_path: Path) -> list[int]:
+    """PEOPLE people with email consent, a third gold, a third silver, a first name."""
+    from core.plugins import condition_kinds
+    from core.segments.store import load_segment_files
+
+    engine = open_db(url)
+    ids = people(engine, PEOPLE)
+    with engine.begin() as conn:
+        for i, pid in enumerate(ids):
+            tier = ("gold", "silver", "none")[i % 3]
+            update_attributes(conn, pid, {"tier": tier, "first_name": f"P{i}"})
+    (tmp_path / "segments").mkdir(exist_ok=True)
+    (tmp_path / "segments" / "tiers.yaml").write_text(SEGMENTS)
+    kinds = condition_kinds()
+    run_segments(engine, NOW, kinds=kinds,
+                 definitions=load_segment_files(tmp_path / "segments", kinds))  # fmt: skip
+    engine.dispose()
+    return ids
+
+
+def target(kind: str, url: str, **changes) -> SyncTarget:
+    fields = {
+        "name": f"{kind}_test",
+        "kind": kind,
+        "base_url": url,
+        "api_key": KEY,
+        "segments": ("gold", "silver"),
+        "membership": KINDS[kind]["membership"],
+        "properties": {"first_name": "attributes.first_name"},
+    }
+    return SyncTarget(**(fields | changes))
+
+
+def resegment(url: str, as_of: datetime) -> None:
+    from core.plugins import condition_kinds
+
+    engine = open_db(url)
+    run_segments(engine, as_of, kinds=condition_kinds())
+    engine.dispose()
+
+
+def writes(api) -> int:
+    return sum(1 for method, _path, _what in api.log if method != "GET")
+
+
+def test_a_first_sync_then_only_what_changed(db_url, tmp_path, kind):
+    ids = store(db_url, tmp_path)
+    engine = open_db(db_url)
+    api = make_fake(kind, KINDS[kind]["tier"])
+    connector = esp_connectors()[kind]
+    with running(api) as url:
+        t = target(kind, url)
+        first = run_sync(engine, t, connector)
+        assert first.people == 8 and first.upserted == 8  # gold and silver, 4 each
+        assert first.added == 8 and first.removed == 0 and not first.failed and not first.retry
+        assert verify_sync(engine, t, connector).ok
+
+        before = writes(api)
+        again = run_sync(engine, t, connector)
+        assert again.sent == 0 and again.unchanged == 8
+        assert writes(api) == before  # nothing written remotely
+
+        # One person's first name changes, one moves from gold to silver, one
+        # withdraws consent, one leaves both segments.
+        gold, silver = ids[0], ids[1]
+        with engine.begin() as conn:
+            update_attributes(conn, ids[3], {"first_name": "Renamed"})
+            update_attributes(conn, gold, {"tier": "silver"})
+            update_attributes(conn, silver, {"tier": "none"})
+        from core.consents import set_consent
+
+        set_consent(engine, "p6", "email", False, "test")
+        resegment(db_url, NOW + timedelta(minutes=5))
+        changed = run_sync(engine, t, connector)
+        # upserts: the renamed one, the withdrawn one; the mover's and the
+        # leaver's fields did not change, only their memberships.
+        assert changed.upserted == 2
+        assert changed.added == 1 and changed.removed == 2
+        report = verify_sync(engine, t, connector)
+        assert report.ok, report.differences
+    with engine.connect() as conn:
+        states = dict(
+            conn.execute(
+                sa.select(SYNC_STATES.c.profile_id, SYNC_STATES.c.segments).where(
+                    SYNC_STATES.c.connector == t.name
+                )
+            ).all()
+        )
+    assert states[gold] == ["silver"] and states[silver] == []
+    assert states[ids[6]] == ["gold"]
+
+
+def test_verify_reports_each_difference_until_a_run_syncs_it(db_url, tmp_path, kind):
+    ids = store(db_url, tmp_path)
+    engine = open_db(db_url)
+    api = make_fake(kind, KINDS[kind]["tier"])
+    connector = esp_connectors()[kind]
+    with running(api) as url:
+        t = target(kind, url)
+        run_sync(engine, t, connector)
+        # segflow moves on (a segment change, a withdrawal) and nothing is synced yet.
+        with engine.begin() as conn:
+            update_attributes(conn, ids[0], {"tier": "silver"})
+        from core.consents import set_consent
+
+        set_consent(engine, "p1", "email", False, "test")
+        resegment(db_url, NOW + timedelta(minutes=5))
+        report = verify_sync(engine, t, connector)
+        found = {(d.email, d.what, str(d.segflow), str(d.remote)) for d in report.differences}
+        assert found == {
+            ("p0@example.com", "segments", "['silver']", "['gold']"),
+            ("p1@example.com", "subscribed", "False", "True"),
+        }
+        # Forgetting what was synced makes the next run send everyone again.
+        with engine.begin() as conn:
+            conn.execute(SYNC_STATES.delete())
+        again = run_sync(engine, t, connector)
+        assert again.upserted == 8 and not again.failed and not again.retry
+        assert verify_sync(engine, t, connector).ok
+
+
+def test_faults_are_retried_and_end_in_the_same_remote_state(db_url, tmp_path, kind):
+    store(db_url, tmp_path)
+    engine = open_db(db_url)
+    faults = Faults(rate=0.3, seed=7, kinds=("429", "500", "drop", "drop_after"))
+    api = make_fake(kind, KINDS[kind]["tier"], faults)
+    connector = esp_connectors()[kind]
+    with running(api) as url:
+        t = target(kind, url)
+        runs = [run_sync(engine, t, connector) for _ in range(3)]
+        while runs[-1].retry or runs[-1].failed:
+            assert len(runs) < 10, [r.model_dump() for r in runs]
+            runs.append(run_sync(engine, t, connector))
+        api.faults = Faults()
+        report = verify_sync(engine, t, connector)
+        assert report.ok, report.differences
+    met = [what for _m, _p, what in api.log if isinstance(what, str)]
+    assert met, "no fault was met"
+
+
+@pytest.mark.parametrize("crash_at", ["sync.sent:1", "sync.written:1", "sync.sent:2"])
+def test_a_run_killed_between_the_answer_and_the_state_write_ends_the_same(
+    db_url, tmp_path, kind, crash_at
+):
+    store(db_url, tmp_path)
+    api = make_fake(kind, KINDS[kind]["tier"])
+    plugins = ",".join(DEFAULT_PLUGINS)
+    with running(api) as url:
+        (tmp_path / "segflow.toml").write_text(
+            "[[segflow.connectors]]\n"
+            f'name = "{kind}_test"\nkind = "{kind}"\nbase_url = "{url}"\n'
+            f'api_key_env = "{KEY_ENV}"\nsegments = ["gold", "silver"]\n'
+            f'membership = "{KINDS[kind]["membership"]}"\n'
+            'properties = {first_name = "attributes.first_name"}\n'
+        )
+        import os
+
+        os.environ[KEY_ENV] = KEY
+        try:
+            killed = segflow_child(db_url, "sync", "run", cwd=tmp_path, plugins=plugins,
+                                   crash_at=crash_at)  # fmt: skip
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+            again = segflow_child(db_url, "sync", "run", cwd=tmp_path, plugins=plugins)
+            assert again.returncode == 0, again.stdout + again.stderr
+            verified = segflow_child(db_url, "sync", "verify", "--connector", f"{kind}_test",
+                                     cwd=tmp_path, plugins=plugins)  # fmt: skip
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            assert "0 differences" in verified.stdout
+        finally:
+            del os.environ[KEY_ENV]
