@@ -8,6 +8,7 @@ import path (``core.ingestion.ingest``) in-process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -68,6 +70,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(work: Path, url: str) -> Iterator[int]:
+    """``segflow serve`` on 127.0.0.1 over ``url``, run from ``work``; yields its port
+    once /health answers, and stops it (SIGTERM: the committer drains) at the end."""
+    (work / "segflow.toml").write_text(
+        f'[segflow]\ndatabase_url = "{url}"\nsecret_key = "bench-secret-key-0123456789"\n'
+        "api_rate_limit = 1000000\napi_burst = 1000000\n"
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "serve", "--port", str(port)],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(common.ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://{HOST}:{port}/health").raise_for_status()
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("segflow serve did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def call(i: int, kind: str = "Product Viewed", run: int = 0) -> dict:
@@ -166,29 +200,7 @@ def _run(quick: bool, work: Path) -> list[Result]:
         definitions=definitions,
         on_change=segment_change_hook(engine),
     )
-    (work / "segflow.toml").write_text(
-        f'[segflow]\ndatabase_url = "{db}"\nsecret_key = "bench-secret-key-0123456789"\n'
-        "api_rate_limit = 1000000\napi_burst = 1000000\n"
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve", "--port", str(port)],
-        cwd=work,
-        env={**os.environ, "PYTHONPATH": str(common.ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/health").raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("segflow serve did not start") from None
-                time.sleep(0.1)
+    with serve(work, db) as port:
         from bench.loadgen import post_bytes, run_load
 
         batch_s: list[float] = []
@@ -240,9 +252,6 @@ def _run(quick: bool, work: Path) -> list[Result]:
         paced_s = loaded.seconds
         p99 = statistics.quantiles(latencies, n=100)[98]
         p50 = statistics.median(latencies)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     from plugins.sources.segment_spec import to_event
 

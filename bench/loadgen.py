@@ -23,6 +23,8 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     # Wall-clock time (time.time()) each request was sent, by request index.
     sent: dict[int, float] = field(default_factory=dict)
+    # Wall-clock time each request's answer was read, by request index.
+    answered: dict[int, float] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -80,6 +82,7 @@ async def _run(
                 writer.write(request)
                 status = await _read_response(reader)
                 result.latencies.append(time.perf_counter() - t)
+                result.answered[i] = time.time()
                 result.statuses[status] = result.statuses.get(status, 0) + 1
         finally:
             writer.close()
