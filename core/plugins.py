@@ -57,7 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.scoring.predictive",
     "plugins.demo",
     "plugins.catalog.events",
-    "plugins.recommend.related",
+    "plugins.recommend",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
     "plugins.esp.fakes",

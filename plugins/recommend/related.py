@@ -44,7 +44,6 @@ from core import (
     Recommender,
     RecommenderTables,
     epoch_seconds,
-    hookimpl,
 )
 
 NAME = "related"
@@ -324,8 +323,3 @@ def make_recommender(name: str = NAME, params: RelatedParams | None = None) -> R
         recommend=recommend,
         refresh=refresh,
     )
-
-
-@hookimpl
-def register_recommenders(register) -> None:
-    register(make_recommender())
