@@ -61,6 +61,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.esp.outbox",
     "plugins.esp.smtp",
     "plugins.esp.fakes",
+    "plugins.esp.mailchimp",
     "plugins.automation",
     "plugins.actions",
     "plugins.sync",

@@ -472,7 +472,8 @@ class SyncApi:
     """
 
     limits: SyncLimits
-    base_url: str
+    # The vendor's, or made from the key (a data centre in its suffix).
+    base_url: str | Callable[[str], str]
     auth_headers: Callable[[SyncTarget], Mapping[str, str]]
     open: Callable[[SyncTarget, Any], Any]
     upsert: Callable[[Any, Sequence[SyncPerson]], Awaitable[list[RecordResult]]]

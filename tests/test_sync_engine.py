@@ -27,24 +27,33 @@ from plugins.esp.fakes.server import Faults, running
 from tests.helpers import people, segflow_child
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-KEY = "test-key-us21"
 # Not SEGFLOW_*: child processes get none of those from the test.
 KEY_ENV = "FAKE_ESP_API_KEY"
 SEGMENTS = """
 - name: gold
   description: gold tier
-  rule: {attribute: tier, op: eq, value: gold}
+  rule: {attribute: tier, op: "==", value: gold}
 - name: silver
   description: silver tier
-  rule: {attribute: tier, op: eq, value: silver}
+  rule: {attribute: tier, op: "==", value: silver}
 """
 # Per connector: the fake's tier for functional tests, how membership is expressed.
 KINDS = {
-    "klaviyo": {"tier": "fast", "membership": "list"},
-    "mailchimp": {"tier": "default", "membership": "tag"},
-    "hubspot": {"tier": "fast", "membership": "list"},
+    "mailchimp": {
+        "tier": "default",
+        "membership": "tag",
+        "key": "0123456789abcdef0123456789abcdef-us21",
+        "options": {"audience_id": "a1b2c3d4e5"},
+    },
 }
 PEOPLE = 12
+
+
+def event_ids(kind: str, api) -> list[str]:
+    """The unique ids of the segment events the fake holds, one per event stored."""
+    if kind == "mailchimp":
+        return [e["properties"].get("unique_id") for e in api.all_events()]
+    raise AssertionError(f"no event reader for {kind}")
 
 
 @pytest.fixture(params=sorted(KINDS))
@@ -79,9 +88,10 @@ def target(kind: str, url: str, **changes) -> SyncTarget:
         "name": f"{kind}_test",
         "kind": kind,
         "base_url": url,
-        "api_key": KEY,
+        "api_key": KINDS[kind]["key"],
         "segments": ("gold", "silver"),
         "membership": KINDS[kind]["membership"],
+        "options": KINDS[kind]["options"],
         "properties": {"first_name": "attributes.first_name"},
     }
     return SyncTarget(**(fields | changes))
@@ -167,31 +177,54 @@ def test_verify_reports_each_difference_until_a_run_syncs_it(db_url, tmp_path, k
             ("p0@example.com", "segments", "['silver']", "['gold']"),
             ("p1@example.com", "subscribed", "False", "True"),
         }
-        # Forgetting what was synced makes the next run send everyone again.
+        # A run syncs both; so does a reconciling run after segflow forgot what
+        # it had synced (a restored database): it reads the remote state first.
+        synced = run_sync(engine, t, connector)
+        assert synced.upserted == 1 and synced.added == 1 and synced.removed == 1
+        assert verify_sync(engine, t, connector).ok
         with engine.begin() as conn:
+            update_attributes(conn, ids[3], {"tier": "none"})
             conn.execute(SYNC_STATES.delete())
-        again = run_sync(engine, t, connector)
-        assert again.upserted == 8 and not again.failed and not again.retry
+        resegment(db_url, NOW + timedelta(minutes=10))
+        assert not verify_sync(engine, t, connector).ok
+        again = run_sync(engine, t, connector, reconcile=True)
+        # The one who left gold is still a remote member: upserted, and taken out.
+        assert again.upserted == 8 and again.removed == 1 and again.added == 0
+        assert not again.failed and not again.retry
         assert verify_sync(engine, t, connector).ok
 
 
 def test_faults_are_retried_and_end_in_the_same_remote_state(db_url, tmp_path, kind):
-    store(db_url, tmp_path)
+    ids = store(db_url, tmp_path)
     engine = open_db(db_url)
     faults = Faults(rate=0.3, seed=7, kinds=("429", "500", "drop", "drop_after"))
     api = make_fake(kind, KINDS[kind]["tier"], faults)
     connector = esp_connectors()[kind]
     with running(api) as url:
         t = target(kind, url)
-        runs = [run_sync(engine, t, connector) for _ in range(3)]
-        while runs[-1].retry or runs[-1].failed:
-            assert len(runs) < 10, [r.model_dump() for r in runs]
-            runs.append(run_sync(engine, t, connector))
+
+        def until_settled() -> list:
+            runs = [run_sync(engine, t, connector)]
+            while runs[-1].retry or runs[-1].failed:
+                assert len(runs) < 12, [r.model_dump() for r in runs]
+                runs.append(run_sync(engine, t, connector))
+            return runs
+
+        until_settled()
+        # Everyone moves tier: 8 exits and 8 entries, each an event sent under faults.
+        with engine.begin() as conn:
+            for i, pid in enumerate(ids):
+                update_attributes(conn, pid, {"tier": ("silver", "none", "gold")[i % 3]})
+        resegment(db_url, NOW + timedelta(minutes=5))
+        runs = until_settled()
+        assert sum(r.events for r in runs) == 16
         api.faults = Faults()
         report = verify_sync(engine, t, connector)
         assert report.ok, report.differences
     met = [what for _m, _p, what in api.log if isinstance(what, str)]
-    assert met, "no fault was met"
+    assert {"429", "500", "drop", "drop_after"} <= set(met)
+    stored = event_ids(kind, api)
+    assert len(stored) == len(set(stored)) == 16, sorted(stored)
 
 
 @pytest.mark.parametrize("crash_at", ["sync.sent:1", "sync.written:1", "sync.sent:2"])
@@ -208,10 +241,11 @@ def test_a_run_killed_between_the_answer_and_the_state_write_ends_the_same(
             f'api_key_env = "{KEY_ENV}"\nsegments = ["gold", "silver"]\n'
             f'membership = "{KINDS[kind]["membership"]}"\n'
             'properties = {first_name = "attributes.first_name"}\n'
+            + "".join(f'options.{k} = "{v}"\n' for k, v in KINDS[kind]["options"].items())
         )
         import os
 
-        os.environ[KEY_ENV] = KEY
+        os.environ[KEY_ENV] = KINDS[kind]["key"]
         try:
             killed = segflow_child(db_url, "sync", "run", cwd=tmp_path, plugins=plugins,
                                    crash_at=crash_at)  # fmt: skip

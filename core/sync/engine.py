@@ -50,6 +50,7 @@ from core.sync.client import SyncClient, SyncFailure
 from core.types import (
     EspConnector,
     RecordResult,
+    RemotePerson,
     SyncApi,
     SyncEvent,
     SyncPerson,
@@ -119,6 +120,7 @@ class Plan:
     events: list[tuple[int, SyncEvent]] = field(default_factory=list)
     forget: list[int] = field(default_factory=list)  # states of merged or email-less profiles
     cursor: int = 0  # membership_changes id the events reach
+    delivered: set[int] = field(default_factory=set)  # changes past the cursor already sent
     people: int = 0
     unchanged: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -199,9 +201,13 @@ def plan_sync(
     *,
     segments: Iterable[str] | None = None,
     only: Iterable[int] | None = None,
+    remote: dict[str, RemotePerson] | None = None,
 ) -> Plan:
     """What a run of ``target`` would send (``segments``: only those of its
-    segments; ``only``: only these profiles)."""
+    segments; ``only``: only these profiles). Given ``remote`` (the target's
+    state read back), the diff is against it instead of what was confirmed:
+    everyone is upserted and the remote memberships segflow does not want,
+    even of people it never synced, are removed."""
     seg_ids = _segment_ids(conn, target, segments)
     synced = frozenset(seg_ids.values())
     ids_filter = set(only) if only is not None else None
@@ -217,6 +223,8 @@ def plan_sync(
             if ids_filter is None or pid in ids_filter:
                 member_of.setdefault(pid, set()).add(seg_ids[sid])
     known = set(states) if ids_filter is None else set(states) & ids_filter
+    if remote is not None:
+        known |= _remote_members(conn, remote, synced, ids_filter)
     candidates = sorted(set(member_of) | known)
     plan = Plan(states=states)
     profiles: dict[int, Any] = {}
@@ -231,6 +239,9 @@ def plan_sync(
             ).where(PROFILES.c.id.in_(chunk))
         ):
             profiles[row.id] = row
+    if remote is not None:
+        states = _states_from(remote, profiles, states, synced)
+        plan.states = states
     live = [pid for pid in candidates if pid in profiles and profiles[pid].merged_into is None]
     refusals = email_refusals(conn, [pid for pid in live if profiles[pid].email])
     for pid in candidates:
@@ -280,6 +291,38 @@ def plan_sync(
     return plan
 
 
+def _remote_members(conn, remote, synced, ids: set[int] | None) -> set[int]:
+    """Profiles whose email is a remote member of a synced segment."""
+    emails = sorted(e for e, r in remote.items() if r.segments & synced)
+    found: set[int] = set()
+    for chunk in _chunks(emails, CHUNK):
+        rows = conn.execute(
+            sa.select(PROFILES.c.id).where(
+                sa.func.lower(PROFILES.c.email).in_(chunk), PROFILES.c.merged_into.is_(None)
+            )
+        )
+        found.update(pid for (pid,) in rows if ids is None or pid in ids)
+    return found
+
+
+def _states_from(remote, profiles, states, synced) -> dict[int, State]:
+    """What the remote holds, as if it had been confirmed (fields unknown: sent again)."""
+    out: dict[int, State] = {}
+    for pid, profile in profiles.items():
+        email = (profile.email or "").strip().lower()
+        there = remote.get(email)
+        old = states.get(pid)
+        if there is None:
+            if old is not None:
+                out[pid] = replace(old, hash=None, segments=frozenset(), email=email)
+            continue
+        out[pid] = State(
+            email, None, there.segments & synced, there.subscribed,
+            there.remote_id or (old.remote_id if old else None), "retry", 0,
+        )  # fmt: skip
+    return out
+
+
 def _plan_events(
     conn: Connection, target: SyncTarget, seg_ids: dict[int, str], plan: Plan, ids: set[int] | None
 ) -> None:
@@ -292,6 +335,7 @@ def _plan_events(
         return
     start = int(stored["cursor"])
     plan.cursor = newest
+    plan.delivered = {int(c) for c in stored.get("done", ())}
     query = (
         sa.select(
             CHANGES.c.id, CHANGES.c.segment_id, CHANGES.c.profile_id, CHANGES.c.change,
@@ -302,7 +346,7 @@ def _plan_events(
         .order_by(CHANGES.c.id)
     )  # fmt: skip
     for cid, sid, pid, change, at in conn.execute(query):
-        if ids is not None and pid not in ids:
+        if cid in plan.delivered or (ids is not None and pid not in ids):
             continue
         wanted = plan.wanted.get(pid)
         if wanted is None:
@@ -329,17 +373,21 @@ def run_sync(
     segments: Iterable[str] | None = None,
     only: Iterable[int] | None = None,
     dry_run: bool = False,
+    reconcile: bool = False,
     progress: Progress | None = None,
     transport: Any = None,
 ) -> SyncReport:
     """Sync ``target`` through ``connector`` (its ``sync`` API): send the new,
     changed and removed people, memberships and segment events; ``dry_run``
     counts what would be sent and sends nothing. ``progress(done, total)``
-    after each batch. ``transport``: an httpx transport (tests)."""
+    after each batch. ``reconcile``: read the remote state first and diff
+    against it (after ``segflow sync verify`` found differences, or a lost
+    database). ``transport``: an httpx transport (tests)."""
     api = _api(target, connector)
     started = datetime.now(UTC)
+    remote = asyncio.run(read_remote(target, api, transport)) if reconcile else None
     with engine.connect() as conn:
-        plan = plan_sync(conn, target, segments=segments, only=only)
+        plan = plan_sync(conn, target, segments=segments, only=only, remote=remote)
     report = SyncReport(
         connector=target.name,
         dry_run=dry_run,
@@ -361,6 +409,23 @@ def run_sync(
         raise
     _finish_run(engine, run_id, report, started, "done")
     return report
+
+
+def _client(target: SyncTarget, api: SyncApi, transport: Any) -> SyncClient:
+    return SyncClient(
+        target.base_url,
+        api.limits,
+        headers=api.auth_headers(target),
+        rate_state=api.rate_state,
+        transport=transport,
+    )
+
+
+async def read_remote(target: SyncTarget, api: SyncApi, transport: Any = None):
+    """The target's remote state (``SyncApi.read``), email -> RemotePerson."""
+    async with _client(target, api, transport) as client, api.open(target, client) as session:
+        found = await api.read(session)
+    return {email.strip().lower(): person for email, person in found.items()}
 
 
 def _api(target: SyncTarget, connector: EspConnector) -> SyncApi:
@@ -427,13 +492,7 @@ async def _batches(items: Sequence[Any], size: int, call, waves: int):
 async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, transport) -> None:
     run = _Run(engine, target, plan, report, progress)
     limits = api.limits
-    client = SyncClient(
-        target.base_url,
-        limits,
-        headers=api.auth_headers(target),
-        rate_state=api.rate_state,
-        transport=transport,
-    )
+    client = _client(target, api, transport)
     _forget(engine, target, plan.forget)
     async with client, api.open(target, client) as session:
         try:
@@ -530,6 +589,8 @@ async def _events(run: _Run, api: SyncApi, session, limits) -> None:
         run.report.retry["not upserted"] = run.report.retry.get("not upserted", 0) + len(held)
         run.tick(len(held))
     first_retry = min(held, default=None)
+    # Delivered past the first failure: remembered, so the next run does not send them again.
+    done = set(plan.delivered)
 
     async def call(batch):
         return await api.events(session, [ev for _, ev in batch])
@@ -538,15 +599,17 @@ async def _events(run: _Run, api: SyncApi, session, limits) -> None:
     async for batch, results in _batches(sendable, size, call, limits.concurrency):
         crash_point("sync.sent")
         for (cid, _ev), result in zip(batch, results, strict=True):
-            if not run.count(result, "events") and result.status == "retry":
+            if run.count(result, "events") or result.status == "failed":
+                done.add(cid)
+            else:
                 first_retry = cid if first_retry is None else min(first_retry, cid)
         reached = max(cid for cid, _ in batch)
         if first_retry is not None:
             reached = min(reached, first_retry - 1)
-        _save_cursor(run.engine, target, reached)
+        _save_cursor(run.engine, target, reached, done)
         crash_point("sync.written")
         run.tick(len(batch))
-    _save_cursor(run.engine, target, plan.cursor if first_retry is None else first_retry - 1)
+    _save_cursor(run.engine, target, plan.cursor if first_retry is None else first_retry - 1, done)
 
 
 # -- state writes ----------------------------------------------------------------------------
@@ -621,16 +684,17 @@ def _forget(engine: Engine, target: SyncTarget, pids: list[int]) -> None:
             )
 
 
-def _save_cursor(engine: Engine, target: SyncTarget, cursor: int) -> None:
+def _save_cursor(engine: Engine, target: SyncTarget, cursor: int, done: Iterable[int] = ()) -> None:
     now = utcnow()
+    value = {"cursor": cursor, "done": sorted(c for c in done if c > cursor)}
     with engine.begin() as conn:
         insert = dialect_insert(conn, SOURCE_STATES)
         conn.execute(
             insert.values(
-                name=cursor_name(target), cursor={"cursor": cursor}, updated_at=now
+                name=cursor_name(target), cursor=value, updated_at=now
             ).on_conflict_do_update(
                 index_elements=[SOURCE_STATES.c.name],
-                set_={"cursor": {"cursor": cursor}, "updated_at": now},
+                set_={"cursor": value, "updated_at": now},
             )
         )
 

@@ -18,9 +18,8 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
 from core.db.tables import SYNC_RUNS, SYNC_STATES
-from core.sync.client import SyncClient
-from core.sync.engine import _api, plan_sync
-from core.types import EspConnector, RemotePerson, SyncTarget
+from core.sync.engine import _api, plan_sync, read_remote
+from core.types import EspConnector, SyncTarget
 
 
 class Difference(BaseModel):
@@ -41,18 +40,6 @@ class VerifyReport(BaseModel):
         return not self.differences
 
 
-async def _read(target: SyncTarget, api: Any, transport: Any) -> dict[str, RemotePerson]:
-    client = SyncClient(
-        target.base_url,
-        api.limits,
-        headers=api.auth_headers(target),
-        rate_state=api.rate_state,
-        transport=transport,
-    )
-    async with client, api.open(target, client) as session:
-        return await api.read(session)
-
-
 def verify_sync(
     engine: Engine, target: SyncTarget, connector: EspConnector, *, transport: Any = None
 ) -> VerifyReport:
@@ -60,9 +47,7 @@ def verify_sync(
     api = _api(target, connector)
     with engine.connect() as conn:
         plan = plan_sync(conn, target)
-    remote = {
-        email.strip().lower(): p for email, p in asyncio.run(_read(target, api, transport)).items()
-    }
+    remote = asyncio.run(read_remote(target, api, transport))
     report = VerifyReport(connector=target.name, people=len(plan.wanted), remote=len(remote))
     diffs = report.differences
     expected = {w.person.email: w for w in plan.wanted.values()}

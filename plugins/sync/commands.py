@@ -19,6 +19,10 @@ def run_command(
         list[str] | None, typer.Option(help="Only these of its segments (repeatable).")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be sent; send nothing.")] = False,
+    reconcile: Annotated[
+        bool,
+        typer.Option(help="Read the remote state first and diff against it (after verify failed)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send what changed since the last run: new, changed and removed people,
@@ -38,6 +42,7 @@ def run_command(
                 connector_of(config),
                 segments=segment or None,
                 dry_run=dry_run,
+                reconcile=reconcile,
                 progress=_stepper(advance),
             )
         reports.append(report.model_dump())

@@ -78,10 +78,12 @@ def target_of(config: ConnectorConfig) -> SyncTarget:
         raise UsageError(
             f"connector {config.name!r}: the environment variable {config.api_key_env} is not set"
         )
+    default = connector.sync.base_url
+    base_url = config.base_url or (default(key) if callable(default) else default)
     return SyncTarget(
         name=config.name,
         kind=config.kind,
-        base_url=(config.base_url or connector.sync.base_url).rstrip("/"),
+        base_url=base_url.rstrip("/"),
         api_key=key,
         segments=tuple(config.segments),
         membership=config.membership or connector.sync.memberships[0],
