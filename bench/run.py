@@ -36,6 +36,7 @@ BENCHMARKS = (
     "render",
     "recommend",
     "automation",
+    "sync",
 )
 
 README = Path(__file__).resolve().parent / "README.md"
