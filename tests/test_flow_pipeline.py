@@ -167,3 +167,34 @@ def test_a_bad_workflow_stops_the_pipeline_before_it_imports(prefect_server, db_
     with make_engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(EVENTS)).scalar_one() == 0
     assert steps_of(state.state_details.flow_run_id) == []
+
+
+def test_the_automate_flow_fails_once_on_a_bad_definition_and_send_performs_once(
+    prefect_server, sqlite_url, project
+):
+    from flows.automate import automate
+    from flows.send import send
+    from tests.test_flows import task_runs
+
+    (project / "bad").mkdir()
+    (project / "bad" / "x.yaml").write_text("name: x\ntrigger: {event: a}\nsteps:\n  - hop: 1\n")
+    state = automate(str(project / "bad"), database_url=sqlite_url, return_state=True)
+    assert state.is_failed()
+    assert "x.yaml:4" in str(state.result(raise_on_failure=False))
+    (tick,) = task_runs(state.state_details.flow_run_id).values()
+    assert tick.run_count == 1  # a definition error is not retried
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    pipeline(database_url=sqlite_url, files=[str(events_file(project, now))], polls=[],
+             workflows_dir=str(project / "workflows"), segments_dir=str(project / "segments"),
+             scores_dir=None,
+             as_of=now, perform=False)  # fmt: skip
+    set_consent(make_engine(sqlite_url), "ann", "email", True, "test")
+    later = now + timedelta(hours=2)
+    ticked = automate(None, database_url=sqlite_url, as_of=later)
+    assert ticked["workflows"]["cart"]["actions"] == 1
+    first = send(database_url=sqlite_url, as_of=later)
+    second = send(database_url=sqlite_url, as_of=later)
+    assert first["performed"] == {"send": 1} and first["done"] == 1
+    assert second["performed"] == {}
+    assert sent_to(sqlite_url) == ["ann@x.example"]
