@@ -60,6 +60,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.recommend.related",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
+    "plugins.esp.mailchimp",
     "plugins.esp.fakes",
     "plugins.automation",
     "plugins.actions",

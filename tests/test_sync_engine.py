@@ -33,15 +33,20 @@ KEY_ENV = "FAKE_ESP_API_KEY"
 SEGMENTS = """
 - name: gold
   description: gold tier
-  rule: {attribute: tier, op: eq, value: gold}
+  rule: {attribute: tier, op: "==", value: gold}
 - name: silver
   description: silver tier
-  rule: {attribute: tier, op: eq, value: silver}
+  rule: {attribute: tier, op: "==", value: silver}
 """
 # Per connector: the fake's tier for functional tests, how membership is expressed.
 KINDS = {
     "klaviyo": {"tier": "fast", "membership": "list"},
-    "mailchimp": {"tier": "default", "membership": "tag"},
+    "mailchimp": {
+        "tier": "default",
+        "membership": "tag",
+        "api_key": "0123456789abcdef0123456789abcdef-us21",
+        "options": {"audience_id": "a1b2c3d4e5"},
+    },
     "hubspot": {"tier": "fast", "membership": "list"},
 }
 PEOPLE = 12
@@ -79,7 +84,8 @@ def target(kind: str, url: str, **changes) -> SyncTarget:
         "name": f"{kind}_test",
         "kind": kind,
         "base_url": url,
-        "api_key": KEY,
+        "api_key": KINDS[kind].get("api_key", KEY),
+        "options": KINDS[kind].get("options", {}),
         "segments": ("gold", "silver"),
         "membership": KINDS[kind]["membership"],
         "properties": {"first_name": "attributes.first_name"},
@@ -211,7 +217,7 @@ def test_a_run_killed_between_the_answer_and_the_state_write_ends_the_same(
         )
         import os
 
-        os.environ[KEY_ENV] = KEY
+        os.environ[KEY_ENV] = KINDS[kind].get("api_key", KEY)
         try:
             killed = segflow_child(db_url, "sync", "run", cwd=tmp_path, plugins=plugins,
                                    crash_at=crash_at)  # fmt: skip
