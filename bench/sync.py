@@ -108,7 +108,8 @@ def _target(base_url: str):
 async def _bare(base_url: str, plan: Any) -> int:
     """The plan's requests over a bare httpx client at 10 connections."""
     from plugins.esp.fakes.mailchimp import API_KEY, DEFAULT_LIST_ID
-    from plugins.esp.mailchimp import auth_headers, member_hash
+    from plugins.esp.mailchimp import auth_headers
+    from plugins.esp.mailchimp import subscriber_hash as member_hash
 
     members = f"/3.0/lists/{DEFAULT_LIST_ID}/members"
     requests: list[tuple[str, str, dict]] = []

@@ -358,6 +358,33 @@ class MailchimpApi(FakeApi):
             b = self.batches[batch_id]
             return {**self._batch_body(b, ""), "results": [dict(r) for r in b.results]}
 
+    def snapshot(self, list_id: str | None = None) -> dict[str, Any]:
+        """The audience in the shape every fake gives (engine tests, benchmarks):
+        ``people`` by lower-cased email with ``subscribed`` (True subscribed,
+        False unsubscribed or cleaned, None otherwise), ``segments`` (the tags,
+        which the connector names after segflow's segments) and ``properties``
+        (the merge fields set); ``events`` as (email, name, the ``unique_id``
+        property or None), in the order they were posted per member."""
+        with self.lock:
+            audience = self._audience_or_default(list_id)
+            people: dict[str, Any] = {}
+            events: list[tuple[str, str, str | None]] = []
+            for m in audience.members.values():
+                if m.status == "archived":
+                    continue
+                email = m.email.lower()
+                people[email] = {
+                    "subscribed": True if m.status == "subscribed" else
+                    False if m.status in ("unsubscribed", "cleaned") else None,
+                    "segments": sorted(m.tags),
+                    "properties": {k: v for k, v in m.merge_fields.items() if v not in (None, "")},
+                }  # fmt: skip
+                events.extend(
+                    (email, e["name"], (e.get("properties") or {}).get("unique_id"))
+                    for e in m.events
+                )
+            return {"people": people, "events": events}
+
     def in_flight(self, key: str = API_KEY) -> int:
         """Requests of ``key`` now holding a connection slot."""
         with self._slots_lock:
