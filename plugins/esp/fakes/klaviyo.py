@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import itertools
-import re
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +62,15 @@ def _id(prefix: str = "") -> str:
     # Klaviyo's profile ids are 26-character ULID-like strings; the shape is
     # what a client stores, not its content.
     return (prefix + uuid.uuid4().hex.upper())[:26]
+
+
+def _rel_links(kind: str, rid: str, name: str) -> dict[str, Any]:
+    return {
+        "links": {
+            "self": f"/api/{kind}/{rid}/relationships/{name}/",
+            "related": f"/api/{kind}/{rid}/{name}/",
+        }
+    }
 
 
 @dataclass
@@ -281,8 +290,8 @@ class KlaviyoApi(FakeApi):
             "id": pid,
             "attributes": attrs,
             "relationships": {
-                "lists": {"links": {"self": f"/api/profiles/{pid}/relationships/lists/"}},
-                "segments": {"links": {"self": f"/api/profiles/{pid}/relationships/segments/"}},
+                "lists": _rel_links("profiles", pid, "lists"),
+                "segments": _rel_links("profiles", pid, "segments"),
             },
             "links": {"self": f"/api/profiles/{pid}/"},
         }
