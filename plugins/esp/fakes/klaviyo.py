@@ -13,7 +13,6 @@ State is plain Python on the ``KlaviyoApi`` object; read it with
 
 from __future__ import annotations
 
-import base64
 import itertools
 import math
 import re
@@ -350,7 +349,7 @@ class KlaviyoApi(FakeApi):
     ) -> tuple[list[Any], dict[str, Any]] | Response:
         size_arg = request.arg("page[size]")
         try:
-            size = int(size_arg) if size_arg else self.page_size
+            size = int(size_arg) if size_arg else min(self.page_size, max_size)
         except ValueError:
             return self.error(400, "page[size] must be an integer", pointer="page[size]")
         if not 1 <= size <= max_size:
@@ -360,15 +359,21 @@ class KlaviyoApi(FakeApi):
         cursor = request.arg("page[cursor]")
         start = 0
         if cursor:
+            # Klaviyo's cursors are opaque tokens; an offset in hex is enough
+            # for a client that only follows links.next.
             try:
-                start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+                start = int(cursor.removeprefix("bz"), 16) if cursor.startswith("bz") else -1
             except ValueError:
+                start = -1
+            if start < 0:
                 return self.error(400, "Invalid page cursor.", pointer="page[cursor]")
+        # Klaviyo's links are absolute URLs on the host that answered.
+        base = f"http://{request.headers.get('host', '127.0.0.1')}{base}"
         links: dict[str, Any] = {"self": base, "next": None, "prev": None}
         if start + size < len(items):
-            token = base64.urlsafe_b64encode(str(start + size).encode()).decode()
             sep = "&" if "?" in base else "?"
-            links["next"] = f"{base}{sep}page[cursor]={token}"
+            sized = f"page[size]={size}&" if size_arg else ""
+            links["next"] = f"{base}{sep}{sized}page[cursor]=bz{start + size:x}"
         return items[start : start + size], links
 
     def _data(self, request: Request, kind: str) -> dict[str, Any] | Response:
@@ -608,6 +613,14 @@ class KlaviyoApi(FakeApi):
             return got
         profiles, list_id = got
         for n, attrs in enumerate(profiles):
+            marketing = ((attrs.get("subscriptions") or {}).get("email") or {}).get("marketing")
+            if (marketing or {}).get("consent") != "SUBSCRIBED":
+                return self.error(
+                    400,
+                    "consent must be SUBSCRIBED",
+                    pointer=f"/data/attributes/profiles/data/{n}/attributes/subscriptions"
+                    "/email/marketing/consent",
+                )
             if not attrs.get("email"):
                 return self.error(
                     400,
