@@ -26,8 +26,8 @@ from plugins.esp.fakes.server import FakeApi, Faults, Request, Response
 TIERS: tuple[str, ...] = ("default", "fast")
 
 # (burst per second, steady per minute) by endpoint group, from Klaviyo's
-# published tiers (M: 10/s 150/m for profiles, lists and jobs; XL: 350/s
-# 3500/m for events).
+# published tiers (M for profiles, lists and jobs; XL for events). Klaviyo
+# counts in fixed windows; the shared sliding windows refuse no less.
 LIMITS: dict[str, tuple[int, int]] = {
     "profiles": (10, 150),
     "lists": (10, 150),
@@ -243,13 +243,12 @@ class KlaviyoApi(FakeApi):
         return response
 
     def decorate(self, request: Request, response: Response) -> None:
-        if not request.path.startswith("/api/"):
+        # Klaviyo's docs: every non-429 answer carries the state of the
+        # steady window; a 429 carries Retry-After instead.
+        if not request.path.startswith("/api/") or response.status == 429:
             return
-        windows = self._windows(request)
-        # The burst window is the one a client meets first; Klaviyo reports
-        # the tightest of its windows in the IETF draft's headers.
-        states = [(self.windows.state(k, n, s), n) for k, n, s in windows]
-        (left, reset), n = min(states, key=lambda x: x[0][0])
+        key, n, seconds = self._windows(request)[1]
+        left, reset = self.windows.state(key, n, seconds)
         response.headers["RateLimit-Limit"] = str(n)
         response.headers["RateLimit-Remaining"] = str(left)
         response.headers["RateLimit-Reset"] = str(math.ceil(reset))
