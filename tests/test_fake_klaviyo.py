@@ -234,6 +234,12 @@ def test_auth_and_revision(served: tuple[KlaviyoApi, str]) -> None:
     assert r.status_code == 400
     assert r.json()["errors"][0]["source"]["pointer"] == "/revision"
     assert httpx.get(f"{url}/api/profiles", headers=HEADERS).status_code == 200
+    read_only = {**HEADERS, "Authorization": "Klaviyo-API-Key pk_readonly"}
+    assert httpx.get(f"{url}/api/profiles", headers=read_only).status_code == 200
+    r = httpx.post(f"{url}/api/profiles", headers=read_only, json=profile_body("a@x.com"))
+    assert r.status_code == 403
+    assert r.json()["errors"][0]["code"] == "permission_denied"
+    assert api.profiles == {}
 
 
 def test_validation_errors_name_the_field(served: tuple[KlaviyoApi, str]) -> None:

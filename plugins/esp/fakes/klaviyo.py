@@ -99,6 +99,7 @@ class KlaviyoApi(FakeApi):
         steady_seconds: float = 60.0,
         job_polls: int = 1,
         api_keys: tuple[str, ...] = ("pk_test",),
+        read_only_keys: tuple[str, ...] = ("pk_readonly",),
         page_size: int = PAGE_SIZE,
     ) -> None:
         super().__init__(faults)
@@ -107,6 +108,9 @@ class KlaviyoApi(FakeApi):
         self.steady_seconds = steady_seconds
         self.job_polls = job_polls  # polls a job answers "processing" before "complete"
         self.api_keys = set(api_keys)
+        # A private key whose scopes are all read-only: Klaviyo answers a
+        # write with it 403 permission_denied.
+        self.read_only_keys = set(read_only_keys)
         self.page_size = page_size
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> attributes
         self.lists: dict[str, dict[str, Any]] = {}  # id -> {"name", "created", "members": [ids]}
@@ -190,8 +194,12 @@ class KlaviyoApi(FakeApi):
                 "Missing or invalid authorization scheme. Please use Klaviyo-API-Key.",
                 "not_authenticated",
             )
-        if key not in self.api_keys:
+        if key not in self.api_keys | self.read_only_keys:
             return self.error(401, "Incorrect authentication credentials.", "not_authenticated")
+        if key in self.read_only_keys and request.method != "GET":
+            return self.error(
+                403, "You do not have permission to perform this action.", "permission_denied"
+            )
         revision = request.headers.get("revision")
         if not revision:
             return self.error(400, "You must specify an API revision.", "invalid", "/revision")
@@ -548,6 +556,8 @@ class KlaviyoApi(FakeApi):
             return bad
         existing = self._by_email(attrs.get("email")) or self._by_external(attrs.get("external_id"))
         if existing is not None:
+            # Klaviyo names the profile that holds the identifier in the
+            # error's meta, so a client can PATCH it instead.
             response = self.error(
                 409, "A profile already exists with one of these identifiers.", "duplicate_profile"
             )
