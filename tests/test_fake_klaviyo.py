@@ -368,3 +368,20 @@ def test_drop_changes_nothing_and_drop_after_changes_state() -> None:
             assert r.status_code == 202
         assert len(api.events) == 1, kind
         assert api.log[0][2] == kind
+
+
+def test_slow_answers_late_but_takes_effect() -> None:
+    api = make_api("fast", Faults(rate=1.0, seed=1, kinds=("slow",), slow_seconds=0.4))
+    with running(api) as url, pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{url}/api/profiles", headers=HEADERS, json=profile_body("a@x.com"), timeout=0.1
+        )
+    assert api.profile_by_email("a@x.com") is not None
+
+
+def test_tiers_through_make_fake() -> None:
+    from plugins.esp.fakes import make_fake
+
+    default, fast = make_fake("klaviyo"), make_fake("klaviyo", "fast")
+    assert all(fast.limits[g] == (b * 100, s * 100) for g, (b, s) in default.limits.items())
+    assert default.limits["events"] == (350, 3500)
