@@ -49,15 +49,19 @@ from typing import Any
 
 import httpx
 
-from core import EspConnector, SyncFailure, TransportFailure, UsageError, hookimpl
-from core.types import (
+from core import (
+    EspConnector,
     RecordResult,
     RemotePerson,
     SyncApi,
     SyncEvent,
+    SyncFailure,
     SyncLimits,
     SyncPerson,
     SyncTarget,
+    TransportFailure,
+    UsageError,
+    hookimpl,
 )
 
 DEFAULT_BASE_URL = "https://api.mailchimp.com"
