@@ -137,6 +137,25 @@ def test_big_calls_go_through_batches_and_map_each_operation_back():
     assert mailchimp.LIMITS.concurrency <= 10
 
 
+async def _delete_directly(url: str, persons: list[SyncPerson]):
+    t = target(url)
+    client = SyncClient(t.base_url, mailchimp.LIMITS, headers=mailchimp.auth_headers(t))
+    async with client, mailchimp.open_session(t, client) as session:
+        return await mailchimp.delete(session, persons)
+
+
+def test_erasure_deletes_for_good_and_twice_is_still_done():
+    persons = [SyncPerson(i, f"e{i}@example.com", subscribed=True) for i in range(3)]
+    api = MailchimpApi()
+    with running(api) as url:
+        asyncio.run(_upsert_directly(url, persons))
+        first = asyncio.run(_delete_directly(url, persons[:2]))
+        again = asyncio.run(_delete_directly(url, persons[:2]))
+    assert [r.status for r in first + again] == ["ok"] * 4
+    assert set(api.members()) == {"e2@example.com"}
+    assert api.forgotten() == {"e0@example.com", "e1@example.com"}
+
+
 def test_a_refused_record_fails_alone_and_is_retried_next_run(sqlite_url, tmp_path):
     ids = store(sqlite_url, tmp_path)
     engine = open_db(sqlite_url)

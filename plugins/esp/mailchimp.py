@@ -24,6 +24,8 @@ audience (more than one is a usage error).
 - calls with more than ``BATCH_ABOVE`` records go through ``/batches``
   (operation_id = the record's index, polled to finished, the tar.gz results
   mapped back per record); smaller ones are single calls in parallel;
+- delete (erasure): ``POST .../actions/delete-permanent`` (a member already
+  gone counts as deleted);
 - read (verify): the members, paged by ``count``/``offset``, with their status
   and tags.
 
@@ -47,15 +49,19 @@ from typing import Any
 
 import httpx
 
-from core import EspConnector, SyncFailure, TransportFailure, UsageError, hookimpl
-from core.types import (
+from core import (
+    EspConnector,
     RecordResult,
     RemotePerson,
     SyncApi,
     SyncEvent,
+    SyncFailure,
     SyncLimits,
     SyncPerson,
     SyncTarget,
+    TransportFailure,
+    UsageError,
+    hookimpl,
 )
 
 DEFAULT_BASE_URL = "https://api.mailchimp.com"
@@ -446,6 +452,17 @@ async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordRes
     return [answers[e.unique_id] for e in items]
 
 
+async def delete(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    """Erase people for good (Mailchimp then refuses to add them back by API)."""
+    ops = [Op("POST", session.member(p.email) + "/actions/delete-permanent", None) for p in people]
+    # Deleting twice finds no member the second time: gone either way.
+    answers = await _run(session, ops, idempotent=True)
+    return [
+        RecordResult.ok() if r.status == "failed" and r.reason and "Not Found" in r.reason else r
+        for r, _body in answers
+    ]
+
+
 def _subscribed(status: str) -> bool | None:
     if status == "subscribed":
         return True
@@ -487,6 +504,7 @@ SYNC = SyncApi(
     remove=remove,
     read=read,
     events=events,
+    delete=delete,
     memberships=("tag",),
 )
 
