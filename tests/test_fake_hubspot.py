@@ -404,3 +404,53 @@ def test_paged_reads_cover_everything_once(served: tuple[HubSpotApi, str]) -> No
             if not after:
                 break
         assert got == sorted(ids, key=int)
+
+
+def test_sdk_reads_a_207_per_trace_id(served: tuple[HubSpotApi, str]) -> None:
+    api, url = served
+    answer = sdk(url).crm.contacts.batch_api.upsert(
+        BatchInputSimplePublicObjectBatchInputUpsert(
+            inputs=[
+                SimplePublicObjectBatchInputUpsert(
+                    id="ok@example.com",
+                    id_property="email",
+                    properties={"firstname": "Ok"},
+                    object_write_trace_id="t-ok",
+                ),
+                SimplePublicObjectBatchInputUpsert(
+                    id="bad@example.com",
+                    id_property="email",
+                    properties={"lifecyclestage": "nosuchstage"},
+                    object_write_trace_id="t-bad",
+                ),
+            ]
+        )
+    )
+    assert answer.num_errors == 1
+    assert answer.errors[0].context == {"objectWriteTraceId": ["t-bad"]}
+    assert answer.errors[0].errors[0].code == "INVALID_OPTION"
+    assert [r.object_write_trace_id for r in answer.results] == ["t-ok"]
+    assert set(api.profiles()) == {"ok@example.com"}
+
+
+def test_the_daily_limit_refuses_past_it() -> None:
+    api = HubSpotApi(daily=3)
+    with running(api) as url, raw(url) as client:
+        answers = [client.get("/crm/v3/properties/contacts") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["X-HubSpot-RateLimit-Daily-Remaining"] for a in answers] == [
+        "2",
+        "1",
+        "0",
+        "0",
+    ]
+    assert answers[-1].json()["policyName"] == "DAILY"
+
+
+def test_a_slow_answer_times_out_after_taking_effect() -> None:
+    api = HubSpotApi(Faults(rate=1.0, kinds=("slow",), slow_seconds=0.5), tier="fast")
+    body = {"inputs": [upsert_input("s@example.com")]}
+    with running(api) as url, raw(url) as client:
+        with pytest.raises(httpx.TimeoutException):
+            client.post("/crm/v3/objects/contacts/batch/upsert", json=body, timeout=0.1)
+    assert set(api.profiles()) == {"s@example.com"}
