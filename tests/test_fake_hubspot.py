@@ -450,7 +450,6 @@ def test_the_daily_limit_refuses_past_it() -> None:
 def test_a_slow_answer_times_out_after_taking_effect() -> None:
     api = HubSpotApi(Faults(rate=1.0, kinds=("slow",), slow_seconds=0.5), tier="fast")
     body = {"inputs": [upsert_input("s@example.com")]}
-    with running(api) as url, raw(url) as client:
-        with pytest.raises(httpx.TimeoutException):
-            client.post("/crm/v3/objects/contacts/batch/upsert", json=body, timeout=0.1)
+    with running(api) as url, raw(url) as client, pytest.raises(httpx.TimeoutException):
+        client.post("/crm/v3/objects/contacts/batch/upsert", json=body, timeout=0.1)
     assert set(api.profiles()) == {"s@example.com"}
