@@ -19,6 +19,9 @@ NO_CONSENT = "no email consent"
 WITHDRAWN = "email consent withdrawn"
 UNSUBSCRIBED = "unsubscribed"
 MERGED_CHAIN_LIMIT = 100
+# Beyond this many people, one pass over the consents (and merges, and
+# unsubscribes) costs less than looking them up 500 at a time.
+SCAN_ABOVE = 5000
 
 
 def set_consent(engine: Engine, who: str, purpose: str, granted: bool, source: str) -> int:
@@ -120,36 +123,52 @@ def email_refusals(conn: Connection, profile_ids: Iterable[int]) -> dict[int, st
     wanted = set(profile_ids)
     if not wanted:
         return {}
+    scan = len(wanted) > SCAN_ABOVE
     survivor = _survivors(conn, wanted)
     people = set(survivor.values())
     # Consent rows of the survivors and of the profiles merged into them.
     owner = sa.func.coalesce(PROFILES.c.merged_into, PROFILES.c.id)
     latest: dict[int, tuple[object, bool]] = {}
-    for chunk in _chunks(sorted(people)):
-        rows = conn.execute(
-            sa.select(owner, CONSENTS.c.granted, CONSENTS.c.updated_at)
-            .join(PROFILES, PROFILES.c.id == CONSENTS.c.profile_id)
-            .where(
-                CONSENTS.c.purpose == EMAIL,
-                sa.or_(PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.in_(chunk)),
+    consents = (
+        sa.select(owner, CONSENTS.c.granted, CONSENTS.c.updated_at)
+        .join(PROFILES, PROFILES.c.id == CONSENTS.c.profile_id)
+        .where(CONSENTS.c.purpose == EMAIL)
+    )
+    batches = (
+        [conn.execute(consents)]
+        if scan
+        else (
+            conn.execute(
+                consents.where(sa.or_(PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.in_(chunk)))
             )
+            for chunk in _chunks(sorted(people))
         )
+    )
+    for rows in batches:
         for pid, granted_, at in rows:
-            if pid not in latest or at > latest[pid][0]:
+            if pid in people and (pid not in latest or at > latest[pid][0]):
                 latest[pid] = (at, bool(granted_))
     decided = {
         pid: (NO_CONSENT if pid not in latest else None if latest[pid][1] else WITHDRAWN)
         for pid in people
     }
     granted_at = {pid: latest[pid][0] for pid, why in decided.items() if why is None}
-    for chunk in _chunks(sorted(granted_at)):
-        last = conn.execute(
-            sa.select(EVENTS.c.profile_id, sa.func.max(EVENTS.c.ts))
-            .where(EVENTS.c.profile_id.in_(chunk), EVENTS.c.type == UNSUBSCRIBE_EVENT)
-            .group_by(EVENTS.c.profile_id)
+    unsubscribes = (
+        sa.select(EVENTS.c.profile_id, sa.func.max(EVENTS.c.ts))
+        .where(EVENTS.c.type == UNSUBSCRIBE_EVENT)
+        .group_by(EVENTS.c.profile_id)
+    )
+    batches = (
+        [conn.execute(unsubscribes)]
+        if scan
+        else (
+            conn.execute(unsubscribes.where(EVENTS.c.profile_id.in_(chunk)))
+            for chunk in _chunks(sorted(granted_at))
         )
+    )
+    for last in batches:
         for pid, at in last:
-            if at is not None and at >= granted_at[pid]:
+            if pid in granted_at and at is not None and at >= granted_at[pid]:
                 decided[pid] = UNSUBSCRIBED
     return {pid: decided[survivor[pid]] for pid in wanted if decided[survivor[pid]] is not None}
 
@@ -158,18 +177,20 @@ def _survivors(conn: Connection, profile_ids: set[int]) -> dict[int, int]:
     """profile id -> the live profile it is (itself, or the end of its merges)."""
     found = {pid: pid for pid in profile_ids}
     pending = set(profile_ids)
+    merged = sa.select(PROFILES.c.id, PROFILES.c.merged_into).where(
+        PROFILES.c.merged_into.is_not(None)
+    )
+    # Many people: every merge at once (there are few), then the chains in memory.
+    every = dict(conn.execute(merged).all()) if len(pending) > SCAN_ABOVE else None
     for _ in range(MERGED_CHAIN_LIMIT):
         if not pending:
             return found
         step: dict[int, int] = {}
-        for chunk in _chunks(sorted({found[p] for p in pending})):
-            step.update(
-                conn.execute(
-                    sa.select(PROFILES.c.id, PROFILES.c.merged_into).where(
-                        PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.is_not(None)
-                    )
-                ).all()
-            )
+        if every is not None:
+            step = {p: every[p] for p in {found[q] for q in pending} if p in every}
+        else:
+            for chunk in _chunks(sorted({found[p] for p in pending})):
+                step.update(conn.execute(merged.where(PROFILES.c.id.in_(chunk))).all())
         pending = {p for p in pending if found[p] in step}
         for p in pending:
             found[p] = step[found[p]]

@@ -78,7 +78,17 @@ def test_mime_refuses_what_would_change_who_gets_the_mail(changes, error):
 # -- the consent gate -----------------------------------------------------------
 
 
-def test_consent_gate(db_url):
+@pytest.fixture(params=["lookups", "one scan"])
+def read_by(request, monkeypatch):
+    """The gate looks consents up for a few people and scans them for many: both."""
+    import core.consents
+
+    if request.param == "one scan":
+        monkeypatch.setattr(core.consents, "SCAN_ABOVE", 0)
+    return request.param
+
+
+def test_consent_gate(db_url, read_by):
     engine = open_db(db_url)
     ids = people(engine, 6, consent=False)
     past = datetime.now(UTC) - timedelta(days=2)
@@ -105,7 +115,7 @@ def test_consent_gate(db_url):
     }
 
 
-def test_consent_gate_follows_merges(db_url):
+def test_consent_gate_follows_merges(db_url, read_by):
     engine = open_db(db_url)
     ingest(engine, [{"type": "identify", "user_id": "u9", "traits": {"email": "u9@x.io"}}])
     ingest(engine, [{"type": "page_view", "anonymous_id": "anon9", "url": "/"}])

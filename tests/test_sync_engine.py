@@ -109,7 +109,14 @@ def writes(api) -> int:
     return sum(1 for method, _path, _what in api.log if method != "GET")
 
 
-def test_a_first_sync_then_only_what_changed(db_url, tmp_path, kind):
+@pytest.mark.parametrize("read_by", ["lookups", "one scan"])
+def test_a_first_sync_then_only_what_changed(db_url, tmp_path, kind, read_by, monkeypatch):
+    import core.consents
+    import core.sync.engine
+
+    if read_by == "one scan":  # profiles and consents read in one pass, as for big stores
+        monkeypatch.setattr(core.sync.engine, "SCAN_ABOVE", 0)
+        monkeypatch.setattr(core.consents, "SCAN_ABOVE", 0)
     ids = store(db_url, tmp_path)
     engine = open_db(db_url)
     api = make_fake(kind, KINDS[kind]["tier"])
