@@ -186,6 +186,10 @@ def recorded(url: str, place: Place) -> tuple[set[int], dict[str, Any]]:
     entered = rows(url, WORKFLOW_STATES)
     assert {r["workflow"] for r in entered} == {"follow_up"}
     assert rows(url, WORKFLOW_ACTIONS) == []
+    # Before the wait ends and the schedule fires: nothing moves.
+    early = automate(str(place.workflows), database_url=url, as_of=END + timedelta(hours=8))
+    assert not counts(early, "advanced") and not counts(early, "entered")
+    assert rows(url, WORKFLOW_STATES) == entered and rows(url, WORKFLOW_ACTIONS) == []
     tick = automate(str(place.workflows), database_url=url, as_of=LATER)
     return {r["profile_id"] for r in entered}, tick
 
