@@ -108,6 +108,25 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def shop(db_url: str) -> str:
+    """The database URL of a store holding the demo shop's events (see
+    ``helpers.demo_shop_events``), once per backend."""
+    from core.db import open_db
+    from core.ingestion import ingest
+
+    try:
+        from helpers import demo_shop_events
+    except ImportError:
+        from tests.helpers import demo_shop_events
+
+    engine = open_db(db_url)
+    report = ingest(engine, demo_shop_events(), source="demo")
+    assert report.accepted > 1000 and not report.rejected
+    engine.dispose()
+    return db_url
+
+
+@pytest.fixture
 def run(capsys, tmp_path, monkeypatch):
     """``run(*args)`` calls the segflow command line in-process, in an empty
     folder with no database or settings from the environment: (status, out, err)."""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,26 @@ def delivery_settings(**sections: dict[str, Any]):
     from core.config import Settings
 
     return Settings(plugin_settings={k.replace("_", ".", 1): v for k, v in sections.items()})
+
+
+# The demo shop's generator, small: the store of the flow tests.
+DEMO_END = datetime(2026, 3, 1, tzinfo=UTC)
+DEMO_PEOPLE, DEMO_DAYS = 150, 60
+
+
+def demo_shop_events() -> list[dict]:
+    from plugins.demo.generator import generate
+
+    return list(generate(DEMO_PEOPLE, seed=7, days=DEMO_DAYS, end=DEMO_END))
+
+
+def task_runs(flow_run_id: Any) -> dict[str, Any]:
+    """The flow run's task runs by name, as the Prefect API recorded them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name: run for run in runs}

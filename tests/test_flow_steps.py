@@ -8,12 +8,12 @@ The store is the demo shop's generator, small: 150 people over two months.
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from core.db import make_engine, open_db
+from core.db import make_engine
 from core.db.tables import CHANGES, MEMBERSHIPS, PROFILES, SCORES, SEGMENTS
 from core.ingestion import ingest
 from core.plugins import condition_kinds, scoring_models
@@ -21,24 +21,9 @@ from core.scoring import load_score_files
 from core.segments.batch import evaluate_sql
 from core.segments.store import segments_by_name, stored_segments
 from flows.config import EXAMPLE_SCORES, EXAMPLE_SEGMENTS
-from plugins.demo.generator import generate
+from tests.helpers import DEMO_END, DEMO_PEOPLE
 
-END = datetime(2026, 3, 1, tzinfo=UTC)
-PEOPLE, DAYS = 150, 60
-
-
-def shop_events() -> list[dict]:
-    return list(generate(PEOPLE, seed=7, days=DAYS, end=END))
-
-
-@pytest.fixture
-def shop(db_url: str):
-    """The database URL of a store holding the demo shop's events."""
-    engine = open_db(db_url)
-    report = ingest(engine, shop_events(), source="demo")
-    assert report.accepted > 1000 and not report.rejected
-    engine.dispose()
-    return db_url
+END, PEOPLE = DEMO_END, DEMO_PEOPLE
 
 
 def stored_members(url: str) -> dict[str, set[int]]:

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.client.schemas.objects import StateType
 
 import flows.ingest as ingest_flow
 from core.db import make_engine
 from core.db.tables import EVENTS, PROFILES
 from core.ingestion import IngestError
 from flows.ingest import IngestFlowError, ingest_files
-from tests.helpers import write_jsonl
+from tests.helpers import task_runs, write_jsonl
 
 
 def ev(type_: str, minute: int, **kw) -> dict:
@@ -62,15 +60,6 @@ def stored_events(url: str) -> list[tuple[str, str, str | None, float | None]]:
             .order_by(EVENTS.c.ts)
         )
         return [tuple(r) for r in rows]
-
-
-def task_runs(flow_run_id) -> dict[str, TaskRun]:
-    """The flow run's task runs by name, as the Prefect API recorded them."""
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name: run for run in runs}
 
 
 EXPECTED_EVENTS = [
