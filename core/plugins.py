@@ -60,6 +60,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.recommend",
     "plugins.esp.outbox",
     "plugins.esp.smtp",
+    "plugins.esp.klaviyo",
     "plugins.esp.fakes",
     "plugins.esp.mailchimp",
     "plugins.automation",

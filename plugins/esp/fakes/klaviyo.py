@@ -7,13 +7,14 @@ pagination and per-endpoint-group rate limits (burst per second, steady per
 minute) with its ``RateLimit-*`` headers.
 
 State is plain Python on the ``KlaviyoApi`` object; read it with
-``profile_by_email``, ``consent``, ``list_members``, ``events_for`` and
-``snapshot`` (plain dicts), under the API's lock.
+``profile_by_email``, ``consent``, ``list_members``, ``events_for``, ``state``
+and ``snapshot`` (plain dicts), under the API's lock.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import uuid
@@ -146,7 +147,7 @@ class KlaviyoApi(FakeApi):
             pid = self._by_email(email)
             return [dict(e) for e in self.events if e["profile_id"] == pid]
 
-    def snapshot(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         """The whole remote state as plain data keyed by email and list name."""
         with self.lock:
             return {
@@ -157,6 +158,39 @@ class KlaviyoApi(FakeApi):
                 },
                 "events": [dict(e) for e in self.events],
             }
+
+    def snapshot(self, list_prefix: str = "segflow: ") -> dict[str, Any]:
+        """The account in the shape every fake gives (engine tests, benchmarks):
+        ``people`` by email with ``subscribed`` (True SUBSCRIBED, False
+        UNSUBSCRIBED, None otherwise), ``segments`` (the names of the lists
+        they are in that start with ``list_prefix``, the prefix taken off) and
+        ``properties`` (the profile fields set, but the identifiers, and the
+        custom properties); ``events`` as (email, metric name, unique_id)."""
+        with self.lock:
+            segments: dict[str, list[str]] = {}
+            for v in self.lists.values():
+                if v["name"].startswith(list_prefix):
+                    for pid in v["members"]:
+                        segments.setdefault(pid, []).append(v["name"][len(list_prefix) :])
+            people: dict[str, Any] = {}
+            for pid, p in self.profiles.items():
+                if not p["email"]:
+                    continue
+                fields = {
+                    f: p[f]
+                    for f in PROFILE_FIELDS
+                    if f not in ("email", "external_id") and p.get(f) is not None
+                }
+                people[p["email"]] = {
+                    "subscribed": {"SUBSCRIBED": True, "UNSUBSCRIBED": False}.get(p["consent"]),
+                    "segments": sorted(segments.get(pid, [])),
+                    "properties": fields | dict(p["properties"]),
+                }
+            emails = {pid: p["email"] for pid, p in self.profiles.items()}
+            events = [
+                (emails.get(e["profile_id"]), e["metric"], e["unique_id"]) for e in self.events
+            ]
+            return {"people": people, "events": events}
 
     # -- the vendor's shapes ----------------------------------------------------
 
@@ -523,15 +557,23 @@ class KlaviyoApi(FakeApi):
         ids = list(self.profiles)
         flt = request.arg("filter")
         if flt:
-            # Only what the connector asks: equals(email,"...") or
-            # equals(external_id,"...").
+            # Only what the connector asks: equals(FIELD,"...") or
+            # any(FIELD,["...", ...]) on email, external_id or id.
             m = re.fullmatch(r'equals\((email|external_id|id),"([^"]*)"\)', flt)
-            if m is None:
+            many = re.fullmatch(r"any\((email|external_id|id),(\[.*\])\)", flt)
+            if m is not None:
+                field_, values = m.group(1), {m.group(2)}
+            elif many is not None:
+                field_ = many.group(1)
+                try:
+                    values = {str(v) for v in json.loads(many.group(2))}
+                except ValueError:
+                    return self.error(400, f"Invalid filter: {flt}", pointer="filter")
+            else:
                 return self.error(400, f"Invalid filter: {flt}", pointer="filter")
-            field_, value = m.groups()
             if field_ == "email":
-                value = value.lower()
-            ids = [i for i in ids if (i if field_ == "id" else self.profiles[i][field_]) == value]
+                values = {v.lower() for v in values}
+            ids = [i for i in ids if (i if field_ == "id" else self.profiles[i][field_]) in values]
         base = "/api/profiles/" + (f"?filter={flt}" if flt else "")
         page = self._page(request, ids, base)
         if isinstance(page, Response):

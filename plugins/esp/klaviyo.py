@@ -1,0 +1,542 @@
+"""``klaviyo``: sync to the Klaviyo API (JSON:API, revision ``REVISION``), one list a segment.
+
+Lists: each synced segment is the list named ``options.list_prefix`` (default
+``"segflow: "``) + the segment, found by name or created when the session opens.
+
+- upsert: a profile bulk import job (``/api/profile-bulk-import-jobs``, up
+  to 10,000 profiles or 5 MB a job), polled to complete; the job's import
+  errors are mapped back to their records (a refused profile fails alone).
+  Then consent: people with consent are subscribed to email marketing
+  (``profile-subscription-bulk-create-jobs``), withdrawals unsubscribed
+  (``...-bulk-delete-jobs``), people never asked left as they are. Last,
+  the profile ids are read back (``GET /api/profiles`` filtered by
+  ``any(email, [...])``) and answered as each record's remote id;
+- membership: ``POST`` / ``DELETE /api/lists/{id}/relationships/profiles``,
+  1,000 ids a call;
+- events: ``/api/event-bulk-create-jobs`` with the metric named as the event
+  and ``unique_id`` set: Klaviyo drops an event whose unique id it already
+  has, so a resend is no duplicate;
+- read (verify): every profile with its email marketing consent, and the
+  members of each synced list.
+
+A call Klaviyo refuses for one of its records (its error's ``source.pointer``
+names the record) is sent again without that record, which fails alone.
+
+Limits: Klaviyo allows profiles, lists and jobs a burst of 10 a second and
+150 a minute, and events 350 a second; the connector keeps one bucket, at the
+steady rate of the tighter group, and pauses when ``RateLimit-Remaining``
+reaches 0 until ``RateLimit-Reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import (
+    EspConnector,
+    RecordResult,
+    RemotePerson,
+    SyncApi,
+    SyncEvent,
+    SyncFailure,
+    SyncLimits,
+    SyncPerson,
+    SyncTarget,
+    TransportFailure,
+    UsageError,
+    hookimpl,
+)
+
+DEFAULT_BASE_URL = "https://a.klaviyo.com"
+REVISION = "2024-10-15"
+MEDIA_TYPE = "application/vnd.api+json"
+DEFAULT_PREFIX = "segflow: "
+IMPORT_PROFILES = 10_000
+# Under the 5 MB a job takes, leaving room for the envelope.
+IMPORT_BYTES = 4_500_000
+SUBSCRIPTION_PROFILES = 1_000
+MEMBER_IDS = 1_000
+EVENT_PROFILES = 1_000
+PROFILE_PAGE = 100
+MEMBER_PAGE = 1_000
+LIMITS = SyncLimits(
+    profiles_per_call=IMPORT_PROFILES,
+    members_per_call=MEMBER_IDS,
+    events_per_call=1_000,
+    requests_per_second=2.5,
+    burst=10,
+    concurrency=4,
+)
+# Klaviyo's own profile fields; any other mapped property is a custom one.
+PROFILE_FIELDS = frozenset(
+    {"first_name", "last_name", "phone_number", "organization", "locale", "title", "image"}
+)
+POINTER_INDEX = re.compile(r"/data/(?:attributes/[a-z-]+/data/)?(\d+)(?:/|$)")
+
+
+def auth_headers(target: SyncTarget) -> dict[str, str]:
+    return {
+        "Authorization": f"Klaviyo-API-Key {target.api_key}",
+        "revision": REVISION,
+        "accept": MEDIA_TYPE,
+        "content-type": MEDIA_TYPE,
+    }
+
+
+def rate_state(response: Any) -> tuple[int, float] | None:
+    """(requests left, seconds to the reset) from ``RateLimit-Remaining`` and
+    ``RateLimit-Reset``; None when absent (a 429 carries Retry-After instead)."""
+    left, reset = (response.headers.get(h) for h in ("RateLimit-Remaining", "RateLimit-Reset"))
+    if left is None or reset is None:
+        return None
+    try:
+        return int(left), float(reset)
+    except ValueError:
+        return None
+
+
+def list_name(target: SyncTarget, segment: str) -> str:
+    return str(target.options.get("list_prefix", DEFAULT_PREFIX)) + segment
+
+
+@dataclass
+class Session:
+    target: SyncTarget
+    client: Any
+    lists: dict[str, str] = field(default_factory=dict)  # segment -> list id
+    poll: float = 0.05
+
+
+def _errors(response: Any) -> list[dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return [e for e in errors or [] if isinstance(e, dict)]
+
+
+def _error_reason(error: dict[str, Any]) -> str:
+    pointer = str((error.get("source") or {}).get("pointer") or "")
+    named = pointer.rstrip("/").rpartition("/")[2]
+    text = str(error.get("detail") or error.get("title") or error.get("code") or "refused")
+    return (f"{named}: {text}" if named and not named.isdigit() else text)[:300]
+
+
+def _reason(response: Any) -> str:
+    errors = _errors(response)
+    if not errors:
+        return f"HTTP {response.status_code}"
+    return f"HTTP {response.status_code}: " + "; ".join(_error_reason(e) for e in errors)
+
+
+def _index(error: dict[str, Any]) -> int | None:
+    """The record an error's ``source.pointer`` names, when it names one."""
+    pointer = str((error.get("source") or {}).get("pointer") or "")
+    found = POINTER_INDEX.match(pointer)
+    return int(found.group(1)) if found else None
+
+
+async def _json(session: Session, method: str, url: str, **kwargs: Any) -> Any:
+    response = await session.client.request(method, url, **kwargs)
+    if response.status_code >= 300:
+        raise SyncFailure(
+            f"{method} {url.split('?')[0]}: {_reason(response)}", response.status_code
+        )
+    return response.json() if response.content else None
+
+
+async def _pages(session: Session, url: str, params: dict[str, Any] | None) -> AsyncIterator[Any]:
+    """Each page's ``data``, following ``links.next`` (an absolute URL with the cursor)."""
+    next_url: str | None = url
+    while next_url:
+        page = await _json(session, "GET", next_url, params=params)
+        yield page.get("data") or []
+        next_url = (page.get("links") or {}).get("next")
+        params = None  # links.next carries them
+
+
+async def _excluding(
+    session: Session,
+    method: str,
+    path: str,
+    items: Sequence[Any],
+    body: Callable[[Sequence[Any]], dict[str, Any]],
+    *,
+    idempotent: bool,
+) -> dict[int, str]:
+    """Send ``body(items)``; when Klaviyo refuses it naming one of the items,
+    send it again without that item. The refused ones: index -> reason."""
+    failed: dict[int, str] = {}
+    left = list(range(len(items)))
+    while left:
+        response = await session.client.request(
+            method, path, json=body([items[i] for i in left]), idempotent=idempotent
+        )
+        if response.status_code < 300:
+            return failed
+        named = [
+            (left[n], _error_reason(e))
+            for e in _errors(response)
+            if (n := _index(e)) is not None and n < len(left)
+        ]
+        if response.status_code >= 500 or response.status_code in (401, 403, 429) or not named:
+            raise SyncFailure(f"{method} {path}: {_reason(response)}", response.status_code)
+        for i, why in named:
+            failed.setdefault(i, why)
+        left = [i for i in left if i not in failed]
+    return failed
+
+
+async def _find_lists(session: Session) -> dict[str, str]:
+    found: dict[str, str] = {}
+    async for page in _pages(session, "/api/lists", {"fields[list]": "name"}):
+        for item in page:
+            found.setdefault(item["attributes"]["name"], item["id"])
+    return found
+
+
+async def _create_list(session: Session, name: str) -> str:
+    body = {"data": {"type": "list", "attributes": {"name": name}}}
+    for _ in range(3):
+        try:
+            created = await _json(session, "POST", "/api/lists", json=body, idempotent=False)
+            return created["data"]["id"]
+        except TransportFailure:
+            # It may have been created: a second POST would make a second list.
+            there = (await _find_lists(session)).get(name)
+            if there is not None:
+                return there
+    raise SyncFailure(f"creating the list {name!r}: the connection kept dropping")
+
+
+@contextlib.asynccontextmanager
+async def open_session(target: SyncTarget, client: Any) -> AsyncIterator[Session]:
+    if target.membership != "list":
+        raise UsageError(f"connector {target.name!r}: Klaviyo membership is by list")
+    session = Session(target, client)
+    existing = await _find_lists(session)
+    for segment in target.segments:
+        name = list_name(target, segment)
+        session.lists[segment] = existing.get(name) or await _create_list(session, name)
+    yield session
+
+
+# -- upsert ----------------------------------------------------------------------------
+
+
+def _value(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+def _profile(person: SyncPerson) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"email": person.email}
+    custom: dict[str, Any] = {}
+    for name, value in person.properties.items():
+        if name in PROFILE_FIELDS:
+            attributes[name] = _value(value)
+        else:
+            custom[name] = _value(value)
+    if custom:
+        attributes["properties"] = custom
+    return {"type": "profile", "attributes": attributes}
+
+
+def _jobs(people: Sequence[SyncPerson]) -> list[list[int]]:
+    """Record indexes per import job: at most IMPORT_PROFILES and IMPORT_BYTES each."""
+    jobs: list[list[int]] = [[]]
+    size = 0
+    for i, person in enumerate(people):
+        n = len(json.dumps(_profile(person), default=str)) + 1
+        if jobs[-1] and (len(jobs[-1]) >= IMPORT_PROFILES or size + n > IMPORT_BYTES):
+            jobs.append([])
+            size = 0
+        jobs[-1].append(i)
+        size += n
+    return [j for j in jobs if j]
+
+
+async def _import(session: Session, people: Sequence[SyncPerson]) -> dict[int, str]:
+    """One import job, polled to complete: the refused records, index -> reason."""
+    body = {
+        "data": {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": [_profile(p) for p in people]}},
+        }
+    }
+    # Importing the same profiles twice leaves the same profiles.
+    job = await _json(session, "POST", "/api/profile-bulk-import-jobs", json=body, idempotent=True)
+    job_id = job["data"]["id"]
+    wait = session.poll
+    while True:
+        state = await _json(session, "GET", f"/api/profile-bulk-import-jobs/{job_id}")
+        status = state["data"]["attributes"]["status"]
+        if status == "complete":
+            break
+        if status in ("cancelled", "failed"):
+            raise SyncFailure(f"profile import job {job_id}: {status}")
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 5.0)
+    failed: dict[int, str] = {}
+    if not state["data"]["attributes"].get("failed_count"):
+        return failed
+    by_email = {p.email.lower(): i for i, p in enumerate(people)}
+    url = f"/api/profile-bulk-import-jobs/{job_id}/import-errors"
+    async for page in _pages(session, url, {}):
+        for row in page:
+            error = row.get("attributes") or {}
+            i = _index(error)
+            email = str((error.get("original_payload") or {}).get("email") or "").lower()
+            if email in by_email:
+                i = by_email[email]
+            if i is not None and i < len(people):
+                failed.setdefault(i, _error_reason(error))
+    return failed
+
+
+def _consent_body(kind: str, consent: str) -> Callable[[Sequence[SyncPerson]], dict[str, Any]]:
+    def body(people: Sequence[SyncPerson]) -> dict[str, Any]:
+        marketing = {"consent": consent}
+        profiles = [
+            {
+                "type": "profile",
+                "attributes": {
+                    "email": p.email,
+                    "subscriptions": {"email": {"marketing": marketing}},
+                },
+            }
+            for p in people
+        ]
+        return {"data": {"type": kind, "attributes": {"profiles": {"data": profiles}}}}
+
+    return body
+
+
+async def _consent(session: Session, people: Sequence[SyncPerson]) -> dict[int, str]:
+    """Subscribe those with consent, unsubscribe withdrawals; never subscribe
+    someone segflow holds no consent for. The refused ones: index -> reason."""
+    failed: dict[int, str] = {}
+    plans = (
+        (True, "/api/profile-subscription-bulk-create-jobs",
+         "profile-subscription-bulk-create-job", "SUBSCRIBED"),
+        (False, "/api/profile-subscription-bulk-delete-jobs",
+         "profile-subscription-bulk-delete-job", "UNSUBSCRIBED"),
+    )  # fmt: skip
+    for wanted, path, kind, consent in plans:
+        indexes = [i for i, p in enumerate(people) if p.subscribed is wanted]
+        for start in range(0, len(indexes), SUBSCRIPTION_PROFILES):
+            part = indexes[start : start + SUBSCRIPTION_PROFILES]
+            # Subscribing or unsubscribing twice leaves the same consent.
+            refused = await _excluding(
+                session, "POST", path, [people[i] for i in part],
+                _consent_body(kind, consent), idempotent=True,
+            )  # fmt: skip
+            failed.update({part[n]: why for n, why in refused.items()})
+    return failed
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def profile_ids(session: Session, emails: Sequence[str]) -> dict[str, str]:
+    """Lower-cased email -> Klaviyo profile id, for those that have a profile."""
+    found: dict[str, str] = {}
+    unique = sorted({e.lower() for e in emails})
+    for start in range(0, len(unique), PROFILE_PAGE):
+        part = unique[start : start + PROFILE_PAGE]
+        params = {
+            "filter": f"any(email,[{','.join(_quoted(e) for e in part)}])",
+            "page[size]": PROFILE_PAGE,
+            "fields[profile]": "email",
+        }
+        async for page in _pages(session, "/api/profiles", params):
+            for item in page:
+                email = (item.get("attributes") or {}).get("email")
+                if email:
+                    found[email.lower()] = item["id"]
+    return found
+
+
+async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    failed: dict[int, str] = {}
+    for job in _jobs(people):
+        refused = await _import(session, [people[i] for i in job])
+        failed.update({job[n]: why for n, why in refused.items()})
+    imported = [i for i in range(len(people)) if i not in failed]
+    refused = await _consent(session, [people[i] for i in imported])
+    failed.update({imported[n]: why for n, why in refused.items()})
+    ids = await profile_ids(session, [people[i].email for i in imported if i not in failed])
+    results = []
+    for i, person in enumerate(people):
+        if i in failed:
+            results.append(RecordResult("failed", failed[i]))
+        elif (pid := ids.get(person.email.lower())) is not None:
+            results.append(RecordResult.ok(pid))
+        else:
+            results.append(RecordResult("retry", "no profile after the import"))
+    return results
+
+
+# -- membership ------------------------------------------------------------------------
+
+
+def _members_body(people: Sequence[SyncPerson]) -> dict[str, Any]:
+    return {"data": [{"type": "profile", "id": p.remote_id} for p in people]}
+
+
+async def _membership(
+    session: Session, method: str, segment: str, people: Sequence[SyncPerson]
+) -> list[RecordResult]:
+    path = f"/api/lists/{session.lists[segment]}/relationships/profiles"
+    known = [i for i, p in enumerate(people) if p.remote_id]
+    failed: dict[int, str] = {}
+    for start in range(0, len(known), MEMBER_IDS):
+        part = known[start : start + MEMBER_IDS]
+        # Adding a member twice, or removing one twice, leaves the same list.
+        refused = await _excluding(
+            session, method, path, [people[i] for i in part], _members_body, idempotent=True
+        )
+        failed.update({part[n]: why for n, why in refused.items()})
+    return [
+        RecordResult("failed", failed[i]) if i in failed
+        else RecordResult.ok(p.remote_id) if p.remote_id
+        else RecordResult("failed", "no Klaviyo profile id")
+        for i, p in enumerate(people)
+    ]  # fmt: skip
+
+
+async def add(session: Session, segment: str, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    return await _membership(session, "POST", segment, people)
+
+
+async def remove(
+    session: Session, segment: str, people: Sequence[SyncPerson]
+) -> list[RecordResult]:
+    return await _membership(session, "DELETE", segment, people)
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def _event(event: SyncEvent) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "attributes": {
+            "metric": {"data": {"type": "metric", "attributes": {"name": event.name}}},
+            "properties": {k: _value(v) for k, v in event.properties.items()},
+            "time": event.time.isoformat(),
+            "unique_id": event.unique_id,
+        },
+    }
+
+
+def _events_body(groups: Sequence[tuple[str, list[SyncEvent]]]) -> dict[str, Any]:
+    items = [
+        {
+            "type": "event-bulk-create",
+            "attributes": {
+                "profile": {"data": {"type": "profile", "attributes": {"email": email}}},
+                "events": {"data": [_event(e) for e in evs]},
+            },
+        }
+        for email, evs in groups
+    ]
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {"events-bulk-create": {"data": items}},
+        }
+    }
+
+
+async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordResult]:
+    by_email: dict[str, list[SyncEvent]] = {}
+    for event in items:
+        by_email.setdefault(event.person.email.lower(), []).append(event)
+    groups = list(by_email.items())
+    failed: dict[str, str] = {}
+    for start in range(0, len(groups), EVENT_PROFILES):
+        part = groups[start : start + EVENT_PROFILES]
+        # Klaviyo drops an event whose unique_id it already has: a resend is no duplicate.
+        refused = await _excluding(
+            session, "POST", "/api/event-bulk-create-jobs", part, _events_body, idempotent=True
+        )
+        for n, why in refused.items():
+            failed.update({e.unique_id: why for e in part[n][1]})
+    return [
+        RecordResult("failed", failed[e.unique_id]) if e.unique_id in failed else RecordResult.ok()
+        for e in items
+    ]
+
+
+# -- read ------------------------------------------------------------------------------
+
+
+def _subscribed(consent: str | None) -> bool | None:
+    if consent == "SUBSCRIBED":
+        return True
+    if consent == "UNSUBSCRIBED":
+        return False
+    return None
+
+
+async def read(session: Session) -> dict[str, RemotePerson]:
+    segments_of: dict[str, set[str]] = {}
+    for segment, list_id in session.lists.items():
+        url = f"/api/lists/{list_id}/relationships/profiles"
+        async for page in _pages(session, url, {"page[size]": MEMBER_PAGE}):
+            for item in page:
+                segments_of.setdefault(item["id"], set()).add(segment)
+    found: dict[str, RemotePerson] = {}
+    params = {"page[size]": PROFILE_PAGE, "additional-fields[profile]": "subscriptions"}
+    async for page in _pages(session, "/api/profiles", params):
+        for item in page:
+            attributes = item.get("attributes") or {}
+            email = (attributes.get("email") or "").strip().lower()
+            if not email:
+                continue
+            marketing = ((attributes.get("subscriptions") or {}).get("email") or {}).get(
+                "marketing"
+            ) or {}
+            found[email] = RemotePerson(
+                email=email,
+                subscribed=_subscribed(marketing.get("consent")),
+                segments=frozenset(segments_of.get(item["id"], ())),
+                remote_id=item["id"],
+            )
+    return found
+
+
+SYNC = SyncApi(
+    limits=LIMITS,
+    base_url=DEFAULT_BASE_URL,
+    auth_headers=auth_headers,
+    open=open_session,
+    upsert=upsert,
+    add=add,
+    remove=remove,
+    read=read,
+    events=events,
+    rate_state=rate_state,
+    memberships=("list",),
+)
+
+
+@hookimpl
+def register_esp_connectors(register) -> None:
+    register(
+        EspConnector(
+            name="klaviyo",
+            description="Klaviyo: profiles by bulk import, consent, segments as lists, events",
+            sync=SYNC,
+        )
+    )
