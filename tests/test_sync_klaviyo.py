@@ -12,6 +12,9 @@ import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from core import SyncFailure
 from core.db import open_db
 from core.db.tables import PROFILES
 from core.plugins import DEFAULT_PLUGINS, esp_connectors
@@ -271,3 +274,17 @@ def test_a_dry_run_from_the_cli_sends_nothing(sqlite_url, tmp_path):
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "dry run" in dry.stdout and KEY not in dry.stdout + dry.stderr
     assert api.log == [] and api.snapshot()["people"] == {}
+
+
+def test_an_import_job_that_does_not_complete_leaves_its_records_to_the_next_run():
+    persons = [SyncPerson(i, f"j{i}@example.com", subscribed=True) for i in range(3)]
+    api = make_api("fast", job_polls=10_000)
+
+    async def slow(session):
+        session.job_timeout = 0.05
+        return await klaviyo.upsert(session, persons)
+
+    with running(api) as url, pytest.raises(SyncFailure, match="still processing"):
+        asyncio.run(_session_call(url, slow))
+    # Not subscribed yet: consent follows a completed import only.
+    assert api.consent("j0@example.com") != "SUBSCRIBED"

@@ -111,6 +111,7 @@ class Session:
     client: Any
     lists: dict[str, str] = field(default_factory=dict)  # segment -> list id
     poll: float = 0.05
+    job_timeout: float = 1800.0
 
 
 def _errors(response: Any) -> list[dict[str, Any]]:
@@ -275,7 +276,7 @@ async def _import(session: Session, people: Sequence[SyncPerson]) -> dict[int, s
     # Importing the same profiles twice leaves the same profiles.
     job = await _json(session, "POST", "/api/profile-bulk-import-jobs", json=body, idempotent=True)
     job_id = job["data"]["id"]
-    wait = session.poll
+    wait, waited = session.poll, 0.0
     while True:
         state = await _json(session, "GET", f"/api/profile-bulk-import-jobs/{job_id}")
         status = state["data"]["attributes"]["status"]
@@ -283,7 +284,11 @@ async def _import(session: Session, people: Sequence[SyncPerson]) -> dict[int, s
             break
         if status in ("cancelled", "failed"):
             raise SyncFailure(f"profile import job {job_id}: {status}")
+        if waited > session.job_timeout:
+            # Its records are retried next run; importing them again is harmless.
+            raise SyncFailure(f"profile import job {job_id}: still {status}")
         await asyncio.sleep(wait)
+        waited += wait
         wait = min(wait * 2, 5.0)
     failed: dict[int, str] = {}
     if not state["data"]["attributes"].get("failed_count"):
