@@ -62,6 +62,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.esp.smtp",
     "plugins.esp.fakes",
     "plugins.esp.mailchimp",
+    "plugins.esp.hubspot",
     "plugins.automation",
     "plugins.actions",
     "plugins.sync",

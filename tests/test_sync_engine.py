@@ -45,6 +45,12 @@ KINDS = {
         "key": "0123456789abcdef0123456789abcdef-us21",
         "options": {"audience_id": "a1b2c3d4e5"},
     },
+    "hubspot": {
+        "tier": "fast",
+        "membership": "list",
+        "key": "pat-na1-11111111-2222-4333-8444-555555555555",
+        "options": {"list_prefix": "segflow: "},
+    },
 }
 PEOPLE = 12
 
@@ -53,6 +59,8 @@ def event_ids(kind: str, api) -> list[str]:
     """The unique ids of the segment events the fake holds, one per event stored."""
     if kind == "mailchimp":
         return [e["properties"].get("unique_id") for e in api.all_events()]
+    if kind == "hubspot":
+        return [uid for _email, _name, uid in api.snapshot()["events"]]
     raise AssertionError(f"no event reader for {kind}")
 
 
