@@ -429,9 +429,12 @@ class HubSpotApi(FakeApi):
             "correlationId": str(uuid.uuid4()),
             "policyName": policy,
         }
-        _left, reset = self.windows.state(
+        left, reset = self.windows.state(
             self._token(request) or "", self.max_requests, self.interval
         )
+        # An injected refusal with room in the window: a slot is free at once, not
+        # when the oldest request leaves it.
+        reset = reset if left <= 0 else 0.0
         # HubSpot's docs promise only the rate headers; Retry-After (whole seconds
         # until the window frees a slot) is given too, as clients look for it.
         return Response(429, body, {"Retry-After": str(max(1, math.ceil(reset)))})
