@@ -63,6 +63,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.esp.klaviyo",
     "plugins.esp.fakes",
     "plugins.esp.mailchimp",
+    "plugins.esp.hubspot",
     "plugins.automation",
     "plugins.actions",
     "plugins.sync",

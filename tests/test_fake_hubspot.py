@@ -453,3 +453,20 @@ def test_a_slow_answer_times_out_after_taking_effect() -> None:
     with running(api) as url, raw(url) as client, pytest.raises(httpx.TimeoutException):
         client.post("/crm/v3/objects/contacts/batch/upsert", json=body, timeout=0.1)
     assert set(api.profiles()) == {"s@example.com"}
+
+
+def test_an_injected_429_with_room_in_the_window_asks_for_the_least_wait() -> None:
+    # Retry-After is the wait for a free slot: with room left that is now, not
+    # when the oldest request leaves the ten-second window.
+    api = HubSpotApi(tier="fast")
+    with running(api) as url, raw(url) as client:
+        assert client.get("/crm/v3/lists/object-type-id/0-1/name/x").status_code == 404
+        api.faults = Faults(rate=1.0, kinds=("429",))
+        refused = client.get("/crm/v3/lists/object-type-id/0-1/name/x")
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    full = HubSpotApi(limit=1, interval=30.0)
+    with running(full) as url, raw(url) as client:
+        client.get("/crm/v3/lists/object-type-id/0-1/name/x")
+        assert (
+            int(client.get("/crm/v3/lists/object-type-id/0-1/name/x").headers["Retry-After"]) >= 29
+        )

@@ -51,6 +51,12 @@ KINDS = {
         "key": "pk_test",
         "options": {"list_prefix": "segflow: "},
     },
+    "hubspot": {
+        "tier": "fast",
+        "membership": "list",
+        "key": "pat-na1-11111111-2222-4333-8444-555555555555",
+        "options": {"list_prefix": "segflow: "},
+    },
 }
 PEOPLE = 12
 
@@ -59,7 +65,7 @@ def event_ids(kind: str, api) -> list[str]:
     """The unique ids of the segment events the fake holds, one per event stored."""
     if kind == "mailchimp":
         return [e["properties"].get("unique_id") for e in api.all_events()]
-    if kind == "klaviyo":
+    if kind in ("klaviyo", "hubspot"):
         return [uid for _email, _name, uid in api.snapshot()["events"]]
     raise AssertionError(f"no event reader for {kind}")
 

@@ -26,7 +26,8 @@ token over a rolling ten-second window (``TIERS``) plus a daily count per
 portal, with ``X-HubSpot-RateLimit-*`` headers on every authenticated answer.
 
 Tests read the state through plain-dict methods (``profiles``, ``profile``,
-``list_members``, ``list_id``, ``events``, ``erased``, ``property_names``).
+``list_members``, ``list_id``, ``events``, ``erased``, ``property_names``,
+``snapshot``).
 """
 
 from __future__ import annotations
@@ -333,6 +334,40 @@ class HubSpotApi(FakeApi):
                 and (name is None or e["eventName"] == name)
             ]
 
+    def snapshot(
+        self, prefix: str = "segflow: ", consent: str = "segflow_marketing_consent"
+    ) -> dict[str, Any]:
+        """The portal in the shape every fake gives (engine tests, benchmarks):
+        ``people`` by lower-cased email with ``subscribed`` (the ``consent``
+        property: True ``subscribed``, False ``unsubscribed``, None otherwise),
+        ``segments`` (the lists named ``prefix`` + a segment, as the connector
+        names them, without the prefix) and ``properties`` (the contact's own,
+        without email, the consent property and HubSpot's read-only ones);
+        ``events`` as (email, event name, uuid), oldest first."""
+        with self.lock:
+            segments: dict[int, list[str]] = {}
+            for hub_list in self.lists.values():
+                if hub_list.name.startswith(prefix):
+                    for cid in hub_list.members:
+                        segments.setdefault(cid, []).append(hub_list.name[len(prefix) :])
+            people: dict[str, Any] = {}
+            for c in self.contacts.values():
+                email = c.properties.get("email")
+                if c.archived or not email:
+                    continue
+                value = c.properties.get(consent)
+                people[email] = {
+                    "subscribed": True if value == "subscribed" else
+                    False if value == "unsubscribed" else None,
+                    "segments": sorted(segments.get(c.id, [])),
+                    "properties": {
+                        k: v for k, v in self._own(c).items()
+                        if k not in ("email", consent) and not self.props[k].read_only
+                    },
+                }  # fmt: skip
+            events = [(e["email"], e["eventName"], e["uuid"]) for e in self._events]
+            return {"people": people, "events": events}
+
     def erased(self) -> set[str]:
         """Emails deleted for good through gdpr-delete."""
         with self.lock:
@@ -394,9 +429,12 @@ class HubSpotApi(FakeApi):
             "correlationId": str(uuid.uuid4()),
             "policyName": policy,
         }
-        _left, reset = self.windows.state(
+        left, reset = self.windows.state(
             self._token(request) or "", self.max_requests, self.interval
         )
+        # An injected refusal with room in the window: a slot is free at once, not
+        # when the oldest request leaves it.
+        reset = reset if left <= 0 else 0.0
         # HubSpot's docs promise only the rate headers; Retry-After (whole seconds
         # until the window frees a slot) is given too, as clients look for it.
         return Response(429, body, {"Retry-After": str(max(1, math.ceil(reset)))})
