@@ -129,7 +129,8 @@ def test_the_example_workflows_are_valid():
 @pytest.mark.parametrize(
     ("body", "line", "expected"),
     [
-        ("  - wait: 1h\n  - sync: {list: vip}\n", 5, "steps[1]: unknown step 'sync'"),
+        ("  - wait: 1h\n  - teleport: {list: vip}\n", 5, "steps[1]: unknown step 'teleport'"),
+        ("  - wait: 1h\n  - sync: {list: vip}\n", 5, "steps[1].sync: connector: required"),
         ("  - wait: 5 minutes\n", 4, "steps[0].wait: '5 minutes' is not a duration"),
         ("  - split:\n      arms: [{name: a, percent: 50}]\n", 5, "add up to 50, not 100"),
         ("  - wait: {until_local: '25:00'}\n", 4, "not a time of day"),
@@ -627,10 +628,10 @@ steps:
 def test_workflows_validate_exits_1_naming_the_error(run, tmp_path):
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "w.yaml").write_text(
-        "name: w\ntrigger: {segment_entered: vip}\nsteps:\n  - wait: 1h\n  - sync: {list: x}\n"
+        "name: w\ntrigger: {segment_entered: vip}\nsteps:\n  - wait: 1h\n  - teleport: {list: x}\n"
     )
     status, out, err = run("workflows", "validate")
-    assert status == 1 and "w.yaml:5: workflow 'w': steps[1]: unknown step 'sync'" in err
+    assert status == 1 and "w.yaml:5: workflow 'w': steps[1]: unknown step 'teleport'" in err
     (tmp_path / "workflows" / "w.yaml").write_text(
         "name: w\ntrigger: {segment_entered: vip}\nsteps:\n  - wait: 1h\n"
     )
