@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.consents import NO_CONSENT, email_refusals
 from core.db.models import utcnow
-from core.db.sql import dialect_insert
+from core.db.sql import chunks, dialect_insert
 from core.db.tables import (
     CHANGES,
     MEMBERSHIPS,
@@ -46,6 +46,7 @@ from core.db.tables import (
     SYNC_STATES,
 )
 from core.ingestion.crashpoints import crash_point
+from core.source_state import save_cursor
 from core.sync.client import SyncClient, SyncFailure
 from core.types import (
     EspConnector,
@@ -176,11 +177,6 @@ def _segment_ids(
     return found
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _value(profile: Any, path: str) -> Any:
     if path in ("user_id", "email"):
         return getattr(profile, path)
@@ -218,7 +214,7 @@ def plan_sync(
     ids_filter = set(only) if only is not None else None
     states = _states(conn, target)
     member_of: dict[int, set[str]] = {}
-    for chunk in _chunks(sorted(seg_ids), CHUNK):
+    for chunk in chunks(sorted(seg_ids), CHUNK):
         rows = conn.execute(
             sa.select(MEMBERSHIPS.c.profile_id, MEMBERSHIPS.c.segment_id).where(
                 MEMBERSHIPS.c.segment_id.in_(chunk)
@@ -299,7 +295,7 @@ def _profiles(conn: Connection, ids: list[int]) -> dict[int, Any]:
         wanted = set(ids)
         return {row.id: row for row in conn.execute(columns) if row.id in wanted}
     out: dict[int, Any] = {}
-    for chunk in _chunks(ids, CHUNK):
+    for chunk in chunks(ids, CHUNK):
         out.update((row.id, row) for row in conn.execute(columns.where(PROFILES.c.id.in_(chunk))))
     return out
 
@@ -308,7 +304,7 @@ def _remote_members(conn, remote, synced, ids: set[int] | None) -> set[int]:
     """Profiles whose email is a remote member of a synced segment."""
     emails = sorted(e for e, r in remote.items() if r.segments & synced)
     found: set[int] = set()
-    for chunk in _chunks(emails, CHUNK):
+    for chunk in chunks(emails, CHUNK):
         rows = conn.execute(
             sa.select(PROFILES.c.id).where(
                 sa.func.lower(PROFILES.c.email).in_(chunk), PROFILES.c.merged_into.is_(None)
@@ -339,14 +335,16 @@ def _states_from(remote, profiles, states, synced) -> dict[int, State]:
 def _plan_events(
     conn: Connection, target: SyncTarget, seg_ids: dict[int, str], plan: Plan, ids: set[int] | None
 ) -> None:
-    stored = conn.execute(
+    # Read in the plan's own transaction (core.source_state.load_cursor opens one).
+    saved = conn.execute(
         sa.select(SOURCE_STATES.c.cursor).where(SOURCE_STATES.c.name == cursor_name(target))
     ).scalar()
+    stored = (saved or {}).get("cursor")
     newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(CHANGES.c.id), 0))).scalar_one()
     if stored is None:
         plan.cursor = newest  # the first run: no events for what happened before it
         return
-    start = int(stored["cursor"])
+    start = int(stored["id"])
     plan.cursor = newest
     plan.delivered = {int(c) for c in stored.get("done", ())}
     query = (
@@ -482,7 +480,7 @@ class _Run:
 async def _batches(items: Sequence[Any], size: int, call, waves: int):
     """Yield (batch, results) for each batch, ``waves`` batches in flight at once;
     a batch whose call raised gets ``retry`` for every record."""
-    batches = list(_chunks(items, max(1, size)))
+    batches = list(chunks(items, max(1, size)))
     for start in range(0, len(batches), max(1, waves)):
         wave = batches[start : start + waves]
         outcomes = await asyncio.gather(*(call(b) for b in wave), return_exceptions=True)
@@ -629,67 +627,73 @@ async def _events(run: _Run, api: SyncApi, session, limits) -> None:
 
 
 def _write_upserts(run: _Run, rows: list[tuple[int, Wanted, str, str | None, str | None]]) -> None:
+    """A wave's upsert results in one transaction: confirmed people get what was
+    sent; failed ones keep what was confirmed before and count an attempt."""
     if not rows:
         return
     now = utcnow()
+    confirmed, refused = [], []
+    for pid, wanted, status, reason, remote in rows:
+        person = wanted.person
+        row = {"connector": run.target.name, "profile_id": pid, "email": person.email,
+               "updated_at": now}  # fmt: skip
+        if status == "ok":
+            confirmed.append(row | {
+                "hash": wanted.hash, "subscribed": person.subscribed, "remote_id": remote,
+                "segments": sorted(run.confirmed.get(pid, ())), "status": "ok", "reason": None,
+                "attempts": 0,
+            })  # fmt: skip
+        else:
+            refused.append(row | {"hash": None, "segments": [], "status": status,
+                                  "reason": reason, "attempts": 1})  # fmt: skip
+    key = [SYNC_STATES.c.connector, SYNC_STATES.c.profile_id]
     with run.engine.begin() as conn:
         insert = dialect_insert(conn, SYNC_STATES)
-        for pid, wanted, status, reason, remote in rows:
-            person = wanted.person
-            if status == "ok":
-                values = {
-                    "email": person.email,
-                    "hash": wanted.hash,
-                    "subscribed": person.subscribed,
-                    "remote_id": remote,
-                    "segments": sorted(run.confirmed.get(pid, ())),
-                    "status": "ok",
-                    "reason": None,
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                stmt = insert.values(connector=run.target.name, profile_id=pid, **values)
-                conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[SYNC_STATES.c.connector, SYNC_STATES.c.profile_id],
-                    set_=values,
-                ))  # fmt: skip
-            else:
-                stmt = insert.values(
-                    connector=run.target.name,
-                    profile_id=pid,
-                    email=person.email,
-                    hash=None,
-                    segments=[],
-                    status=status,
-                    reason=reason,
-                    attempts=1,
-                    updated_at=now,
-                )
-                conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[SYNC_STATES.c.connector, SYNC_STATES.c.profile_id],
-                    set_={"status": status, "reason": reason, "updated_at": now,
-                          "attempts": SYNC_STATES.c.attempts + 1},
-                ))  # fmt: skip
+        if confirmed:
+            sent = ("email", "hash", "subscribed", "remote_id", "segments", "status", "reason",
+                    "attempts", "updated_at")  # fmt: skip
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=key, set_={c: insert.excluded[c] for c in sent}
+                ),
+                confirmed,
+            )
+        if refused:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=key,
+                    set_={
+                        "status": insert.excluded.status,
+                        "reason": insert.excluded.reason,
+                        "updated_at": insert.excluded.updated_at,
+                        "attempts": SYNC_STATES.c.attempts + 1,
+                    },
+                ),  # fmt: skip
+                refused,
+            )
 
 
 def _write_segments(run: _Run, pids: list[int]) -> None:
     if not pids:
         return
     now = utcnow()
+    stmt = (
+        SYNC_STATES.update()
+        .where(
+            SYNC_STATES.c.connector == run.target.name,
+            SYNC_STATES.c.profile_id == sa.bindparam("pid"),
+        )
+        .values(segments=sa.bindparam("segs"), updated_at=now)
+    )
     with run.engine.begin() as conn:
-        for pid in pids:
-            conn.execute(
-                SYNC_STATES.update()
-                .where(SYNC_STATES.c.connector == run.target.name, SYNC_STATES.c.profile_id == pid)
-                .values(segments=sorted(run.confirmed.get(pid, ())), updated_at=now)
-            )
+        conn.execute(stmt, [{"pid": p, "segs": sorted(run.confirmed.get(p, ()))} for p in pids])
 
 
 def _forget(engine: Engine, target: SyncTarget, pids: list[int]) -> None:
     if not pids:
         return
     with engine.begin() as conn:
-        for chunk in _chunks(sorted(pids), CHUNK):
+        for chunk in chunks(sorted(pids), CHUNK):
             conn.execute(
                 SYNC_STATES.delete().where(
                     SYNC_STATES.c.connector == target.name, SYNC_STATES.c.profile_id.in_(chunk)
@@ -698,18 +702,13 @@ def _forget(engine: Engine, target: SyncTarget, pids: list[int]) -> None:
 
 
 def _save_cursor(engine: Engine, target: SyncTarget, cursor: int, done: Iterable[int] = ()) -> None:
-    now = utcnow()
-    value = {"cursor": cursor, "done": sorted(c for c in done if c > cursor)}
-    with engine.begin() as conn:
-        insert = dialect_insert(conn, SOURCE_STATES)
-        conn.execute(
-            insert.values(
-                name=cursor_name(target), cursor=value, updated_at=now
-            ).on_conflict_do_update(
-                index_elements=[SOURCE_STATES.c.name],
-                set_={"cursor": value, "updated_at": now},
-            )
-        )
+    """The events' cursor: the change id all events up to are settled, and
+    those past it already delivered."""
+    save_cursor(
+        engine,
+        cursor_name(target),
+        {"id": cursor, "done": sorted(c for c in done if c > cursor)},
+    )
 
 
 def _start_run(engine: Engine, target: SyncTarget, started: datetime) -> int:
