@@ -3,7 +3,8 @@ and the consent gate every marketing email passes (``email_refusals``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -134,20 +135,13 @@ def email_refusals(conn: Connection, profile_ids: Iterable[int]) -> dict[int, st
         .join(PROFILES, PROFILES.c.id == CONSENTS.c.profile_id)
         .where(CONSENTS.c.purpose == EMAIL)
     )
-    batches = (
-        [conn.execute(consents)]
-        if scan
-        else (
-            conn.execute(
-                consents.where(sa.or_(PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.in_(chunk)))
-            )
-            for chunk in _chunks(sorted(people))
-        )
-    )
-    for rows in batches:
-        for pid, granted_, at in rows:
-            if pid in people and (pid not in latest or at > latest[pid][0]):
-                latest[pid] = (at, bool(granted_))
+
+    def mine(chunk: list[int]) -> Any:
+        return sa.or_(PROFILES.c.id.in_(chunk), PROFILES.c.merged_into.in_(chunk))
+
+    for pid, granted_, at in _rows(conn, consents, mine, people, scan):
+        if pid in people and (pid not in latest or at > latest[pid][0]):
+            latest[pid] = (at, bool(granted_))
     decided = {
         pid: (NO_CONSENT if pid not in latest else None if latest[pid][1] else WITHDRAWN)
         for pid in people
@@ -158,19 +152,21 @@ def email_refusals(conn: Connection, profile_ids: Iterable[int]) -> dict[int, st
         .where(EVENTS.c.type == UNSUBSCRIBE_EVENT)
         .group_by(EVENTS.c.profile_id)
     )
-    batches = (
-        [conn.execute(unsubscribes)]
-        if scan
-        else (
-            conn.execute(unsubscribes.where(EVENTS.c.profile_id.in_(chunk)))
-            for chunk in _chunks(sorted(granted_at))
-        )
-    )
-    for last in batches:
-        for pid, at in last:
-            if pid in granted_at and at is not None and at >= granted_at[pid]:
-                decided[pid] = UNSUBSCRIBED
+    for pid, at in _rows(conn, unsubscribes, EVENTS.c.profile_id.in_, granted_at, scan):
+        if pid in granted_at and at is not None and at >= granted_at[pid]:
+            decided[pid] = UNSUBSCRIBED
     return {pid: decided[survivor[pid]] for pid in wanted if decided[survivor[pid]] is not None}
+
+
+def _rows(conn: Connection, query: Any, where: Any, ids: Iterable[int], scan: bool) -> Iterator:
+    """``query``'s rows: all of them in one pass (``scan``), or those of ``ids``
+    500 at a time (``where(chunk)`` narrows it to a chunk). Callers keep only
+    their ids' rows either way."""
+    if scan:
+        yield from conn.execute(query)
+        return
+    for chunk in _chunks(sorted(ids)):
+        yield from conn.execute(query.where(where(chunk)))
 
 
 def _survivors(conn: Connection, profile_ids: set[int]) -> dict[int, int]:
