@@ -54,20 +54,13 @@ def write_store_task(
             reset_demo(engine)
         catalogue = load_catalogue(engine, seed, now)
     path = Path(folder) / EVENTS_FILE
-    if progress:
-        from rich.progress import Progress
+    from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
-            job = bar.add_task(f"generating {people:,} people x {days} days", total=None)
-            written = write_events(
-                path,
-                people=people,
-                days=days,
-                seed=seed,
-                on_progress=lambda n: bar.advance(job, n),
-            )
-    else:
-        written = write_events(path, people=people, days=days, seed=seed)
+    with Progress(transient=True, disable=not progress) as bar:
+        job = bar.add_task(f"generating {people:,} people x {days} days", total=None)
+        written = write_events(
+            path, people=people, days=days, seed=seed, on_progress=lambda n: bar.advance(job, n)
+        )
     get_run_logger().info("%d events written to %s", written, path)
     return {"events_file": str(path), "events": written, "catalogue": catalogue}
 
