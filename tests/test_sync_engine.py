@@ -24,7 +24,7 @@ from core.sync import run_sync, verify_sync
 from core.types import SyncTarget
 from plugins.esp.fakes import make_fake
 from plugins.esp.fakes.server import Faults, running
-from tests.helpers import people, segflow_child
+from tests.helpers import people, segflow_child, sync_until_settled
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 # Not SEGFLOW_*: child processes get none of those from the test.
@@ -224,20 +224,13 @@ def test_faults_are_retried_and_end_in_the_same_remote_state(db_url, tmp_path, k
     with running(api) as url:
         t = target(kind, url)
 
-        def until_settled() -> list:
-            runs = [run_sync(engine, t, connector)]
-            while runs[-1].retry or runs[-1].failed:
-                assert len(runs) < 12, [r.model_dump() for r in runs]
-                runs.append(run_sync(engine, t, connector))
-            return runs
-
-        until_settled()
+        sync_until_settled(engine, t, connector)
         # Everyone moves tier: 8 exits and 8 entries, each an event sent under faults.
         with engine.begin() as conn:
             for i, pid in enumerate(ids):
                 update_attributes(conn, pid, {"tier": ("silver", "none", "gold")[i % 3]})
         resegment(db_url, NOW + timedelta(minutes=5))
-        runs = until_settled()
+        runs = sync_until_settled(engine, t, connector)
         assert sum(r.events for r in runs) == 16
         api.faults = Faults()
         report = verify_sync(engine, t, connector)

@@ -26,7 +26,7 @@ from core.types import SyncEvent, SyncPerson, SyncTarget
 from plugins.esp import klaviyo
 from plugins.esp.fakes.klaviyo import KlaviyoApi, make_api
 from plugins.esp.fakes.server import Faults, running
-from tests.helpers import people, segflow_child
+from tests.helpers import people, segflow_child, sync_until_settled
 from tests.test_sync_engine import NOW, resegment, store
 
 KEY = "pk_test"
@@ -81,10 +81,7 @@ def test_the_remote_state_is_segflows_and_no_event_is_stored_twice_after_faults(
         api.faults = Faults(
             rate=0.5, seed=3, kinds=("drop_after", "drop_after", "500", "drop", "429")
         )
-        runs = [run_sync(engine, t, connector) for _ in range(2)]
-        while runs[-1].retry or runs[-1].failed:
-            assert len(runs) < 12, [r.model_dump() for r in runs]
-            runs.append(run_sync(engine, t, connector))
+        sync_until_settled(engine, t, connector, first=2)
         api.faults = Faults()
         assert run_sync(engine, t, connector).sent == 0
         snap = api.snapshot()
