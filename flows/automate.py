@@ -23,22 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from core.config import load_settings
-from flows.common import EXAMPLE_WORKFLOWS, as_of_or_now, database, flow_settings, folder
-from flows.common import retry_transient as retry_condition
+from flows.common import DB_TASK, EXAMPLE_WORKFLOWS, as_of_or_now, database, flow_settings, folder
 
 
-@task(
-    name="tick",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_condition,
-    # A tick writes runs and actions; a retried one moves only what is still due.
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+# A tick writes runs and actions; a retried one moves only what is still due.
+@task(name="tick", **DB_TASK)
 def tick_task(
     database_url: str, directory: str | None, as_of: datetime, history_since: datetime | None
 ) -> dict[str, Any]:
@@ -66,14 +57,7 @@ def tick_task(
     return counts
 
 
-@task(
-    name="save-workflows",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_condition,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(name="save-workflows", **DB_TASK)
 def save_workflows_task(database_url: str, directory: str) -> dict[str, int]:
     """Store new versions of the changed definitions in ``directory``; the
     version of each."""

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from sqlalchemy.engine import Engine
@@ -44,6 +45,17 @@ def retry_unless(*errors: type[BaseException]) -> Callable[[Any, TaskRun, State]
 
 
 retry_transient = retry_unless(*NOT_RETRIED)
+
+# The options of a task that writes to segflow's database: retried twice on a
+# transient failure (not on wrong input), never skipped for a cached result
+# (its writes are the point), nothing persisted by Prefect.
+DB_TASK: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_condition_fn": retry_transient,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
 
 
 def flow_settings(database_url: str | None) -> Settings:

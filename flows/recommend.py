@@ -16,21 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
-from flows.common import as_of_or_now, database, flow_settings
-from flows.common import retry_transient as retry_condition
-
-RETRIED: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [2, 10],
-    "retry_condition_fn": retry_condition,
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-}
+from flows.common import DB_TASK, as_of_or_now, database, flow_settings
 
 
-@task(name="refresh-catalogue", **RETRIED)
+@task(name="refresh-catalogue", **DB_TASK)
 def refresh_catalogue_task(database_url: str) -> int:
     from core import refresh_products
 
@@ -40,7 +30,7 @@ def refresh_catalogue_task(database_url: str) -> int:
     return updated
 
 
-@task(name="refresh-recommendations", **RETRIED)
+@task(name="refresh-recommendations", **DB_TASK)
 def refresh_recommendations_task(database_url: str, as_of: datetime) -> list[dict[str, Any]]:
     from core import refresh_recommendations
 

@@ -13,22 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from core.plugins import scoring_models
 from core.scoring import load_score_files, run_scores
-from flows.common import EXAMPLE_SCORES, as_of_or_now, database, flow_settings, folder
-from flows.common import retry_transient as retry_condition
+from flows.common import DB_TASK, EXAMPLE_SCORES, as_of_or_now, database, flow_settings, folder
 
 
-@task(
-    name="run-scores",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_condition,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(name="run-scores", **DB_TASK)
 def run_scores_task(database_url: str, directory: str, as_of: datetime) -> dict[str, int]:
     definitions = load_score_files(Path(directory), scoring_models())
     with database(database_url) as engine:

@@ -17,24 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from core.plugins import condition_kinds, segment_change_hook
 from core.segments.report import run_report
 from core.segments.store import load_segment_files, run_segments
-from flows.common import EXAMPLE_SEGMENTS, as_of_or_now, database, flow_settings, folder
-from flows.common import retry_transient as retry_condition
+from flows.common import DB_TASK, EXAMPLE_SEGMENTS, as_of_or_now, database, flow_settings, folder
 
 
-@task(
-    name="run-segments",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_condition,
-    # Records memberships and changes: never skipped for a cached result.
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+# Records memberships and changes: never skipped for a cached result.
+@task(name="run-segments", **DB_TASK)
 def run_segments_task(
     database_url: str, directory: str | None, as_of: datetime, full: bool
 ) -> dict[str, Any]:
