@@ -472,8 +472,9 @@ class SyncApi:
     """
 
     limits: SyncLimits
-    # The vendor's, or made from the key (a data centre in its suffix).
-    base_url: str | Callable[[str], str]
+    # The vendor's; a connector whose host depends on the key (Mailchimp's data
+    # centre) derives it in its requests.
+    base_url: str
     auth_headers: Callable[[SyncTarget], Mapping[str, str]]
     open: Callable[[SyncTarget, Any], Any]
     upsert: Callable[[Any, Sequence[SyncPerson]], Awaitable[list[RecordResult]]]

@@ -78,8 +78,7 @@ def target_of(config: ConnectorConfig) -> SyncTarget:
         raise UsageError(
             f"connector {config.name!r}: the environment variable {config.api_key_env} is not set"
         )
-    default = connector.sync.base_url
-    base_url = config.base_url or (default(key) if callable(default) else default)
+    base_url = config.base_url or connector.sync.base_url
     return SyncTarget(
         name=config.name,
         kind=config.kind,
