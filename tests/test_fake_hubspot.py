@@ -54,6 +54,17 @@ def raw(url: str, token: str = ACCESS_TOKEN, **kwargs: Any) -> httpx.Client:
     )
 
 
+def define_event(client: httpx.Client, name: str = "segment_entered", *props: str) -> None:
+    """Event definitions have no call in the SDK: over plain HTTP, as the connector does."""
+    body = {
+        "name": name,
+        "label": name,
+        "primaryObject": "CONTACT",
+        "propertyDefinitions": [{"name": p, "label": p, "type": "string"} for p in props],
+    }
+    assert client.post("/events/v3/event-definitions", json=body).status_code == 201
+
+
 def upsert_input(email: str, trace: str | None = None, **props: str) -> dict[str, Any]:
     item: dict[str, Any] = {"idProperty": "email", "id": email, "properties": props}
     if trace:
@@ -189,6 +200,8 @@ def test_sdk_properties_lists_memberships_and_events(served: tuple[HubSpotApi, s
     assert sorted(members) == sorted(ids[2:])
     assert api.list_members("segflow gold") == {f"m{i}@example.com" for i in (2, 3, 4)}
 
+    with raw(url) as http:
+        define_event(http, "segment_entered", "segment")
     for _ in range(2):  # the same uuid twice: HubSpot keeps the first
         client.events.send.basic_api.send(
             BehavioralEventHttpCompletionRequest(
@@ -289,6 +302,43 @@ def test_validation_errors_name_the_field(served: tuple[HubSpotApi, str]) -> Non
         assert r.status_code == 404 and r.json()["category"] == "OBJECT_NOT_FOUND"
 
 
+def test_events_need_their_definition_and_its_properties(served: tuple[HubSpotApi, str]) -> None:
+    api, url = served
+    occurrence = {"eventName": EVENT, "email": "a@example.com", "properties": {"segment": "g"}}
+    with raw(url) as client:
+        r = client.post("/events/v3/send", json=occurrence)
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "EVENT_NOT_FOUND"
+        define_event(client, "segment_entered")
+        r = client.post("/events/v3/send", json=occurrence)
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "PROPERTY_NOT_FOUND"
+        assert r.json()["errors"][0]["in"] == "properties.segment"
+        prop = {"name": "segment", "label": "Segment", "type": "string"}
+        path = "/events/v3/event-definitions/segment_entered/property"
+        assert client.post(path, json=prop).status_code == 201
+        assert client.post(path, json=prop).status_code == 409
+        assert client.post("/events/v3/send", json=occurrence).status_code == 204
+        assert [e["properties"] for e in api.events()] == [{"segment": "g"}]
+        again = {"name": "segment_entered", "label": "x", "primaryObject": "CONTACT"}
+        r = client.post("/events/v3/event-definitions", json=again)
+        assert r.status_code == 409 and r.json()["category"] == "OBJECT_ALREADY_EXISTS"
+        for n in range(3):
+            define_event(client, f"other_{n}")
+        got = client.get("/events/v3/event-definitions/other_1").json()
+        assert got["fullyQualifiedName"] == f"pe{PORTAL_ID}_other_1"
+        names, after = [], None
+        while True:
+            page = client.get(
+                "/events/v3/event-definitions",
+                params={"limit": 2, **({"after": after} if after else {})},
+            ).json()
+            names += [d["name"] for d in page["results"]]
+            after = (page.get("paging") or {}).get("next", {}).get("after")
+            if not after:
+                break
+        assert names == ["segment_entered", "other_0", "other_1", "other_2"]
+        assert client.get("/events/v3/event-definitions/nosuch").status_code == 404
+
+
 def test_the_window_refuses_the_next_request_then_frees() -> None:
     api = HubSpotApi(limit=5, interval=0.6)
     with running(api) as url, raw(url) as client:
@@ -335,6 +385,7 @@ def test_upserts_memberships_and_events_are_idempotent(served: tuple[HubSpotApi,
         first = client.put(f"/crm/v3/lists/{list_id}/memberships/add", json=[cid]).json()
         second = client.put(f"/crm/v3/lists/{list_id}/memberships/add", json=[cid]).json()
         assert first["recordIdsAdded"] == [cid] and second["recordIdsAdded"] == []
+        define_event(client)
         event = {"eventName": EVENT, "email": "a@example.com", "uuid": "u1", "properties": {}}
         assert client.post("/events/v3/send", json=event).status_code == 204
         assert client.post("/events/v3/send", json=event).status_code == 204

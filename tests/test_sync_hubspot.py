@@ -123,6 +123,11 @@ def test_the_remote_state_is_segflows_and_no_event_is_stored_twice_after_faults(
     assert api.list_members("segflow: gold") == {
         "p2@example.com", "p3@example.com", "p6@example.com", "p9@example.com"
     }  # fmt: skip
+    # HubSpot refuses occurrences of undefined events: the sync defined each one it sent.
+    sent = {name.removeprefix(pe) for _e, name, _u in snap["events"]}
+    assert {
+        name: sorted(p["name"] for p in d["properties"]) for name, d in api.definitions.items()
+    } == {name: ["change", "segment"] for name in sent}
 
 
 def test_upserts_go_in_batches_of_100_and_a_refused_record_fails_alone(sqlite_url, tmp_path):

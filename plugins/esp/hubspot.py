@@ -1,7 +1,7 @@
 """``hubspot``: sync to HubSpot CRM v3 (contacts, segments as MANUAL lists, custom events).
 
 Auth is a private app's token (``Authorization: Bearer <token>``) with the
-contacts, contact schema, lists and behavioural events scopes.
+contacts, contact schema, lists, behavioural events and event definitions scopes.
 
 - open: the portal id (``GET /account-info/v3/details``, event names need it);
   the mapped contact properties and ``segflow_marketing_consent`` created when
@@ -19,8 +19,11 @@ contacts, contact schema, lists and behavioural events scopes.
   ids (looked up by email when segflow holds none);
 - events: ``POST /events/v3/send/batch``, named ``pe<portal>_<name>`` and with
   ``uuid`` = the segflow unique id, which HubSpot de-duplicates on, so a
-  resend is never a second occurrence. The event (and its properties
-  ``segment`` and ``change``) must be defined in the portal;
+  resend is never a second occurrence. HubSpot refuses an occurrence of an
+  undefined event or property, so before a batch each event it names is
+  defined when missing (``GET/POST /events/v3/event-definitions``, one listing
+  per session, with the properties the batch carries, ``POST
+  .../{name}/property`` for one it lacks; the definitions scope is needed);
 - read (verify): every contact's email and consent property, paged, and each
   synced list's memberships, paged.
 
@@ -89,10 +92,15 @@ def property_name(name: str) -> str:
     return cleaned
 
 
+def short_event_name(name: str) -> str:
+    """``Entered segment gold`` -> ``entered_segment_gold`` (a definition's name)."""
+    short = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "segflow_event"
+    return short if short[0].isalpha() else "e_" + short
+
+
 def event_name(portal_id: int | str, name: str) -> str:
     """``Entered segment gold`` -> ``pe<portal>_entered_segment_gold``."""
-    short = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "segflow_event"
-    return f"pe{portal_id}_{short}"
+    return f"pe{portal_id}_{short_event_name(name)}"
 
 
 def list_name(target: SyncTarget, segment: str) -> str:
@@ -125,6 +133,9 @@ class Session:
     portal_id: int = 0
     lists: dict[str, str] = field(default_factory=dict)  # segment -> list id
     names: dict[str, str] = field(default_factory=dict)  # mapped name -> HubSpot property
+    # Event definitions: short name -> its property names (None: not listed yet).
+    defined: dict[str, set[str]] | None = None
+    defining: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _reason(response: httpx.Response) -> str:
@@ -379,7 +390,65 @@ async def _send_one(session: Session, event: SyncEvent) -> RecordResult:
     return RecordResult("failed", _reason(response))
 
 
+async def _definitions(session: Session) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    after: str | None = None
+    while True:
+        params = {"limit": 100, **({"after": after} if after else {})}
+        page = await _json(session, "GET", "/events/v3/event-definitions", params=params)
+        for d in page.get("results", []):
+            found[d["name"]] = {p["name"] for p in d.get("properties", [])}
+        after = ((page.get("paging") or {}).get("next") or {}).get("after")
+        if not after:
+            return found
+
+
+def _event_property(name: str) -> dict[str, str]:
+    return {"name": name, "label": name.replace("_", " ").title(), "type": "string"}
+
+
+async def _define(session: Session, items: Sequence[SyncEvent]) -> None:
+    """Define the events (and properties) the batch names that the portal lacks."""
+    wanted: dict[str, set[str]] = {}
+    for e in items:
+        wanted.setdefault(short_event_name(e.name), set()).update(e.properties)
+    labels = {short_event_name(e.name): e.name for e in items}
+    async with session.defining:
+        if session.defined is None:
+            session.defined = await _definitions(session)
+        defined = session.defined
+        for name, props in sorted(wanted.items()):
+            if name not in defined:
+                body = {
+                    "name": name,
+                    "label": labels[name][:100],
+                    "description": "Sent by segflow",
+                    "primaryObject": "CONTACT",
+                    "propertyDefinitions": [_event_property(p) for p in sorted(props)],
+                }
+                # Names are unique: a create sent twice answers 409 and makes nothing new.
+                response = await session.client.request(
+                    "POST", "/events/v3/event-definitions", json=body, idempotent=True
+                )
+                if response.status_code == 409:
+                    found = await _json(session, "GET", f"/events/v3/event-definitions/{name}")
+                    defined[name] = {p["name"] for p in found.get("properties", [])}
+                elif response.status_code >= 300:
+                    raise SyncFailure(f"defining event {name}: {_reason(response)}")
+                else:
+                    defined[name] = set(props)
+            for prop in sorted(props - defined[name]):
+                response = await session.client.request(
+                    "POST", f"/events/v3/event-definitions/{name}/property",
+                    json=_event_property(prop), idempotent=True,
+                )  # fmt: skip
+                if response.status_code >= 300 and response.status_code != 409:
+                    raise SyncFailure(f"defining {name}.{prop}: {_reason(response)}")
+                defined[name].add(prop)
+
+
 async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordResult]:
+    await _define(session, items)
     # HubSpot drops an occurrence whose uuid it has seen: resending is safe.
     response = await session.client.request(
         "POST", "/events/v3/send/batch",

@@ -17,7 +17,12 @@ What it serves (one portal, ``PORTAL_ID``):
 - custom behavioural events: ``POST /events/v3/send`` and ``/events/v3/send/batch``,
   de-duplicated on ``uuid`` per event name as HubSpot documents (the first
   occurrence is kept, later ones are dropped; the answer is 204 either way,
-  as HubSpot processes events after answering);
+  as HubSpot processes events after answering); an occurrence must name a
+  defined event (its ``fullyQualifiedName``, ``pe<portal>_<name>``) and only
+  its defined properties (or HubSpot's own ``hs_`` ones), else 400;
+- event definitions: ``GET/POST /events/v3/event-definitions`` (paged with
+  ``after``), ``GET /events/v3/event-definitions/{name}``, ``POST
+  .../{name}/property``; a name already defined answers 409;
 - ``GET /account-info/v3/details`` (the portal id an event name needs).
 
 Auth is ``Authorization: Bearer <private app token>``; each token has scopes,
@@ -62,6 +67,7 @@ SCOPES = frozenset(
         "crm.lists.read",
         "crm.lists.write",
         "analytics.behavioral_events.send",
+        "behavioral_events.event_definitions.read_write",
     }
 )
 MAX_BATCH = 100
@@ -285,6 +291,8 @@ class HubSpotApi(FakeApi):
         self.lists: dict[int, HubList] = {}
         self._events: list[dict[str, Any]] = []
         self._event_ids: set[tuple[str, str]] = set()
+        # name -> definition, in creation order (the listing's order)
+        self.definitions: dict[str, dict[str, Any]] = {}
         self._erased: set[str] = set()
         self._next_contact = 101
         self._next_list = 1
@@ -507,6 +515,11 @@ class HubSpotApi(FakeApi):
         self._add("GET", "/crm/v3/lists/{list_id}/memberships", self._get_members)
         self._add("POST", "/events/v3/send", self._send_event)
         self._add("POST", "/events/v3/send/batch", self._send_events)
+        d = "/events/v3/event-definitions"
+        self._add("GET", d, self._list_definitions)
+        self._add("POST", d, self._create_definition)
+        self._add("GET", d + "/{event_name}", self._get_definition)
+        self._add("POST", d + "/{event_name}/property", self._add_event_property)
         self._add("GET", "/account-info/v3/details", self._account)
 
     # -- contacts ----------------------------------------------------------------------
@@ -1081,7 +1094,9 @@ class HubSpotApi(FakeApi):
             raise _invalid(
                 f"Some required fields were not set: [{where}eventName]", f"{where}eventName"
             )
-        if not re.fullmatch(rf"pe{self.portal_id}_[a-z0-9_]+", name):
+        prefix = f"pe{self.portal_id}_"
+        definition = self.definitions.get(name[len(prefix) :]) if name.startswith(prefix) else None
+        if definition is None:
             raise _invalid(
                 f"Event {name!r} is not defined (names are pe{self.portal_id}_<name>)",
                 f"{where}eventName",
@@ -1090,6 +1105,14 @@ class HubSpotApi(FakeApi):
         properties = item.get("properties", {})
         if not isinstance(properties, dict):
             raise _invalid(f"{where}properties must be an object", f"{where}properties")
+        defined = {p["name"] for p in definition["properties"]}
+        unknown = sorted(k for k in properties if k not in defined and not k.startswith("hs_"))
+        if unknown:
+            raise _invalid(
+                f"Property {unknown[0]!r} is not defined on event {name!r}",
+                f"{where}properties.{unknown[0]}",
+                "PROPERTY_NOT_FOUND",
+            )
         occurred = item.get("occurredAt")
         if occurred is not None and not _is_date(str(occurred), "datetime"):
             raise _invalid(
@@ -1144,6 +1167,101 @@ class HubSpotApi(FakeApi):
             self._record(event)
         return Response(204)
 
+    # -- event definitions ------------------------------------------------------------
+
+    def _definition_body(self, definition: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": definition["id"],
+            "name": definition["name"],
+            "fullyQualifiedName": f"pe{self.portal_id}_{definition['name']}",
+            "labels": {"singular": definition["label"], "plural": None},
+            "description": definition["description"],
+            "primaryObject": "CONTACT",
+            "archived": False,
+            "properties": [dict(p) for p in definition["properties"]],
+            "createdAt": definition["createdAt"],
+        }
+
+    @staticmethod
+    def _event_property(item: Any, where: str) -> dict[str, Any]:
+        if not isinstance(item, dict):
+            raise _invalid(f"{where} must be an object", where)
+        missing = [k for k in ("name", "label", "type") if not item.get(k)]
+        if missing:
+            raise _invalid(f"Some required fields were not set: {missing}", where, "REQUIRED")
+        if not PROPERTY_NAME.match(str(item["name"])) or str(item["name"]).startswith("hs_"):
+            raise _invalid(f"Property name {item['name']!r} is not valid", f"{where}.name")
+        if item["type"] not in ("string", "number", "enumeration", "datetime", "bool"):
+            raise _invalid(f"type {item['type']!r} is not a valid event property type", where)
+        return {"name": item["name"], "label": item["label"], "type": item["type"]}
+
+    def _list_definitions(self, request: Request) -> Response:
+        limit = self._page_limit(request, 20, 100)
+        after = request.arg("after")
+        if after is not None and not after.isdigit():
+            raise _invalid(f"after: {after!r} is not a valid cursor", "after")
+        search = request.arg("searchString")
+        found = [d for d in self.definitions.values() if not search or search.lower() in d["name"]]
+        start = int(after or 0)
+        body: dict[str, Any] = {
+            "results": [self._definition_body(d) for d in found[start : start + limit]]
+        }
+        if start + limit < len(found):
+            body["paging"] = {"next": {"after": str(start + limit)}}
+        return Response(200, body)
+
+    def _create_definition(self, request: Request) -> Response:
+        body = self._object(request)
+        missing = [k for k in ("label", "name", "primaryObject") if not body.get(k)]
+        if missing:
+            raise _invalid(f"Some required fields were not set: {missing}", "body", "REQUIRED")
+        name = str(body["name"])
+        if not PROPERTY_NAME.match(name):
+            raise _invalid(
+                f"Event name {name!r} must hold only lower-case letters, digits and underscores",
+                "name",
+            )
+        if str(body["primaryObject"]).upper() not in ("CONTACT", "0-1"):
+            raise _invalid("primaryObject: this fake knows only CONTACT", "primaryObject")
+        if name in self.definitions:
+            raise HubSpotError(
+                409, f"An event named '{name}' already exists.", "OBJECT_ALREADY_EXISTS"
+            )
+        given = body.get("propertyDefinitions") or []
+        if not isinstance(given, list):
+            raise _invalid("propertyDefinitions must be a list", "propertyDefinitions")
+        props = [self._event_property(p, f"propertyDefinitions[{n}]") for n, p in enumerate(given)]
+        definition = {
+            "id": str(len(self.definitions) + 1000),
+            "name": name,
+            "label": str(body["label"]),
+            "description": str(body.get("description") or ""),
+            "properties": props,
+            "createdAt": _now(),
+        }
+        self.definitions[name] = definition
+        return Response(201, self._definition_body(definition))
+
+    def _definition(self, request: Request) -> dict[str, Any]:
+        name = unquote(request.params["event_name"])
+        definition = self.definitions.get(name)
+        if definition is None:
+            raise HubSpotError(404, f"Event '{name}' does not exist.", "OBJECT_NOT_FOUND")
+        return definition
+
+    def _get_definition(self, request: Request) -> Response:
+        return Response(200, self._definition_body(self._definition(request)))
+
+    def _add_event_property(self, request: Request) -> Response:
+        definition = self._definition(request)
+        prop = self._event_property(self._object(request), "body")
+        if any(p["name"] == prop["name"] for p in definition["properties"]):
+            raise HubSpotError(
+                409, f"Property '{prop['name']}' already exists.", "OBJECT_ALREADY_EXISTS"
+            )
+        definition["properties"].append(prop)
+        return Response(201, dict(prop))
+
     def _account(self, request: Request) -> Response:
         return Response(
             200,
@@ -1172,6 +1290,8 @@ def _scope(request: Request) -> str | None:
         return "crm.lists.write" if write else "crm.lists.read"
     if path.startswith("/events/v3/send"):
         return "analytics.behavioral_events.send"
+    if path.startswith("/events/v3/event-definitions"):
+        return "behavioral_events.event_definitions.read_write"
     return None
 
 
