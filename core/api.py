@@ -39,6 +39,22 @@ MAX_BODY_BYTES = 512 * 1024
 TOO_LARGE = f"request body over {MAX_BODY_BYTES} bytes"
 
 
+# How each route is authorised, in its OpenAPI operation (``requires``).
+AUTH_FIELD = "x-segflow-auth"
+SIGNED = "signed"
+PUBLIC = "public"
+
+
+def requires(auth: str, **openapi: Any) -> dict[str, Any]:
+    """A route's ``openapi_extra``, naming how it is authorised: a key scope
+    (``events:write``, ``profiles:read``, ``admin``; the handler calls
+    ``api.authorize(request, scope)``), ``signed`` (an HMAC-signed body or URL
+    token the handler verifies) or ``public``. Every route declares one, and
+    tests/test_access_control.py checks each declaration against the live
+    server, so a route added without its check fails there."""
+    return {AUTH_FIELD: auth, **openapi}
+
+
 class ApiError(HTTPException):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         body = {"error": message} | ({"field": field} if field else {})
@@ -230,7 +246,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=requires(PUBLIC))
     def health() -> dict[str, str]:
         return {"status": "ok"}
 

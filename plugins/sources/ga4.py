@@ -216,7 +216,7 @@ def mount(router: Any, api: Any) -> None:
 
     from core import Event, Rejection
     from core import validate_event as validate
-    from core.http import ApiError
+    from core.http import ApiError, requires
 
     async def parse(request: Request) -> tuple[list[Event], list[dict[str, str]]]:
         """The request's events, validated, and GA4-style messages for what is wrong."""
@@ -245,7 +245,7 @@ def mount(router: Any, api: Any) -> None:
             raise ApiError(401, "api_secret is required", "api_secret")
         api.authorize(request, "events:write", secret)
 
-    @router.post("/mp/collect", name="ga4_collect")
+    @router.post("/mp/collect", name="ga4_collect", openapi_extra=requires("events:write"))
     async def collect(request: Request) -> Response:
         authorize(request)
         events, messages = await parse(request)
@@ -254,7 +254,9 @@ def mount(router: Any, api: Any) -> None:
         await api.ingest_async(events, "ga4")
         return Response(status_code=204)
 
-    @router.post("/debug/mp/collect", name="ga4_debug_collect")
+    @router.post(
+        "/debug/mp/collect", name="ga4_debug_collect", openapi_extra=requires("events:write")
+    )
     async def debug(request: Request) -> JSONResponse:
         authorize(request)
         _, messages = await parse(request)

@@ -150,12 +150,15 @@ def to_event(call: str, body: dict[str, Any], where: str) -> dict[str, Any]:
 def mount(router: Any, api: Any) -> None:
     from fastapi import Request
 
-    from core.http import ApiError, checked_event
+    from core.http import ApiError, checked_event, requires
 
-    async def accept(request: Request, body: Any, calls: list[tuple[str, Any, str]]) -> dict:
+    def authorize(request: Request, body: Any) -> None:
+        # Before anything of the body is checked: no answer tells a stranger more than 401.
         api.authorize(
             request, "events:write", body.get("writeKey") if isinstance(body, dict) else None
         )
+
+    async def accept(body: Any, calls: list[tuple[str, Any, str]]) -> dict:
         events = []
         for call, item, where in calls:
             try:
@@ -187,7 +190,8 @@ def mount(router: Any, api: Any) -> None:
         # A closure, not a default argument: FastAPI would read one from the query string.
         async def single(request: Request) -> dict:
             body = await read(request)
-            return await accept(request, body, [(call, body, "body")])
+            authorize(request, body)
+            return await accept(body, [(call, body, "body")])
 
         return single
 
@@ -197,12 +201,17 @@ def mount(router: Any, api: Any) -> None:
             single_call(call),
             methods=["POST"],
             name=f"segment_{call}",
-            openapi_extra=_body(CALL_SCHEMA),
+            openapi_extra=requires("events:write", **_body(CALL_SCHEMA)),
         )
 
-    @router.post("/v1/batch", name="segment_batch", openapi_extra=_body(BATCH_SCHEMA))
+    @router.post(
+        "/v1/batch",
+        name="segment_batch",
+        openapi_extra=requires("events:write", **_body(BATCH_SCHEMA)),
+    )
     async def batch(request: Request) -> dict:
         body = await read(request)
+        authorize(request, body)
         items = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise ApiError(400, "batch must be a list of calls", "batch")
@@ -212,7 +221,7 @@ def mount(router: Any, api: Any) -> None:
             if call not in CALLS:
                 raise ApiError(400, f"type must be one of {', '.join(CALLS)}", f"batch[{i}].type")
             calls.append((call, item, f"batch[{i}]"))
-        return await accept(request, body, calls)
+        return await accept(body, calls)
 
 
 @hookimpl

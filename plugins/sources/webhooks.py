@@ -121,9 +121,9 @@ def mount(router: Any, api: Any) -> None:
 
     from core import RawRecord, Rejection
     from core import validate_event as validate
-    from core.http import ApiError
+    from core.http import SIGNED, ApiError, requires
 
-    @router.post("/webhooks/{name}", name="webhook")
+    @router.post("/webhooks/{name}", name="webhook", openapi_extra=requires(SIGNED))
     async def webhook(name: str, request: Request) -> dict:
         config = next((w for w in api.settings.webhooks if w.name == name), None)
         if config is None:

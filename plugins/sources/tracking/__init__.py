@@ -46,7 +46,7 @@ def mount(router: Any, api: Any) -> None:
     from fastapi import Request
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-    from core.http import ApiError
+    from core.http import PUBLIC, SIGNED, ApiError, requires
 
     def secret() -> str:
         if not api.settings.secret_key:
@@ -66,7 +66,7 @@ def mount(router: Any, api: Any) -> None:
         api.ingest([tracking_event(kind, data, datetime.now(UTC), extra)], f"tracking:{kind}")
         return data
 
-    @router.get("/t/segflow.js", include_in_schema=False)
+    @router.get("/t/segflow.js", include_in_schema=False, openapi_extra=requires(PUBLIC))
     def snippet() -> Response:
         return Response(
             SNIPPET.read_bytes(),
@@ -74,7 +74,7 @@ def mount(router: Any, api: Any) -> None:
             headers={"Cache-Control": "public, max-age=300"},
         )
 
-    @router.get("/t/o/{token}.gif", include_in_schema=False)
+    @router.get("/t/o/{token}.gif", include_in_schema=False, openapi_extra=requires(SIGNED))
     def open_pixel(token: str, request: Request) -> Response:
         record("open", token, request)
         return Response(
@@ -83,17 +83,17 @@ def mount(router: Any, api: Any) -> None:
             headers={"Cache-Control": "no-store, max-age=0", "Pragma": "no-cache"},
         )
 
-    @router.get("/t/c/{token}", include_in_schema=False)
+    @router.get("/t/c/{token}", include_in_schema=False, openapi_extra=requires(SIGNED))
     def click(token: str, request: Request) -> RedirectResponse:
         data = record("click", token, request)
         return RedirectResponse(data["d"], status_code=302)
 
-    @router.get("/t/u/{token}", include_in_schema=False)
+    @router.get("/t/u/{token}", include_in_schema=False, openapi_extra=requires(SIGNED))
     def unsubscribe_page(token: str) -> HTMLResponse:
         checked("unsubscribe", token)
         return HTMLResponse(UNSUBSCRIBE_FORM)
 
-    @router.post("/t/u/{token}", include_in_schema=False)
+    @router.post("/t/u/{token}", include_in_schema=False, openapi_extra=requires(SIGNED))
     def unsubscribe(token: str, request: Request) -> HTMLResponse:
         """RFC 8058 one-click: the mail client POSTs List-Unsubscribe=One-Click."""
         from core import set_consent  # the consent store loads SQLAlchemy; only here
