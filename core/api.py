@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -258,6 +261,47 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     return app
 
 
+# Query parameters that carry a key (GA4's api_secret, ...) and paths whose
+# last part is a signed token naming a person: never written to a log.
+SECRET_PARAMS = frozenset({"api_secret", "writekey", "key", "token", "api_key"})
+TOKEN_PATH = re.compile(r"^(/t/[ocu]/)[^/?]+")
+
+
+def redact_path(path: str) -> str:
+    """A request target as logs may show it: key-bearing query values and
+    tracking tokens replaced."""
+    base, sep, query = path.partition("?")
+    base = TOKEN_PATH.sub(r"\1[token]", base)
+    if not sep:
+        return base
+    parts = []
+    for part in query.split("&"):
+        name, eq, _value = part.partition("=")
+        secret = eq and unquote_plus(name).lower() in SECRET_PARAMS
+        parts.append(f"{name}=[redacted]" if secret else part)
+    return base + "?" + "&".join(parts)
+
+
+class RedactAccessLog(logging.Filter):
+    """uvicorn's access log lines with ``redact_path`` applied to the request target."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], redact_path(args[2]), args[3], args[4])
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with the access log redacted."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactAccessLog}
+    config["handlers"]["access"]["filters"] = ["redact"]
+    return config
+
+
 def serve(
     engine: Engine, settings: Settings, host: str, port: int, access_log: bool = False
 ) -> None:
@@ -272,4 +316,11 @@ def serve(
     # request-to-segment-change latency (bench/api.py).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+        log_config=log_config(),
+    )
