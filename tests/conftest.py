@@ -292,6 +292,38 @@ def _migrated_sqlite(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def online_retail(_migrated_sqlite, tmp_path_factory):
+    """UCI Online Retail imported once through the shipped mapping (the three
+    tests that read it need the same import): ``(report, make)``, ``make()``
+    giving the URL of a fresh copy of the imported database."""
+    import shutil
+
+    import yaml
+
+    from core.db import open_db
+    from core.ingestion import import_file
+    from core.plugins import file_sources
+    from core.types import ReadOptions
+
+    path = require_shared("online_retail/online_retail.csv.gz")
+    mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())
+    template = tmp_path_factory.mktemp("online_retail") / "online_retail.db"
+    shutil.copy(_migrated_sqlite, template)
+    engine = open_db(f"sqlite:///{template}")
+    report = import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+
+    def make() -> str:
+        target = tmp_path_factory.mktemp("db") / "segflow.db"
+        shutil.copy(template, target)
+        return f"sqlite:///{target}"
+
+    return report, make
+
+
 @pytest.fixture
 def fresh_sqlite(_migrated_sqlite, tmp_path_factory):
     """Make URLs of new, already migrated SQLite databases (cheap: a file copy)."""

@@ -27,17 +27,15 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 import sqlalchemy as sa
-import yaml
 from scipy import optimize
 
 from core.db import open_db
 from core.db.tables import PROFILES
-from core.ingestion import import_file, ingest
-from core.plugins import file_sources
+from core.ingestion import ingest
 from core.scoring import parse_definition, run_scores, store_scores
-from core.types import ReadOptions, ScoreError
+from core.types import ScoreError
 from plugins.scoring import predictive as pred
-from tests.conftest import PROJECT_ROOT, require_shared
+from tests.conftest import require_shared
 from tests.helpers import cdnow_events
 
 # The end of the CDNOW calibration period (39 weeks from 1997-01-01).
@@ -436,12 +434,11 @@ def test_days_are_utc_dates_and_as_of_is_an_instant(db_url, monkeypatch):
 
 
 @pytest.mark.slow
-def test_online_retail_purchases_and_refunds(fresh_sqlite):
+def test_online_retail_purchases_and_refunds(online_retail):
     """Import through the shipped mapping; refunds must not count as purchase days."""
     path = require_shared("online_retail/online_retail.csv.gz")
-    mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())
-    engine = open_db(fresh_sqlite())
-    report = import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
+    report, make = online_retail
+    engine = open_db(make())
     assert report.accepted > 400_000 and report.by_type.get("refund", 0) > 0
 
     # Independent expectation: distinct UTC dates of each customer's non-cancelled lines.

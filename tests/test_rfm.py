@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from core.db import open_db
 from core.db.models import Score
 from core.db.tables import EVENTS, PROFILES
 from core.ingestion import ingest
-from tests.conftest import PROJECT_ROOT, require_shared
+from tests.conftest import require_shared
 
 SCORES = Score.__table__
 AS_OF = datetime(2026, 3, 1, tzinfo=UTC)
@@ -378,15 +377,9 @@ def _straddle_ok(values: list[float], scores: list[int]) -> None:
 
 
 @pytest.mark.slow
-def test_online_retail(rfm, fresh_sqlite):
-    from core.ingestion import import_file
-    from core.plugins import file_sources
-    from core.types import ReadOptions
-
+def test_online_retail(rfm, online_retail):
     path = require_shared("online_retail/online_retail.csv.gz")
-    mapping = yaml.safe_load((PROJECT_ROOT / "examples/mappings/online_retail.yaml").read_text())
-    engine = open_db(fresh_sqlite())
-    import_file(engine, path, ReadOptions(**mapping), sources=file_sources())
+    engine = open_db(online_retail[1]())  # imported through the shipped mapping
 
     # Independent figures from the file: distinct lines (exact repeats are dropped
     # on import), purchases and refunds (C invoices) per customer.
