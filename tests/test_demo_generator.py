@@ -29,7 +29,7 @@ WEB_TYPES = {
     "video_progress",
 }
 EMAIL_TYPES = {"email_sent", "email_open", "email_click"}
-ALL_TYPES = WEB_TYPES | EMAIL_TYPES | {"refund", "identify"}
+ALL_TYPES = WEB_TYPES | EMAIL_TYPES | {"refund", "identify", "campaign_assigned"}
 PRODUCT_TYPES = {"product_view", "add_to_cart", "remove_from_cart", "purchase", "wishlist_add"}
 # The demo writes only fields of the event schema.
 KEYS = set(EventSchema.model_fields)
@@ -396,10 +396,30 @@ def test_email_campaigns(large: list[Event]) -> None:
                 assert after and min(after) - ts_of(e) < timedelta(hours=1), e
 
 
+def test_each_newsletter_holds_out_one_in_ten_who_get_nothing(large: list[Event]) -> None:
+    arms: dict[tuple[str, str], str] = {}
+    for e in large:
+        if e["type"] == "campaign_assigned":
+            assert e["campaign"].startswith("weekly-") and "email" not in e
+            held = e["properties"]["holdout"]
+            assert e["properties"]["arm"] == ("holdout" if held else "email")
+            assert (e["campaign"], e["user_id"]) not in arms  # one assignment per newsletter
+            arms[(e["campaign"], e["user_id"])] = e["properties"]["arm"]
+    assert 0.07 < sum(a == "holdout" for a in arms.values()) / len(arms) < 0.13
+    # Every newsletter email goes to someone assigned to its email arm, and the
+    # holdout gets nothing of that newsletter (no send, open or click).
+    for e in large:
+        if e["type"] in EMAIL_TYPES and e["campaign"].startswith("weekly-"):
+            assert arms[(e["campaign"], e["user_id"])] == "email", e
+    sent = {(e["campaign"], e["user_id"]) for e in large if e["type"] == "email_sent"}
+    assert {k for k, a in arms.items() if a == "email"} == {k for k in sent if k in arms}
+
+
 def test_size_scales_linearly() -> None:
     n1 = sum(1 for _ in generate(800, seed=3, days=28, end=END))
     n2 = sum(1 for _ in generate(1600, seed=3, days=28, end=END))
     assert 1.6 < n2 / n1 < 2.4
-    # Roughly 30-80 events per person over 90 days: 150k-400k for 5000 people.
+    # Roughly 30-95 events per person over 90 days (a tenth of them newsletter
+    # assignments): 150k-475k for 5000 people.
     per_person_90 = n1 / 800 * 90 / 28
-    assert 30 < per_person_90 < 80
+    assert 30 < per_person_90 < 95

@@ -17,7 +17,9 @@ Shape of the simulated world, chosen so segmentation has something to find:
   common and "cart-reminder" emails bring some people back to buy;
 - a weekly newsletter goes to identified people who accept marketing, with
   open/click rates per person, and clicks start a session tagged with the
-  campaign;
+  campaign; one in ten of them is held out of each newsletter at random
+  (``campaign_assigned`` events record every arm), so campaign results have
+  a holdout to measure the newsletter's lift against;
 - ~30% of people browse anonymously first and identify later (at sign-up or
   at checkout); ~15% extra anonymous visitors never identify.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import zlib
 from bisect import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -266,6 +269,10 @@ _REMINDER_CAMPAIGN = "cart-reminder"
 # Weekly newsletter: Mondays 15:00 UTC (afternoon in Europe, morning in the US).
 _SEND_WEEKDAY = 0
 _SEND_SECOND_OF_DAY = 15 * 3600
+
+# Share of a newsletter's audience held out (drawn by a hash: no random draw).
+_HOLDOUT_PERCENT = 10
+_HOLDOUT_ARM, _EMAIL_ARM = "holdout", "email"
 
 _SHARE_ANON_FIRST = 0.30
 _SHARE_ANON_ONLY = 0.15
@@ -613,6 +620,12 @@ class _Simulation:
                 campaign, subject, cat, reminder = payload
                 if reminder and not p.cart:
                     continue
+                if not reminder:
+                    held = zlib.crc32(f"{campaign}:{p.user_id}".encode()) % 100
+                    held_out = held < _HOLDOUT_PERCENT
+                    out.append((t, self._assigned(p, campaign, held_out)))
+                    if held_out:
+                        continue
                 out.append((t, self._email(p, "email_sent", campaign, subject)))
                 open_p = min(0.9, p.open_p * 1.6) if reminder else p.open_p
                 if random() < open_p:
@@ -667,6 +680,15 @@ class _Simulation:
             "accepts_marketing": p.marketing,
         }
         out.append((t, ev))
+
+    def _assigned(self, p: _Person, campaign: str, held_out: bool) -> dict[str, Any]:
+        return {
+            "type": "campaign_assigned",
+            "ts": None,
+            "user_id": p.user_id,
+            "campaign": campaign,
+            "properties": {"arm": _HOLDOUT_ARM if held_out else _EMAIL_ARM, "holdout": held_out},
+        }
 
     def _email(self, p: _Person, typ: str, campaign: str, subject: str) -> dict[str, Any]:
         return {
