@@ -117,3 +117,129 @@ def test_hillstrom_window_and_mistakes(hillstrom, run):
     assert status == 2 and err.strip() == "error: no campaign 'nope' (known: hillstrom)"
     status, _, err = run("--db", url, "campaigns", "results", "--window", "two weeks")
     assert status == 2 and err.startswith("error: --window: 'two weeks' is not a duration")
+
+
+# -- a workflow split run by the automation engine ----------------------------------------
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+OFFER = """
+name: offer
+trigger: {segment_entered: buyers}
+steps:
+  - split:
+      arms:
+        - {name: a, percent: 45, steps: [{send: {template: welcome}}]}
+        - {name: b, percent: 45, steps: [{send: {template: welcome}}]}
+      holdout: {name: control, percent: 10}
+"""
+
+
+def test_a_workflow_split_is_a_campaign_with_its_holdout(sqlite_url, tmp_path):
+    from core.automation import perform_pending
+    from core.automation.engine import enter
+    from core.types import Entry
+    from tests.helpers import people
+    from tests.test_automation import save, settings_for
+
+    engine = open_db(sqlite_url)
+    save(engine, OFFER)
+    ids = people(engine, 120)
+    enter(engine, {"offer": [Entry(pid, NOW) for pid in ids]}, as_of=NOW)
+    perform_pending(engine, settings_for(tmp_path), as_of=NOW)
+    with engine.connect() as conn:
+        sent = dict(
+            conn.execute(sa.select(MESSAGES.c.profile_id, MESSAGES.c.idempotency_key)).all()
+        )
+    with engine.connect() as conn:
+        arm_of = dict(conn.execute(sa.text("select profile_id, arm from workflow_states")).all())
+    user = {pid: f"p{i}" for i, pid in enumerate(ids)}
+    by_arm = {arm: [p for p in ids if arm_of[p] == arm] for arm in ("a", "b", "control")}
+    assert set(sent) == set(by_arm["a"]) | set(by_arm["b"])  # the holdout got nothing
+    at = (NOW + timedelta(days=1)).isoformat()
+    openers, clickers = by_arm["a"][:30], by_arm["a"][:10]
+    buyers = {"a": by_arm["a"][:12], "b": by_arm["b"][:6], "control": by_arm["control"][:1]}
+    events = [
+        {"type": "email_open", "user_id": user[p], "ts": at, "campaign": "welcome",
+         "properties": {"message": sent[p]}} for p in openers
+    ] + [
+        {"type": "email_click", "user_id": user[p], "ts": at, "campaign": "welcome",
+         "properties": {"message": sent[p]}} for p in clickers
+    ] + [
+        {"type": "purchase", "user_id": user[p], "ts": at, "value": 20.0, "currency": "USD"}
+        for group in buyers.values() for p in group
+    ] + [
+        # Before the assignment and after the window: neither counts.
+        {"type": "purchase", "user_id": user[by_arm["b"][-1]], "value": 99.0, "currency": "USD",
+         "ts": (NOW - timedelta(days=1)).isoformat()},
+        {"type": "purchase", "user_id": user[by_arm["b"][-2]], "value": 99.0, "currency": "USD",
+         "ts": (NOW + timedelta(days=15)).isoformat()},
+        {"type": "page_view", "user_id": user[by_arm["control"][0]], "ts": at, "url": "/"},
+    ]  # fmt: skip
+    assert not ingest(engine, events).rejected
+    (result,) = campaign_results(engine, campaign="offer", window=timedelta(days=14))
+    assert (result.kind, result.workflow, result.segment, result.holdout) == (
+        "workflow", "offer", "buyers", "control"
+    )  # fmt: skip
+    arms = {a.arm: a for a in result.arms}
+    for name, members in by_arm.items():
+        arm = arms[name]
+        assert arm.n == len(members)
+        emailed = 0 if name == "control" else len(members)
+        assert arm.counts["sent"] == arm.counts["delivered"] == emailed
+        assert arm.counts["converted"] == len(buyers[name])
+        assert arm.revenue == pytest.approx(20.0 * len(buyers[name]))
+    assert (arms["a"].counts["opened"], arms["a"].counts["clicked"]) == (30, 10)
+    assert arms["b"].counts["opened"] == arms["control"].counts["opened"] == 0
+    assert arms["control"].counts["visited"] == 1 and arms["control"].lift is None
+    a, c = arms["a"], arms["control"]
+    lift = a.lift["conversion_rate"]["difference"]
+    assert lift.estimate == pytest.approx(12 / a.n - 1 / c.n)
+    assert lift.low < lift.estimate < lift.high
+    (template,) = [t for t in result.templates if t["arm"] == "a"]
+    assert template == {
+        "arm": "a", "template": "welcome", "messages": a.n, "sent": a.n, "delivered": a.n,
+        "opened": 30, "clicked": 10, "unsubscribed": 0,
+    }  # fmt: skip
+    assert campaign_results(engine, segment="elsewhere") == []
+
+
+# -- misclassified segments ---------------------------------------------------------------------
+
+
+def assignments(campaign: str, segment: str, arms: dict[str, tuple[int, int]], start: int):
+    """campaign_assigned events for (arm -> (people, buyers)); holdout arm 'control'."""
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    events, i = [], start
+    for arm, (n, buying) in arms.items():
+        for j in range(n):
+            user = f"u{i}"
+            i += 1
+            properties = {"arm": arm, "holdout": arm == "control", "segment": segment}
+            events.append({"type": "campaign_assigned", "user_id": user, "campaign": campaign,
+                           "ts": t0.isoformat(), "properties": properties})  # fmt: skip
+            if j < buying:
+                events.append({"type": "purchase", "user_id": user, "value": 30.0,
+                               "ts": (t0 + timedelta(days=3)).isoformat()})  # fmt: skip
+    return events
+
+
+def test_a_segment_doing_no_better_is_flagged_and_a_responsive_one_is_not(fresh_sqlite):
+    engine = open_db(fresh_sqlite())
+    events = assignments("spring", "loyal", {"email": (400, 40), "control": (100, 2)}, 0)
+    events += assignments("winback", "lapsed", {"email": (400, 8), "control": (100, 2)}, 1000)
+    assert not ingest(engine, events).rejected
+    as_of = datetime(2026, 5, 20, tzinfo=UTC)
+    (alert,) = misclassified_segments(engine, as_of, timedelta(days=14))
+    assert (alert.check, alert.subject, alert.day) == (
+        "misclassified_segment", "lapsed", as_of.date()
+    )  # fmt: skip
+    # Worse than the other campaign's recipients (2% against 10%): critical.
+    assert alert.severity == "critical"
+    assert alert.message.startswith("segment lapsed: conversion 2.00% of 400 emailed members")
+    assert "vs held out 2.00% of 100: +0.00 pt" in alert.message
+    assert "vs other recipients 10.00% of 400: -8.00 pt" in alert.message
+    against = {c["against"]: c for c in alert.details["comparisons"]}
+    assert against["held out"]["low"] < 0 < against["held out"]["high"]
+    assert against["other recipients"]["high"] < 0
+    # Nothing assigned in the lookback: nothing to flag.
+    assert misclassified_segments(engine, as_of + timedelta(days=60), timedelta(days=14)) == []

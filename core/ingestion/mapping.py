@@ -295,14 +295,14 @@ class RowMapper:
             except MappingError as exc:
                 raise MappingError(str(exc), f"{at}.{key}.{name}") from None
 
-        try:
-            conditions = [(col, _condition(col, test)) for col, test in parts["when"].items()]
-            computed = [
-                (target(name, "computed"), compile_expression(str(expr), name))
-                for name, expr in parts["computed"].items()
-            ]
-        except MappingError as exc:
-            raise MappingError(f"{at}: {exc}", exc.at or at) from None
+        conditions, computed = [], []
+        for col, test in parts["when"].items():
+            with _at(f"{at}.when.{col}"):
+                conditions.append((col, _condition(col, test)))
+        for name, expr in parts["computed"].items():
+            path = target(name, "computed")
+            with _at(f"{at}.computed.{name}"):
+                computed.append((path, compile_expression(str(expr), name)))
         sets = [(target(name, "set"), value) for name, value in parts["set"].items()]
         return Extra(conditions, sets, computed)
 

@@ -540,7 +540,8 @@ def misclassified_segments(
     For each segment campaigns aim at (a workflow's trigger segment, a send's
     segment, an assignment's ``properties.segment``), among people assigned in
     the ``lookback`` before ``as_of``: the ``metric`` rate (converted or
-    clicked) of its members who were sent an email, against (1) its
+    clicked) of its members who were sent an email (imported assignments:
+    those in an arm other than the holdout), against (1) its
     campaigns' holdouts (conversion only: the holdout gets no email to click)
     and (2) the people other campaigns emailed. A comparison with at least
     ``min_n`` people on each side whose interval for the difference does not
@@ -557,7 +558,8 @@ def misclassified_segments(
         return []
     label = "conversion" if metric == "converted" else "click"
     alerts = []
-    emailed = people[~people["holdout"] & (people["sent"] > 0)]
+    # Imported assignments carry no messages: their arms were the emailed ones.
+    emailed = people[~people["holdout"] & ((people["sent"] > 0) | (people["kind"] == "imported"))]
     for segment in sorted(set(people["segment"].dropna())):
         aimed = people["segment"] == segment
         members = emailed[emailed["segment"] == segment]
