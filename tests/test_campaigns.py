@@ -134,14 +134,14 @@ steps:
 """
 
 
-def test_a_workflow_split_is_a_campaign_with_its_holdout(sqlite_url, tmp_path):
+def test_a_workflow_split_is_a_campaign_with_its_holdout(db_url, tmp_path):
     from core.automation import perform_pending
     from core.automation.engine import enter
     from core.types import Entry
     from tests.helpers import people
     from tests.test_automation import save, settings_for
 
-    engine = open_db(sqlite_url)
+    engine = open_db(db_url)
     save(engine, OFFER)
     ids = people(engine, 120)
     enter(engine, {"offer": [Entry(pid, NOW) for pid in ids]}, as_of=NOW)
@@ -223,8 +223,8 @@ def assignments(campaign: str, segment: str, arms: dict[str, tuple[int, int]], s
     return events
 
 
-def test_a_segment_doing_no_better_is_flagged_and_a_responsive_one_is_not(fresh_sqlite):
-    engine = open_db(fresh_sqlite())
+def test_a_segment_doing_no_better_is_flagged_and_a_responsive_one_is_not(db_url):
+    engine = open_db(db_url)
     events = assignments("spring", "loyal", {"email": (400, 40), "control": (100, 2)}, 0)
     events += assignments("winback", "lapsed", {"email": (400, 8), "control": (100, 2)}, 1000)
     assert not ingest(engine, events).rejected

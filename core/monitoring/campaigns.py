@@ -156,7 +156,7 @@ def _sends(conn: Connection, campaign: str | None) -> list[tuple]:
         .where(a.id.is_(None))
     )
     if campaign is not None:
-        q = q.where(m.idempotency_key.like(f"{campaign}:%"))
+        q = q.where(m.idempotency_key.startswith(f"{campaign}:", autoescape=True))
     rows = []
     for key, pid, template, created in conn.execute(q):
         parts = key.split(":")
@@ -207,7 +207,7 @@ def _messages(conn: Connection, parts: pd.DataFrame) -> pd.DataFrame:
         q = (
             sa.select(m.profile_id, m.idempotency_key, m.template, m.status)
             .outerjoin(WORKFLOW_ACTIONS, a.idempotency_key == m.idempotency_key)
-            .where(a.id.is_(None), m.idempotency_key.like(f"{name}:%"))
+            .where(a.id.is_(None), m.idempotency_key.startswith(f"{name}:", autoescape=True))
         )
         rows.extend((name, pid, key, t, st) for pid, key, t, st in conn.execute(q))
     frame = pd.DataFrame(rows, columns=cols)
