@@ -76,29 +76,23 @@ def _utc(value: datetime) -> datetime:
 
 
 def _imported(conn: Connection, campaign: str | None) -> list[tuple]:
-    q = sa.select(EVENTS.c.campaign, EVENTS.c.profile_id, EVENTS.c.ts, EVENTS.c.properties).where(
-        EVENTS.c.type == ASSIGNED, EVENTS.c.campaign.is_not(None)
-    )
+    props = EVENTS.c.properties
+    q = sa.select(
+        EVENTS.c.campaign,
+        EVENTS.c.profile_id,
+        EVENTS.c.ts,
+        props["arm"].as_string(),
+        props["holdout"].as_string(),
+        props["segment"].as_string(),
+    ).where(EVENTS.c.type == ASSIGNED, EVENTS.c.campaign.is_not(None))
     if campaign is not None:
         q = q.where(EVENTS.c.campaign == campaign)
     rows = []
-    for name, pid, ts, props in conn.execute(q):
-        p = _json(props)
-        arm = p.get("arm")
-        holdout = p.get("holdout") in (True, "true", "True", "1", 1)
-        segment = p.get("segment")
-        rows.append(
-            (
-                name,
-                "imported",
-                None,
-                segment if isinstance(segment, str) else None,
-                str(arm) if arm is not None else ("holdout" if holdout else "all"),
-                holdout,
-                pid,
-                ts,
-            )
-        )
+    for name, pid, ts, arm, holdout, segment in conn.execute(q):
+        # JSON true reads back as 1 (SQLite) or 'true' (PostgreSQL).
+        held = str(holdout).lower() in ("1", "true")
+        arm = arm if arm is not None else ("holdout" if held else "all")
+        rows.append((name, "imported", None, segment, str(arm), held, pid, ts))
     return rows
 
 
@@ -264,9 +258,8 @@ def outcomes(
     keyed = people[key + ["assigned_at"]]
 
     def flag(found: pd.DataFrame, name: str) -> None:
-        hit = set(map(tuple, found[key].drop_duplicates().to_numpy()))
-        pairs = zip(people["campaign"], people["profile_id"], strict=True)
-        people[name] = [int(pair in hit) for pair in pairs]
+        index = pd.MultiIndex.from_frame(people[key])
+        people[name] = index.isin(pd.MultiIndex.from_frame(found[key])).astype(int)
 
     visits = pd.DataFrame(_events(conn, visit_types, people, end, []), columns=["profile_id", "ts"])
     if not visits.empty:
