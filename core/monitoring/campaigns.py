@@ -75,25 +75,38 @@ def _utc(value: datetime) -> datetime:
 # -- participants ----------------------------------------------------------------------
 
 
-def _imported(conn: Connection, campaign: str | None) -> list[tuple]:
+def _raw_ts(column: sa.ColumnElement) -> sa.ColumnElement:
+    """A timestamp column as the driver gives it (SQLite: text), parsed later by
+    pandas for all rows at once rather than one datetime at a time."""
+    return sa.type_coerce(column, sa.String).label(column.key)
+
+
+def _times(values: pd.Series) -> pd.Series:
+    """UTC timestamps from the driver's values (aware datetimes, or SQLite's naive UTC text)."""
+    return pd.to_datetime(values, utc=True, format="ISO8601")
+
+
+def _imported(conn: Connection, campaign: str | None) -> pd.DataFrame:
     props = EVENTS.c.properties
     q = sa.select(
         EVENTS.c.campaign,
         EVENTS.c.profile_id,
-        EVENTS.c.ts,
+        _raw_ts(EVENTS.c.ts),
         props["arm"].as_string(),
         props["holdout"].as_string(),
         props["segment"].as_string(),
     ).where(EVENTS.c.type == ASSIGNED, EVENTS.c.campaign.is_not(None))
     if campaign is not None:
         q = q.where(EVENTS.c.campaign == campaign)
-    rows = []
-    for name, pid, ts, arm, holdout, segment in conn.execute(q):
-        # JSON true reads back as 1 (SQLite) or 'true' (PostgreSQL).
-        held = str(holdout).lower() in ("1", "true")
-        arm = arm if arm is not None else ("holdout" if held else "all")
-        rows.append((name, "imported", None, segment, str(arm), held, pid, ts))
-    return rows
+    cols = ["campaign", "profile_id", "assigned_at", "arm", "holdout", "segment"]
+    frame = pd.DataFrame([tuple(r) for r in conn.execute(q).all()], columns=cols)
+    # JSON true reads back as 1 (SQLite) or 'true' (PostgreSQL).
+    frame["holdout"] = frame["holdout"].astype(str).str.lower().isin(("1", "true"))
+    unnamed = frame["arm"].isna()
+    frame.loc[unnamed, "arm"] = frame.loc[unnamed, "holdout"].map({True: "holdout", False: "all"})
+    frame["arm"] = frame["arm"].astype(str)
+    frame["kind"], frame["workflow"] = "imported", None
+    return frame[_PARTS]
 
 
 def _workflow_segments(conn: Connection) -> dict[str, str | None]:
@@ -168,11 +181,13 @@ def participants(
     until: datetime | None = None,
 ) -> pd.DataFrame:
     """One row per (campaign, person), assigned in [since, until] when given."""
-    rows = _imported(conn, campaign) + _workflow_runs(conn, campaign) + _sends(conn, campaign)
-    frame = pd.DataFrame(rows, columns=_PARTS)
-    if frame.empty:
-        return frame
-    frame["assigned_at"] = pd.to_datetime(frame["assigned_at"], utc=True)
+    others = pd.DataFrame(_workflow_runs(conn, campaign) + _sends(conn, campaign), columns=_PARTS)
+    frames = [f for f in (_imported(conn, campaign), others) if not f.empty]
+    if not frames:
+        return others
+    for f in frames:
+        f["assigned_at"] = _times(f["assigned_at"])
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if since is not None:
         frame = frame[frame["assigned_at"] >= pd.Timestamp(_utc(since))]
     if until is not None:
@@ -196,7 +211,7 @@ def _messages(conn: Connection, parts: pd.DataFrame) -> pd.DataFrame:
             .join(WORKFLOW_ACTIONS, a.idempotency_key == m.idempotency_key)
             .where(a.workflow.in_(chunk))
         )
-        rows.extend(conn.execute(q).all())
+        rows.extend(tuple(r) for r in conn.execute(q).all())
     for name in sorted(set(parts.loc[parts["kind"] == "send", "campaign"])):
         q = (
             sa.select(m.profile_id, m.idempotency_key, m.template, m.status)
@@ -217,15 +232,16 @@ def _events(
 ) -> list[tuple]:
     """Events of ``types`` of the participants between the first assignment and ``end``."""
     start = parts["assigned_at"].min().to_pydatetime()
-    base = sa.select(EVENTS.c.profile_id, EVENTS.c.ts, *columns).where(
+    base = sa.select(EVENTS.c.profile_id, _raw_ts(EVENTS.c.ts), *columns).where(
         EVENTS.c.type.in_(types), EVENTS.c.ts >= start, EVENTS.c.ts <= end.to_pydatetime()
     )
     people = parts["profile_id"].unique()
+    # Plain tuples: pandas probes rows for namedtuple fields, slow on SQLAlchemy's Row.
     if len(people) > BY_PERSON_MAX:
-        return conn.execute(base).all()
+        return [tuple(r) for r in conn.execute(base).all()]
     rows: list[tuple] = []
     for chunk in chunks([int(p) for p in people]):
-        rows.extend(conn.execute(base.where(EVENTS.c.profile_id.in_(chunk))).all())
+        rows.extend(tuple(r) for r in conn.execute(base.where(EVENTS.c.profile_id.in_(chunk))))
     return rows
 
 
@@ -263,14 +279,14 @@ def outcomes(
 
     visits = pd.DataFrame(_events(conn, visit_types, people, end, []), columns=["profile_id", "ts"])
     if not visits.empty:
-        visits["ts"] = pd.to_datetime(visits["ts"], utc=True)
+        visits["ts"] = _times(visits["ts"])
         flag(_in_window(visits.merge(keyed, on="profile_id"), window), "visited")
     buys = pd.DataFrame(
         _events(conn, ("purchase",), people, end, [EVENTS.c.value]),
         columns=["profile_id", "ts", "value"],
     )
     if not buys.empty:
-        buys["ts"] = pd.to_datetime(buys["ts"], utc=True)
+        buys["ts"] = _times(buys["ts"])
         bought = _in_window(buys.merge(keyed, on="profile_id"), window)
         flag(bought, "converted")
         spent = bought.groupby(key)["value"].sum().rename("spent")
@@ -294,7 +310,7 @@ def outcomes(
         columns=["profile_id", "ts", "type", "event_campaign", "properties"],
     )
     if not tracked.empty:
-        tracked["ts"] = pd.to_datetime(tracked["ts"], utc=True)
+        tracked["ts"] = _times(tracked["ts"])
         tracked["key"] = [_json(p).get("message") for p in tracked["properties"]]
         tracked["what"] = tracked["type"].map(TRACKING)
         by_message = tracked.merge(
