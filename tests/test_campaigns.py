@@ -203,6 +203,51 @@ def test_a_workflow_split_is_a_campaign_with_its_holdout(db_url, tmp_path):
     assert campaign_results(engine, segment="elsewhere") == []
 
 
+def test_a_segment_send_is_a_campaign_aimed_at_its_segment(fresh_sqlite, tmp_path):
+    from core.consents import set_consent
+    from core.personalize.delivery import campaign_key, send
+    from core.plugins import condition_kinds
+    from core.segments.store import load_segment_files, run_segments
+    from tests.helpers import people, rendered_email
+    from tests.test_delivery import OUTBOX, outbox_settings
+
+    engine = open_db(fresh_sqlite())
+    ids = people(engine, 4)
+    set_consent(engine, "p3", "email", False, "preferences")
+    ingest(engine, [{"type": "product_view", "user_id": f"p{i}", "product_id": "x"}
+                    for i in range(4)])  # fmt: skip
+    (tmp_path / "segs").mkdir()
+    (tmp_path / "segs" / "viewers.yaml").write_text(
+        "name: viewers\nrule: {event: product_view, within: 30d}\n"
+    )
+    kinds = condition_kinds()
+    definitions = load_segment_files(tmp_path / "segs", kinds)
+    run_segments(engine, datetime.now(UTC), kinds=kinds, definitions=definitions)
+
+    def render(conn, template, profile_id, key):
+        return rendered_email(profile_id, key, to=f"p{ids.index(profile_id)}@example.com",
+                              template=template)  # fmt: skip
+
+    settings = outbox_settings(tmp_path / "out")
+    report = send(engine, "browse", "viewers", campaign="spring", via=OUTBOX, settings=settings,
+                  render=render)  # fmt: skip
+    assert report.sent == 3
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    key = campaign_key("spring", "viewers", "browse", ids[0])
+    assert not ingest(engine, [
+        {"type": "email_click", "user_id": "p0", "ts": soon, "properties": {"message": key}},
+        {"type": "purchase", "user_id": "p1", "ts": soon, "value": 12.5},
+    ]).rejected  # fmt: skip
+    (result,) = campaign_results(engine, campaign="spring")
+    assert (result.kind, result.segment, result.holdout) == ("send", "viewers", None)
+    (arm,) = result.arms
+    assert (arm.arm, arm.n, arm.revenue, arm.lift) == ("browse", 4, 12.5, None)
+    # The refused person was aimed at (n) but never sent to.
+    assert {k: arm.counts[k] for k in ("sent", "delivered", "clicked", "converted")} == {
+        "sent": 3, "delivered": 3, "clicked": 1, "converted": 1,
+    }  # fmt: skip
+
+
 # -- misclassified segments ---------------------------------------------------------------------
 
 

@@ -9,8 +9,10 @@ Participants (one model for three sources; docs/campaigns.md):
   have not reached a split are not assigned yet. A workflow without a split
   has one arm, ``all``, and no holdout.
 * ``segflow send``: messages keyed ``campaign:segment:template:profile_id``;
-  campaign and segment from the key, arm = the template, no holdout;
-  assigned when the message was recorded (refused ones too: they were aimed at).
+  campaign and segment from the key (no segment when the part names none
+  stored, as in the demo's ``demo:DATE:template:id``), arm = the template, no
+  holdout; assigned when the message was recorded (refused ones too: they
+  were aimed at).
 * imported assignments: ``campaign_assigned`` events; campaign = the event's
   campaign, arm = ``properties.arm``, holdout when ``properties.holdout`` is
   true, segment = ``properties.segment`` (optional); assigned at the event's ts.
@@ -37,7 +39,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.sql import chunks
-from core.db.tables import EVENTS, MESSAGES, WORKFLOW_ACTIONS, WORKFLOW_HISTORY, WORKFLOW_STATES
+from core.db.tables import (
+    EVENTS,
+    MESSAGES,
+    SEGMENTS,
+    WORKFLOW_ACTIONS,
+    WORKFLOW_HISTORY,
+    WORKFLOW_STATES,
+)
 from core.monitoring.alerts import Alert
 from core.monitoring.lift import CONFIDENCE, Interval, diff_proportions, mean_lift, relative
 from core.types import UsageError
@@ -164,12 +173,14 @@ def _sends(conn: Connection, campaign: str | None) -> list[tuple]:
     )
     if campaign is not None:
         q = q.where(m.idempotency_key.startswith(f"{campaign}:", autoescape=True))
+    segments = set(conn.execute(sa.select(SEGMENTS.c.name)).scalars())
     rows = []
     for key, pid, template, created in conn.execute(q):
         parts = key.split(":")
-        if len(parts) < 4 or parts[-1] != str(pid):
-            continue  # not a segment send's key
-        rows.append((parts[0], "send", None, parts[1], template, False, pid, created))
+        if len(parts) != 4 or parts[2] != template or parts[3] != str(pid):
+            continue  # not a send's key
+        segment = parts[1] if parts[1] in segments else None
+        rows.append((parts[0], "send", None, segment, template, False, pid, created))
     return rows
 
 
