@@ -289,7 +289,7 @@ class RowMapper:
         if "type" not in parts["set"]:
             raise MappingError(f"{at}.set: needs the event's type", f"{at}.set")
 
-        def target(name: str, key: str):
+        def target(name: str, key: str) -> tuple[str, ...]:
             try:
                 return self.target(f"{at}.{key}", name).path
             except MappingError as exc:

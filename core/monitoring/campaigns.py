@@ -523,7 +523,7 @@ def campaign_results(
     ``segment``), for people assigned in [since, until], over ``window``."""
     with engine.connect() as conn:
         parts = participants(conn, campaign, since=since, until=until)
-        if campaign is not None and parts.empty:
+        if campaign is not None and parts.empty and participants(conn, campaign).empty:
             raise UnknownCampaign(f"no campaign {campaign!r} ({_known(conn)})")
         if segment is not None and not parts.empty:
             parts = parts[parts["segment"] == segment]
