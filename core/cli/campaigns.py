@@ -64,7 +64,8 @@ def _table(result: CampaignResult) -> Table:
 def results_cmd(
     ctx: typer.Context,
     campaign: Annotated[
-        str | None, typer.Option("--campaign", help="One campaign (workflow or send) by name.")
+        str | None,
+        typer.Option("--campaign", help="One campaign by name (a workflow, a send, an import)."),
     ] = None,
     window: Annotated[
         str, typer.Option("--window", help="Attribution window after assignment, like 14d.")
