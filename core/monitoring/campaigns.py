@@ -62,8 +62,10 @@ TRACKING = {"email_open": "opened", "email_click": "clicked", "unsubscribe": "un
 # holdout has none to compare with.
 LIFT_RATES = {"visit_rate": "visited", "conversion_rate": "converted"}
 # Above this many participants, their events are read by type and time (one
-# range scan) rather than person by person.
+# range scan) rather than person by person, unless the range holds many more
+# events than there are participants (a busy shop's page views).
 BY_PERSON_MAX = 5000
+RANGE_PER_PERSON = 4
 _PARTS = ["campaign", "kind", "workflow", "segment", "arm", "holdout", "profile_id", "assigned_at"]
 
 
@@ -249,7 +251,11 @@ def _events(
     people = parts["profile_id"].unique()
     # Plain tuples: pandas probes rows for namedtuple fields, slow on SQLAlchemy's Row.
     if len(people) > BY_PERSON_MAX:
-        return [tuple(r) for r in conn.execute(base).all()]
+        in_range = conn.execute(
+            sa.select(sa.func.count()).select_from(base.with_only_columns(EVENTS.c.id).subquery())
+        ).scalar_one()
+        if in_range <= RANGE_PER_PERSON * len(people):
+            return [tuple(r) for r in conn.execute(base).all()]
     rows: list[tuple] = []
     for chunk in chunks([int(p) for p in people]):
         rows.extend(tuple(r) for r in conn.execute(base.where(EVENTS.c.profile_id.in_(chunk))))
