@@ -18,7 +18,12 @@ from scipy import stats
 from core.db import open_db
 from core.db.tables import MESSAGES
 from core.ingestion import ingest
-from core.monitoring.campaigns import campaign_results, misclassified_segments
+from core.monitoring.campaigns import (
+    campaign_names,
+    campaign_results,
+    lift_rows,
+    misclassified_segments,
+)
 from tests.conftest import PROJECT_ROOT, require_shared
 
 ARMS = ("Mens E-Mail", "Womens E-Mail", "No E-Mail")
@@ -201,6 +206,13 @@ def test_a_workflow_split_is_a_campaign_with_its_holdout(db_url, tmp_path):
         "opened": 30, "clicked": 10, "unsubscribed": 0,
     }  # fmt: skip
     assert campaign_results(engine, segment="elsewhere") == []
+    rows = {(r["arm"], r["metric"]): r for r in lift_rows([result])}
+    assert set(rows) == {(arm, m) for arm in "ab" for m in
+                         ("visit_rate", "conversion_rate", "revenue_per_person")}  # fmt: skip
+    conv = rows[("a", "conversion_rate")]
+    assert (conv["arm_value"], conv["holdout_value"]) == (12 / a.n, 1 / c.n)
+    assert (conv["low"], conv["high"]) == (lift.low, lift.high)
+    assert campaign_names(engine) == ["offer"]
 
 
 def test_a_segment_send_is_a_campaign_aimed_at_its_segment(fresh_sqlite, tmp_path):

@@ -638,3 +638,44 @@ def misclassified_segments(
             )
         )
     return alerts
+
+
+def lift_rows(results: Sequence[CampaignResult]) -> list[dict[str, Any]]:
+    """One row per (campaign, arm, metric) with the arm's and the holdout's value
+    and the difference's interval: the shape a lift chart plots."""
+    values = {
+        "visit_rate": lambda a: a.rates["visit_rate"],
+        "conversion_rate": lambda a: a.rates["conversion_rate"],
+        "revenue_per_person": lambda a: a.revenue_per_person,
+    }
+    rows = []
+    for result in results:
+        hold = next((a for a in result.arms if a.holdout), None)
+        for arm in result.arms:
+            if arm.lift is None or hold is None:
+                continue
+            for metric, parts in arm.lift.items():
+                iv = parts["difference"]
+                rows.append(
+                    {
+                        "campaign": result.campaign,
+                        "segment": result.segment,
+                        "arm": arm.arm,
+                        "metric": metric,
+                        "arm_value": values[metric](arm),
+                        "holdout_value": values[metric](hold),
+                        "estimate": iv.estimate,
+                        "low": iv.low,
+                        "high": iv.high,
+                        "method": iv.method,
+                        "relative": parts["relative"],
+                    }
+                )
+    return rows
+
+
+def campaign_names(engine: Engine) -> list[str]:
+    """Every campaign with participants, by name."""
+    with engine.connect() as conn:
+        frame = participants(conn)
+    return sorted(set(frame["campaign"])) if not frame.empty else []
