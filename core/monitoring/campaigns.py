@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -71,12 +70,6 @@ _PARTS = ["campaign", "kind", "workflow", "segment", "arm", "holdout", "profile_
 
 class UnknownCampaign(UsageError):
     """No campaign of that name has participants."""
-
-
-def _json(value: Any) -> dict[str, Any]:
-    if isinstance(value, str | bytes):
-        value = orjson.loads(value)
-    return value if isinstance(value, dict) else {}
 
 
 def _utc(value: datetime) -> datetime:
@@ -322,13 +315,12 @@ def outcomes(
             tuple(TRACKING),
             people,
             end,
-            [EVENTS.c.type, EVENTS.c.campaign, EVENTS.c.properties],
+            [EVENTS.c.type, EVENTS.c.campaign, EVENTS.c.properties["message"].as_string()],
         ),
-        columns=["profile_id", "ts", "type", "event_campaign", "properties"],
+        columns=["profile_id", "ts", "type", "event_campaign", "key"],
     )
     if not tracked.empty:
         tracked["ts"] = _times(tracked["ts"])
-        tracked["key"] = [_json(p).get("message") for p in tracked["properties"]]
         tracked["what"] = tracked["type"].map(TRACKING)
         by_message = tracked.merge(
             msgs[["campaign", "profile_id", "key"]], on=["profile_id", "key"]
