@@ -68,6 +68,12 @@ class ReadOptions(BaseModel):
     computed: dict[str, str] = {}
     # Ordered rules: when a column matches, set fields.
     rules: list[dict[str, Any]] = []
+    # More events from the same row: each {when (optional), set, computed
+    # (optional)}, starting from the row event's person, ts and session.
+    also: list[dict[str, Any]] = []
+    # A generated id for files without one: {field: user_id, prefix: "x-"}
+    # gives the field prefix + the data row's number (1 = first row after the header).
+    row_id: dict[str, str] | None = None
     # strptime format for ``ts`` when it is not ISO 8601 or epoch seconds.
     ts_format: str | None = None
     # IANA timezone for timestamps that carry no offset.
@@ -78,6 +84,8 @@ class ReadOptions(BaseModel):
     # The catalogue import sets the product's, and columns it does not name
     # are left out rather than kept as properties.
     record_fields: tuple[str, ...] | None = None
+    # The mapping file these options came from, so a mistake in them names its line.
+    mapping_file: str | None = None
 
 
 FileReader = Callable[[Path, ReadOptions], Iterator[RawRecord]]

@@ -109,3 +109,77 @@ def test_ragged_rows_are_rejected(engine, tmp_path):
     assert report.accepted == 1
     assert report.rejected[0].location.endswith("r.csv:2")
     assert "more fields than the 3 header columns" in report.rejected[0].reason
+
+
+ROWS = """arm,visit,conversion,spend
+email,1,1,25.50
+email,0,0,0
+control,1,0,0
+"""
+
+
+def test_also_events_and_row_ids(engine, tmp_path):
+    path = tmp_path / "campaign.csv"
+    path.write_text(ROWS)
+    options = ReadOptions(
+        row_id={"field": "user_id", "prefix": "c-"},
+        columns={"arm": "properties.arm"},
+        constants={"type": "campaign_assigned", "campaign": "c1", "ts": "2026-01-01T00:00:00Z"},
+        also=[
+            {"when": {"visit": "1"}, "set": {"type": "page_view", "ts": "2026-01-03T00:00:00Z"}},
+            {
+                "when": {"conversion": "1"},
+                "set": {"type": "purchase", "properties.channel": "web"},
+                "computed": {"value": "spend * 2"},
+            },
+        ],
+    )
+    report = import_file(engine, path, options, sources=file_sources())
+    assert (report.received, report.accepted, report.rejected) == (6, 6, [])
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.select(EVENTS.c.type, EVENTS.c.ts, EVENTS.c.value, EVENTS.c.campaign,
+                      EVENTS.c.properties, sa.literal_column("(select user_id from profiles "
+                      "where profiles.id = events.profile_id)")).order_by(EVENTS.c.id)
+        ).all()  # fmt: skip
+    day1, day3 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    assert [(r[0], r[-1]) for r in got] == [
+        ("campaign_assigned", "c-1"), ("page_view", "c-1"), ("purchase", "c-1"),
+        ("campaign_assigned", "c-2"), ("campaign_assigned", "c-3"), ("page_view", "c-3"),
+    ]  # fmt: skip
+    purchase = got[2]
+    # An extra event has the row's person and time, and only its own fields.
+    assert (purchase.ts, purchase.value, purchase.campaign) == (day1, 51.0, None)
+    assert purchase.properties == {"channel": "web"}
+    assert got[1].ts == day3 and got[0].properties["arm"] == "email"
+
+
+@pytest.mark.parametrize(
+    "also, line, message",
+    [
+        ("  - {when: {visit: '1'}}\n", 3, "also[0]: an extra event is {when (optional), set,"),
+        ("  - {set: {kind: x}}\n", 3, "also[0].set: needs the event's type"),
+        ("  - set: {type: x}\n  - set:\n      type: x\n      colour: red\n", 6, "unknown field"),
+        ("  - set: {type: x}\n    computed: {value: 'spend +'}\n", 4, "bad expression"),
+        ("  - set: {type: x}\n    when: {visit: {like: 1}}\n", 4, "unknown test 'like'"),
+    ],
+)
+def test_mistakes_in_also_name_the_mapping_files_line(engine, tmp_path, also, line, message):
+    from core.ingestion.options import load_read_options
+
+    path = tmp_path / "campaign.csv"
+    path.write_text(ROWS)
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("constants: {type: campaign_assigned}\nalso:\n" + also)
+    options = load_read_options(mapping)
+    with pytest.raises(MappingError) as info:
+        import_file(engine, path, options, sources=file_sources())
+    assert str(info.value).startswith(f"{mapping}:{line}: ")
+    assert message in str(info.value)
+
+
+def test_a_bad_row_id_is_named(engine, tmp_path):
+    path = tmp_path / "campaign.csv"
+    path.write_text(ROWS)
+    with pytest.raises(MappingError, match=r"row_id: expected \{field: NAME"):
+        import_file(engine, path, ReadOptions(row_id={"prefix": "x"}), sources=file_sources())

@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from core.cli import (
+    campaigns,
     catalog,
     db,
     import_,
@@ -74,6 +75,7 @@ app.command("send")(send.send_cmd)
 app.command()(render.render)
 app.add_typer(templates.app, name="templates")
 app.add_typer(workflows.app, name="workflows")
+app.add_typer(campaigns.app, name="campaigns")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,32 @@ EVENT_FIELDS = frozenset(set(Event.model_fields) - {"properties", "traits"})
 
 
 class MappingError(ValueError):
-    """The mapping itself is wrong (a usage error, not a bad input line)."""
+    """The mapping itself is wrong (a usage error, not a bad input line).
+
+    ``at`` is where in the mapping (``also[1].set``), so the message can name
+    the mapping file's line (``located``).
+    """
+
+    def __init__(self, message: str, at: str | None = None) -> None:
+        super().__init__(message)
+        self.at = at
+
+    def located(self, mapping_file: str | None) -> MappingError:
+        """This error naming ``mapping_file`` and the line of ``at`` in it."""
+        if not mapping_file:
+            return self
+        line = None
+        try:
+            import yaml
+
+            from core.automation.language import line_of
+
+            with open(mapping_file) as fh:
+                line = line_of(yaml.compose(fh, Loader=yaml.SafeLoader), self.at)
+        except (OSError, yaml.YAMLError):
+            pass
+        where = f"{mapping_file}:{line}" if line else mapping_file
+        return MappingError(f"{where}: {self}", self.at)
 
 
 def _to_int(text: str) -> int:
@@ -180,30 +206,116 @@ def _set(record: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         record.setdefault("properties", {})[path[1]] = value
 
 
+@contextmanager
+def _at(at: str) -> Iterator[None]:
+    """Mapping errors inside name ``at`` (where in the mapping), unless they do already."""
+    try:
+        yield
+    except MappingError as exc:
+        if exc.at is None:
+            exc.at = at
+        raise
+
+
+# What an ``also`` event takes from its row's event before its own ``set``.
+INHERITED = ("user_id", "anonymous_id", "email", "ts", "session_id")
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One more event a row yields (``also``): when its tests hold, the row
+    event's person and time with its own fields set and computed."""
+
+    conditions: list[tuple[str, Condition]]
+    sets: list[tuple[tuple[str, ...], Any]]
+    computed: list[tuple[tuple[str, ...], Callable[[dict[str, str]], float]]]
+
+
 class RowMapper:
-    """Compiled once per import; ``map(row)`` gives an event dict or raises ValueError."""
+    """Compiled once per import; ``map(row)`` gives an event dict or raises ValueError
+    (``events(row, number)``: the row's events, ``also`` ones included)."""
 
     def __init__(self, options: ReadOptions) -> None:
+        try:
+            self._compile(options)
+        except MappingError as exc:
+            raise exc.located(options.mapping_file) from None
+
+    def _compile(self, options: ReadOptions) -> None:
         # Events keep unmapped columns as properties; other records (products)
         # have only their own fields.
         self.properties = options.record_fields is None
         self.fields = EVENT_FIELDS if self.properties else frozenset(options.record_fields or ())
-        self.targets = {col: self.target(col, spec) for col, spec in options.columns.items()}
+        self.targets = {}
+        for col, spec in options.columns.items():
+            with _at(f"columns.{col}"):
+                self.targets[col] = self.target(col, spec)
         self.constants = []
         for name, value in options.constants.items():
-            target = self.target(f"--set {name}", name)
+            with _at(f"constants.{name}"):
+                target = self.target(f"--set {name}", name)
             self.constants.append((target.path, value))
-        self.computed = [
-            (self.target(f"--compute {name}", name).path, compile_expression(expr, name))
-            for name, expr in options.computed.items()
-        ]
+        self.computed = []
+        for name, expr in options.computed.items():
+            with _at(f"computed.{name}"):
+                path = self.target(f"--compute {name}", name).path
+                self.computed.append((path, compile_expression(expr, name)))
         self.rules = []
         for i, rule in enumerate(options.rules, 1):
             if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
-                raise MappingError(f"rule {i}: needs exactly 'when' and 'set'")
+                raise MappingError(f"rule {i}: needs exactly 'when' and 'set'", f"rules[{i - 1}]")
             conds = [(col, _condition(col, spec)) for col, spec in rule["when"].items()]
             sets = [(self.target(f"rule {i}", k).path, v) for k, v in rule["set"].items()]
             self.rules.append((conds, sets))
+        self.extras = [self._extra(i, spec) for i, spec in enumerate(options.also)]
+        self.row_id = self._row_id(options.row_id)
+
+    def _extra(self, i: int, spec: Any) -> Extra:
+        at = f"also[{i}]"
+        if (
+            not isinstance(spec, dict)
+            or "set" not in spec
+            or set(spec) - {"when", "set", "computed"}
+        ):
+            raise MappingError(f"{at}: an extra event is {{when (optional), set, computed}}", at)
+        parts: dict[str, Any] = {}
+        for key in ("when", "set", "computed"):
+            value = spec.get(key, {})
+            if not isinstance(value, dict):
+                raise MappingError(
+                    f"{at}.{key}: expected a mapping of names to values", f"{at}.{key}"
+                )
+            parts[key] = value
+        if "type" not in parts["set"]:
+            raise MappingError(f"{at}.set: needs the event's type", f"{at}.set")
+
+        def target(name: str, key: str) -> tuple[str, ...]:
+            try:
+                return self.target(f"{at}.{key}", name).path
+            except MappingError as exc:
+                raise MappingError(str(exc), f"{at}.{key}.{name}") from None
+
+        conditions, computed = [], []
+        for col, test in parts["when"].items():
+            with _at(f"{at}.when.{col}"):
+                conditions.append((col, _condition(col, test)))
+        for name, expr in parts["computed"].items():
+            path = target(name, "computed")
+            with _at(f"{at}.computed.{name}"):
+                computed.append((path, compile_expression(str(expr), name)))
+        sets = [(target(name, "set"), value) for name, value in parts["set"].items()]
+        return Extra(conditions, sets, computed)
+
+    def _row_id(self, spec: dict[str, str] | None) -> tuple[tuple[str, ...], str] | None:
+        if spec is None:
+            return None
+        if set(spec) - {"field", "prefix"} or "field" not in spec:
+            raise MappingError("row_id: expected {field: NAME, prefix: TEXT (optional)}", "row_id")
+        try:
+            path = self.target("row_id", str(spec["field"])).path
+        except MappingError as exc:
+            raise MappingError(str(exc), "row_id.field") from None
+        return path, str(spec.get("prefix", ""))
 
     def target(self, column: str, spec: str) -> Target:
         return parse_target(column, spec, self.fields, self.properties)
@@ -216,6 +328,7 @@ class RowMapper:
             if col in self.fields and col not in self.targets and (col,) not in claimed:
                 self.targets[col] = self.target(col, col)
         named = set(self.targets) | {c for conds, _ in self.rules for c, _ in conds}
+        named |= {c for extra in self.extras for c, _ in extra.conditions}
         missing = sorted(named - set(header))
         if missing:
             raise MappingError(
@@ -251,6 +364,29 @@ class RowMapper:
             else:
                 record.setdefault("properties", {}).setdefault(path[1], value)
         return record
+
+    def events(self, row: dict[str, str | None], number: int) -> list[dict[str, Any]]:
+        """The row's event, then its ``also`` events whose tests hold; ``number``
+        is the data row's (1 = the first after the header), for ``row_id``."""
+        record = self.map(row)
+        if self.row_id is not None:
+            path, prefix = self.row_id
+            _set(record, path, f"{prefix}{number}")
+        out = [record]
+        for extra in self.extras:
+            if not all(test(row.get(col)) for col, test in extra.conditions):
+                continue
+            event: dict[str, Any] = {k: record[k] for k in INHERITED if k in record}
+            event["properties"] = {}
+            for path, value in extra.sets:
+                _set(event, path, value)
+            for path, fn in extra.computed:
+                try:
+                    _set(event, path, round(fn(row), 6))  # type: ignore[arg-type]
+                except ZeroDivisionError:
+                    raise ValueError(f"division by zero computing {'.'.join(path)}") from None
+            out.append(event)
+        return out
 
     def computed_values(self, row: dict[str, str | None]):
         for path, fn in self.computed:

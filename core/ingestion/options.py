@@ -46,6 +46,8 @@ def load_read_options(
     data.setdefault("constants", {}).update(constants or {})
     data.setdefault("computed", {}).update(computed or {})
     data.update({k: v for k, v in fields.items() if v is not None})
+    if mapping:
+        data["mapping_file"] = str(mapping)
     try:
         options = ReadOptions(**data)
     except ValidationError as exc:

@@ -50,16 +50,19 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[RawRecord]:
             return
         mapper.bind_header(header, str(path))
         start = reader.line_num + 1
-        for row in reader:
+        for number, row in enumerate(reader, 1):
             where = f"{path}:{start}"
             start = reader.line_num + 1
             if None in row:
                 yield RawRecord(where, None, f"more fields than the {len(header)} header columns")
                 continue
             try:
-                yield RawRecord(where, mapper.map(row))
+                events = mapper.events(row, number)
             except ValueError as exc:
                 yield RawRecord(where, None, str(exc))
+                continue
+            for event in events:
+                yield RawRecord(where, event)
 
 
 @hookimpl
