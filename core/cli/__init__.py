@@ -20,6 +20,7 @@ from core.cli import (
     db,
     import_,
     keys,
+    monitor,
     plugins,
     profiles,
     recommend,
@@ -74,6 +75,7 @@ app.command("send")(send.send_cmd)
 app.command()(render.render)
 app.add_typer(templates.app, name="templates")
 app.add_typer(workflows.app, name="workflows")
+app.add_typer(monitor.app, name="monitor")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:
