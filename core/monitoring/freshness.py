@@ -10,7 +10,7 @@ a source that keeps delivering old events is stale too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -67,7 +67,7 @@ def freshness_alerts(
                 "critical" if lag > 2 * allowed else "warning",
                 f"{subject}: last event {r.last_event.isoformat()}, {describe_lag(lag)} ago "
                 f"(allowed {describe_lag(allowed)})",
-                now.date() if isinstance(now, datetime) else date.today(),
+                now.astimezone(UTC).date(),
                 {
                     "source": r.source,
                     "type": r.type,

@@ -166,13 +166,17 @@ def _spike(
     if today <= band.high:
         return None
     total = sum(by_day[day])
+    basis = (
+        f"median {band.median:.1%} +- {k:g} x MAD {band.mad:.1%} over {band.days} days"
+        if band.days
+        else f"no history yet: 0 +- {k:g} x {band.mad:.0%}"
+    )
     return Alert(
         CHECK,
         f"{source} {kind}",
         "critical" if today > 0.5 else "warning",
         f"{source}: {count:,} {kind} of {total:,} records on {day.isoformat()} ({today:.1%}), "
-        f"above {band.high:.1%} (median {band.median:.1%} +- {k:g} x MAD {band.mad:.1%} "
-        f"over {band.days} days)",
+        f"above {band.high:.1%} ({basis})",
         day,
         {
             "kind": kind,
