@@ -37,6 +37,7 @@ BENCHMARKS = (
     "recommend",
     "automation",
     "sync",
+    "monitoring",
 )
 
 README = Path(__file__).resolve().parent / "README.md"

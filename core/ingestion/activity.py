@@ -11,14 +11,14 @@ order, so concurrent writers on PostgreSQL never wait on each other in a cycle.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from core.db.tables import INGEST_COUNTS, SOURCE_ACTIVITY
+from core.db.models import UTCDateTime
 
 # type -> [events stored, newest event time]
 TypeActivity = dict[str, list]
@@ -56,54 +56,55 @@ def record(conn: Connection, source: str, activity: BatchActivity, now: datetime
     """Add ``activity`` to the monitoring tables in ``conn``'s transaction."""
     if not activity:
         return
-    insert = _insert_for(conn)
-    if insert is None:
-        return  # another dialect: no upsert; monitoring reads events instead
+    statements = _upserts(conn.dialect.name)
+    if statements is None:
+        return  # another dialect: no upsert; monitoring then sees no activity
+    per_type, per_day = statements
     if activity.types:
-        rows = [
-            {
-                "source": source,
-                "type": type_,
-                "last_ts": newest,
-                "last_received_at": now,
-                "events": n,
-            }
-            for type_, (n, newest) in sorted(activity.types.items())
-        ]
-        stmt = insert(SOURCE_ACTIVITY).values(rows)
-        greatest = sa.func.max if conn.dialect.name == "sqlite" else sa.func.greatest
         conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["source", "type"],
-                set_={
-                    "last_ts": greatest(SOURCE_ACTIVITY.c.last_ts, stmt.excluded.last_ts),
-                    "last_received_at": stmt.excluded.last_received_at,
-                    "events": SOURCE_ACTIVITY.c.events + stmt.excluded.events,
-                },
-            )
+            per_type,
+            [
+                {"source": source, "type": t, "last_ts": newest, "received": now, "events": n}
+                for t, (n, newest) in sorted(activity.types.items())
+            ],
         )
     accepted = sum(n for n, _ in activity.types.values())
-    stmt = insert(INGEST_COUNTS).values(
-        day=now.date(),
-        source=source,
-        accepted=accepted,
-        duplicates=activity.duplicates,
-        rejected=activity.rejected,
-    )
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["day", "source"],
-            set_={
-                name: getattr(INGEST_COUNTS.c, name) + getattr(stmt.excluded, name)
-                for name in ("accepted", "duplicates", "rejected")
-            },
-        )
+        per_day,
+        {
+            "day": now.date(),
+            "source": source,
+            "accepted": accepted,
+            "duplicates": activity.duplicates,
+            "rejected": activity.rejected,
+        },
     )
 
 
-def _insert_for(conn: Connection):
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert
-    return None
+@functools.cache
+def _upserts(dialect: str) -> tuple[sa.TextClause, sa.TextClause] | None:
+    """The two upserts as plain SQL, built once: a Core insert with
+    ON CONFLICT is compiled anew on every call, which costs more than running it."""
+    if dialect not in ("sqlite", "postgresql"):
+        return None
+    greatest = "max" if dialect == "sqlite" else "greatest"
+    per_type = sa.text(
+        "INSERT INTO source_activity (source, type, last_ts, last_received_at, events) "
+        "VALUES (:source, :type, :last_ts, :received, :events) "
+        "ON CONFLICT (source, type) DO UPDATE SET "
+        f"last_ts = {greatest}(source_activity.last_ts, excluded.last_ts), "
+        "last_received_at = excluded.last_received_at, "
+        "events = source_activity.events + excluded.events"
+    ).bindparams(
+        sa.bindparam("last_ts", type_=UTCDateTime()),
+        sa.bindparam("received", type_=UTCDateTime()),
+    )
+    per_day = sa.text(
+        "INSERT INTO ingest_counts (day, source, accepted, duplicates, rejected) "
+        "VALUES (:day, :source, :accepted, :duplicates, :rejected) "
+        "ON CONFLICT (day, source) DO UPDATE SET "
+        "accepted = ingest_counts.accepted + excluded.accepted, "
+        "duplicates = ingest_counts.duplicates + excluded.duplicates, "
+        "rejected = ingest_counts.rejected + excluded.rejected"
+    ).bindparams(sa.bindparam("day", type_=sa.Date()))
+    return per_type, per_day
