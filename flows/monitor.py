@@ -5,7 +5,9 @@
 
 The task calls ``core.run_checks``, as ``segflow monitor check`` does. A run
 is safe to repeat: an alert still firing is updated, not opened twice, and an
-on_alert action is performed once per alert (by its idempotency key).
+on_alert action is performed once per alert (by its idempotency key). A check
+that raises fails the task (retried, as a transient failure may be the cause)
+once the other checks' alerts are stored.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ def run_checks_task(database_url: str, as_of: datetime) -> dict[str, Any]:
     )
     for name, reason in sorted(report.errors.items()):
         log.error("check %s failed: %s", name, reason)
+    if report.errors:
+        # After the other checks' alerts are stored: a retry redoes nothing twice.
+        failed = ", ".join(f"{n} ({r})" for n, r in sorted(report.errors.items()))
+        raise CheckFailed(f"monitoring checks failed: {failed}")
     return report.as_dict()
+
+
+class CheckFailed(RuntimeError):
+    """Some check raised; the run's other alerts are stored."""
 
 
 @flow(name="monitor", log_prints=False)

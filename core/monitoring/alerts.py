@@ -24,6 +24,8 @@ class Alert:
 
 
 SEVERITIES = ("warning", "critical")
+# The alerts.subject column's length.
+SUBJECT_MAX_LENGTH = 255
 # An on_alert action that still fails after this many runs is given up.
 MAX_ACTION_ATTEMPTS = 5
 ALERT_COLUMNS = [
@@ -127,6 +129,8 @@ def _checked(name: str, found: Any) -> list[Alert]:
             raise TypeError(f"returned {type(a).__name__}, not an Alert")
         if a.check != name:
             raise ValueError(f"returned an alert of check {a.check!r}, not {name!r}")
+        if not a.subject or len(a.subject) > SUBJECT_MAX_LENGTH:
+            raise ValueError(f"alert subject {a.subject!r}: 1-{SUBJECT_MAX_LENGTH} characters")
         if a.severity not in SEVERITIES:
             raise ValueError(
                 f"alert {a.subject!r}: severity {a.severity!r} is not one of {SEVERITIES}"

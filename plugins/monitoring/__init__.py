@@ -1,6 +1,7 @@
-"""Built-in plugin: the monitoring checks ``segment_drift``, ``source_freshness``
-and ``data_quality``, and the ``[monitor]`` settings they read, registered
-like any plugin's (the functions are core's, ``core.monitoring``)."""
+"""Built-in plugin: the monitoring checks ``segment_drift``, ``source_freshness``,
+``data_quality`` (and ``misclassified_segment`` where core has it), and the
+``[monitor]`` settings they read, registered like any plugin's (the functions
+are core's, ``core.monitoring``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def register_settings(register) -> None:
 
 @hookimpl
 def register_monitor_checks(register) -> None:
-    from plugins.monitoring.checks import CHECKS
+    from plugins.monitoring.checks import checks
 
-    for check in CHECKS:
+    for check in checks():
         register(check)

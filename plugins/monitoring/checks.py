@@ -40,6 +40,30 @@ def _quality(engine: Any, settings: Any, day: date, now: datetime) -> list[Alert
     return quality_alerts(engine, day, now, _config(settings))
 
 
+def _misclassified(engine: Any, settings: Any, day: date, now: datetime) -> list[Alert]:
+    from core import misclassified_segments  # type: ignore[attr-defined]
+
+    return misclassified_segments(engine, now)
+
+
+def checks() -> list[MonitorCheck]:
+    """The built-in checks; ``misclassified_segment`` once core exports the
+    campaign results' ``misclassified_segments`` (the campaigns part of the
+    dashboards issue)."""
+    import core
+
+    found = list(CHECKS)
+    if "misclassified_segments" in core.__all__:
+        found.append(
+            MonitorCheck(
+                "misclassified_segment",
+                "a segment whose emailed members respond no better than its holdout or others",
+                _misclassified,
+            )
+        )
+    return found
+
+
 CHECKS = (
     MonitorCheck(
         "segment_drift",
