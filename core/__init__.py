@@ -29,6 +29,7 @@ from core.types import (
     Entry,
     EspConnector,
     EventSource,
+    MonitorCheck,
     PermanentFailure,
     ProductEvent,
     ProductHistory,
@@ -166,6 +167,15 @@ _LAZY = {
     "VerifyReport": "core.sync.verify",
     "verify_sync": "core.sync.verify",
     "sync_status": "core.sync.verify",
+    # monitoring: checks report Alerts; the built-in ones are these functions
+    "Alert": "core.monitoring.alerts",
+    "MonitorSettings": "core.monitoring.settings",
+    "run_checks": "core.monitoring.alerts",
+    "open_alerts": "core.monitoring.alerts",
+    "drift_alerts": "core.monitoring.drift",
+    "freshness_alerts": "core.monitoring.freshness",
+    "quality_alerts": "core.monitoring.quality",
+    "misclassified_segments": "core.monitoring.campaigns",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -305,6 +315,15 @@ __all__ = [
     "VerifyReport",
     "verify_sync",
     "sync_status",
+    "Alert",
+    "MonitorCheck",
+    "MonitorSettings",
+    "run_checks",
+    "open_alerts",
+    "drift_alerts",
+    "freshness_alerts",
+    "quality_alerts",
+    "misclassified_segments",
 ]
 
 
@@ -348,6 +367,12 @@ if TYPE_CHECKING:
     from core.ingestion import validate as validate_event
     from core.ingestion.mapping import RowMapper
     from core.maintenance import delete_all_data
+    from core.monitoring.alerts import Alert, open_alerts, run_checks
+    from core.monitoring.campaigns import misclassified_segments
+    from core.monitoring.drift import drift_alerts
+    from core.monitoring.freshness import freshness_alerts
+    from core.monitoring.quality import quality_alerts
+    from core.monitoring.settings import MonitorSettings
     from core.personalize.delivery import DeliveryReport, deliver, segment_members
     from core.personalize.delivery import send as send_segment
     from core.personalize.errors import TemplateError

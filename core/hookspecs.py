@@ -18,6 +18,7 @@ from core.types import (
     ConditionKind,
     EspConnector,
     EventSource,
+    MonitorCheck,
     Recommender,
     ScoringModel,
     StoredEvent,
@@ -257,4 +258,21 @@ def register_actions(register: Callable[[Action], None]) -> None:
     built-in ``send``, ``update_profile``, ``tag`` and ``webhook`` are
     registered this way. Names must be unique and not a step keyword
     (``wait``, ``if``, ``split``, ``exit``).
+    """
+
+
+@hookspec
+def register_monitor_checks(register: Callable[[MonitorCheck], None]) -> None:
+    """Contribute monitoring checks: what the monitor flow looks for every day.
+
+    Call ``register(MonitorCheck(name, description, run))`` once per check.
+    ``core.run_checks`` (the ``monitor`` flow, ``segflow monitor check``)
+    calls ``run(engine, settings, day, now)`` for every check and stores what
+    it returns, ``core.Alert`` s whose ``check`` is the check's name: a
+    subject that fires for the first time opens an alert (and performs the
+    ``[monitor] on_alert`` actions once), one still firing is updated, and an
+    open alert the check no longer returns is resolved. A check that raises
+    is reported and its open alerts are left as they were. The built-in
+    ``segment_drift``, ``source_freshness`` and ``data_quality`` are
+    registered this way. Names must be unique.
     """

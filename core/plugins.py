@@ -32,6 +32,7 @@ from core.types import (
     Change,
     EspConnector,
     EventSource,
+    MonitorCheck,
     Recommender,
     ScoringModel,
     StoredEvent,
@@ -67,6 +68,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.automation",
     "plugins.actions",
     "plugins.sync",
+    "plugins.monitoring",
     # `segflow deploy` and `segflow server`, from the Prefect shell (flows/).
     "flows.commands",
 )
@@ -294,3 +296,8 @@ def actions(pm: pluggy.PluginManager | None = None) -> dict[str, Action]:
     return collect(
         "register_actions", "action", lambda a: a.name, pm, reserved=("wait", "if", "split", "exit")
     )
+
+
+def monitor_checks(pm: pluggy.PluginManager | None = None) -> dict[str, MonitorCheck]:
+    """Every registered monitoring check by name (``register_monitor_checks``)."""
+    return collect("register_monitor_checks", "monitor check", lambda c: c.name, pm)

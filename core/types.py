@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -155,6 +155,9 @@ class ConditionKind:
     figures: Callable[[Any, Any, datetime], tuple[dict[str, Any], list[Any]]] | None = None
     # (params) -> names of the other segments the condition reads.
     segment_refs: Callable[[Any], Iterable[str]] | None = None
+    # (params) -> (event type, field) pairs whose values the condition
+    # aggregates (a sum of purchase value): monitoring counts events missing them.
+    event_fields: Callable[[Any], Iterable[tuple[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         if self.sql is None and self.features is None:
@@ -652,6 +655,26 @@ class Action:
     transactional: bool = False
     marketing: Callable[[Any], bool] = lambda _params: False
     perform_many: Callable[[list[ActionCall]], list[ActionResult]] | None = None
+
+
+# -- monitoring -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitorCheck:
+    """A monitoring check (``register_monitor_checks``), run daily by the
+    monitor flow and by ``segflow monitor check``.
+
+    ``run(engine, settings, day, now)`` returns the ``core.Alert`` s that fire
+    now (each with ``check`` equal to ``name``), every time it runs: an alert
+    it no longer returns is resolved. ``settings`` are segflow's (a check
+    reads its own section with ``settings.plugin(...)``), ``day`` the UTC day
+    checked and ``now`` the time of the run.
+    """
+
+    name: str
+    description: str
+    run: Callable[[Any, Any, date, datetime], Iterable[Any]]
 
 
 # -- commands -------------------------------------------------------------------

@@ -131,7 +131,8 @@ class Schedules(BaseModel):
     scores: Schedule = "0 2 * * *"
     # The pipeline is served without a schedule: run on demand (or by the demo).
     pipeline: Schedule = False
-    # monitor: daily, once the monitoring flow exists (the dashboards issue).
+    # The monitoring checks, daily after the scores, before anyone reads the alerts.
+    monitor: Schedule = "0 3 * * *"
 
 
 class DeploySettings(BaseModel):

@@ -24,6 +24,7 @@ from core.config import Settings
 from flows.automate import automate
 from flows.config import DeploySettings, schedule_interval
 from flows.ingest import ingest_polls, poll_names
+from flows.monitor import monitor
 from flows.pipeline import pipeline
 from flows.recommend import recommend
 from flows.scores import scores
@@ -63,7 +64,7 @@ def planned(settings: Settings) -> list[Planned]:
         Planned("automate", automate, {"directory": folders["workflows"]}),
         Planned("send", send, {}),
         *([Planned("sync", sync, {})] if _syncs(settings) else []),
-        # monitor: Planned("monitor", monitor, {}) once the dashboards issue adds the flow.
+        Planned("monitor", monitor, {}),
         Planned(
             "pipeline",
             pipeline,

@@ -1,7 +1,7 @@
 """Prefect flow: the whole pipeline, one step after the other.
 
     workflows saved --> ingest (files, feeds) --> recommend --> scores
-        --> segment --> automate --> send
+        --> segment --> automate --> send --> monitor
 
 Each step is its flow (or task), run as a subflow, so the UI shows each with
 its tasks and the result holds each one's counts. The workflow definitions are
@@ -9,8 +9,8 @@ saved first, so the events ingested and the segments entered start their runs;
 the catalogue and recommendations follow the new events; scores come before
 segments (segments may test scores), segments before the tick (entering a
 segment starts workflows), the tick before sending (it records what to send).
-Every step sees the same ``as_of``, fixed when the pipeline starts. Monitoring
-runs after sending once the monitoring flow exists (the dashboards issue).
+Monitoring runs last, so its checks see the day's sizes, sends and events.
+Every step sees the same ``as_of``, fixed when the pipeline starts.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from flows.common import (
     folder,
 )
 from flows.ingest import ingest_files, ingest_polls, poll_names
+from flows.monitor import monitor
 from flows.recommend import recommend
 from flows.scores import scores
 from flows.segment import segment
 from flows.send import send
 
-STEPS = ("workflows", "ingest", "recommend", "scores", "segment", "automate", "send")
+STEPS = ("workflows", "ingest", "recommend", "scores", "segment", "automate", "send", "monitor")
 
 
 @flow(name="pipeline", log_prints=False)
@@ -60,7 +61,7 @@ def pipeline(
     ones), tick the workflows (starting, given ``history_since``, the runs
     that events stored since then trigger), then perform the recorded actions
     (unless not ``perform``), all as of ``as_of`` (default: now, when the
-    pipeline starts).
+    pipeline starts), and finally run the monitoring checks.
 
     Returns as_of and each step's result under its name (None for a step
     that had nothing to do); ``ingest`` holds ``files`` and ``polls``.
@@ -85,5 +86,6 @@ def pipeline(
     result["segment"] = segment(segments_dir, database_url=url, as_of=when, full=full)
     result["automate"] = automate(None, database_url=url, as_of=when, history_since=since)
     result["send"] = send(database_url=url, as_of=when) if perform else None
+    result["monitor"] = monitor(database_url=url, as_of=when)
     get_run_logger().info("pipeline as of %s: %s done", result["as_of"], ", ".join(STEPS))
     return result

@@ -17,7 +17,7 @@ import pytest
 from core.config import ConfigError, load_settings
 from tests.helpers import child_env
 
-FLOWS = ["recommend", "scores", "segment", "automate", "send", "pipeline"]
+FLOWS = ["recommend", "scores", "segment", "automate", "send", "monitor", "pipeline"]
 
 
 def schedules(deployment) -> list:
@@ -53,11 +53,13 @@ def test_default_deployments_and_schedules(project):
         "segment": [("*/5 * * * *", "UTC")],
         "automate": [("1-59/5 * * * *", "UTC")],
         "send": [("0 * * * *", "UTC")],
+        "monitor": [("0 3 * * *", "UTC")],
         "pipeline": [],
     }
     assert built["segment"].parameters == {"directory": str(EXAMPLES / "segments")}
     assert built["automate"].parameters == {"directory": str(EXAMPLES / "workflows")}
     assert built["send"].parameters == {} and built["recommend"].parameters == {}
+    assert built["monitor"].parameters == {}
     assert built["pipeline"].parameters == {
         "scores_dir": str(EXAMPLES / "scores"),
         "segments_dir": str(EXAMPLES / "segments"),
@@ -168,12 +170,13 @@ def test_deploy_list_prints_what_it_would_serve(project, run):
         ("segment/segflow", "cron */5 * * * * (UTC)"),
         ("automate/segflow", "cron 1-59/5 * * * * (UTC)"),
         ("send/segflow", "cron 0 * * * * (UTC)"),
+        ("monitor/segflow", "cron 0 3 * * * (UTC)"),
         ("pipeline/segflow", "on demand"),
     ]
 
     status, out, _ = run("deploy", "--dry-run")
     assert status == 0
-    assert "would serve: 6" in out
+    assert "would serve: 7" in out
     assert "segment/segflow" in out and "cron */5 * * * * (UTC)" in out
 
 

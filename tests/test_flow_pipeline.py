@@ -114,7 +114,7 @@ def test_the_pipeline_imports_starts_the_cart_run_and_sends_after_the_wait(
     folders["workflows_dir"] = None  # from now on, the stored definitions
     first = state.result()
     assert steps_of(state.state_details.flow_run_id) == [
-        "ingest-files", "recommend", "segment", "automate", "send",
+        "ingest-files", "recommend", "segment", "automate", "send", "monitor",
     ]  # fmt: skip
     # Saved before the import, so the imported carts started their runs.
     assert first["workflows"] == {"cart": 1}

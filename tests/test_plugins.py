@@ -1019,3 +1019,52 @@ def test_hook_register_actions(register_plugin, tmp_path):
     perform_pending(engine, None)
     perform_pending(engine, None)
     assert performed == [("wf:chatty:1:steps[0]", "#sales", 1)]
+
+
+def test_hook_register_monitor_checks(register_plugin, tmp_path):
+    """A plugin's check runs with the built-in ones: what it returns opens an
+    alert once, stays open while it fires and is resolved when it stops; a
+    check returning another check's alerts fails alone, its alerts untouched."""
+    from datetime import date
+
+    from core import Alert, MonitorCheck, open_alerts, run_checks
+    from core.config import Settings
+    from core.plugins import monitor_checks
+
+    firing = {"now": True}
+
+    def run(engine, settings, day, now):
+        if not firing["now"]:
+            return []
+        return [Alert("quiet_shop", "shop", "warning", "no orders today", day, {"orders": 0})]
+
+    def wrong(engine, settings, day, now):
+        return [Alert("quiet_shop", "shop", "warning", "not mine", day)]
+
+    class Quiet:
+        @staticmethod
+        def register_monitor_checks(register):
+            register(MonitorCheck("quiet_shop", "no orders today", run))
+            register(MonitorCheck("confused", "returns another check's alerts", wrong))
+
+    register_plugin(Quiet)
+    checks = monitor_checks()
+    built_in = {"segment_drift", "source_freshness", "data_quality", "misclassified_segment"}
+    assert {"quiet_shop", "confused"} | built_in <= set(checks)
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    day = date(2026, 11, 30)
+    first = run_checks(engine, Settings(), day)
+    assert "returned an alert of check 'quiet_shop'" in first.errors["confused"]
+    again = run_checks(engine, Settings(), day)
+    (alert,) = open_alerts(engine)
+    assert (alert["check"], alert["subject"], alert["message"]) == (
+        "quiet_shop",
+        "shop",
+        "no orders today",
+    )
+    assert first.opened["quiet_shop"] == [alert["id"]] and again.updated["quiet_shop"] == [
+        alert["id"]
+    ]
+    firing["now"] = False
+    assert run_checks(engine, Settings(), day).resolved["quiet_shop"] == [alert["id"]]
+    assert open_alerts(engine) == []

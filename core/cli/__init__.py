@@ -21,6 +21,7 @@ from core.cli import (
     db,
     import_,
     keys,
+    monitor,
     plugins,
     profiles,
     recommend,
@@ -76,6 +77,7 @@ app.command()(render.render)
 app.add_typer(templates.app, name="templates")
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(campaigns.app, name="campaigns")
+app.add_typer(monitor.app, name="monitor")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

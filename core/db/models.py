@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -582,3 +582,63 @@ class SyncRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     started_at: datetime = _ts()
     finished_at: datetime | None = _ts(nullable=True)
+
+
+class SourceActivity(SQLModel, table=True):
+    """Per source and event type: the newest event time stored and when the
+    source last delivered one, kept by the ingest path in each batch's
+    transaction, so freshness is read from a few rows, never from events."""
+
+    __tablename__ = "source_activity"
+
+    source: str = Field(primary_key=True, max_length=64)
+    type: str = Field(primary_key=True, max_length=64)
+    last_ts: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    events: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+
+
+class IngestCount(SQLModel, table=True):
+    """What ingestion did per UTC day (of receipt) and source: stored,
+    duplicate and rejected records (the data-quality spike checks)."""
+
+    __tablename__ = "ingest_counts"
+
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    source: str = Field(primary_key=True, max_length=64)
+    accepted: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+    duplicates: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0)
+    )
+    rejected: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+
+
+class MonitorAlert(SQLModel, table=True):
+    """An alert of a monitoring check: opened when the check first fires for
+    its subject, updated while it keeps firing, resolved when it stops."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (sa.Index("ix_alerts_check_subject", "check", "subject"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    check: str = Field(max_length=64)
+    subject: str = Field(max_length=255)
+    severity: str = Field(max_length=16)
+    message: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    day: date = Field(sa_column=sa.Column(sa.Date, nullable=False))
+    details: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
+    # check + subject while open, NULL once resolved: one open alert per pair.
+    open_key: str | None = Field(default=None, max_length=400, unique=True)
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts()
+    resolved_at: datetime | None = _ts(nullable=True)
+    # What each configured on_alert action did: {"0:webhook": {status, attempts, reason}}.
+    actions: dict = Field(
+        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+    )
+    # Actions still to perform (pending or to retry): the runs look only at these alerts.
+    pending_actions: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0, index=True)
+    )

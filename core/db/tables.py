@@ -34,3 +34,6 @@ WORKFLOW_ACTIONS = models.WorkflowAction.__table__
 WORKFLOW_TRIGGERS = models.WorkflowTrigger.__table__
 SYNC_STATES = models.SyncState.__table__
 SYNC_RUNS = models.SyncRun.__table__
+SOURCE_ACTIVITY = models.SourceActivity.__table__
+INGEST_COUNTS = models.IngestCount.__table__
+ALERTS = models.MonitorAlert.__table__

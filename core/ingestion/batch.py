@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from sqlalchemy.engine import Connection
 
 from core.db.models import utcnow
 from core.db.sql import fetch_in
+from core.ingestion.activity import BatchActivity, tally
 from core.ingestion.bulk import DeferredLoad
 from core.ingestion.identity import BatchResolver
 from core.ingestion.plain import as_event
@@ -26,10 +25,11 @@ def store_batch(
     want_stored: bool = True,
     load: DeferredLoad | None = None,
     touched: set[int] | None = None,
+    activity: BatchActivity | None = None,
 ) -> list[StoredEvent]:
     """Store one batch in ``conn``'s transaction; its stored events when
-    ``want_stored``, and the ids of the profiles they went to added to
-    ``touched``."""
+    ``want_stored``, the ids of the profiles they went to added to
+    ``touched``, and its events per type (with the newest time) to ``activity``."""
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
         return []
@@ -71,10 +71,13 @@ def store_batch(
         # Another writer stored some of these between our check and insert.
         report.duplicates += len(records) - inserted
     report.accepted += inserted
-    types = Counter(r["type"] for r in records)
-    for type_, n in types.items():
+    # One pass gives both the report's counts and the monitoring's newest times.
+    types = tally(records, now)
+    for type_, (n, _) in types.items():
         report.by_type[type_] = report.by_type.get(type_, 0) + n
-    report.identifies += types[IDENTIFY]
+    report.identifies += types[IDENTIFY][0] if IDENTIFY in types else 0
+    if activity is not None:
+        activity.types = types
     if not want_stored:
         return []
     # The plain path's fields become an Event only if a hook asks for one.

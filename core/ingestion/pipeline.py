@@ -18,6 +18,9 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
+from core.db.models import utcnow
+from core.ingestion.activity import BatchActivity
+from core.ingestion.activity import record as record_activity
 from core.ingestion.batch import store_batch
 from core.ingestion.bulk import DeferredLoad, bulk_load
 from core.ingestion.crashpoints import crash_point
@@ -127,6 +130,7 @@ def ingest(
         if on_progress and n > report.received:
             on_progress(n - report.received)
         report.received = n
+    out.record_tail()
     if on_loaded is not None and touched:
         crash_point("ingest.loaded")
         on_loaded(touched)
@@ -184,6 +188,8 @@ class BatchWriter:
         self.conn: Connection | None = None
         self.group: list[_Batch] = []
         self.pending: _Pending | None = None
+        # Rejections already counted in ingest_counts (with a batch's transaction).
+        self.rejects_recorded = 0
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -230,16 +236,35 @@ class BatchWriter:
     def _prepare(
         self, conn: Connection, writer: EventWriter, batch: list[Event | Fields]
     ) -> list[StoredEvent]:
-        return store_batch(
+        report = self.report
+        duplicates = report.duplicates
+        activity = BatchActivity()
+        stored = store_batch(
             conn,
             writer,
             batch,
             self.source,
-            self.report,
+            report,
             self.hook is not None,
             self.load,
             self.touched,
+            activity,
         )
+        activity.duplicates = report.duplicates - duplicates
+        activity.rejected = len(report.rejected) - self.rejects_recorded
+        record_activity(conn, self.source, activity, utcnow())
+        self.rejects_recorded = len(report.rejected)
+        return stored
+
+    def record_tail(self) -> None:
+        """Count the rejections no batch's transaction counted (the call's last
+        records, or all of them), in one transaction of their own."""
+        rejected = len(self.report.rejected) - self.rejects_recorded
+        if rejected <= 0:
+            return
+        with self.engine.begin() as conn:
+            record_activity(conn, self.source, BatchActivity(rejected=rejected), utcnow())
+        self.rejects_recorded = len(self.report.rejected)
 
     def _start(self, batch: list[Event | Fields], span: tuple[str, str]) -> None:
         """Everything but the INSERTs now; those (and the commit) on the helper."""

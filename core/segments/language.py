@@ -288,6 +288,15 @@ def segment_refs(rule: Rule) -> list[str]:
     return [r for child in rule.children for r in segment_refs(child)]
 
 
+def event_fields(rule: Rule) -> set[tuple[str, str]]:
+    """(event type, field) pairs whose values a rule aggregates, through any
+    depth of nesting (from each kind's ``event_fields``)."""
+    if isinstance(rule, Condition):
+        read = rule.kind.event_fields
+        return set(read(rule.params)) if read else set()
+    return {pair for child in rule.children for pair in event_fields(child)}
+
+
 def parse_segment(data: Any, *, kinds: ConditionKinds, file: str | None = None) -> Segment:
     """Validate a segment whose rule may use the condition ``kinds``."""
     if not isinstance(data, dict):

@@ -192,6 +192,14 @@ def figures(
     return shown, events
 
 
+def event_fields(cond: EventCondition) -> list[tuple[str, str]]:
+    """The (type, field) pairs an aggregate reads; a count reads no field."""
+    kind, agg, _ = cond.measure
+    if agg is None:
+        return []
+    return [(type_, agg.property) for type_ in cond.event]
+
+
 EVENT = ConditionKind(
     "event",
     "events of some types in a window, counted or aggregated",
@@ -201,6 +209,7 @@ EVENT = ConditionKind(
     features=features,
     next_change_at=next_change_at,
     figures=figures,
+    event_fields=event_fields,
 )
 
 
