@@ -89,9 +89,7 @@ def group_by(url: str) -> tuple[float, set[tuple]]:
     engine = make_engine(url)
     with engine.connect() as conn, common.timer() as t:
         rows = conn.execute(
-            sa.text(
-                "SELECT source, type, max(ts), count(*) FROM events GROUP BY source, type"
-            )
+            sa.text("SELECT source, type, max(ts), count(*) FROM events GROUP BY source, type")
         ).all()
     engine.dispose()
     return t[0], {(s, ty, str(m)[:19], int(n)) for s, ty, m, n in rows}
