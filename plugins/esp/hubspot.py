@@ -26,8 +26,9 @@ contacts, contact schema, lists and behavioural events scopes.
 
 Limits: a rolling ten-second window per app (100 requests on starter,
 ``X-HubSpot-RateLimit-Remaining`` / ``-Interval-Milliseconds`` on every
-answer, read in ``rate_state``), 100 inputs per batch upsert and read, 500
-events per batch.
+answer, read in ``rate_state``), kept by the client as a window of its own;
+100 inputs per batch upsert and read, 100,000 ids per list membership call,
+500 events per batch.
 """
 
 from __future__ import annotations
@@ -65,15 +66,19 @@ BATCH = 100  # inputs per batch upsert / read
 EVENT_BATCH = 500
 MEMBERS_PAGE = 250
 CONTACTS_PAGE = 100
-# A full burst plus a window's worth of the steady rate stays within the
-# ten-second allowance of the smallest tier.
+# HubSpot's list membership calls take this many record ids.
+MEMBERSHIP_IDS = 100_000
+# The smallest tier's rolling window (requests per ten seconds), kept as the API
+# counts it until its rate headers tell the app's own.
+TEN_SECONDLY = 100
 LIMITS = SyncLimits(
     profiles_per_call=BATCH,
-    members_per_call=1000,
+    members_per_call=MEMBERSHIP_IDS,
     events_per_call=EVENT_BATCH,
     requests_per_second=9.0,
     burst=10,
     concurrency=4,
+    windows={"": ((TEN_SECONDLY, 10.0),)},
 )
 ALIASES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone"}
 
@@ -114,6 +119,16 @@ def rate_state(response: httpx.Response) -> tuple[int, float] | None:
         return None
     try:
         return int(left), int(interval) / 1000
+    except ValueError:
+        return None
+
+
+def _window(response: httpx.Response) -> tuple[int, float] | None:
+    """(requests, seconds) of the app's rolling window, from the rate headers."""
+    most = response.headers.get("X-HubSpot-RateLimit-Max")
+    interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+    try:
+        return (int(most), int(interval) / 1000) if most and interval else None
     except ValueError:
         return None
 
@@ -215,8 +230,14 @@ async def _find_or_create_list(session: Session, name: str) -> str:
 async def open_session(target: SyncTarget, client: Any) -> AsyncIterator[Session]:
     session = Session(target, client)
     session.names = {k: property_name(k) for k in target.properties}
-    account = await _json(session, "GET", "/account-info/v3/details")
-    session.portal_id = int(account["portalId"])
+    response = await client.request("GET", "/account-info/v3/details")
+    if response.status_code >= 300:
+        raise SyncFailure(f"account details: {_reason(response)}", response.status_code)
+    session.portal_id = int(response.json()["portalId"])
+    window = _window(response)
+    if window is not None and hasattr(client, "resize"):
+        # The app's own tier (190 on professional): its window, not the smallest.
+        client.resize("", (window,))
     await _ensure_properties(session)
     ids = await asyncio.gather(
         *(_find_or_create_list(session, list_name(target, s)) for s in target.segments)
