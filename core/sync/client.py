@@ -21,6 +21,7 @@ decides (an event with a unique id may be resent; a job id is looked up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -77,11 +78,6 @@ class TokenBucket:
         self.stamp = clock()
         self.lock = asyncio.Lock()
 
-    def full(self) -> bool:
-        """Whether a window is full: the API's count of none left is this client's."""
-        now = self.clock()
-        return any(sum(1 for t in hits if t > now - s) >= n for n, s, hits in self.windows)
-
     async def take(self) -> None:
         async with self.lock:
             while True:
@@ -110,12 +106,19 @@ class SlidingWindows:
         self.clock = clock
         self.lock = asyncio.Lock()
 
+    def release(self, at: float) -> None:
+        """Give back the slot taken at ``at`` (the API refused it uncounted)."""
+        for _n, _seconds, hits in self.windows:
+            with contextlib.suppress(ValueError):
+                hits.remove(at)
+
     def full(self) -> bool:
         """Whether a window is full: the API's count of none left is this client's."""
         now = self.clock()
         return any(sum(1 for t in hits if t > now - s) >= n for n, s, hits in self.windows)
 
-    async def take(self) -> None:
+    async def take(self) -> float:
+        """Wait for room in every window; the time the slot was taken at."""
         async with self.lock:
             while True:
                 now = self.clock()
@@ -128,7 +131,7 @@ class SlidingWindows:
                 if wait <= 0:
                     for _n, _seconds, hits in self.windows:
                         hits.append(now)
-                    return
+                    return now
                 await asyncio.sleep(wait)
 
 
@@ -210,7 +213,7 @@ class SyncClient:
             async with slots:
                 if windows is not None:
                     # Counted when it goes out, not while it waited for a connection.
-                    await windows.take()
+                    sent_at = await windows.take()
                 self.stats.requests += 1
                 try:
                     response = await self.http.request(method, url, **kwargs)
@@ -232,6 +235,9 @@ class SyncClient:
                 if response.status_code == 429:
                     self.stats.throttled += 1
                     asked = _retry_after(response)
+                    if windows is not None:
+                        # A refused request takes no slot in the API's counters.
+                        windows.release(sent_at)
             if attempt + 1 < self.backoff.attempts:
                 self.stats.retries += 1
                 wait = self.backoff.delay(attempt, asked)

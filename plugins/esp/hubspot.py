@@ -140,6 +140,8 @@ class Session:
     portal_id: int = 0
     lists: dict[str, str] = field(default_factory=dict)  # segment -> list id
     names: dict[str, str] = field(default_factory=dict)  # mapped name -> HubSpot property
+    # Lists this session created: no contact can be in them from before.
+    fresh: set[str] = field(default_factory=set)
 
 
 def _reason(response: httpx.Response) -> str:
@@ -220,7 +222,9 @@ async def _find_or_create_list(session: Session, name: str) -> str:
             idempotent=True,
         )  # fmt: skip
         if created.status_code < 300:
-            return str(created.json()["list"]["listId"])
+            list_id = str(created.json()["list"]["listId"])
+            session.fresh.add(list_id)
+            return list_id
         if "LIST_NAME_ALREADY_EXISTS" not in created.text and created.status_code != 409:
             raise SyncFailure(f"creating list {name!r}: {_reason(created)}", created.status_code)
     raise SyncFailure(f"list {name!r}: neither found nor created")
@@ -311,6 +315,8 @@ async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordR
 
 async def _clear_lists(session: Session, ids: list[str]) -> str | None:
     for list_id in session.lists.values():
+        if list_id in session.fresh:
+            continue
         response = await session.client.request(
             "PUT", f"/crm/v3/lists/{list_id}/memberships/remove", json=ids
         )
