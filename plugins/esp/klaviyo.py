@@ -69,7 +69,7 @@ MEMBER_PAGE = 1_000
 # Klaviyo's M tier (10 a second, 150 a minute), which its reference gives every
 # endpoint the connector calls, bulk event jobs included; counted per group.
 M_TIER = ((10, 1.0), (150, 60.0))
-GROUPS = ("profiles", "lists", "jobs", "events")
+GROUPS = ("profiles", "lists", "jobs", "event-jobs")
 LIMITS = SyncLimits(
     profiles_per_call=IMPORT_PROFILES,
     members_per_call=MEMBER_IDS,
@@ -108,10 +108,13 @@ def rate_state(response: Any) -> tuple[int, float] | None:
 
 
 def rate_group(method: str, path: str) -> str:
-    """The endpoint group a request counts in: events, lists, jobs or profiles."""
+    """The endpoint group a request counts in: event-jobs (bulk), events, lists,
+    jobs or profiles."""
     path = path.split("://", 1)[-1]
     path = path[path.find("/api/") :] if "/api/" in path else path
-    if path.startswith(("/api/events", "/api/event-bulk")):
+    if path.startswith("/api/event-bulk"):
+        return "event-jobs"
+    if path.startswith("/api/events"):
         return "events"
     if path.startswith("/api/lists"):
         return "lists"
