@@ -429,6 +429,11 @@ class SyncLimits:
     requests_per_second: float = 10.0
     burst: int = 10
     concurrency: int = 4
+    # The sliding windows the API counts requests in, by rate group
+    # (``SyncApi.rate_group``): group -> ((requests, seconds), ...). A group
+    # listed here is paced by its windows and has ``concurrency`` connections
+    # of its own, instead of sharing the token bucket above.
+    windows: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -496,6 +501,9 @@ class SyncApi:
     delete: Callable[[Any, Sequence[SyncPerson]], Awaitable[list[RecordResult]]] | None = None
     rate_state: Callable[[Any], tuple[int, float] | None] | None = None
     memberships: tuple[str, ...] = ("list",)
+    # (method, path) -> the rate group the API counts the request in (a key
+    # of ``limits.windows``); None: every request in one group.
+    rate_group: Callable[[str, str], str] | None = None
 
 
 # -- recommendations ------------------------------------------------------------

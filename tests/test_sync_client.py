@@ -1,7 +1,7 @@
 """The sync client connectors call through, against a real HTTP server on
 127.0.0.1 (the fakes' shared server): retries on 429 (Retry-After), 5xx and
 dropped connections, never a retried POST that may have taken effect, the
-token bucket and the live rate headers."""
+token bucket, the sliding windows per rate group and the live rate headers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import time
 import httpx
 import pytest
 
-from core.sync.client import Backoff, SyncClient, SyncFailure, TokenBucket, TransportFailure
+from core.sync.client import (
+    Backoff,
+    SlidingWindows,
+    SyncClient,
+    SyncFailure,
+    TokenBucket,
+    TransportFailure,
+)
 from core.types import SyncLimits
 from plugins.esp.fakes.server import FakeApi, Faults, Request, Response, running
 
@@ -144,3 +151,68 @@ def test_a_slow_answer_times_out_and_a_read_is_retried():
     with running(api) as url, pytest.raises(SyncFailure) as caught:
         run(send(url, "GET", timeout=0.1))
     assert "ReadTimeout" in str(caught.value) and "after 4 attempts" in str(caught.value)
+
+
+def test_sliding_windows_hold_every_window():
+    async def starts(n: int) -> list[float]:
+        windows = SlidingWindows([(4, 0.1), (6, 0.3)], margin=0.0)
+        origin = time.monotonic()
+        out = []
+        for _ in range(n):
+            await windows.take()
+            out.append(time.monotonic() - origin)
+        return out
+
+    at = run(starts(7))
+    # 4 at once, the 5th and 6th when the short window frees, the 7th when the long one does.
+    assert max(at[:4]) < 0.05
+    assert 0.09 <= at[4] < 0.25 and 0.09 <= at[5] < 0.25
+    assert at[6] >= 0.29
+
+
+def test_a_rate_group_waiting_for_its_window_does_not_hold_up_another():
+    api = Counter()
+    limits = SyncLimits(concurrency=2, windows={"slow": ((2, 1.0),), "fast": ((100, 1.0),)})
+
+    def group(_method: str, path: str) -> str:
+        return "slow" if "slow" in path else "fast"
+
+    with running(api) as url:
+
+        async def both():
+            client = SyncClient(url, limits, backoff=FAST, rate_group=group)
+            async with client:
+                start = time.monotonic()
+                slow = [asyncio.ensure_future(client.request("POST", "/count?slow=1"))
+                        for _ in range(4)]  # fmt: skip
+                await asyncio.sleep(0.01)
+                for _ in range(5):
+                    await client.request("POST", "/count")
+                fast = time.monotonic() - start
+                await asyncio.gather(*slow)
+                return fast, time.monotonic() - start
+
+        fast, slow = run(both())
+    assert api.count == 9
+    # The slow group's last two wait a second for its window, holding both of its
+    # connections; the other group's five go meanwhile.
+    assert slow >= 0.95 and fast < slow - 0.3
+
+
+def test_resize_paces_by_the_window_the_api_names_counting_what_was_sent():
+    api = Counter()
+    with running(api) as url:
+
+        async def resized():
+            client = SyncClient(url, SyncLimits(windows={"": ((100, 1.0),)}), backoff=FAST)
+            async with client:
+                await client.request("POST", "/count")
+                client.resize("", [(3, 0.3)])
+                start = time.monotonic()
+                for _ in range(3):
+                    await client.request("POST", "/count")
+                return time.monotonic() - start
+
+        # The request before the resize counts: the third after it waits for the window.
+        assert run(resized()) >= 0.25
+    assert api.count == 4

@@ -2,11 +2,14 @@
 
 One ``SyncClient`` per target and run. Every request waits for a token of the
 target's bucket (``SyncLimits.requests_per_second`` with ``burst``) and for a
-connection slot (``concurrency``); when the connector reads the live rate
-headers (``SyncApi.rate_state``) and none are left, every request waits for
-the window to reset. 429, 5xx, timeouts and dropped connections are retried
-with exponential backoff and jitter (a 429's Retry-After is honoured); other
-answers go back to the connector, which maps them to per-record results.
+connection slot (``concurrency``), or, for an API that counts requests in
+sliding windows per group of endpoints (``SyncLimits.windows``), for a slot
+of its group and room in each of the group's windows; when the connector
+reads the live rate headers (``SyncApi.rate_state``) and none are left, the
+group's requests wait for the window to reset. 429, 5xx, timeouts and
+dropped connections are retried with exponential backoff and jitter (a
+429's Retry-After is honoured); other answers go back to the connector,
+which maps them to per-record results.
 
 A request that may have reached the API before its connection dropped is
 retried only when the connector says it is idempotent (``idempotent=True``,
@@ -18,9 +21,11 @@ decides (an event with a unique id may be resent; a job id is looked up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +90,51 @@ class TokenBucket:
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
+class SlidingWindows:
+    """At most ``n`` requests in any ``seconds``, for every ``(n, seconds)``:
+    the windows an API counts in. Each window is kept ``margin`` seconds
+    longer, as the API counts a request when it arrives, a little after it
+    was sent."""
+
+    def __init__(
+        self,
+        windows: Sequence[tuple[int, float]],
+        clock: Callable[[], float] = time.monotonic,
+        margin: float = 0.05,
+    ) -> None:
+        self.windows = [(max(1, n), seconds + margin, deque[float]()) for n, seconds in windows]
+        self.clock = clock
+        self.lock = asyncio.Lock()
+
+    def release(self, at: float) -> None:
+        """Give back the slot taken at ``at`` (the API refused it uncounted)."""
+        for _n, _seconds, hits in self.windows:
+            with contextlib.suppress(ValueError):
+                hits.remove(at)
+
+    def full(self) -> bool:
+        """Whether a window is full: the API's count of none left is this client's."""
+        now = self.clock()
+        return any(sum(1 for t in hits if t > now - s) >= n for n, s, hits in self.windows)
+
+    async def take(self) -> float:
+        """Wait for room in every window; the time the slot was taken at."""
+        async with self.lock:
+            while True:
+                now = self.clock()
+                wait = 0.0
+                for n, seconds, hits in self.windows:
+                    while hits and hits[0] <= now - seconds:
+                        hits.popleft()
+                    if len(hits) >= n:
+                        wait = max(wait, hits[0] + seconds - now)
+                if wait <= 0:
+                    for _n, _seconds, hits in self.windows:
+                        hits.append(now)
+                    return now
+                await asyncio.sleep(wait)
+
+
 @dataclass
 class ClientStats:
     requests: int = 0
@@ -107,23 +157,39 @@ class SyncClient:
         backoff: Backoff | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        rate_group: Callable[[str, str], str] | None = None,
     ) -> None:
         self.limits = limits
         self.bucket = TokenBucket(limits.requests_per_second, limits.burst)
         self.slots = asyncio.Semaphore(limits.concurrency)
+        # Groups the API counts apart are paced apart: one waiting for its window
+        # holds none of another's connections.
+        self.rate_group = rate_group
+        self.windows = {g: SlidingWindows(w) for g, w in limits.windows.items()}
+        self.group_slots = {g: asyncio.Semaphore(limits.concurrency) for g in self.windows}
         self.rate_state = rate_state
         self.backoff = backoff or Backoff()
         self.stats = ClientStats()
-        self._paused_until = 0.0
+        self._paused_until: dict[str, float] = {}
+        connections = limits.concurrency * max(1, len(self.windows))
         self.http = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=limits.concurrency, max_keepalive_connections=limits.concurrency
-            ),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=transport,
         )
+
+    def resize(self, group: str, windows: Sequence[tuple[int, float]]) -> None:
+        """Pace ``group`` by ``windows`` from now on (what the API's answers say
+        its limit is), counting what was already sent in them."""
+        old = self.windows.get(group)
+        self.windows[group] = new = SlidingWindows(windows)
+        self.group_slots.setdefault(group, asyncio.Semaphore(self.limits.concurrency))
+        if old is not None and old.windows:
+            sent = max((hits for _n, _s, hits in old.windows), key=len)
+            for _n, _s, hits in new.windows:
+                hits.extend(sent)
 
     async def __aenter__(self) -> SyncClient:
         return self
@@ -137,10 +203,17 @@ class SyncClient:
         method = method.upper()
         safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         last = "no attempt"
+        group = self.rate_group(method, url) if self.rate_group is not None else ""
+        windows = self.windows.get(group)
+        slots = self.group_slots.get(group, self.slots)
         for attempt in range(self.backoff.attempts):
-            await self._wait_for_window()
-            await self.bucket.take()
-            async with self.slots:
+            await self._wait_for_window(group)
+            if windows is None:
+                await self.bucket.take()
+            async with slots:
+                if windows is not None:
+                    # Counted when it goes out, not while it waited for a connection.
+                    sent_at = await windows.take()
                 self.stats.requests += 1
                 try:
                     response = await self.http.request(method, url, **kwargs)
@@ -155,13 +228,16 @@ class SyncClient:
                     response = None
             asked = None
             if response is not None:
-                self._read_rate(response)
+                self._read_rate(response, group)
                 if response.status_code not in RETRIED_STATUS:
                     return response
                 last = f"HTTP {response.status_code}"
                 if response.status_code == 429:
                     self.stats.throttled += 1
                     asked = _retry_after(response)
+                    if windows is not None:
+                        # A refused request takes no slot in the API's counters.
+                        windows.release(sent_at)
             if attempt + 1 < self.backoff.attempts:
                 self.stats.retries += 1
                 wait = self.backoff.delay(attempt, asked)
@@ -170,17 +246,21 @@ class SyncClient:
         status = response.status_code if response is not None else None
         raise SyncFailure(f"{method} {url}: {last} after {self.backoff.attempts} attempts", status)
 
-    def _read_rate(self, response: httpx.Response) -> None:
+    def _read_rate(self, response: httpx.Response, group: str = "") -> None:
         if self.rate_state is None:
             return
         state = self.rate_state(response)
         if state is not None:
             left, reset = state
-            if left <= 0 and reset > 0:
-                self._paused_until = max(self._paused_until, time.monotonic() + reset)
+            windows = self.windows.get(group)
+            if left <= 0 and reset > 0 and not (windows is not None and windows.full()):
+                # None left while our own windows have room: another client of the
+                # key used them, and only the API knows when they come back.
+                until = time.monotonic() + reset
+                self._paused_until[group] = max(self._paused_until.get(group, 0.0), until)
 
-    async def _wait_for_window(self) -> None:
-        pause = self._paused_until - time.monotonic()
+    async def _wait_for_window(self, group: str = "") -> None:
+        pause = self._paused_until.get(group, 0.0) - time.monotonic()
         if pause > 0:
             self.stats.waited += pause
             await asyncio.sleep(pause)

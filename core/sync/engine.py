@@ -186,7 +186,11 @@ def _value(profile: Any, path: str) -> Any:
 
 
 def _states(conn: Connection, target: SyncTarget) -> dict[int, State]:
-    rows = conn.execute(sa.select(SYNC_STATES).where(SYNC_STATES.c.connector == target.name))
+    c = SYNC_STATES.c
+    # Only what a plan reads: a timestamp parsed per person costs more than the rest.
+    columns = (c.profile_id, c.email, c.hash, c.segments, c.subscribed, c.remote_id, c.status,
+               c.attempts)  # fmt: skip
+    rows = conn.execute(sa.select(*columns).where(c.connector == target.name))
     return {
         r.profile_id: State(
             r.email, r.hash, frozenset(r.segments or ()), r.subscribed, r.remote_id, r.status,
@@ -429,6 +433,7 @@ def _client(target: SyncTarget, api: SyncApi, transport: Any) -> SyncClient:
         headers=api.auth_headers(target),
         rate_state=api.rate_state,
         transport=transport,
+        rate_group=api.rate_group,
     )
 
 
@@ -477,27 +482,61 @@ class _Run:
         return False
 
 
-async def _batches(items: Sequence[Any], size: int, call, waves: int):
+def _results(batch: Sequence[Any], outcome: Any) -> list[RecordResult]:
+    """A call's results, or ``retry`` for every record of a call that raised."""
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, Exception):
+            raise outcome
+        reason = str(outcome) if isinstance(outcome, SyncFailure) else (
+            f"{type(outcome).__name__}: {outcome}")  # fmt: skip
+        return [RecordResult("retry", reason)] * len(batch)
+    results = list(outcome)
+    if len(results) != len(batch):
+        raise RuntimeError(f"connector answered {len(results)} results for {len(batch)} records")
+    return results
+
+
+async def _batches(items: Sequence[Any], size: int, call, waves: int, *, ordered: bool = True):
     """Yield (batch, results) for each batch, ``waves`` batches in flight at once;
-    a batch whose call raised gets ``retry`` for every record."""
+    a batch whose call raised gets ``retry`` for every record. ``ordered``: in
+    waves, each yielded in order once the whole wave is answered; else the next
+    batch starts as soon as one is answered, and each is yielded when it is."""
     batches = list(chunks(items, max(1, size)))
+    if not ordered:
+        async for pair in _sliding(batches, call, max(1, waves)):
+            yield pair
+        return
     for start in range(0, len(batches), max(1, waves)):
         wave = batches[start : start + waves]
         outcomes = await asyncio.gather(*(call(b) for b in wave), return_exceptions=True)
         for batch, outcome in zip(wave, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, Exception):
-                    raise outcome
-                reason = str(outcome) if isinstance(outcome, SyncFailure) else (
-                    f"{type(outcome).__name__}: {outcome}")  # fmt: skip
-                results = [RecordResult("retry", reason)] * len(batch)
-            else:
-                results = list(outcome)
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"connector answered {len(results)} results for {len(batch)} records"
-                    )
-            yield batch, results
+            yield batch, _results(batch, outcome)
+
+
+async def _sliding(batches: list[Any], call, width: int):
+    async def one(batch):
+        try:
+            return batch, await call(batch)
+        except Exception as exc:  # noqa: BLE001 - the batch's records are retried
+            return batch, exc
+
+    pending: set[asyncio.Task] = set()
+    queue = iter(batches)
+    try:
+        while True:
+            for batch in queue:
+                pending.add(asyncio.ensure_future(one(batch)))
+                if len(pending) >= width:
+                    break
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                batch, outcome = task.result()
+                yield batch, _results(batch, outcome)
+    finally:
+        for task in pending:
+            task.cancel()
 
 
 async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, transport) -> None:
@@ -508,8 +547,17 @@ async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, t
     async with client, api.open(target, client) as session:
         try:
             await _upserts(run, api, session, limits)
-            await _memberships(run, api, session, limits)
-            await _events(run, api, session, limits)
+            # Events need only the upserts: they go out beside the memberships,
+            # which an API that counts them apart paces apart.
+            both = [
+                asyncio.ensure_future(_memberships(run, api, session, limits)),
+                asyncio.ensure_future(_events(run, api, session, limits)),
+            ]
+            try:
+                await asyncio.gather(*both)
+            finally:
+                for task in both:
+                    task.cancel()
         finally:
             report.requests, report.throttled = client.stats.requests, client.stats.throttled
 
@@ -521,7 +569,7 @@ async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
         return await api.upsert(session, [w.person for w in batch])
 
     async for batch, results in _batches(
-        people, limits.profiles_per_call, call, limits.concurrency
+        people, limits.profiles_per_call, call, limits.concurrency, ordered=False
     ):
         crash_point("sync.sent")
         rows = []
@@ -549,7 +597,7 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
         async def remove(batch, segment=segment):
             return await api.remove(session, segment, batch)
 
-        async for batch, results in _batches(people, size, remove, waves):
+        async for batch, results in _batches(people, size, remove, waves, ordered=False):
             crash_point("sync.sent")
             done = []
             for person, result in zip(batch, results, strict=True):
@@ -570,7 +618,7 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
         async def add(batch, segment=segment):
             return await api.add(session, segment, batch)
 
-        async for batch, results in _batches(people, size, add, waves):
+        async for batch, results in _batches(people, size, add, waves, ordered=False):
             crash_point("sync.sent")
             done = []
             for person, result in zip(batch, results, strict=True):

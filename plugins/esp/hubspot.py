@@ -29,8 +29,9 @@ contacts, contact schema, lists, behavioural events and event definitions scopes
 
 Limits: a rolling ten-second window per app (100 requests on starter,
 ``X-HubSpot-RateLimit-Remaining`` / ``-Interval-Milliseconds`` on every
-answer, read in ``rate_state``), 100 inputs per batch upsert and read, 500
-events per batch.
+answer, read in ``rate_state``), kept by the client as a window of its own;
+100 inputs per batch upsert and read, 100,000 ids per list membership call,
+500 events per batch.
 """
 
 from __future__ import annotations
@@ -68,15 +69,19 @@ BATCH = 100  # inputs per batch upsert / read
 EVENT_BATCH = 500
 MEMBERS_PAGE = 250
 CONTACTS_PAGE = 100
-# A full burst plus a window's worth of the steady rate stays within the
-# ten-second allowance of the smallest tier.
+# HubSpot's list membership calls take this many record ids.
+MEMBERSHIP_IDS = 100_000
+# The smallest tier's rolling window (requests per ten seconds), kept as the API
+# counts it until its rate headers tell the app's own.
+TEN_SECONDLY = 100
 LIMITS = SyncLimits(
     profiles_per_call=BATCH,
-    members_per_call=1000,
+    members_per_call=MEMBERSHIP_IDS,
     events_per_call=EVENT_BATCH,
     requests_per_second=9.0,
     burst=10,
     concurrency=4,
+    windows={"": ((TEN_SECONDLY, 10.0),)},
 )
 ALIASES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone"}
 
@@ -126,6 +131,16 @@ def rate_state(response: httpx.Response) -> tuple[int, float] | None:
         return None
 
 
+def _window(response: httpx.Response) -> tuple[int, float] | None:
+    """(requests, seconds) of the app's rolling window, from the rate headers."""
+    most = response.headers.get("X-HubSpot-RateLimit-Max")
+    interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+    try:
+        return (int(most), int(interval) / 1000) if most and interval else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Session:
     target: SyncTarget
@@ -136,6 +151,8 @@ class Session:
     # Event definitions: short name -> its property names (None: not listed yet).
     defined: dict[str, set[str]] | None = None
     defining: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Lists this session created: no contact can be in them from before.
+    fresh: set[str] = field(default_factory=set)
 
 
 def _reason(response: httpx.Response) -> str:
@@ -216,7 +233,9 @@ async def _find_or_create_list(session: Session, name: str) -> str:
             idempotent=True,
         )  # fmt: skip
         if created.status_code < 300:
-            return str(created.json()["list"]["listId"])
+            list_id = str(created.json()["list"]["listId"])
+            session.fresh.add(list_id)
+            return list_id
         if "LIST_NAME_ALREADY_EXISTS" not in created.text and created.status_code != 409:
             raise SyncFailure(f"creating list {name!r}: {_reason(created)}", created.status_code)
     raise SyncFailure(f"list {name!r}: neither found nor created")
@@ -226,8 +245,14 @@ async def _find_or_create_list(session: Session, name: str) -> str:
 async def open_session(target: SyncTarget, client: Any) -> AsyncIterator[Session]:
     session = Session(target, client)
     session.names = {k: property_name(k) for k in target.properties}
-    account = await _json(session, "GET", "/account-info/v3/details")
-    session.portal_id = int(account["portalId"])
+    response = await client.request("GET", "/account-info/v3/details")
+    if response.status_code >= 300:
+        raise SyncFailure(f"account details: {_reason(response)}", response.status_code)
+    session.portal_id = int(response.json()["portalId"])
+    window = _window(response)
+    if window is not None and hasattr(client, "resize"):
+        # The app's own tier (190 on professional): its window, not the smallest.
+        client.resize("", (window,))
     await _ensure_properties(session)
     ids = await asyncio.gather(
         *(_find_or_create_list(session, list_name(target, s)) for s in target.segments)
@@ -301,6 +326,8 @@ async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordR
 
 async def _clear_lists(session: Session, ids: list[str]) -> str | None:
     for list_id in session.lists.values():
+        if list_id in session.fresh:
+            continue
         response = await session.client.request(
             "PUT", f"/crm/v3/lists/{list_id}/memberships/remove", json=ids
         )

@@ -27,13 +27,15 @@ from plugins.esp.fakes.server import FakeApi, Faults, Request, Response
 TIERS: tuple[str, ...] = ("default", "fast")
 
 # (burst per second, steady per minute) by endpoint group, from Klaviyo's
-# published tiers (M for profiles, lists and jobs; XL for events). Klaviyo
-# counts in fixed windows; the shared sliding windows refuse no less.
+# published tiers (M for profiles, lists and jobs, and for bulk event jobs,
+# whose reference gives them M; XL for single events). Klaviyo counts in fixed
+# windows; the shared sliding windows refuse no less.
 LIMITS: dict[str, tuple[int, int]] = {
     "profiles": (10, 150),
     "lists": (10, 150),
     "jobs": (10, 150),
     "events": (350, 3500),
+    "event-jobs": (10, 150),
 }
 MAX_IMPORT_PROFILES = 10_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
@@ -104,7 +106,8 @@ class KlaviyoApi(FakeApi):
         page_size: int = PAGE_SIZE,
     ) -> None:
         super().__init__(faults)
-        self.limits = dict(limits or LIMITS)
+        # A group left out of ``limits`` keeps Klaviyo's own.
+        self.limits = dict(LIMITS) | dict(limits or {})
         self.burst_seconds = burst_seconds
         self.steady_seconds = steady_seconds
         self.job_polls = job_polls  # polls a job answers "processing" before "complete"
@@ -116,6 +119,10 @@ class KlaviyoApi(FakeApi):
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> attributes
         self.lists: dict[str, dict[str, Any]] = {}  # id -> {"name", "created", "members": [ids]}
         self.events: list[dict[str, Any]] = []
+        # Indexes, so a fake of many profiles answers as fast as one of a few.
+        self._emails: dict[str, str] = {}  # lower-cased email -> profile id
+        self._event_keys: set[tuple[str, str, str]] = set()  # metric, unique_id, profile id
+        self._members: dict[str, set[str]] = {}  # list id -> its members' ids
         self.jobs: dict[str, Job] = {}
         self.deleted: list[str] = []  # emails erased by data-privacy jobs
         self._seq = itertools.count(1)
@@ -245,7 +252,9 @@ class KlaviyoApi(FakeApi):
 
     def _group(self, request: Request) -> str:
         path = request.path
-        if path.startswith(("/api/events", "/api/event-bulk")):
+        if path.startswith("/api/event-bulk"):
+            return "event-jobs"
+        if path.startswith("/api/events"):
             return "events"
         if path.startswith("/api/lists"):
             return "lists"
@@ -301,7 +310,18 @@ class KlaviyoApi(FakeApi):
         if not email:
             return None
         email = email.lower()
-        return next((i for i, p in self.profiles.items() if p["email"] == email), None)
+        pid = self._emails.get(email)
+        # An address a profile changed away from still points at it: checked.
+        return pid if pid in self.profiles and self.profiles[pid]["email"] == email else None
+
+    def _join(self, list_id: str, pid: str) -> None:
+        members = self.lists[list_id]["members"]
+        have = self._members.get(list_id)
+        if have is None or len(have) != len(members):
+            have = self._members[list_id] = set(members)
+        if pid not in have:
+            members.append(pid)
+            have.add(pid)
 
     def _by_external(self, external_id: str | None) -> str | None:
         if not external_id:
@@ -377,6 +397,8 @@ class KlaviyoApi(FakeApi):
             if f in attrs:
                 value = attrs[f]
                 p[f] = value.lower() if f == "email" and isinstance(value, str) else value
+                if f == "email" and p[f]:
+                    self._emails[p[f]] = pid
         # Klaviyo merges properties key by key; a null value removes the key.
         for key, value in (attrs.get("properties") or {}).items():
             if value is None:
@@ -508,8 +530,8 @@ class KlaviyoApi(FakeApi):
                 errors.append({**bad.body["errors"][0], "original_payload": attrs})
                 continue
             pid, _ = self._upsert(attrs)
-            if list_id and pid not in self.lists[list_id]["members"]:
-                self.lists[list_id]["members"].append(pid)
+            if list_id:
+                self._join(list_id, pid)
         job = Job(
             "profile-bulk-import-job",
             _id("JOB"),
@@ -684,8 +706,8 @@ class KlaviyoApi(FakeApi):
             if p["consent"] != "SUBSCRIBED":
                 p["consent"] = "SUBSCRIBED"
                 p["consent_timestamp"] = _now()
-            if list_id and pid not in self.lists[list_id]["members"]:
-                self.lists[list_id]["members"].append(pid)
+            if list_id:
+                self._join(list_id, pid)
         return Response(202)
 
     def unsubscribe(self, request: Request) -> Response:
@@ -779,10 +801,8 @@ class KlaviyoApi(FakeApi):
         ids = self._member_ids(request)
         if isinstance(ids, Response):
             return ids
-        members = self.lists[request.params["id"]]["members"]
         for pid in ids:
-            if pid not in members:
-                members.append(pid)
+            self._join(request.params["id"], pid)
         return Response(204)
 
     def members_remove(self, request: Request) -> Response:
@@ -790,7 +810,9 @@ class KlaviyoApi(FakeApi):
         if isinstance(ids, Response):
             return ids
         lst = self.lists[request.params["id"]]
-        lst["members"] = [m for m in lst["members"] if m not in set(ids)]
+        gone = set(ids)
+        lst["members"] = [m for m in lst["members"] if m not in gone]
+        self._members.pop(request.params["id"], None)
         return Response(204)
 
     def _store_event(self, attrs: Any, pointer: str) -> Response | None:
@@ -813,11 +835,10 @@ class KlaviyoApi(FakeApi):
         pid, _ = self._upsert(pattrs)
         # Klaviyo drops an event whose unique_id it already has for the same
         # metric and profile, and still answers 202.
-        if any(
-            e["metric"] == name and e["unique_id"] == unique_id and e["profile_id"] == pid
-            for e in self.events
-        ):
+        key = (name, unique_id, pid)
+        if key in self._event_keys:
             return None
+        self._event_keys.add(key)
         self.events.append(
             {
                 "id": str(next(self._seq)),
@@ -910,7 +931,9 @@ class KlaviyoApi(FakeApi):
             del self.profiles[pid]
             for v in self.lists.values():
                 v["members"] = [m for m in v["members"] if m != pid]
+            self._members.clear()
             self.events = [e for e in self.events if e["profile_id"] != pid]
+            self._event_keys = {k for k in self._event_keys if k[2] != pid}
         return Response(202)
 
 
