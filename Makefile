@@ -38,9 +38,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## dashboard: the overview dashboard (marimo app) on the default database
+## dashboard: a marimo dashboard on the default database (DASHBOARD=segment_lab, campaigns, overview)
+DASHBOARD ?= dashboard
 dashboard: $(STAMP)
-	$(BIN)/segflow dashboard overview
+	$(BIN)/segflow dashboard $(DASHBOARD)
 
 ## system-deps: Debian packages the tests need (PostgreSQL server binaries)
 system-deps:

@@ -39,6 +39,7 @@ BENCHMARKS = (
     "sync",
     "campaigns",
     "monitoring",
+    "dashboard",
 )
 
 README = Path(__file__).resolve().parent / "README.md"

@@ -137,3 +137,110 @@ def _latest_names(
 
 def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+# -- segments and scores over time (the dashboard notebook) ---------------------------------
+
+SIZE_HISTORY_COLUMNS = ["day", "segment", "size"]
+FLOW_COLUMNS = ["day", "segment", "entered", "exited"]
+SCORE_BINS_COLUMNS = ["model", "low", "high", "profiles"]
+
+
+def _since(engine: Engine, column: sa.Column, days: int | None) -> datetime | None:
+    """Midnight UTC ``days - 1`` days before the latest value of ``column``: the
+    window follows the data, like events_per_day's."""
+    if days is None:
+        return None
+    if days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(column))).scalar_one()
+    if last is None:
+        return None
+    return datetime.combine(
+        last.astimezone(UTC).date() - timedelta(days=days - 1), datetime.min.time(), UTC
+    )
+
+
+def segment_size_history(engine: Engine, days: int | None = 90) -> pd.DataFrame:
+    """Each segment's size per UTC day, read from the stored sizes (runs and
+    back-fills), never recomputed: columns ``day`` (datetime64), ``segment``,
+    ``size``. A day with several runs shows its last one; the window is the
+    last ``days`` days up to the latest stored size (None: all). Sorted by
+    day, then segment."""
+    from core.db.tables import SEGMENT_SIZES, SEGMENTS
+
+    query = sa.select(SEGMENTS.c.name, SEGMENT_SIZES.c.as_of, SEGMENT_SIZES.c.size).join(
+        SEGMENTS, SEGMENTS.c.id == SEGMENT_SIZES.c.segment_id
+    )
+    since = _since(engine, SEGMENT_SIZES.c.as_of, days)
+    if since is not None:
+        query = query.where(SEGMENT_SIZES.c.as_of >= since)
+    latest: dict[tuple[date, str], tuple[datetime, int]] = {}
+    with engine.connect() as conn:
+        for name, as_of, size in conn.execute(query):
+            key = (as_of.astimezone(UTC).date(), name)
+            if key not in latest or as_of > latest[key][0]:
+                latest[key] = (as_of, int(size))
+    rows = [(day, name, size) for (day, name), (_, size) in sorted(latest.items())]
+    frame = _frame(rows, SIZE_HISTORY_COLUMNS)
+    frame["day"] = pd.to_datetime(frame["day"])
+    return frame
+
+
+def segment_flows(engine: Engine, days: int | None = 90) -> pd.DataFrame:
+    """People entering and leaving each segment per UTC day, from the recorded
+    membership changes: columns ``day`` (datetime64), ``segment``,
+    ``entered``, ``exited``; the last ``days`` days up to the latest change
+    (None: all). Days without changes have no rows."""
+    from core.db.tables import CHANGES, SEGMENTS
+
+    day = utc_day(engine, CHANGES.c.at).label("day")
+    entered = sa.func.sum(sa.case((CHANGES.c.change == "entered", 1), else_=0))
+    exited = sa.func.sum(sa.case((CHANGES.c.change == "exited", 1), else_=0))
+    counts = sa.select(
+        CHANGES.c.segment_id, day, entered.label("entered"), exited.label("exited")
+    ).group_by(CHANGES.c.segment_id, day)
+    since = _since(engine, CHANGES.c.at, days)
+    if since is not None:
+        counts = counts.where(CHANGES.c.at >= since)
+    sub = counts.subquery()
+    query = sa.select(SEGMENTS.c.name, sub.c.day, sub.c.entered, sub.c.exited).join(
+        SEGMENTS, SEGMENTS.c.id == sub.c.segment_id
+    )
+    with engine.connect() as conn:
+        rows = [(_as_date(d), n, int(i), int(o)) for n, d, i, o in conn.execute(query)]
+    frame = _frame(sorted(rows, key=lambda r: (r[0], r[1])), FLOW_COLUMNS)
+    frame["day"] = pd.to_datetime(frame["day"])
+    return frame
+
+
+def score_distribution(engine: Engine, bins: int = 20) -> pd.DataFrame:
+    """How each scoring model's latest run spreads over its range: ``bins``
+    equal-width bins from the run's lowest to its highest value, columns
+    ``model``, ``low``, ``high`` (a value v is in the bin low <= v < high, the
+    last bin includes its high), ``profiles``. Empty bins have rows with 0."""
+    from core.db.tables import SCORES
+
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    rows: list[tuple[str, float, float, int]] = []
+    with engine.connect() as conn:
+        runs = conn.execute(
+            sa.select(SCORES.c.model, sa.func.max(SCORES.c.as_of)).group_by(SCORES.c.model)
+        ).all()
+        for model, as_of in sorted(runs):
+            latest = (SCORES.c.model == model, SCORES.c.as_of == as_of)
+            low, high = conn.execute(
+                sa.select(sa.func.min(SCORES.c.value), sa.func.max(SCORES.c.value)).where(*latest)
+            ).one()
+            width = (high - low) / bins or 1.0
+            index = sa.cast(sa.func.floor((SCORES.c.value - low) / width), sa.Integer)
+            # The run's highest value belongs to the last bin, not one past it.
+            index = sa.case((index >= bins, bins - 1), else_=index).label("bin")
+            counts = dict(
+                conn.execute(sa.select(index, sa.func.count()).where(*latest).group_by(index)).all()
+            )
+            for i in range(bins):
+                rows.append((model, low + i * width, low + (i + 1) * width, counts.get(i, 0)))
+    return _frame(rows, SCORE_BINS_COLUMNS)

@@ -23,6 +23,21 @@ class NotebookNotFound(LookupError):
     pass
 
 
+def notebook_names() -> list[str]:
+    """The notebooks ``segflow dashboard NAME`` serves: the marimo apps in notebooks/."""
+    return sorted(p.stem for p in NOTEBOOKS.glob("*.py") if not p.name.startswith("_"))
+
+
+def notebook_path(name: str) -> Path:
+    """notebooks/<name>.py (the ``.py`` may be given); an unknown name raises
+    NotebookNotFound listing the known ones."""
+    stem = name.removesuffix(".py")
+    names = notebook_names()
+    if stem not in names:
+        raise NotebookNotFound(f"no dashboard named {name!r}; dashboards: {', '.join(names)}")
+    return NOTEBOOKS / f"{stem}.py"
+
+
 def absolute_database_url(url: str) -> str:
     """The URL with a relative SQLite path made absolute, so any working directory works."""
     sa_url = sa.make_url(url)

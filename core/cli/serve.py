@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from core.cli.context import Group, obj, out
+from core.cli.context import obj, out
 
 
 def serve(
@@ -30,14 +30,12 @@ def serve(
     run_server(cli.engine(), cli.settings, host, port, access_log=access_log)
 
 
-dashboard_app = typer.Typer(
-    help="Analyst dashboards (marimo apps).", no_args_is_help=True, cls=Group
-)
-
-
-@dashboard_app.command("overview")
-def dashboard_overview(
+def dashboard(
     ctx: typer.Context,
+    name: Annotated[
+        str,
+        typer.Argument(help="Which notebook in notebooks/: dashboard, segment_lab, campaigns, ..."),
+    ] = "dashboard",
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 2718,
     headless: Annotated[
@@ -48,13 +46,14 @@ def dashboard_overview(
         typer.Option("--export-html", help="Write a static HTML report to PATH instead."),
     ] = None,
 ) -> None:
-    """Stored data at a glance: summary, events per day by type, top products."""
-    from core.notebooks import run_notebook
+    """Serve an analyst dashboard (a marimo app in notebooks/) on the database."""
+    from core.notebooks import notebook_path, run_notebook
 
     cli = obj(ctx)
+    notebook = notebook_path(name)  # an unknown name: one line listing the names, exit 2
     cli.engine()  # fail here, in one line, if the database cannot be opened
     status = run_notebook(
-        "overview.py",
+        notebook.name,
         cli.settings.database_url,
         host=host,
         port=port,

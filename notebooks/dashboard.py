@@ -1,0 +1,191 @@
+"""segflow dashboard: segment health over time, flows in and out, scores.
+
+Run it as an app with `segflow dashboard` (or `marimo run
+notebooks/dashboard.py`), export a static report with `segflow dashboard
+dashboard --export-html report.html`. The database is SEGFLOW_DATABASE_URL,
+else segflow.toml, else sqlite:///segflow.db. Sizes come from the sizes the
+segment runs and back-fills stored (segment_sizes), never recomputed; all SQL
+lives in core.dashboards; this notebook only lays out and charts.
+"""
+
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="medium", app_title="segflow dashboard")
+
+
+@app.cell
+def _():
+    import altair as alt
+    import marimo as mo
+
+    from core.config import load_settings
+    from core.dashboards import score_distribution, segment_flows, segment_size_history
+    from core.db import DatabaseError, open_db
+
+    # Long histories of many segments outgrow Altair's default 5,000-row guard.
+    _ = alt.data_transformers.disable_max_rows()
+    return (
+        DatabaseError,
+        alt,
+        load_settings,
+        mo,
+        open_db,
+        score_distribution,
+        segment_flows,
+        segment_size_history,
+    )
+
+
+@app.cell
+def _(DatabaseError, load_settings, mo, open_db):
+    database_url = load_settings().database_url
+    try:
+        # Read-only dashboard: never migrate someone's database from here.
+        engine = open_db(database_url, auto_upgrade=False)
+    except DatabaseError as _exc:
+        engine = None
+        _problem = str(_exc)
+    mo.stop(
+        engine is None,
+        mo.callout(mo.md(f"**Cannot open the database.** {_problem}"), kind="danger")
+        if engine is None
+        else None,
+    )
+    database_label = engine.url.render_as_string(hide_password=True)
+    return database_label, engine
+
+
+@app.cell
+def _(mo):
+    window = mo.ui.dropdown(
+        options={"last 14 days": 14, "last 30 days": 30, "last 90 days": 90, "all": 0},
+        value="last 90 days",
+        label="Window",
+    )
+    return (window,)
+
+
+@app.cell
+def _(database_label, engine, mo, segment_size_history, window):
+    sizes = segment_size_history(engine, days=window.value or None)
+    _intro = mo.md(f"# segflow dashboard\n\n`{database_label}`")
+    mo.stop(
+        sizes.empty,
+        mo.vstack(
+            [
+                _intro,
+                mo.callout(
+                    mo.md(
+                        "**No segment history yet.** Sizes appear once segments have run "
+                        "(`segflow segments run --dir examples/segments`, daily through "
+                        "`segflow deploy`) or been back-filled (`segflow segments backfill`); "
+                        "`segflow demo` builds a store with all of it."
+                    ),
+                    kind="warn",
+                ),
+            ]
+        ),
+    )
+    _last = sizes[sizes["day"] == sizes["day"].max()]
+    mo.vstack(
+        [
+            _intro,
+            mo.hstack([window], justify="start"),
+            mo.hstack(
+                [
+                    mo.stat(f"{sizes['segment'].nunique():,}", label="segments", bordered=True),
+                    mo.stat(f"{sizes['day'].nunique():,}", label="days with sizes", bordered=True),
+                    mo.stat(f"{sizes['day'].max():%Y-%m-%d}", label="latest size", bordered=True),
+                    mo.stat(f"{int(_last['size'].sum()):,}", label="memberships", bordered=True),
+                ],
+                widths="equal",
+            ),
+        ]
+    )
+    return (sizes,)
+
+
+@app.cell
+def _(alt, mo, sizes):
+    _pick = alt.selection_point(fields=["segment"], bind="legend")
+    size_chart = (
+        alt.Chart(sizes)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("yearmonthdate(day):T", title="day (UTC)"),
+            y=alt.Y("size:Q", title="members"),
+            color=alt.Color("segment:N", title="segment"),
+            opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+            tooltip=[alt.Tooltip("yearmonthdate(day):T", title="day"), "segment:N", "size:Q"],
+        )
+        .add_params(_pick)
+        .properties(width="container", height=340, title="Segment sizes per day")
+    )
+    mo.vstack([mo.md("## Segment sizes"), size_chart])
+    return (size_chart,)
+
+
+@app.cell
+def _(alt, engine, mo, segment_flows, window):
+    flows = segment_flows(engine, days=window.value or None)
+    if flows.empty:
+        _shown = mo.md("_No membership changes recorded in the window._")
+    else:
+        _long = flows.melt(
+            id_vars=["day", "segment"], value_vars=["entered", "exited"], var_name="change"
+        )
+        # Exits below the axis, entries above: one glance shows the net flow.
+        _long["people"] = _long["value"].where(_long["change"] == "entered", -_long["value"])
+        _shown = (
+            alt.Chart(_long)
+            .mark_bar()
+            .encode(
+                x=alt.X("yearmonthdate(day):T", title="day (UTC)"),
+                y=alt.Y("sum(people):Q", title="entered (+) / exited (-)"),
+                color=alt.Color(
+                    "change:N", scale=alt.Scale(domain=["entered", "exited"]), title=None
+                ),
+                tooltip=[
+                    alt.Tooltip("yearmonthdate(day):T", title="day"),
+                    "segment:N",
+                    "change:N",
+                    alt.Tooltip("value:Q", title="people", format=","),
+                ],
+            )
+            .properties(width="container", height=260, title="Entered and exited per day")
+        )
+    mo.vstack([mo.md("## Flows in and out"), _shown])
+    return (flows,)
+
+
+@app.cell
+def _(alt, engine, mo, score_distribution):
+    scores = score_distribution(engine, bins=20)
+    if scores.empty:
+        _shown = mo.md("_No scores yet (`segflow scores run --dir examples/scores`)._")
+    else:
+        _shown = (
+            alt.Chart(scores)
+            .mark_bar()
+            .encode(
+                x=alt.X("low:Q", bin="binned", title="score"),
+                x2="high:Q",
+                y=alt.Y("profiles:Q", title="profiles"),
+                tooltip=[
+                    "model:N",
+                    alt.Tooltip("low:Q", format=",.2f"),
+                    alt.Tooltip("high:Q", format=",.2f"),
+                    alt.Tooltip("profiles:Q", format=","),
+                ],
+            )
+            .properties(width=260, height=160)
+            .facet(facet=alt.Facet("model:N", title=None), columns=3)
+            .resolve_scale(x="independent", y="independent")
+        )
+    mo.vstack([mo.md("## Score distributions (latest run of each model)"), _shown])
+    return (scores,)
+
+
+if __name__ == "__main__":
+    app.run()
