@@ -129,15 +129,60 @@ class Query:
     rows: Callable[[Any], int] = len
 
 
-def queries(engine: Any) -> list[Query]:
-    """Every data function a notebook calls on open, with the defaults it uses."""
+def queries() -> list[Query]:
+    """Every data function a notebook calls on open, with the notebook's defaults
+    (and the longest window the dashboard offers)."""
+    import core
     from core import dashboards as d
+    from core import segment_lab as lab
+    from core.stats import database_summary
 
+    kinds = core.condition_kinds()
+    high_intent = (EXAMPLES / "segments" / "high_intent.yaml").read_text()
+    carts = (EXAMPLES / "segments" / "cart_abandoners.yaml").read_text()
+
+    def with_lab(work: Callable[[Any, Any, Any], Any]) -> Callable[[Any], Any]:
+        def call(engine: Any) -> Any:
+            with engine.connect() as conn:
+                as_of = lab.latest_event_time(conn)
+                return work(conn, lab.parse_definition(high_intent, kinds), as_of)
+
+        return call
+
+    def explain(conn: Any, seg: Any, as_of: Any) -> Any:
+        who = lab.preview(conn, seg, kinds, as_of, sample=1).sample[0]["id"]
+        return lab.explain_lines(lab.explain_member(conn, seg, kinds, who, as_of)["rule"])
+
+    one = lambda _: 1  # noqa: E731 - a result that is one thing
     return [
-        Query("segment sizes per day (dashboard)", lambda e: d.segment_size_history(e)),
-        Query("entered/exited per day (dashboard)", lambda e: d.segment_flows(e)),
-        Query("score distributions (dashboard)", lambda e: d.score_distribution(e)),
-        Query("events per day (overview)", lambda e: d.events_per_day(e, days=30)),
+        Query("dashboard: segment sizes per day, 30 days", lambda e: d.segment_size_history(e, 30)),
+        Query("dashboard: segment sizes per day, 90 days", lambda e: d.segment_size_history(e, 90)),
+        Query("dashboard: entered/exited per day, 30 days", lambda e: d.segment_flows(e, 30)),
+        Query("dashboard: entered/exited per day, 90 days", lambda e: d.segment_flows(e, 90)),
+        Query("dashboard: scoring models", d.score_models),
+        Query(
+            "dashboard: engagement distribution", lambda e: d.score_distribution(e, "engagement")
+        ),
+        Query(
+            "segment lab: size and sample (one evaluation)",
+            with_lab(lambda c, s, t: lab.preview(c, s, kinds, t)),
+            lambda p: p.size,
+        ),
+        Query(
+            "segment lab: one day of history (one evaluation)",
+            with_lab(lambda c, s, t: lab.history(c, s, kinds, [t - timedelta(days=1)])),
+        ),
+        Query("segment lab: explain a member", with_lab(explain)),
+        Query(
+            "segment lab: overlap of two definitions",
+            with_lab(
+                lambda c, s, t: lab.overlap(c, s, lab.parse_definition(carts, kinds), kinds, t)
+            ),
+            lambda o: o.union,
+        ),
+        Query("overview: summary", database_summary, one),
+        Query("overview: events per day, all time", d.events_per_day),
+        Query("overview: top 10 products", d.top_products),
     ]
 
 
@@ -170,7 +215,7 @@ def bench_store(backend: str, url: str, meta: dict[str, Any], quick: bool) -> li
         base = t[0] / 100
         rows = [Result(f"{backend}: segment_sizes primary-key lookup (baseline)", n, base, 1.0)]
         rows[0].notes.append("mean of 100 lookups")
-        for q in queries(engine):
+        for q in queries():
             times = []
             out = None
             for _ in range(reps):

@@ -195,52 +195,88 @@ def segment_flows(engine: Engine, days: int | None = 90) -> pd.DataFrame:
     (None: all). Days without changes have no rows."""
     from core.db.tables import CHANGES, SEGMENTS
 
-    day = utc_day(engine, CHANGES.c.at).label("day")
+    if days is not None and days < 1:
+        raise ValueError(f"days must be >= 1, got {days}")
+    # Counted per change time (a run's as_of: few distinct values) through the
+    # (segment_id, at) index, then folded into days here: a day function in the
+    # GROUP BY would be applied to every change row.
     entered = sa.func.sum(sa.case((CHANGES.c.change == "entered", 1), else_=0))
     exited = sa.func.sum(sa.case((CHANGES.c.change == "exited", 1), else_=0))
-    counts = sa.select(
-        CHANGES.c.segment_id, day, entered.label("entered"), exited.label("exited")
-    ).group_by(CHANGES.c.segment_id, day)
-    since = _since(engine, CHANGES.c.at, days)
-    if since is not None:
-        counts = counts.where(CHANGES.c.at >= since)
-    sub = counts.subquery()
-    query = sa.select(SEGMENTS.c.name, sub.c.day, sub.c.entered, sub.c.exited).join(
-        SEGMENTS, SEGMENTS.c.id == sub.c.segment_id
+    query = sa.select(CHANGES.c.segment_id, CHANGES.c.at, entered, exited).group_by(
+        CHANGES.c.segment_id, CHANGES.c.at
     )
+    per_day: dict[tuple[date, str], list[int]] = {}
     with engine.connect() as conn:
-        rows = [(_as_date(d), n, int(i), int(o)) for n, d, i, o in conn.execute(query)]
-    frame = _frame(sorted(rows, key=lambda r: (r[0], r[1])), FLOW_COLUMNS)
+        names = dict(conn.execute(sa.select(SEGMENTS.c.id, SEGMENTS.c.name)).all())
+        if days is not None:
+            # The latest change, one index seek per segment (max(at) alone would scan).
+            lasts = [
+                conn.execute(
+                    sa.select(sa.func.max(CHANGES.c.at)).where(CHANGES.c.segment_id == sid)
+                ).scalar_one()
+                for sid in names
+            ]
+            last = max((t for t in lasts if t is not None), default=None)
+            if last is None:
+                return _frame([], FLOW_COLUMNS).assign(day=pd.to_datetime([]))
+            since = last.astimezone(UTC).date() - timedelta(days=days - 1)
+            query = query.where(CHANGES.c.at >= datetime.combine(since, datetime.min.time(), UTC))
+        for sid, at, n_in, n_out in conn.execute(query):
+            counts = per_day.setdefault((at.astimezone(UTC).date(), names[sid]), [0, 0])
+            counts[0] += int(n_in)
+            counts[1] += int(n_out)
+    rows = [(day, name, n_in, n_out) for (day, name), (n_in, n_out) in sorted(per_day.items())]
+    frame = _frame(rows, FLOW_COLUMNS)
     frame["day"] = pd.to_datetime(frame["day"])
     return frame
 
 
-def score_distribution(engine: Engine, bins: int = 20) -> pd.DataFrame:
-    """How each scoring model's latest run spreads over its range: ``bins``
+def score_models(engine: Engine) -> list[str]:
+    """The scoring models with stored scores, by name."""
+    from core.db.tables import SCORES
+
+    # A skip scan of the (model, as_of) index: one seek per model, where
+    # DISTINCT would read every score row.
+    found: list[str] = []
+    with engine.connect() as conn:
+        while True:
+            query = sa.select(sa.func.min(SCORES.c.model))
+            if found:
+                query = query.where(SCORES.c.model > found[-1])
+            model = conn.execute(query).scalar_one()
+            if model is None:
+                return found
+            found.append(model)
+
+
+def score_distribution(engine: Engine, model: str, bins: int = 20) -> pd.DataFrame:
+    """How a scoring model's latest run spreads over its range: ``bins``
     equal-width bins from the run's lowest to its highest value, columns
     ``model``, ``low``, ``high`` (a value v is in the bin low <= v < high, the
-    last bin includes its high), ``profiles``. Empty bins have rows with 0."""
+    last bin includes its high), ``profiles``. Empty bins have rows with 0; a
+    model without scores gives no rows."""
     from core.db.tables import SCORES
 
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     rows: list[tuple[str, float, float, int]] = []
     with engine.connect() as conn:
-        runs = conn.execute(
-            sa.select(SCORES.c.model, sa.func.max(SCORES.c.as_of)).group_by(SCORES.c.model)
-        ).all()
-        for model, as_of in sorted(runs):
-            latest = (SCORES.c.model == model, SCORES.c.as_of == as_of)
-            low, high = conn.execute(
-                sa.select(sa.func.min(SCORES.c.value), sa.func.max(SCORES.c.value)).where(*latest)
-            ).one()
-            width = (high - low) / bins or 1.0
-            index = sa.cast(sa.func.floor((SCORES.c.value - low) / width), sa.Integer)
-            # The run's highest value belongs to the last bin, not one past it.
-            index = sa.case((index >= bins, bins - 1), else_=index).label("bin")
-            counts = dict(
-                conn.execute(sa.select(index, sa.func.count()).where(*latest).group_by(index)).all()
-            )
-            for i in range(bins):
-                rows.append((model, low + i * width, low + (i + 1) * width, counts.get(i, 0)))
+        as_of = conn.execute(
+            sa.select(sa.func.max(SCORES.c.as_of)).where(SCORES.c.model == model)
+        ).scalar_one()
+        if as_of is None:
+            return _frame(rows, SCORE_BINS_COLUMNS)
+        latest = (SCORES.c.model == model, SCORES.c.as_of == as_of)
+        low, high = conn.execute(
+            sa.select(sa.func.min(SCORES.c.value), sa.func.max(SCORES.c.value)).where(*latest)
+        ).one()
+        width = (high - low) / bins or 1.0
+        index = sa.cast(sa.func.floor((SCORES.c.value - low) / width), sa.Integer)
+        # The run's highest value belongs to the last bin, not one past it.
+        index = sa.case((index >= bins, bins - 1), else_=index).label("bin")
+        counts = dict(
+            conn.execute(sa.select(index, sa.func.count()).where(*latest).group_by(index)).all()
+        )
+    for i in range(bins):
+        rows.append((model, low + i * width, low + (i + 1) * width, counts.get(i, 0)))
     return _frame(rows, SCORE_BINS_COLUMNS)

@@ -20,7 +20,12 @@ def _():
     import marimo as mo
 
     from core.config import load_settings
-    from core.dashboards import score_distribution, segment_flows, segment_size_history
+    from core.dashboards import (
+        score_distribution,
+        score_models,
+        segment_flows,
+        segment_size_history,
+    )
     from core.db import DatabaseError, open_db
 
     # Long histories of many segments outgrow Altair's default 5,000-row guard.
@@ -32,6 +37,7 @@ def _():
         mo,
         open_db,
         score_distribution,
+        score_models,
         segment_flows,
         segment_size_history,
     )
@@ -60,7 +66,7 @@ def _(DatabaseError, load_settings, mo, open_db):
 def _(mo):
     window = mo.ui.dropdown(
         options={"last 14 days": 14, "last 30 days": 30, "last 90 days": 90, "all": 0},
-        value="last 90 days",
+        value="last 30 days",
         label="Window",
     )
     return (window,)
@@ -160,30 +166,41 @@ def _(alt, engine, mo, segment_flows, window):
 
 
 @app.cell
-def _(alt, engine, mo, score_distribution):
-    scores = score_distribution(engine, bins=20)
-    if scores.empty:
+def _(engine, mo, score_models):
+    models = score_models(engine)
+    model = mo.ui.dropdown(
+        options=models or ["(none)"],
+        value="engagement" if "engagement" in models else (models or ["(none)"])[0],
+        label="Model",
+    )
+    return model, models
+
+
+@app.cell
+def _(alt, engine, mo, model, models, score_distribution):
+    scores = score_distribution(engine, model.value, bins=20) if models else None
+    if scores is None:
         _shown = mo.md("_No scores yet (`segflow scores run --dir examples/scores`)._")
     else:
-        _shown = (
-            alt.Chart(scores)
-            .mark_bar()
-            .encode(
-                x=alt.X("low:Q", bin="binned", title="score"),
-                x2="high:Q",
-                y=alt.Y("profiles:Q", title="profiles"),
-                tooltip=[
-                    "model:N",
-                    alt.Tooltip("low:Q", format=",.2f"),
-                    alt.Tooltip("high:Q", format=",.2f"),
-                    alt.Tooltip("profiles:Q", format=","),
-                ],
-            )
-            .properties(width=260, height=160)
-            .facet(facet=alt.Facet("model:N", title=None), columns=3)
-            .resolve_scale(x="independent", y="independent")
+        _shown = mo.vstack(
+            [
+                model,
+                alt.Chart(scores)
+                .mark_bar()
+                .encode(
+                    x=alt.X("low:Q", bin="binned", title=f"{model.value} score"),
+                    x2="high:Q",
+                    y=alt.Y("profiles:Q", title="profiles"),
+                    tooltip=[
+                        alt.Tooltip("low:Q", format=",.2f"),
+                        alt.Tooltip("high:Q", format=",.2f"),
+                        alt.Tooltip("profiles:Q", format=","),
+                    ],
+                )
+                .properties(width="container", height=220, title=f"{model.value}, latest run"),
+            ]
         )
-    mo.vstack([mo.md("## Score distributions (latest run of each model)"), _shown])
+    mo.vstack([mo.md("## Score distribution"), _shown])
     return (scores,)
 
 

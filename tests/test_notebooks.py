@@ -31,6 +31,7 @@ from core.dashboards import (
     SCORE_BINS_COLUMNS,
     SIZE_HISTORY_COLUMNS,
     score_distribution,
+    score_models,
     segment_flows,
     segment_size_history,
 )
@@ -177,20 +178,20 @@ def test_flows_are_the_runs_entered_and_exited(store):
 
 def test_score_distribution_bins_the_latest_run(store):
     engine = open_db(store["url"])
-    frame = score_distribution(engine, bins=10)
-    assert list(frame.columns) == SCORE_BINS_COLUMNS
     with engine.connect() as conn:
         rows = conn.execute(sa.select(SCORES.c.model, SCORES.c.as_of, SCORES.c.value)).all()
     latest = {m: max(a for mm, a, _ in rows if mm == m) for m, _, _ in rows}
-    assert set(frame["model"]) == set(latest) >= {"engagement", "rfm"}
+    assert score_models(engine) == sorted(latest) and {"engagement", "rfm"} <= set(latest)
     for model, as_of in latest.items():
+        bins = score_distribution(engine, model, bins=10)
+        assert list(bins.columns) == SCORE_BINS_COLUMNS and set(bins["model"]) == {model}
         values = [v for m, a, v in rows if m == model and a == as_of]
-        bins = frame[frame["model"] == model]
         assert len(bins) == 10 and bins["profiles"].sum() == len(values)
         low, high = min(values), max(values)
         assert bins["low"].iloc[0] == pytest.approx(low)
         assert bins["high"].iloc[-1] == pytest.approx(high if high > low else low + 10)
-        expected = Counter(min(int((v - low) / ((high - low) / 10 or 1.0)), 9) for v in values)
+        width = (high - low) / 10 or 1.0
+        expected = Counter(min(int((v - low) / width), 9) for v in values)
         assert list(bins["profiles"]) == [expected.get(i, 0) for i in range(10)], model
 
 
@@ -198,7 +199,7 @@ def test_empty_database_gives_empty_frames(empty_url):
     engine = open_db(empty_url)
     assert segment_size_history(engine).empty
     assert list(segment_flows(engine).columns) == FLOW_COLUMNS
-    assert score_distribution(engine).empty
+    assert score_models(engine) == [] and score_distribution(engine, "engagement").empty
     with pytest.raises(ValueError, match="days must be >= 1"):
         segment_size_history(engine, days=0)
 
@@ -288,10 +289,11 @@ def test_dashboard_notebook_runs_as_a_script(store, monkeypatch):
     monkeypatch.setenv("SEGFLOW_DATABASE_URL", store["url"])
     outputs, defs = load("dashboard").run()
     sizes = {(r.day.date(), r.segment): r.size for r in defs["sizes"].itertuples()}
-    assert sizes == reported_sizes(store["runs"])  # default window (90 days) holds them all
+    assert sizes == reported_sizes(store["runs"])  # the default window (30 days) holds them all
     flows = {(r.day.date(), r.segment): (r.entered, r.exited) for r in defs["flows"].itertuples()}
     assert flows == reported_flows(store["runs"])
-    assert set(defs["scores"]["model"]) >= {"engagement", "rfm"}
+    assert defs["models"] == score_models(open_db(store["url"]))
+    assert set(defs["scores"]["model"]) == {"engagement"}  # the default pick
     spec = defs["size_chart"].to_dict()
     assert spec["mark"]["type"] == "line" and spec["encoding"]["color"]["field"] == "segment"
     assert "No segment history yet" not in text_of(outputs)
@@ -408,7 +410,7 @@ def test_the_dashboard_in_a_real_browser_draws_its_charts(store, tmp_path):
                     page.locator(".vega-embed canvas").nth(2).wait_for(timeout=90_000)
                 finally:  # what the page showed, also when the charts never came
                     page.screenshot(path=str(shot), full_page=True)
-                page.get_by_role("heading", name="Score distributions").wait_for(timeout=30_000)
+                page.get_by_role("heading", name="Score distribution").wait_for(timeout=30_000)
                 page.wait_for_timeout(500)  # the last chart's paint
                 page.screenshot(path=str(shot), full_page=True)
                 canvases = page.locator(".vega-embed canvas")
