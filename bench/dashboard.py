@@ -81,10 +81,15 @@ def build(url: str, n: int, history_days: int, label: str) -> dict[str, Any]:
 def sqlite_store(sizes: dict[str, int]) -> tuple[str, dict[str, Any]]:
     """The cached SQLite store; its schema is brought to the code's (migrations are
     additive), so the cache outlives a new migration."""
+    import hashlib
+
     from core.db import open_db
 
     n, days = sizes["demo"], sizes["history_days"]
-    key = f"dashboard-demo-n{n}-seed{DEMO_SEED}-days{DAYS}-end{END:%Y%m%d}-history{days}"
+    # The generator's own source in the key: a change to the demo shop rebuilds.
+    generator = (common.ROOT / "plugins" / "demo" / "generator.py").read_bytes()
+    digest = hashlib.sha256(generator).hexdigest()[:8]
+    key = f"dashboard-demo-n{n}-seed{DEMO_SEED}-days{DAYS}-end{END:%Y%m%d}-history{days}-g{digest}"
     common.RESULTS_DIR.mkdir(exist_ok=True)
     path = common.RESULTS_DIR / f"{key}.db"
     meta_path = common.RESULTS_DIR / f"{key}.json"

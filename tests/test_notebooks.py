@@ -282,6 +282,101 @@ def test_lab_definition_named_like_a_saved_segment_stands_in_for_it(store):
     assert looser == len(python_members(url, loose, as_of)) > saved
 
 
+# -- campaigns ------------------------------------------------------------------------------
+
+CAMPAIGN_ARMS = {"email_a": (60, 0.5, 0.2), "email_b": (50, 0.4, 0.1), "none": (70, 0.2, 0.05)}
+
+
+def purchase(uid: str, value: float, at: datetime) -> dict:
+    return {
+        "type": "purchase",
+        "user_id": uid,
+        "value": value,
+        "currency": "EUR",
+        "ts": at.isoformat(),
+    }
+
+
+def campaign_events() -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Imported assignments of a 3-arm campaign ("none" the holdout) with visits
+    and purchases after them, and each arm's figures computed here."""
+    import random
+
+    rng = random.Random(8)
+    events: list[dict] = []
+    expected: dict[str, dict[str, float]] = {}
+    start = END - timedelta(days=20)
+    person = 0
+    for arm, (n, visit_p, buy_p) in CAMPAIGN_ARMS.items():
+        visited = bought = 0
+        revenue = 0.0
+        for _ in range(n):
+            person += 1
+            uid = f"c{person:04d}"
+            at = start + timedelta(hours=person)
+            events.append(
+                {
+                    "type": "campaign_assigned",
+                    "user_id": uid,
+                    "ts": at.isoformat(),
+                    "campaign": "spring",
+                    "properties": {"arm": arm, "holdout": arm == "none", "segment": "buyers"},
+                }
+            )
+            if rng.random() < visit_p:
+                visited += 1
+                seen = at + timedelta(days=2)
+                events.append({"type": "page_view", "user_id": uid, "ts": seen.isoformat()})
+                if rng.random() < buy_p / visit_p:
+                    bought += 1
+                    value = round(rng.uniform(20, 120), 2)
+                    revenue += value
+                    paid = at + timedelta(days=3)
+                    events.append(purchase(uid, value, paid))
+            # Outside the 14-day window: counts for nothing.
+            events.append(purchase(uid, 999.0, at + timedelta(days=15)))
+        expected[arm] = {
+            "n": n,
+            "visit_rate": visited / n,
+            "conversion_rate": bought / n,
+            "revenue_per_person": revenue / n,
+        }
+    return events, expected
+
+
+@pytest.fixture(scope="module")
+def campaign_store(tmp_path_factory) -> dict[str, Any]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('campaigns') / 'campaigns.db'}"
+    events, expected = campaign_events()
+    report = ingest(open_db(url), events, source="crm")
+    assert report.accepted == len(events) and not report.rejected
+    return {"url": url, "expected": expected}
+
+
+def test_campaigns_notebook_runs_as_a_script(campaign_store, monkeypatch):
+    monkeypatch.setenv("SEGFLOW_DATABASE_URL", campaign_store["url"])
+    outputs, defs = load("campaigns").run()
+    expected = campaign_store["expected"]
+    arms = {r["arm"].removesuffix(" (holdout)"): r for r in defs["arms"].to_dict("records")}
+    assert set(arms) == set(CAMPAIGN_ARMS)
+    for arm, figures in expected.items():
+        assert arms[arm]["n"] == figures["n"]
+        assert arms[arm]["visit rate"] == pytest.approx(figures["visit_rate"])
+        assert arms[arm]["conversion rate"] == pytest.approx(figures["conversion_rate"])
+        assert arms[arm]["revenue per person"] == pytest.approx(figures["revenue_per_person"])
+    assert "none (holdout)" in set(defs["arms"]["arm"])
+    lift = defs["lift"]
+    assert set(lift["arm"]) == {"email_a", "email_b"}  # the holdout is the reference
+    hold = expected["none"]
+    for row in lift.to_dict("records"):
+        want = expected[row["arm"]][row["metric"]] - hold[row["metric"]]
+        assert row["estimate"] == pytest.approx(want)
+        assert row["low"] < row["estimate"] < row["high"]
+    # email_a's visit lift is large enough that its interval leaves out zero.
+    visits_a = lift[(lift["arm"] == "email_a") & (lift["metric"] == "visit_rate")].iloc[0]
+    assert visits_a["low"] > 0
+
+
 # -- the notebooks as scripts ---------------------------------------------------------------
 
 
@@ -318,7 +413,11 @@ def test_segment_lab_notebook_runs_as_a_script(store, monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("dashboard", "No segment history yet"), ("segment_lab", "No events yet")],
+    [
+        ("dashboard", "No segment history yet"),
+        ("segment_lab", "No events yet"),
+        ("campaigns", "No campaigns yet"),
+    ],
 )
 def test_notebook_on_an_empty_database_says_so(empty_url, monkeypatch, name, message):
     monkeypatch.setenv("SEGFLOW_DATABASE_URL", empty_url)
@@ -335,21 +434,22 @@ def test_unknown_dashboard_is_one_line_listing_the_names(empty_url, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert err.count("\n") == 0 and "no dashboard named 'nope'" in err
-    for name in ("dashboard", "overview", "segment_lab"):
+    for name in ("campaigns", "dashboard", "overview", "segment_lab"):
         assert name in err
 
 
 # What each exported report must show: a heading or a name only real data puts there.
-EXPORTS = {"dashboard": "Segment sizes", "segment_lab": "high_intent"}
+EXPORTS = {"dashboard": "Segment sizes", "segment_lab": "high_intent", "campaigns": "email_a"}
 
 
 @pytest.mark.slow
-def test_cli_exports_each_notebook(store, tmp_path):
+def test_cli_exports_each_notebook(store, campaign_store, tmp_path):
     """`segflow dashboard NAME --export-html` of each notebook, run side by side
     (each export is a marimo kernel start: seconds apiece)."""
     children = {}
     for name in EXPORTS:
-        argv = [sys.executable, "-m", "core.cli", "--db", store["url"], "dashboard", name]
+        url = campaign_store["url"] if name == "campaigns" else store["url"]
+        argv = [sys.executable, "-m", "core.cli", "--db", url, "dashboard", name]
         children[name] = subprocess.Popen(
             [*argv, "--export-html", str(tmp_path / f"{name}.html")],
             cwd=tmp_path,
