@@ -140,6 +140,7 @@ def queries() -> list[Query]:
     import core
     from core import dashboards as d
     from core import segment_lab as lab
+    from core.monitoring.campaigns import campaign_results, participants
     from core.stats import database_summary
 
     kinds = core.condition_kinds()
@@ -157,6 +158,10 @@ def queries() -> list[Query]:
     def explain(conn: Any, seg: Any, as_of: Any) -> Any:
         who = lab.preview(conn, seg, kinds, as_of, sample=1).sample[0]["id"]
         return lab.explain_lines(lab.explain_member(conn, seg, kinds, who, as_of)["rule"])
+
+    def participants_of(engine: Any) -> Any:
+        with engine.connect() as conn:
+            return participants(conn)
 
     one = lambda _: 1  # noqa: E731 - a result that is one thing
     return [
@@ -185,6 +190,8 @@ def queries() -> list[Query]:
             ),
             lambda o: o.union,
         ),
+        Query("campaigns: everyone assigned (the filters)", participants_of),
+        Query("campaigns: results of every campaign, 14 days", campaign_results),
         Query("overview: summary", database_summary, one),
         Query("overview: events per day, all time", d.events_per_day),
         Query("overview: top 10 products", d.top_products),
