@@ -89,15 +89,18 @@ def _(engine, mo, participants):
 
 
 @app.cell
-def _(assigned, mo):
+def _(assigned, mo, timedelta):
     _workflows = sorted(set(assigned["workflow"].dropna()))
     _segments = sorted(set(assigned["segment"].dropna()))
     _first = assigned["assigned_at"].min().date()
     _last = assigned["assigned_at"].max().date()
     workflow = mo.ui.dropdown(options=["(all)", *_workflows], value="(all)", label="Workflow")
     segment = mo.ui.dropdown(options=["(all)", *_segments], value="(all)", label="Segment")
+    # The last 30 days of assignments by default: a store with months of weekly
+    # campaigns would otherwise weigh every one of them on opening.
+    _from = max(_first, _last - timedelta(days=29))
     dates = mo.ui.date_range(
-        start=_first, stop=_last, value=(_first, _last), label="Assigned between (UTC)"
+        start=_first, stop=_last, value=(_from, _last), label="Assigned between (UTC)"
     )
     window = mo.ui.slider(1, 60, value=14, step=1, label="Attribution window (days)")
     mo.vstack(
