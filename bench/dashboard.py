@@ -140,7 +140,9 @@ def queries() -> list[Query]:
     import core
     from core import dashboards as d
     from core import segment_lab as lab
+    from core.monitoring.alerts import alerts_frame
     from core.monitoring.campaigns import campaign_results, participants
+    from core.monitoring.freshness import freshness
     from core.stats import database_summary
 
     kinds = core.condition_kinds()
@@ -169,6 +171,8 @@ def queries() -> list[Query]:
         Query("dashboard: segment sizes per day, 90 days", lambda e: d.segment_size_history(e, 90)),
         Query("dashboard: entered/exited per day, 30 days", lambda e: d.segment_flows(e, 30)),
         Query("dashboard: entered/exited per day, 90 days", lambda e: d.segment_flows(e, 90)),
+        Query("dashboard: open alerts", lambda e: alerts_frame(e, open_only=True), one),
+        Query("dashboard: source freshness", freshness),
         Query("dashboard: scoring models", d.score_models),
         Query(
             "dashboard: engagement distribution", lambda e: d.score_distribution(e, "engagement")

@@ -1,4 +1,5 @@
-"""segflow dashboard: segment health over time, flows in and out, scores.
+"""segflow dashboard: segment health over time, flows in and out, open alerts,
+source freshness, scores.
 
 Run it as an app with `segflow dashboard` (or `marimo run
 notebooks/dashboard.py`), export a static report with `segflow dashboard
@@ -27,12 +28,16 @@ def _():
         segment_size_history,
     )
     from core.db import DatabaseError, open_db
+    from core.monitoring.alerts import alerts_frame
+    from core.monitoring.freshness import freshness
 
     # Long histories of many segments outgrow Altair's default 5,000-row guard.
     _ = alt.data_transformers.disable_max_rows()
     return (
         DatabaseError,
+        alerts_frame,
         alt,
+        freshness,
         load_settings,
         mo,
         open_db,
@@ -110,6 +115,70 @@ def _(database_label, engine, mo, segment_size_history, window):
         ]
     )
     return (sizes,)
+
+
+@app.cell
+def _(alerts_frame, engine, mo):
+    alerts = alerts_frame(engine, open_only=True)
+    if alerts.empty:
+        _shown = mo.callout(
+            mo.md("No open alerts (`segflow monitor` runs the checks; the monitor flow daily)."),
+            kind="success",
+        )
+    else:
+        _counts = alerts["severity"].value_counts()
+        _shown = mo.vstack(
+            [
+                mo.hstack(
+                    [
+                        mo.stat(
+                            f"{int(_counts.get('critical', 0)):,}", label="critical", bordered=True
+                        ),
+                        mo.stat(
+                            f"{int(_counts.get('warning', 0)):,}", label="warning", bordered=True
+                        ),
+                    ],
+                    justify="start",
+                ),
+                mo.ui.table(
+                    alerts[["severity", "check", "subject", "message", "day", "last_seen"]],
+                    selection=None,
+                    page_size=10,
+                ),
+            ]
+        )
+    mo.vstack([mo.md("## Open alerts"), _shown])
+    return (alerts,)
+
+
+@app.cell
+def _(alt, engine, freshness, mo):
+    fresh = freshness(engine)
+    if fresh.empty:
+        _shown = mo.md("_No source has delivered events yet._")
+    else:
+        _plot = fresh.assign(
+            source_type=fresh["source"] + "/" + fresh["type"],
+            lag_days=fresh["lag_seconds"] / 86400,
+        )
+        _shown = (
+            alt.Chart(_plot)
+            .mark_bar()
+            .encode(
+                x=alt.X("lag_days:Q", title="days since the newest event"),
+                y=alt.Y("source_type:N", sort="-x", title=None),
+                tooltip=[
+                    "source:N",
+                    "type:N",
+                    alt.Tooltip("last_event:T", format="%Y-%m-%d %H:%M"),
+                    alt.Tooltip("lag_days:Q", format=",.2f"),
+                    alt.Tooltip("events:Q", format=","),
+                ],
+            )
+            .properties(width="container", height=alt.Step(18), title="Source freshness")
+        )
+    mo.vstack([mo.md("## Source freshness"), _shown])
+    return (fresh,)
 
 
 @app.cell

@@ -381,8 +381,34 @@ def test_campaigns_notebook_runs_as_a_script(campaign_store, monkeypatch):
 
 
 def test_dashboard_notebook_runs_as_a_script(store, monkeypatch):
+    from core.monitoring.alerts import Alert, store_alerts
+
+    drift = Alert(
+        "segment_drift",
+        "high_intent",
+        "critical",
+        "high_intent: 40 members, outside 10-20 (median 15 +- 3 MAD over 14 days)",
+        END.date(),
+    )
+    store_alerts(open_db(store["url"]), "segment_drift", [drift], END)
     monkeypatch.setenv("SEGFLOW_DATABASE_URL", store["url"])
     outputs, defs = load("dashboard").run()
+    (shown,) = defs["alerts"].to_dict("records")
+    assert (shown["check"], shown["subject"], shown["severity"]) == (
+        "segment_drift",
+        "high_intent",
+        "critical",
+    )
+    assert shown["message"] == drift.message
+    fresh = {(r.source, r.type): r for r in defs["fresh"].itertuples()}
+    by_type = Counter(e["type"] for e in store["events"])
+    assert set(fresh) == {("demo", t) for t in by_type}
+    for event_type, n in by_type.items():
+        newest = max(
+            datetime.fromisoformat(e["ts"]) for e in store["events"] if e["type"] == event_type
+        )
+        assert fresh["demo", event_type].events == n
+        assert fresh["demo", event_type].last_event == newest
     sizes = {(r.day.date(), r.segment): r.size for r in defs["sizes"].itertuples()}
     assert sizes == reported_sizes(store["runs"])  # the default window (30 days) holds them all
     flows = {(r.day.date(), r.segment): (r.entered, r.exited) for r in defs["flows"].itertuples()}
@@ -504,10 +530,11 @@ def test_the_dashboard_in_a_real_browser_draws_its_charts(store, tmp_path):
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1800})
                 page.goto(f"http://127.0.0.1:{port}/")
-                # The three charts: sizes, flows, scores (vega-embed draws on canvas).
+                # The four charts, in the notebook's order: freshness, sizes, flows,
+                # scores (vega-embed draws on canvas).
                 try:
                     # marimo's outputs live in shadow roots, which locators pierce.
-                    page.locator(".vega-embed canvas").nth(2).wait_for(timeout=90_000)
+                    page.locator(".vega-embed canvas").nth(3).wait_for(timeout=90_000)
                 finally:  # what the page showed, also when the charts never came
                     page.screenshot(path=str(shot), full_page=True)
                 page.get_by_role("heading", name="Score distribution").wait_for(timeout=30_000)
@@ -517,7 +544,12 @@ def test_the_dashboard_in_a_real_browser_draws_its_charts(store, tmp_path):
                 drawn = [canvases.nth(i).evaluate(COLOURS_JS) for i in range(canvases.count())]
                 headings = [
                     page.get_by_role("heading", name=t).count()
-                    for t in ("Segment sizes", "Flows in and out")
+                    for t in (
+                        "Open alerts",
+                        "Source freshness",
+                        "Segment sizes",
+                        "Flows in and out",
+                    )
                 ]
             finally:
                 browser.close()
@@ -530,9 +562,9 @@ def test_the_dashboard_in_a_real_browser_draws_its_charts(store, tmp_path):
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
-    assert len(drawn) == 3 and all(d["width"] > 300 and d["height"] > 150 for d in drawn), drawn
+    assert len(drawn) == 4 and all(d["width"] > 300 and d["height"] > 150 for d in drawn), drawn
     # Lines of 14 segments in their own colours, not a blank or one-colour canvas.
-    assert drawn[0]["colours"] >= 14, drawn
+    assert drawn[1]["colours"] >= 14, drawn
     assert all(d["colours"] >= 3 for d in drawn), drawn
     assert all(headings), headings
     assert shot.stat().st_size > 20_000
