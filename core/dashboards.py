@@ -190,45 +190,32 @@ def segment_size_history(engine: Engine, days: int | None = 90) -> pd.DataFrame:
 
 def segment_flows(engine: Engine, days: int | None = 90) -> pd.DataFrame:
     """People entering and leaving each segment per UTC day, from the recorded
-    membership changes: columns ``day`` (datetime64), ``segment``,
-    ``entered``, ``exited``; the last ``days`` days up to the latest change
-    (None: all). Days without changes have no rows."""
+    membership changes (``core.monitoring.history.daily_changes``): columns
+    ``day`` (datetime64), ``segment``, ``entered``, ``exited``; the last
+    ``days`` days up to the latest change (None: all). Days without changes
+    have no rows. Sorted by day, then segment."""
     from core.db.tables import CHANGES, SEGMENTS
+    from core.monitoring.history import daily_changes
 
     if days is not None and days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
-    # Counted per change time (a run's as_of: few distinct values) through the
-    # (segment_id, at) index, then folded into days here: a day function in the
-    # GROUP BY would be applied to every change row.
-    entered = sa.func.sum(sa.case((CHANGES.c.change == "entered", 1), else_=0))
-    exited = sa.func.sum(sa.case((CHANGES.c.change == "exited", 1), else_=0))
-    query = sa.select(CHANGES.c.segment_id, CHANGES.c.at, entered, exited).group_by(
-        CHANGES.c.segment_id, CHANGES.c.at
-    )
-    per_day: dict[tuple[date, str], list[int]] = {}
-    with engine.connect() as conn:
-        names = dict(conn.execute(sa.select(SEGMENTS.c.id, SEGMENTS.c.name)).all())
-        if days is not None:
+    since = None
+    if days is not None:
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(SEGMENTS.c.id)).scalars().all()
             # The latest change, one index seek per segment (max(at) alone would scan).
             lasts = [
                 conn.execute(
                     sa.select(sa.func.max(CHANGES.c.at)).where(CHANGES.c.segment_id == sid)
                 ).scalar_one()
-                for sid in names
+                for sid in ids
             ]
-            last = max((t for t in lasts if t is not None), default=None)
-            if last is None:
-                return _frame([], FLOW_COLUMNS).assign(day=pd.to_datetime([]))
-            since = last.astimezone(UTC).date() - timedelta(days=days - 1)
-            query = query.where(CHANGES.c.at >= datetime.combine(since, datetime.min.time(), UTC))
-        for sid, at, n_in, n_out in conn.execute(query):
-            counts = per_day.setdefault((at.astimezone(UTC).date(), names[sid]), [0, 0])
-            counts[0] += int(n_in)
-            counts[1] += int(n_out)
-    rows = [(day, name, n_in, n_out) for (day, name), (n_in, n_out) in sorted(per_day.items())]
-    frame = _frame(rows, FLOW_COLUMNS)
-    frame["day"] = pd.to_datetime(frame["day"])
-    return frame
+        last = max((t for t in lasts if t is not None), default=None)
+        if last is None:
+            return _frame([], FLOW_COLUMNS).assign(day=pd.to_datetime([]))
+        since = last.astimezone(UTC).date() - timedelta(days=days - 1)
+    frame = daily_changes(engine, since=since)
+    return frame.sort_values(["day", "segment"], kind="stable").reset_index(drop=True)
 
 
 def score_models(engine: Engine) -> list[str]:
