@@ -22,6 +22,7 @@ from core.cli import (
     import_,
     keys,
     plugins,
+    privacy,
     profiles,
     recommend,
     render,
@@ -76,6 +77,7 @@ app.command()(render.render)
 app.add_typer(templates.app, name="templates")
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(campaigns.app, name="campaigns")
+app.add_typer(privacy.app, name="privacy")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

@@ -34,3 +34,5 @@ WORKFLOW_ACTIONS = models.WorkflowAction.__table__
 WORKFLOW_TRIGGERS = models.WorkflowTrigger.__table__
 SYNC_STATES = models.SyncState.__table__
 SYNC_RUNS = models.SyncRun.__table__
+SUPPRESSIONS = models.Suppression.__table__
+PRIVACY_DELETIONS = models.PrivacyDeletion.__table__
