@@ -38,6 +38,7 @@ BENCHMARKS = (
     "automation",
     "sync",
     "campaigns",
+    "privacy",
 )
 
 README = Path(__file__).resolve().parent / "README.md"

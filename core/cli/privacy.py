@@ -37,13 +37,24 @@ def privacy_export(
 
 
 @app.command("erase")
-def privacy_erase(ctx: typer.Context, user_id: Who, as_json: Json = False) -> None:
+def privacy_erase(
+    ctx: typer.Context,
+    user_id: Who,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild the database file afterwards, so no copy of the deleted rows is "
+            "left in its free space (docs/privacy.md)."
+        ),
+    ] = True,
+    as_json: Json = False,
+) -> None:
     """Delete a person from every table and every connector that deletes; keep
     only keyed hashes of their ids, so their later events are dropped."""
     from core.privacy import erase_everywhere
 
     cli = obj(ctx)
-    report = erase_everywhere(cli.engine(), cli.settings, user_id)
+    report = erase_everywhere(cli.engine(), cli.settings, user_id, vacuum=vacuum)
     if as_json:
         cli.print_json(report.model_dump())
         return

@@ -14,11 +14,12 @@ deletions still pending. A pending deletion keeps the address, the one thing
 a connector deletes by, until that connector confirms; then the row goes.
 
 On SQLite the erasing connection sets ``secure_delete`` (deleted content is
-overwritten with zeros, in table and index pages alike) and afterwards the
-file is vacuumed and the WAL checkpointed and truncated, so no copy of the
-deleted pages is left in free pages, in page slack or in old WAL frames.
-On PostgreSQL the deleted tuples stay on disk until (auto)vacuum reclaims
-them; ``vacuum=True`` runs VACUUM on the person tables at once.
+overwritten with zeros, in table and index pages alike); afterwards the WAL
+is checkpointed and truncated, so no old frame holds the deleted pages, and
+with ``vacuum`` (the default) the file is rebuilt first, so neither does the
+slack that earlier page splits left in other pages. On PostgreSQL the
+deleted tuples stay on disk until vacuum reclaims them; ``vacuum`` runs
+VACUUM on the person tables at once.
 """
 
 from __future__ import annotations
@@ -183,21 +184,21 @@ def erase_person(
         )
         pending = _pending(conn, subject)
     crash_point("privacy.erased")
-    if vacuum:
-        reclaim(engine)
+    reclaim(engine, vacuum=vacuum)
     return ErasureReport(subject=subject, deleted=deleted, suppressed=len(hashes), pending=pending)
 
 
-def reclaim(engine: Engine) -> None:
+def reclaim(engine: Engine, *, vacuum: bool = True) -> None:
     """Leave no copy of deleted rows in the database files (see the module's
-    docstring): SQLite vacuumed and its WAL truncated; PostgreSQL's person
-    tables vacuumed."""
+    docstring): SQLite's WAL checkpointed and truncated, and with ``vacuum``
+    the file rebuilt first; PostgreSQL's person tables vacuumed."""
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("VACUUM")
+            if vacuum:
+                conn.exec_driver_sql("VACUUM")
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        elif conn.dialect.name == "postgresql":
+        elif conn.dialect.name == "postgresql" and vacuum:
             names = ", ".join(t.name for t, _ in person_tables())
             conn.exec_driver_sql(f"VACUUM {names}")
 
@@ -305,6 +306,7 @@ def erase_and_send(
     targets: Sequence[tuple[SyncTarget, EspConnector]] = (),
     unresolved: dict[str, str] | None = None,
     actor: str = "cli",
+    vacuum: bool = True,
     transport: Any = None,
     backoff: Any = None,
 ) -> ErasureReport:
@@ -314,7 +316,9 @@ def erase_and_send(
     set): their deletions are recorded, and pending, with the reason."""
     names = [t.name for t, c in targets if c.sync is not None and c.sync.delete is not None]
     names += list(unresolved or {})
-    report = erase_person(engine, key, secret_key=secret_key, connectors=names, actor=actor)
+    report = erase_person(
+        engine, key, secret_key=secret_key, connectors=names, actor=actor, vacuum=vacuum
+    )
     for target, connector in targets:
         if target.name not in names:
             continue
@@ -333,7 +337,7 @@ def erase_and_send(
 
 
 def erase_everywhere(
-    engine: Engine, settings: Any, key: str, *, actor: str = "cli"
+    engine: Engine, settings: Any, key: str, *, actor: str = "cli", vacuum: bool = True
 ) -> ErasureReport:
     """``erase_and_send`` to every configured connector that deletes (the
     settings' ``[[connectors]]``), keyed by the settings' secret key."""
@@ -347,4 +351,5 @@ def erase_everywhere(
         targets=targets,
         unresolved=unresolved,
         actor=actor,
+        vacuum=vacuum,
     )

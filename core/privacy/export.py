@@ -1,7 +1,8 @@
 """Access and portability: everything held about a person, as one JSON document.
 
     {"subject": {"user_id", "profile_ids"}, "exported_at",
-     "tables": {table: [row, ...]}}   # every person table, empty ones included
+     "segments": {segment id: name},   # of the memberships and their history
+     "tables": {table: [row, ...]}}    # every person table, empty ones included
 
 Rows are the tables' columns as stored (datetimes in ISO 8601, UTC), so the
 document is what the database holds, not a summary of it.
@@ -15,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core.db.tables import SEGMENTS
 from core.privacy.person import Person, find_person, person_tables
 
 
@@ -43,8 +45,14 @@ def export_person(engine: Engine, key: str) -> dict[str, Any]:
     with engine.connect() as conn:
         person = find_person(conn, key)
         tables = rows_of(conn, person)
+        ids = {r["segment_id"] for name in ("memberships", "membership_changes")
+               for r in tables.get(name, [])}  # fmt: skip
+        query = sa.select(SEGMENTS.c.id, SEGMENTS.c.name).where(SEGMENTS.c.id.in_(ids))
+        names = {sid: name for sid, name in conn.execute(query)}
     return {
         "subject": {"user_id": person.user_id, "profile_ids": list(person.profile_ids)},
         "exported_at": datetime.now(UTC).isoformat(),
+        # What the segment ids of memberships and their history stand for.
+        "segments": {str(sid): names[sid] for sid in sorted(names)},
         "tables": tables,
     }
