@@ -449,7 +449,9 @@ def test_export_and_erasure_on_postgresql(postgres_url):
     assert _scan(postgres_url, who) == {}
 
 
-def test_the_cli_exports_and_erases_and_names_an_unknown_person(shop_copy, run, tmp_path):
+def test_the_cli_exports_and_erases_and_names_an_unknown_person(
+    shop_copy, run, tmp_path, monkeypatch
+):
     url, who = shop_copy
     (tmp_path / "segflow.toml").write_text(f'secret_key = "{SECRET}"\n')
     status, out, _ = run("--db", url, "privacy", "export", WHO)
@@ -461,8 +463,19 @@ def test_the_cli_exports_and_erases_and_names_an_unknown_person(shop_copy, run, 
     assert json.loads(out)["deleted"]["profiles"] == 2
     status, out, _ = run("--db", url, "privacy", "erase", WHO)
     assert status == 0 and "already erased" in out
+    status, out, _ = run("--db", url, "privacy", "pending")
+    assert status == 0 and out.strip() == "no erasure is pending at any connector"
+    # A connector whose key is not set: the deletion is recorded, pending, with why.
+    _settings_file(tmp_path, "http://127.0.0.1:9")
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    status, out, err = run("--db", url, "privacy", "erase", "u000003")
+    assert status == 0, err
+    why = f"connector 'mc': the environment variable {KEY_ENV} is not set"
+    assert f"mc: pending, sent again by `segflow sync run` (1 {why})" in " ".join(out.split())
+    status, out, _ = run("--db", url, "privacy", "pending", "--json")
+    assert status == 0 and json.loads(out) == {"mc": {why: 1}}
     (tmp_path / "segflow.toml").write_text("")
-    status, _, err = run("--db", url, "privacy", "erase", "u000003")
+    status, _, err = run("--db", url, "privacy", "erase", "u000004")
     assert status == 1 and "secret key" in err and "\n" not in err.strip()
 
 

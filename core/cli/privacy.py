@@ -73,3 +73,21 @@ def privacy_erase(
     for name, reasons in sorted(report.pending.items()):
         why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
         out.print(f"{name}: pending, sent again by `segflow sync run` ({why})", markup=False)
+
+
+@app.command("pending")
+def privacy_pending(ctx: typer.Context, as_json: Json = False) -> None:
+    """Erasures a connector has not confirmed yet, by connector and last reason
+    (each `segflow sync run` of the connector sends them again)."""
+    from core.privacy import pending_deletions
+
+    cli = obj(ctx)
+    pending = pending_deletions(cli.engine())
+    if as_json:
+        cli.print_json(pending)
+        return
+    if not pending:
+        out.print("no erasure is pending at any connector", markup=False)
+    for name, reasons in sorted(pending.items()):
+        for reason, n in sorted(reasons.items()):
+            out.print(f"{name}: {n:,} pending ({reason})", markup=False)

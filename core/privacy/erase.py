@@ -327,12 +327,17 @@ def erase_and_send(
         )
         if confirmed:
             report.confirmed[target.name] = confirmed
-    with engine.connect() as conn:
-        pending = _pending(conn, report.subject)
-    for name, why in (unresolved or {}).items():
-        if name in pending:
-            pending[name] = {why: sum(pending[name].values())}
-    report.pending = pending
+    with engine.begin() as conn:
+        for name, why in (unresolved or {}).items():
+            conn.execute(
+                PRIVACY_DELETIONS.update()
+                .where(
+                    PRIVACY_DELETIONS.c.connector == name,
+                    PRIVACY_DELETIONS.c.subject == report.subject,
+                )
+                .values(reason=why, updated_at=utcnow())
+            )
+        report.pending = _pending(conn, report.subject)
     return report
 
 
