@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from core.api import ApiContext, ApiError
+from core.api import ApiContext, ApiError, requires
 from core.profiles import ProfileNotFound
 from core.types import CommandError
 
@@ -20,7 +20,7 @@ SCOPE = "admin"
 
 
 def mount(app: FastAPI, ctx: ApiContext) -> None:
-    @app.get("/v1/privacy/export/{user_id}", tags=["privacy"])
+    @app.get("/v1/privacy/export/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
     def export(user_id: str, request: Request) -> dict[str, Any]:
         from core.privacy.export import export_person
 
@@ -30,7 +30,7 @@ def mount(app: FastAPI, ctx: ApiContext) -> None:
         except ProfileNotFound as exc:
             raise ApiError(404, str(exc), "user_id") from None
 
-    @app.post("/v1/privacy/erase/{user_id}", tags=["privacy"])
+    @app.post("/v1/privacy/erase/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
     def erase(user_id: str, request: Request) -> dict[str, Any]:
         from core.privacy.erase import erase_everywhere
 
