@@ -40,6 +40,7 @@ BENCHMARKS = (
     "campaigns",
     "monitoring",
     "dashboard",
+    "privacy",
 )
 
 README = Path(__file__).resolve().parent / "README.md"

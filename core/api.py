@@ -253,6 +253,10 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    from core.privacy.api import mount as mount_privacy
+
+    mount_privacy(app, ctx)
+
     for source in event_sources().values():
         if source.mount is not None:
             router = APIRouter(tags=[source.name])

@@ -521,3 +521,34 @@ def test_an_injected_429_with_room_in_the_window_asks_for_the_least_wait() -> No
         assert (
             int(client.get("/crm/v3/lists/object-type-id/0-1/name/x").headers["Retry-After"]) >= 29
         )
+
+
+def test_sdk_gdpr_delete_of_an_unknown_address_blocklists_it(
+    served: tuple[HubSpotApi, str],
+) -> None:
+    api, url = served
+    client = sdk(url)
+    client.crm.contacts.basic_api.purge(
+        PublicGdprDeleteInput(object_id="Never.Seen@example.com", id_property="email")
+    )
+    assert api.erased() == {"never.seen@example.com"}
+    with pytest.raises(ContactsApiException) as missing:
+        client.crm.contacts.basic_api.purge(PublicGdprDeleteInput(object_id="987654"))
+    assert missing.value.status == 404
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "drop"])
+def test_a_gdpr_delete_that_meets_a_fault_deletes_nothing(kind: str) -> None:
+    api = HubSpotApi(tier="fast")
+    body = {"inputs": [upsert_input("g@example.com", firstname="G")]}
+    with running(api) as url, raw(url) as client:
+        assert client.post("/crm/v3/objects/contacts/batch/upsert", json=body).status_code < 300
+        api.faults = Faults(rate=1.0, kinds=(kind,))
+        gdpr = {"objectId": "g@example.com", "idProperty": "email"}
+        if kind == "drop":
+            with pytest.raises(httpx.TransportError):
+                client.post("/crm/v3/objects/contacts/gdpr-delete", json=gdpr)
+        else:
+            r = client.post("/crm/v3/objects/contacts/gdpr-delete", json=gdpr)
+            assert r.status_code == int(kind)
+    assert "g@example.com" in api.profiles() and api.erased() == set()

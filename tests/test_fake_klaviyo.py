@@ -385,3 +385,55 @@ def test_tiers_through_make_fake() -> None:
     default, fast = make_fake("klaviyo"), make_fake("klaviyo", "fast")
     assert all(fast.limits[g] == (b * 100, s * 100) for g, (b, s) in default.limits.items())
     assert default.limits["events"] == (350, 3500)
+
+
+def deletion_body(**profile: Any) -> dict[str, Any]:
+    data = {"type": "profile", **profile}
+    return {
+        "data": {
+            "type": "data-privacy-deletion-job",
+            "attributes": {"profile": {"data": data}},
+        }
+    }
+
+
+def test_sdk_data_privacy_deletion_by_each_identifier_and_its_errors(
+    served: tuple[KlaviyoApi, str],
+) -> None:
+    from openapi_client.exceptions import ApiException
+
+    api, url = served
+    k = sdk(url)
+    k.Profiles.create_profile(profile_body("gone@x.com"))
+    kept = k.Profiles.create_profile(profile_body("kept@x.com")).data.id
+    by_id = k.Profiles.create_profile(profile_body("by-id@x.com")).data.id
+    k.Events.create_event(event_body("gone@x.com", "Paid", "g-1"))
+    assert len(api.events) == 1
+    k.Data_Privacy.request_profile_deletion(deletion_body(attributes={"email": "gone@x.com"}))
+    k.Data_Privacy.request_profile_deletion(deletion_body(id=by_id, attributes={}))
+    assert api.profile_by_email("gone@x.com") is None and api.events == []
+    assert api.profile_by_email("by-id@x.com") is None
+    assert api.profile_by_email("kept@x.com")["id"] == kept
+    assert api.deleted == ["gone@x.com", "by-id@x.com"]
+    # An address it does not know: accepted, nothing to delete.
+    k.Data_Privacy.request_profile_deletion(deletion_body(attributes={"email": "nobody@x.com"}))
+    assert api.deleted == ["gone@x.com", "by-id@x.com"]
+    with pytest.raises(ApiException) as two:
+        k.Data_Privacy.request_profile_deletion(
+            deletion_body(attributes={"email": "kept@x.com", "phone_number": "+15005550006"})
+        )
+    assert two.value.status == 400 and "one identifier" in two.value.body
+    assert api.profile_by_email("kept@x.com") is not None
+
+
+@pytest.mark.parametrize("kind", ["429", "500"])
+def test_a_refused_deletion_deletes_nothing(kind: str) -> None:
+    api = faulty(kind)
+    api.faults.rate = 0.0
+    with running(api) as url:
+        httpx.post(f"{url}/api/profiles", headers=HEADERS, json=profile_body("a@x.com"))
+        api.faults.rate = 1.0
+        body = deletion_body(attributes={"email": "a@x.com"})
+        r = httpx.post(f"{url}/api/data-privacy-deletion-jobs", headers=HEADERS, json=body)
+        assert r.status_code == int(kind)
+    assert api.profile_by_email("a@x.com") is not None and api.deleted == []

@@ -23,6 +23,7 @@ from core.cli import (
     keys,
     monitor,
     plugins,
+    privacy,
     profiles,
     recommend,
     render,
@@ -78,6 +79,7 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(campaigns.app, name="campaigns")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(privacy.app, name="privacy")
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

@@ -642,3 +642,33 @@ class MonitorAlert(SQLModel, table=True):
     pending_actions: int = Field(
         default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0, index=True)
     )
+
+
+class Suppression(SQLModel, table=True):
+    """An identifier of an erased person, as a keyed hash (core/privacy): events
+    that name it are dropped at ingestion, so they do not re-create the person."""
+
+    __tablename__ = "suppressions"
+
+    hash: str = Field(primary_key=True, max_length=64)
+    # The erasure's subject (its audit record's target): also a keyed hash.
+    subject: str = Field(max_length=64)
+    created_at: datetime = _ts()
+
+
+class PrivacyDeletion(SQLModel, table=True):
+    """An erasure a connector has not confirmed yet: the address to delete
+    there, kept only until it confirms (then the row goes)."""
+
+    __tablename__ = "privacy_deletions"
+    __table_args__ = (sa.UniqueConstraint("connector", "email"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    connector: str = Field(max_length=64)
+    email: str = Field(max_length=320)
+    # The erasure's audit subject (the user id's keyed hash), to tie the two.
+    subject: str = Field(max_length=64)
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

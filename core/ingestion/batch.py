@@ -10,9 +10,10 @@ from core.ingestion.activity import BatchActivity, tally
 from core.ingestion.bulk import DeferredLoad
 from core.ingestion.identity import BatchResolver
 from core.ingestion.plain import as_event
-from core.ingestion.report import IngestReport
+from core.ingestion.report import IngestReport, Rejection
 from core.ingestion.schema import IDENTIFY, Event, Fields, trait_email
 from core.ingestion.writers import EventWriter
+from core.privacy.suppress import REASON, secret_key, suppressed
 from core.types import StoredEvent
 
 
@@ -34,8 +35,11 @@ def store_batch(
     if not fresh:
         return []
     records: list[Fields] = [e if type(e) is dict else e.__dict__ for e in fresh]
-    resolver = BatchResolver(conn)
     emails = [trait_email(r.get("traits")) if r["type"] == IDENTIFY else None for r in records]
+    fresh, records, emails = _drop_suppressed(conn, fresh, records, emails, report)
+    if not fresh:
+        return []
+    resolver = BatchResolver(conn)
     ids = [(r.get("user_id"), r.get("anonymous_id"), r.get("email")) for r in records]
     keys: set[tuple[str, str]] = {("email", email) for email in emails if email is not None}
     # A batch holds a few hundred people's events: their ids, once each.
@@ -87,6 +91,42 @@ def store_batch(
         else StoredEvent(e, pid, e.ts or now, now)
         for e, pid in zip(fresh, pids, strict=True)
     ]
+
+
+def _drop_suppressed(
+    conn: Connection,
+    fresh: list[Event | Fields],
+    records: list[Fields],
+    emails: list[str | None],
+    report: IngestReport,
+) -> tuple[list[Event | Fields], list[Fields], list[str | None]]:
+    """Events naming an erased person are dropped, counted as rejected:
+    one lookup of the batch's identifiers."""
+    named = [
+        [
+            (kind, value)
+            for kind, value in (
+                ("user_id", r.get("user_id")),
+                ("anonymous_id", r.get("anonymous_id")),
+                ("email", r.get("email")),
+                ("email", email),
+            )
+            if value
+        ]
+        for r, email in zip(records, emails, strict=True)
+    ]
+    hits = suppressed(conn, {i for ids in named for i in ids}, secret_key())
+    if not hits:
+        return fresh, records, emails
+    keep = [not hits.intersection(ids) for ids in named]
+    for r, kept in zip(records, keep, strict=True):
+        if not kept:
+            report.rejected.append(Rejection(f"message {r['message_id']}", REASON))
+    return (
+        [e for e, k in zip(fresh, keep, strict=True) if k],
+        [r for r, k in zip(records, keep, strict=True) if k],
+        [e for e, k in zip(emails, keep, strict=True) if k],
+    )
 
 
 def _drop_duplicates(

@@ -17,6 +17,8 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``deliver.updated``: its ``sent`` is committed.
 - ``sync.sent``: a sync batch was answered by the API, its results not yet written;
 - ``sync.written``: its results are committed to ``sync_states`` (or the event cursor).
+- ``privacy.erased``: an erasure is committed, nothing sent to the connectors yet;
+- ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded.
 """
 
 from __future__ import annotations

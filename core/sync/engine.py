@@ -46,6 +46,7 @@ from core.db.tables import (
     SYNC_STATES,
 )
 from core.ingestion.crashpoints import crash_point
+from core.privacy.erase import send_deletions
 from core.source_state import save_cursor
 from core.sync.client import SyncClient, SyncFailure
 from core.types import (
@@ -87,6 +88,8 @@ class SyncReport(BaseModel):
     requests: int = 0
     throttled: int = 0
     seconds: float = 0.0
+    # Erasures (core.privacy) this run had the target confirm.
+    erased: int = 0
 
     @property
     def sent(self) -> int:
@@ -418,12 +421,25 @@ def run_sync(
         return report
     run_id = _start_run(engine, target, started)
     try:
+        _erasures(engine, target, connector, report, transport)
         asyncio.run(_execute(engine, target, api, plan, report, progress, transport))
     except BaseException as exc:
         _finish_run(engine, run_id, report, started, "failed", f"{type(exc).__name__}: {exc}")
         raise
     _finish_run(engine, run_id, report, started, "done")
     return report
+
+
+def _erasures(engine: Engine, target: SyncTarget, connector: EspConnector, report, transport):
+    """The erasures the target has not confirmed yet, sent again every run
+    until it does (core.privacy); those still pending count as ``retry``."""
+    if connector.sync is None or connector.sync.delete is None:
+        return
+    confirmed, left = send_deletions(engine, target, connector, transport=transport)
+    report.erased = confirmed
+    for reason, n in left.items():
+        why = f"erasure: {reason}"
+        report.retry[why] = report.retry.get(why, 0) + n
 
 
 def _client(target: SyncTarget, api: SyncApi, transport: Any) -> SyncClient:

@@ -24,6 +24,9 @@ contacts, contact schema, lists, behavioural events and event definitions scopes
   defined when missing (``GET/POST /events/v3/event-definitions``, one listing
   per session, with the properties the batch carries, ``POST
   .../{name}/property`` for one it lacks; the definitions scope is needed);
+- delete (erasure): ``POST /crm/v3/objects/contacts/gdpr-delete`` by
+  ``email``, one contact a call (204); an address HubSpot does not know is
+  blocklisted all the same, and a 404 counts as deleted too;
 - read (verify): every contact's email and consent property, paged, and each
   synced list's memberships, paged.
 
@@ -538,6 +541,25 @@ async def read(session: Session) -> dict[str, RemotePerson]:
             return found
 
 
+async def _gdpr_delete(session: Session, person: SyncPerson) -> RecordResult:
+    body = {"objectId": person.email, "idProperty": "email"}
+    try:
+        # Deleting twice leaves the same state: safe to resend after a drop.
+        response = await session.client.request(
+            "POST", "/crm/v3/objects/contacts/gdpr-delete", json=body, idempotent=True
+        )
+    except SyncFailure as exc:
+        return RecordResult("retry", str(exc))
+    if response.status_code < 300 or response.status_code == 404:
+        return RecordResult.ok()
+    return RecordResult("failed", _reason(response))
+
+
+async def delete(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    """Erase people for good (GDPR delete: the contact and what is associated with it)."""
+    return list(await asyncio.gather(*(_gdpr_delete(session, p) for p in people)))
+
+
 SYNC = SyncApi(
     limits=LIMITS,
     base_url=DEFAULT_BASE_URL,
@@ -548,6 +570,7 @@ SYNC = SyncApi(
     remove=remove,
     read=read,
     events=events,
+    delete=delete,
     rate_state=rate_state,
     memberships=("list",),
 )

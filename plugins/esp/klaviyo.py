@@ -16,6 +16,9 @@ Lists: each synced segment is the list named ``options.list_prefix`` (default
 - events: ``/api/event-bulk-create-jobs`` with the metric named as the event
   and ``unique_id`` set: Klaviyo drops an event whose unique id it already
   has, so a resend is no duplicate;
+- delete (erasure): a data privacy deletion job per person
+  (``POST /api/data-privacy-deletion-jobs`` by email, 202: Klaviyo deletes
+  the profile and its data asynchronously); a 404 counts as deleted;
 - read (verify): every profile with its email marketing consent, and the
   members of each synced list.
 
@@ -527,6 +530,33 @@ async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordRes
     ]
 
 
+# -- delete ----------------------------------------------------------------------------
+
+
+def _deletion_body(person: SyncPerson) -> dict[str, Any]:
+    profile = {"data": {"type": "profile", "attributes": {"email": person.email}}}
+    return {"data": {"type": "data-privacy-deletion-job", "attributes": {"profile": profile}}}
+
+
+async def _delete_one(session: Session, person: SyncPerson) -> RecordResult:
+    try:
+        # A second request for the same address deletes nothing more: safe to resend.
+        response = await session.client.request(
+            "POST", "/api/data-privacy-deletion-jobs", json=_deletion_body(person),
+            idempotent=True,
+        )  # fmt: skip
+    except SyncFailure as exc:
+        return RecordResult("retry", str(exc))
+    if response.status_code < 300 or response.status_code == 404:
+        return RecordResult.ok()
+    return RecordResult("failed", _reason(response))
+
+
+async def delete(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    """Erase people for good: one deletion job each (Klaviyo takes one identifier a job)."""
+    return list(await asyncio.gather(*(_delete_one(session, p) for p in people)))
+
+
 # -- read ------------------------------------------------------------------------------
 
 
@@ -575,6 +605,7 @@ SYNC = SyncApi(
     remove=remove,
     read=read,
     events=events,
+    delete=delete,
     rate_state=rate_state,
     memberships=("list",),
     rate_group=rate_group,

@@ -88,6 +88,9 @@ def _print_runs(out: Any, reports: list[dict[str, Any]]) -> None:
             _reasons(r["failed"]), _reasons(r["retry"]), f"{r['seconds']}",
         )  # fmt: skip
     out.print(table)
+    for r in reports:
+        if r.get("erased"):
+            out.print(f"{r['connector']}: {r['erased']:,} erasures confirmed", markup=False)
 
 
 @sync_app.command("status")

@@ -58,6 +58,10 @@ class ConnectorConfig(BaseModel):
                 )
         return value
 
+    def resolve(self) -> tuple[SyncTarget, EspConnector]:
+        """(target, connector), as core's erasure asks for them (core.privacy)."""
+        return target_of(self), connector_of(self)
+
 
 def connector_of(config: ConnectorConfig) -> EspConnector:
     return esp_connectors()[config.kind]

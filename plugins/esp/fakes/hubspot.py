@@ -377,7 +377,7 @@ class HubSpotApi(FakeApi):
             return {"people": people, "events": events}
 
     def erased(self) -> set[str]:
-        """Emails deleted for good through gdpr-delete."""
+        """Emails deleted for good (or blocklisted, when unknown) through gdpr-delete."""
         with self.lock:
             return set(self._erased)
 
@@ -852,6 +852,11 @@ class HubSpotApi(FakeApi):
             raise _invalid("Some required fields were not set: [objectId]", "objectId", "REQUIRED")
         id_property = body.get("idProperty") or "hs_object_id"
         c = self._lookup(id_property, object_id)
+        if c is None and id_property == "email":
+            # HubSpot's docs: an address it does not know is blocklisted, so
+            # it cannot come back; the answer is the same 204.
+            self._erased.add(object_id.strip().lower())
+            return Response(204)
         if c is None:
             raise HubSpotError(404, "Object not found.", "OBJECT_NOT_FOUND")
         email = c.properties.get("email")

@@ -915,6 +915,15 @@ class KlaviyoApi(FakeApi):
             return data
         prof = ((data.get("attributes") or {}).get("profile") or {}).get("data") or {}
         pa = prof.get("attributes") or {}
+        given = [k for k in ("email", "phone_number") if pa.get(k)]
+        given += ["id"] if prof.get("id") else []
+        if len(given) > 1:
+            # Klaviyo's docs: one identifier a request, else an error.
+            return self.error(
+                400,
+                f"Only one identifier may be given; got {', '.join(given)}.",
+                pointer="/data/attributes/profile/data",
+            )
         pid = (
             prof.get("id")
             or self._by_email(pa.get("email"))

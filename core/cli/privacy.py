@@ -1,0 +1,93 @@
+"""``segflow privacy export | erase``: a person's data, out or gone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.cli.context import Group, Json, err, obj, out
+
+app = typer.Typer(
+    help="Access and erasure of one person's data (GDPR).", no_args_is_help=True, cls=Group
+)
+
+Who = Annotated[str, typer.Argument(help="User id (or an anonymous id or email).")]
+
+
+@app.command("export")
+def privacy_export(
+    ctx: typer.Context,
+    user_id: Who,
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON here instead of stdout.")
+    ] = None,
+) -> None:
+    """Everything held about a person, by table, as JSON."""
+    from core.privacy import export_person
+
+    document = json.dumps(export_person(obj(ctx).engine(), user_id), indent=2, default=str)
+    if output is None:
+        print(document)
+        return
+    output.write_text(document + "\n")
+    err.print(f"wrote {output}", markup=False)
+
+
+@app.command("erase")
+def privacy_erase(
+    ctx: typer.Context,
+    user_id: Who,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild the database file afterwards, so no copy of the deleted rows is "
+            "left in its free space (docs/privacy.md)."
+        ),
+    ] = True,
+    as_json: Json = False,
+) -> None:
+    """Delete a person from every table and every connector that deletes; keep
+    only keyed hashes of their ids, so their later events are dropped."""
+    from core.privacy import erase_everywhere
+
+    cli = obj(ctx)
+    report = erase_everywhere(cli.engine(), cli.settings, user_id, vacuum=vacuum)
+    if as_json:
+        cli.print_json(report.model_dump())
+        return
+    if report.already_erased:
+        out.print(f"already erased (subject {report.subject[:12]})", markup=False)
+    else:
+        rows = sum(report.deleted.values())
+        tables = sum(1 for n in report.deleted.values() if n)
+        out.print(
+            f"erased: {rows:,} rows from {tables} tables, {report.suppressed} identifiers "
+            f"suppressed (subject {report.subject[:12]})",
+            markup=False,
+        )
+    for name, n in sorted(report.confirmed.items()):
+        out.print(f"{name}: deleted ({n})", markup=False)
+    for name, reasons in sorted(report.pending.items()):
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        out.print(f"{name}: pending, sent again by `segflow sync run` ({why})", markup=False)
+
+
+@app.command("pending")
+def privacy_pending(ctx: typer.Context, as_json: Json = False) -> None:
+    """Erasures a connector has not confirmed yet, by connector and last reason
+    (each `segflow sync run` of the connector sends them again)."""
+    from core.privacy import pending_deletions
+
+    cli = obj(ctx)
+    pending = pending_deletions(cli.engine())
+    if as_json:
+        cli.print_json(pending)
+        return
+    if not pending:
+        out.print("no erasure is pending at any connector", markup=False)
+    for name, reasons in sorted(pending.items()):
+        for reason, n in sorted(reasons.items()):
+            out.print(f"{name}: {n:,} pending ({reason})", markup=False)

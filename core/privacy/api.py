@@ -1,0 +1,44 @@
+"""The privacy routes of the HTTP API (admin scope): a person's export and erasure.
+
+    GET  /v1/privacy/export/{user_id}  -> the export document (core.privacy.export)
+    POST /v1/privacy/erase/{user_id}   -> the erasure report (core.privacy.erase)
+
+Unknown person: 404. Imported by ``core.api.create_app`` only (it loads FastAPI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from core.api import ApiContext, ApiError, requires
+from core.profiles import ProfileNotFound
+from core.types import CommandError
+
+SCOPE = "admin"
+
+
+def mount(app: FastAPI, ctx: ApiContext) -> None:
+    @app.get("/v1/privacy/export/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
+    def export(user_id: str, request: Request) -> dict[str, Any]:
+        from core.privacy.export import export_person
+
+        ctx.authorize(request, SCOPE)
+        try:
+            return export_person(ctx.engine, user_id)
+        except ProfileNotFound as exc:
+            raise ApiError(404, str(exc), "user_id") from None
+
+    @app.post("/v1/privacy/erase/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
+    def erase(user_id: str, request: Request) -> dict[str, Any]:
+        from core.privacy.erase import erase_everywhere
+
+        info = ctx.authorize(request, SCOPE)
+        try:
+            report = erase_everywhere(ctx.engine, ctx.settings, user_id, actor=f"api:{info.name}")
+        except ProfileNotFound as exc:
+            raise ApiError(404, str(exc), "user_id") from None
+        except CommandError as exc:
+            raise ApiError(500, str(exc)) from None
+        return report.model_dump()
