@@ -82,8 +82,8 @@ def test_the_demo_runs_the_pipeline_flow_today_and_a_day_later(demo):
     # Today: the generated file imported, no sends (consents come after the
     # import); a day later: nothing to import, the waits over, sends.
     assert steps == [
-        ["ingest-files", "recommend", "scores", "segment", "automate"],
-        ["recommend", "scores", "segment", "automate", "send"],
+        ["ingest-files", "recommend", "scores", "segment", "automate", "monitor"],
+        ["recommend", "scores", "segment", "automate", "send", "monitor"],
     ]
     today, later = (datetime.fromisoformat(r.parameters["as_of"]) for r in pipelines)
     assert later - today == timedelta(days=1)
