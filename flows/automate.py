@@ -25,7 +25,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from core.config import load_settings
-from flows.common import DB_TASK, EXAMPLE_WORKFLOWS, as_of_or_now, database, flow_settings, folder
+from flows.common import (
+    DB_TASK,
+    EXAMPLE_WORKFLOWS,
+    DatabaseUrl,
+    as_of_or_now,
+    database,
+    flow_settings,
+    folder,
+)
 
 
 # A tick writes runs and actions; a retried one moves only what is still due.
@@ -74,7 +82,7 @@ def save_workflows_task(database_url: str, directory: str) -> dict[str, int]:
 @flow(name="automate", log_prints=False)
 def automate(
     directory: str | None = str(EXAMPLE_WORKFLOWS),
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     as_of: datetime | None = None,
     history_since: datetime | None = None,
 ) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """What the flows share: the retry rule, engines per task, the example folders.
 
-Tasks take the database URL, not an engine: task parameters are recorded by
-Prefect, and a task may run in another process than its flow.
+Tasks take the database URL, not an engine: a task may run in another process
+than its flow. Flows take it as ``DatabaseUrl`` and hand it to their subflows
+as a ``SecretStr``: Prefect records every flow run's parameters, and records a
+SecretStr as asterisks, so a PostgreSQL password never reaches its database
+or UI. (A task's arguments are not recorded, only where they came from.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from core.config import ConfigError, Settings, load_settings
@@ -58,11 +62,26 @@ DB_TASK: dict[str, Any] = {
 }
 
 
-def flow_settings(database_url: str | None) -> Settings:
+# A flow's database URL parameter: None (segflow.toml, SEGFLOW_DATABASE_URL),
+# a URL, or a URL as a SecretStr (what a flow gives its subflows).
+DatabaseUrl = SecretStr | str | None
+
+
+def plain_url(url: DatabaseUrl) -> str | None:
+    """The URL a ``DatabaseUrl`` holds, or None."""
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
+
+
+def hidden(url: str) -> SecretStr:
+    """``url`` as a subflow's parameter: recorded by Prefect as asterisks."""
+    return SecretStr(url)
+
+
+def flow_settings(database_url: DatabaseUrl) -> Settings:
     """The settings a flow runs with: segflow.toml and the environment, as for
     any command, with ``database_url`` (when given) as ``--db``; the schema
     is brought up to date once, before the tasks write."""
-    settings = load_settings(database_url)
+    settings = load_settings(plain_url(database_url))
     open_db(settings.database_url, auto_upgrade=settings.auto_upgrade).dispose()
     return settings
 

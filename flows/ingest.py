@@ -36,7 +36,7 @@ from core.ingestion import (
 )
 from core.plugins import events_ingested_hook, file_sources, profiles_loaded_hook
 from core.types import ReadOptions, UsageError
-from flows.common import database, retry_unless
+from flows.common import DatabaseUrl, database, plain_url, retry_unless
 
 # How many rejected lines each file's counts list; the totals count them all.
 SHOW_REJECTIONS = 50
@@ -109,7 +109,7 @@ def import_file_task(
 @flow(name="ingest-files", log_prints=False)
 def ingest_files(
     paths: list[str],
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     mapping: dict | None = None,
     batch_size: int = 5000,
 ) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def ingest_files(
     cannot be imported at all fails its task and, after the other files were
     imported, the flow.
     """
-    database_url = database_url or load_settings().database_url
+    database_url = plain_url(database_url) or load_settings().database_url
     options = ReadOptions(**(mapping or {}))
     open_db(database_url)  # create or upgrade the schema once, before the tasks write
 
@@ -194,12 +194,14 @@ def poll_names(settings: Any) -> list[str]:
 
 
 @flow(name="ingest-polls", log_prints=False)
-def ingest_polls(names: list[str] | None = None, database_url: str | None = None) -> dict[str, Any]:
+def ingest_polls(
+    names: list[str] | None = None, database_url: DatabaseUrl = None
+) -> dict[str, Any]:
     """One pass over each configured HTTP feed (``names``, default all of
     [[sources.poll]]): new events stored, the cursor saved; returns counts per
     feed and in total. A feed that keeps failing fails its task and, after
     the others were polled, the flow."""
-    settings = load_settings(database_url)
+    settings = load_settings(plain_url(database_url))
     database_url = settings.database_url
     open_db(database_url, auto_upgrade=settings.auto_upgrade).dispose()
     names = poll_names(settings) if names is None else names

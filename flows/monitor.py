@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import DB_TASK, as_of_or_now, database, flow_settings
+from flows.common import DB_TASK, DatabaseUrl, as_of_or_now, database, flow_settings
 
 
 @task(name="run-checks", **DB_TASK)
@@ -51,7 +51,7 @@ class CheckFailed(RuntimeError):
 
 
 @flow(name="monitor", log_prints=False)
-def monitor(database_url: str | None = None, as_of: datetime | None = None) -> dict[str, Any]:
+def monitor(database_url: DatabaseUrl = None, as_of: datetime | None = None) -> dict[str, Any]:
     """Run every registered monitoring check as of ``as_of`` (default now)
     and store the alerts; returns ``segflow monitor check --json``'s run
     report: day, checks, the alert ids opened / updated / resolved per check,

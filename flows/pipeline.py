@@ -25,9 +25,11 @@ from flows.common import (
     EXAMPLE_SCORES,
     EXAMPLE_SEGMENTS,
     EXAMPLE_WORKFLOWS,
+    DatabaseUrl,
     as_of_or_now,
     flow_settings,
     folder,
+    hidden,
 )
 from flows.ingest import ingest_files, ingest_polls, poll_names
 from flows.monitor import monitor
@@ -41,7 +43,7 @@ STEPS = ("workflows", "ingest", "recommend", "scores", "segment", "automate", "s
 
 @flow(name="pipeline", log_prints=False)
 def pipeline(
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     files: list[str] | None = None,
     mapping: dict | None = None,
     polls: list[str] | None = None,
@@ -68,6 +70,7 @@ def pipeline(
     """
     settings = flow_settings(database_url)
     url = settings.database_url
+    db = hidden(url)
     when = as_of_or_now(as_of)
     since = as_of_or_now(history_since) if history_since is not None else None
     feeds = poll_names(settings) if polls is None else polls
@@ -77,15 +80,15 @@ def pipeline(
         # Bad definitions fail here, before anything is ingested.
         "workflows": save_workflows_task(url, str(saved)) if saved else None,
         "ingest": {
-            "files": ingest_files(files, database_url=url, mapping=mapping) if files else None,
-            "polls": ingest_polls(feeds, database_url=url) if feeds else None,
+            "files": ingest_files(files, database_url=db, mapping=mapping) if files else None,
+            "polls": ingest_polls(feeds, database_url=db) if feeds else None,
         },
     }
-    result["recommend"] = recommend(database_url=url, as_of=when)
-    result["scores"] = scores(scores_dir, database_url=url, as_of=when) if scores_dir else None
-    result["segment"] = segment(segments_dir, database_url=url, as_of=when, full=full)
-    result["automate"] = automate(None, database_url=url, as_of=when, history_since=since)
-    result["send"] = send(database_url=url, as_of=when) if perform else None
-    result["monitor"] = monitor(database_url=url, as_of=when)
+    result["recommend"] = recommend(database_url=db, as_of=when)
+    result["scores"] = scores(scores_dir, database_url=db, as_of=when) if scores_dir else None
+    result["segment"] = segment(segments_dir, database_url=db, as_of=when, full=full)
+    result["automate"] = automate(None, database_url=db, as_of=when, history_since=since)
+    result["send"] = send(database_url=db, as_of=when) if perform else None
+    result["monitor"] = monitor(database_url=db, as_of=when)
     get_run_logger().info("pipeline as of %s: %s done", result["as_of"], ", ".join(STEPS))
     return result

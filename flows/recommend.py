@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import DB_TASK, as_of_or_now, database, flow_settings
+from flows.common import DB_TASK, DatabaseUrl, as_of_or_now, database, flow_settings
 
 
 @task(name="refresh-catalogue", **DB_TASK)
@@ -44,7 +44,7 @@ def refresh_recommendations_task(database_url: str, as_of: datetime) -> list[dic
 
 
 @flow(name="recommend", log_prints=False)
-def recommend(database_url: str | None = None, as_of: datetime | None = None) -> dict[str, Any]:
+def recommend(database_url: DatabaseUrl = None, as_of: datetime | None = None) -> dict[str, Any]:
     """Update the catalogue from new product events and recompute every
     recommender's related products and best-sellers as of ``as_of`` (default
     now); returns products_updated and what each recommender stored."""

@@ -16,7 +16,15 @@ from prefect import flow, get_run_logger, task
 
 from core.plugins import scoring_models
 from core.scoring import load_score_files, run_scores
-from flows.common import DB_TASK, EXAMPLE_SCORES, as_of_or_now, database, flow_settings, folder
+from flows.common import (
+    DB_TASK,
+    EXAMPLE_SCORES,
+    DatabaseUrl,
+    as_of_or_now,
+    database,
+    flow_settings,
+    folder,
+)
 
 
 @task(name="run-scores", **DB_TASK)
@@ -33,7 +41,7 @@ def run_scores_task(database_url: str, directory: str, as_of: datetime) -> dict[
 @flow(name="scores", log_prints=False)
 def scores(
     directory: str = str(EXAMPLE_SCORES),
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     as_of: datetime | None = None,
 ) -> dict[str, Any]:
     """Compute every score defined in ``directory`` as of ``as_of`` (default

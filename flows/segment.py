@@ -21,7 +21,15 @@ from prefect import flow, get_run_logger, task
 from core.plugins import condition_kinds, segment_change_hook
 from core.segments.report import run_report
 from core.segments.store import load_segment_files, run_segments
-from flows.common import DB_TASK, EXAMPLE_SEGMENTS, as_of_or_now, database, flow_settings, folder
+from flows.common import (
+    DB_TASK,
+    EXAMPLE_SEGMENTS,
+    DatabaseUrl,
+    as_of_or_now,
+    database,
+    flow_settings,
+    folder,
+)
 
 
 # Records memberships and changes: never skipped for a cached result.
@@ -55,7 +63,7 @@ def run_segments_task(
 @flow(name="segment", log_prints=False)
 def segment(
     directory: str | None = str(EXAMPLE_SEGMENTS),
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     as_of: datetime | None = None,
     full: bool = False,
 ) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from core.config import load_settings
-from flows.common import as_of_or_now, database, flow_settings
+from flows.common import DatabaseUrl, as_of_or_now, database, flow_settings
 from flows.common import retry_transient as retry_condition
 
 
@@ -56,7 +56,7 @@ def perform_task(database_url: str, as_of: datetime) -> dict[str, Any]:
 
 
 @flow(name="send", log_prints=False)
-def send(database_url: str | None = None, as_of: datetime | None = None) -> dict[str, Any]:
+def send(database_url: DatabaseUrl = None, as_of: datetime | None = None) -> dict[str, Any]:
     """Perform every pending action as of ``as_of`` (default now); returns
     counts: performed per action, done, and skipped / failed / retry by reason."""
     settings = flow_settings(database_url)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from core.config import load_settings
-from flows.common import database, flow_settings
+from flows.common import DatabaseUrl, database, flow_settings
 from flows.common import retry_transient as retry_condition
 
 
@@ -59,7 +59,7 @@ def sync_task(database_url: str, name: str, dry_run: bool = False) -> dict[str, 
 
 @flow(name="sync", log_prints=False)
 def sync(
-    database_url: str | None = None, connectors: list[str] | None = None, dry_run: bool = False
+    database_url: DatabaseUrl = None, connectors: list[str] | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """Sync every [[connectors]] entry that syncs (or those named); returns
     each one's counts by name."""

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.client.schemas.sorting import FlowRunSort
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from core.consents import set_consent
 from core.db import make_engine
@@ -86,6 +88,23 @@ def steps_of(flow_run_id) -> list[str]:
     return [names[r.flow_id] for r in runs]
 
 
+PASSWORD = "pipeline-test-password"
+
+
+def with_password(url: str) -> str:
+    """``url`` with a password, on PostgreSQL (the test server trusts local
+    connections, so any password connects)."""
+    if not url.startswith("postgresql"):
+        return url
+    return make_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def recorded_parameters() -> str:
+    """Every flow run's parameters as the Prefect server holds them."""
+    with get_client(sync_client=True) as client:
+        return json.dumps([r.parameters for r in client.read_flow_runs()], default=str)
+
+
 def sent_to(url: str) -> list[str]:
     with make_engine(url).connect() as conn:
         return list(
@@ -102,8 +121,9 @@ def test_the_pipeline_imports_starts_the_cart_run_and_sends_after_the_wait(
 ):
     now = datetime.now(UTC).replace(microsecond=0)
     folders = {"segments_dir": str(project / "segments"), "scores_dir": None}
+    db_url = with_password(db_url)
     state = pipeline(
-        database_url=db_url,
+        database_url=SecretStr(db_url),
         files=[str(events_file(project, now))],
         polls=[],
         workflows_dir=str(project / "workflows"),
@@ -128,6 +148,9 @@ def test_the_pipeline_imports_starts_the_cart_run_and_sends_after_the_wait(
         ).all()
     # bob bought within the exit window: his run ended at once.
     assert sorted(started) == [("c-ann", "active"), ("c-bob", "exited")]
+    # The pipeline and each of its steps recorded the URL, but not its password.
+    assert "**********" in recorded_parameters()
+    assert PASSWORD not in recorded_parameters()
 
     set_consent(engine, "ann", "email", True, "test")
     later = now + timedelta(hours=2)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 
 from core import bulk_import_scope, hookimpl
 
@@ -60,7 +61,8 @@ def demo_command(
     # server, which must not try to phone home.
     with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}), bulk_import_scope():
         summary = demo(
-            database_url=engine.url.render_as_string(hide_password=False),
+            # A SecretStr: Prefect records it as asterisks, not the password.
+            database_url=SecretStr(engine.url.render_as_string(hide_password=False)),
             people=people,
             days=days,
             seed=seed,

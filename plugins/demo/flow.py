@@ -25,7 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import database, flow_settings
+from flows.common import DatabaseUrl, database, flow_settings, hidden
 from flows.config import EXAMPLE_SCORES, EXAMPLE_SEGMENTS, EXAMPLE_WORKFLOWS
 from flows.pipeline import pipeline
 from plugins.demo.emails import grant_signup_consents, send_demo_emails
@@ -84,7 +84,7 @@ def summarise_task(database_url: str, today: dict, later: dict) -> dict[str, Any
 
 @flow(name="demo", log_prints=False)
 def demo(
-    database_url: str | None = None,
+    database_url: DatabaseUrl = None,
     people: int = 5000,
     days: int = 90,
     seed: int = 42,
@@ -112,7 +112,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="segflow-demo-") as folder:
         store = write_store_task(url, folder, people, days, seed, reset, now, progress)
         today = pipeline(
-            database_url=url,
+            database_url=hidden(url),
             files=[store["events_file"]],
             polls=[],
             scores_dir=scores_dir,
@@ -124,7 +124,7 @@ def demo(
         )
     sent = consents_and_emails_task(url, now)
     later = pipeline(
-        database_url=url,
+        database_url=hidden(url),
         polls=[],
         scores_dir=scores_dir,
         segments_dir=None,
