@@ -159,7 +159,7 @@ class AuditLog(SQLModel, table=True):
 
 
 class Consent(SQLModel, table=True):
-    """A person's current consent per purpose (email, tracking, ...)."""
+    """A person's current consent per purpose (core.privacy.consent.PURPOSES)."""
 
     __tablename__ = "consents"
     __table_args__ = (sa.UniqueConstraint("profile_id", "purpose"),)
@@ -171,6 +171,8 @@ class Consent(SQLModel, table=True):
     purpose: str = Field(max_length=64)
     granted: bool
     source: str | None = Field(default=None, max_length=64)
+    # The version of the consent text the person agreed to (or withdrew from).
+    version: str | None = Field(default=None, max_length=64)
     updated_at: datetime = _ts()
 
 

@@ -13,6 +13,16 @@ from core.ingestion.plain import as_event
 from core.ingestion.report import IngestReport, Rejection
 from core.ingestion.schema import IDENTIFY, Event, Fields, trait_email
 from core.ingestion.writers import EventWriter
+from core.privacy.policy import (
+    DROPPED,
+    ConsentChange,
+    ConsentPolicy,
+    anonymise,
+    consent_change,
+    record_changes,
+    strip_trait,
+    untracked,
+)
 from core.privacy.suppress import REASON, secret_key, suppressed
 from core.types import StoredEvent
 
@@ -27,16 +37,23 @@ def store_batch(
     load: DeferredLoad | None = None,
     touched: set[int] | None = None,
     activity: BatchActivity | None = None,
+    policy: ConsentPolicy | None = None,
 ) -> list[StoredEvent]:
     """Store one batch in ``conn``'s transaction; its stored events when
     ``want_stored``, the ids of the profiles they went to added to
-    ``touched``, and its events per type (with the newest time) to ``activity``."""
+    ``touched``, and its events per type (with the newest time) to ``activity``.
+    ``policy``: the consent policy (core.privacy.policy); none holds nothing back."""
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
         return []
     records: list[Fields] = [e if type(e) is dict else e.__dict__ for e in fresh]
     emails = [trait_email(r.get("traits")) if r["type"] == IDENTIFY else None for r in records]
     fresh, records, emails = _drop_suppressed(conn, fresh, records, emails, report)
+    if not fresh:
+        return []
+    fresh, records, emails, changes = _apply_consent(
+        conn, policy or ConsentPolicy(), fresh, records, emails, report
+    )
     if not fresh:
         return []
     resolver = BatchResolver(conn)
@@ -70,6 +87,8 @@ def store_batch(
     pids = [pid_of[h] for h in handles]
     if touched is not None:
         touched.update(pid_of.values())
+    if any(c is not None for c in changes):
+        record_changes(conn, records, changes, pids, source, now)
     inserted = writer(conn, records, pids, source, now)
     if inserted != len(records):
         # Another writer stored some of these between our check and insert.
@@ -127,6 +146,48 @@ def _drop_suppressed(
         [r for r, k in zip(records, keep, strict=True) if k],
         [e for e, k in zip(emails, keep, strict=True) if k],
     )
+
+
+def _apply_consent(
+    conn: Connection,
+    policy: ConsentPolicy,
+    fresh: list[Event | Fields],
+    records: list[Fields],
+    emails: list[str | None],
+    report: IngestReport,
+) -> tuple[list[Event | Fields], list[Fields], list[str | None], list[ConsentChange | None]]:
+    """Read the consent decisions the batch carries (unreadable ones reject
+    their event), then hold back the events the tracking policy refuses."""
+    changes: list[ConsentChange | None] = []
+    keep: list[bool] = []
+    for r in records:
+        change = consent_change(r)
+        if isinstance(change, str):
+            report.rejected.append(Rejection(f"message {r['message_id']}", change))
+            changes.append(None)
+            keep.append(False)
+            continue
+        changes.append(change)
+        keep.append(True)
+        if change is not None:
+            strip_trait(r)
+    held = untracked(conn, policy, records, changes)
+    for i, r in enumerate(records):
+        if not keep[i] or not held[i]:
+            continue
+        if policy.tracking == "required":
+            report.rejected.append(Rejection(f"message {r['message_id']}", DROPPED))
+            keep[i] = False
+        else:
+            anonymise(r, policy.anonymous_properties)
+            emails[i] = None
+    if all(keep):
+        return fresh, records, emails, changes
+
+    def kept(items: list) -> list:
+        return [x for x, k in zip(items, keep, strict=True) if k]
+
+    return kept(fresh), kept(records), kept(emails), kept(changes)
 
 
 def _drop_duplicates(

@@ -43,7 +43,7 @@ def grant_signup_consents(engine: Engine) -> int:
             )
         ).scalars()
         opted_in = [pid for pid in ids if pid % NO_CONSENT_EVERY]
-    return set_consents(engine, opted_in, "email", True, "demo signup")
+    return set_consents(engine, opted_in, "email_marketing", True, "demo signup")
 
 
 def _members(engine: Engine, segment: str, limit: int) -> list[int]:

@@ -1,6 +1,6 @@
 """``consent``: the person granted this purpose.
 
-{consent: marketing_email}
+{consent: email_marketing}   (``email``, the old name, means the same)
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from core.db.tables import CONSENTS
+from core.privacy.consent import purpose_name
 from core.segments.evaluate import ProfileData
 from core.segments.language import Strict
 from core.segments.sql import FeatureColumns, Features, Render
@@ -24,6 +25,12 @@ PURPOSE_MAX_LENGTH: int = CONSENTS.c.purpose.type.length
 
 class ConsentCondition(Strict):
     consent: Annotated[str, Field(min_length=1, max_length=PURPOSE_MAX_LENGTH)]
+
+    @field_validator("consent")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        # ``{consent: email}`` (the old name) means email_marketing.
+        return purpose_name(value)
 
 
 def python(cond: ConsentCondition, profile: ProfileData, as_of: datetime) -> bool:

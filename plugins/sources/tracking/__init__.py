@@ -99,7 +99,7 @@ def mount(router: Any, api: Any) -> None:
         from core import set_consent  # the consent store loads SQLAlchemy; only here
 
         data = record("unsubscribe", token, request)
-        set_consent(api.engine, data.get("u") or data["e"], "email", False, "unsubscribe")
+        set_consent(api.engine, data.get("u") or data["e"], "email_marketing", False, "unsubscribe")
         return HTMLResponse(UNSUBSCRIBED)
 
 
