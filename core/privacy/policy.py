@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Connection
 
 from core.db.sql import fetch_in
+from core.ingestion.plain import STORED_JSON
 from core.privacy.consent import (
     ALIASES,
     PURPOSES,
@@ -178,6 +179,8 @@ def anonymise(record: dict[str, Any], keep: list[str]) -> None:
         record["url"] = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     props = record.get("properties") or {}
     record["properties"] = {k: v for k, v in props.items() if k in keep}
+    # The plain path's copy of the properties as stored, now out of date.
+    record.pop(STORED_JSON, None)
 
 
 def strip_trait(record: dict[str, Any]) -> None:
@@ -185,6 +188,7 @@ def strip_trait(record: dict[str, Any]) -> None:
     traits = record.get("traits")
     if traits and TRAIT in traits:
         record["traits"] = {k: v for k, v in traits.items() if k != TRAIT}
+        record.pop(STORED_JSON, None)
 
 
 def record_changes(
