@@ -2,6 +2,8 @@
 
     GET  /v1/privacy/export/{user_id}  -> the export document (core.privacy.export)
     POST /v1/privacy/erase/{user_id}   -> the erasure report (core.privacy.erase)
+    POST /v1/consents  (events:write)  -> a person's consent decisions, stored as an
+                                          identify event with traits.consent
 
 Unknown person: 404. Imported by ``core.api.create_app`` only (it loads FastAPI).
 """
@@ -17,6 +19,8 @@ from core.profiles import ProfileNotFound
 from core.types import CommandError
 
 SCOPE = "admin"
+# A key that may send events may already send identify traits.consent.
+CONSENT_SCOPE = "events:write"
 
 
 def mount(app: FastAPI, ctx: ApiContext) -> None:
@@ -42,3 +46,20 @@ def mount(app: FastAPI, ctx: ApiContext) -> None:
         except CommandError as exc:
             raise ApiError(500, str(exc)) from None
         return report.model_dump()
+
+    @app.post("/v1/consents", tags=["privacy"], openapi_extra=requires(CONSENT_SCOPE))
+    def consents(body: dict[str, Any], request: Request) -> dict[str, Any]:
+        from core.api import checked_event
+        from core.privacy.policy import ConsentChange, consent_change
+
+        info = ctx.authorize(request, CONSENT_SCOPE)
+        decisions = body.get("consent")
+        ids = {k: body[k] for k in ("user_id", "anonymous_id", "email") if body.get(k)}
+        event = {"type": "identify", **ids, "traits": {"consent": decisions}}
+        if body.get("ts"):
+            event["ts"] = body["ts"]
+        change = consent_change(event)
+        if not isinstance(change, ConsentChange):
+            raise ApiError(400, change or "no consent given", "body")
+        ctx.ingest([checked_event(event, "body")], f"api:{info.name}")
+        return {"recorded": change.purposes, "version": change.version}
