@@ -203,7 +203,7 @@ def store_facts(engine, facts) -> None:
             if user in ids:
                 conn.execute(
                     models.Consent.__table__.insert().values(
-                        profile_id=ids[user], purpose="email", granted=granted
+                        profile_id=ids[user], purpose="email_marketing", granted=granted
                     )
                 )
         for user, value, hours in scores:

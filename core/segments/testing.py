@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from core.privacy.consent import purpose_name
 from core.segments.evaluate import EventRow, ProfileData, evaluate
 from core.segments.language import SegmentError, check_references, parse_duration
 from core.segments.store import SegmentFile, segments_by_name
@@ -59,7 +60,8 @@ def build_profile(test: Any, as_of: datetime, where: str) -> ProfileData:
     return ProfileData(
         events=events,
         attributes=dict(test.attributes),
-        consents=set(test.consents),
+        # Old purpose names (``email``) as the rules read them.
+        consents={purpose_name(c) for c in test.consents},
         scores=dict(test.scores),
     )
 
