@@ -317,8 +317,11 @@ def parse_segment(data: Any, *, kinds: ConditionKinds, file: str | None = None) 
         rule = parse_rule(data["rule"], kinds)
     except SegmentError as exc:
         raise SegmentError(exc.reason, file=file, segment=name, path=exc.path) from None
+    raw_tests = data.get("tests") or []
+    if not isinstance(raw_tests, list):
+        raise SegmentError("tests must be a list", file=file, segment=name, path="tests")
     try:
-        tests = tuple(SegmentTest.model_validate(t) for t in data.get("tests") or ())
+        tests = tuple(SegmentTest.model_validate(t) for t in raw_tests)
     except ValidationError as exc:
         loc, msg = validation_reason(exc)
         raise SegmentError(msg, file=file, segment=name, path=f"tests.{loc}") from None

@@ -234,7 +234,7 @@ def validate_condition(params: Any) -> dict[str, Any]:
         groups = [groups]
     if not isinstance(groups, list) or not groups:
         raise ValueError(f"expected a group or a list of groups (of {valid})")
-    unknown_groups = [g for g in groups if g not in GROUP_CELLS]
+    unknown_groups = [g for g in groups if not isinstance(g, str) or g not in GROUP_CELLS]
     if unknown_groups:
         names = ", ".join(repr(g) for g in unknown_groups)
         raise ValueError(f"unknown rfm group {names}; valid groups: {valid}")
