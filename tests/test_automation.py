@@ -18,6 +18,7 @@ from core.automation import load_workflow_files, perform_pending, run_tick, simu
 from core.automation.engine import enter
 from core.automation.language import WorkflowError, default_registry, parse_workflow
 from core.automation.steps import bucket
+from core.consents import set_consent
 from core.db import open_db
 from core.db.tables import (
     MESSAGES,
@@ -637,3 +638,39 @@ def test_workflows_validate_exits_1_naming_the_error(run, tmp_path):
     )
     status, out, _ = run("workflows", "validate")
     assert status == 0 and "ok  w: 1 steps, trigger segment_entered" in out
+
+
+WAIT_THEN_SEND = """
+name: nurture
+trigger: {segment_entered: buyers}
+steps:
+  - wait: 1h
+  - send: {template: welcome}
+"""
+
+
+def test_a_withdrawn_consent_ends_the_persons_marketing_runs_at_once(sqlite_url):
+    engine = open_db(sqlite_url)
+    save(engine, WAIT_THEN_SEND)
+    withdraws, unsubscribes, stays, never = people(engine, 4)
+    set_consent(engine, "p3", "email", False, "test")
+    enter(engine, {"nurture": [Entry(p, NOW) for p in (withdraws, unsubscribes, stays)]}, as_of=NOW)
+    assert {r["status"] for r in runs(engine)} == {"active"}
+    track(
+        engine,
+        {"type": "identify", "user_id": "p0", "ts": at(1),
+         "traits": {"consent": {"email_marketing": False, "version": "v2"}}},
+        {"type": "unsubscribe", "user_id": "p1", "ts": at(1)},
+        {"type": "identify", "user_id": "p2", "ts": at(1), "traits": {"plan": "gold"}},
+    )  # fmt: skip
+    by = {r["profile_id"]: r for r in runs(engine)}
+    assert (by[withdraws]["status"], by[withdraws]["reason"]) == (
+        "exited", "email consent withdrawn"
+    )  # fmt: skip
+    assert (by[unsubscribes]["status"], by[unsubscribes]["reason"]) == ("exited", "unsubscribed")
+    assert by[stays]["status"] == "active"
+    # Someone who said no before entering leaves at entry.
+    enter(engine, {"nurture": [Entry(never, NOW)]}, as_of=NOW)
+    assert {r["profile_id"]: r["status"] for r in runs(engine)}[never] == "exited"
+    run_tick(engine, as_of=NOW + timedelta(hours=2))
+    assert [a["profile_id"] for a in actions(engine)] == [stays]

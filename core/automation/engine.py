@@ -47,6 +47,8 @@ from core.db.tables import (
     WORKFLOW_TRIGGERS,
 )
 from core.ingestion.crashpoints import crash_point
+from core.privacy.consent import UNSUBSCRIBE_EVENT, UNSUBSCRIBED, WITHDRAWN, email_refusals
+from core.privacy.policy import CONSENT_EVENT
 from core.segments.language import Rule
 from core.types import Change, Entry
 
@@ -54,6 +56,9 @@ BATCH = 500
 # Events older than this when they arrive start no run: an import of last
 # year's carts must not send cart reminders today.
 STALE_EVENTS = timedelta(days=1)
+# Events that may carry a consent decision (stored identify events no longer
+# show their traits.consent, so every identify counts).
+CONSENT_CARRIERS = frozenset({"identify", UNSUBSCRIBE_EVENT, CONSENT_EVENT})
 # Marketing messages counted against caps: those handed over or about to be.
 COUNTED = ("rendered", "sending", "sent", "unknown", "deferred")
 
@@ -102,9 +107,13 @@ class DbEnv:
         self._sent: dict[int, list[datetime]] = defaultdict(list)
         self._sent_loaded: set[int] = set()
         self._since: datetime | None = None
+        self._withdrawn: dict[int, str] = {}
+        self._consent_read: set[int] = set()
 
     def prefetch(self, pids: list[int], since: datetime | None) -> None:
-        """Timezones and recent marketing messages of a batch's people, in two queries."""
+        """Timezones, withdrawn consents and recent marketing messages of a
+        batch's people, a few queries for all of them."""
+        self._read_consents(pids)
         todo = [p for p in pids if p not in self._zones]
         for chunk in _chunks(todo):
             for pid, attrs in self.conn.execute(
@@ -165,6 +174,22 @@ class DbEnv:
 
     def record_send(self, pid: int, at: datetime) -> None:
         self._sent[pid].append(at)
+
+    def consent_withdrawn(self, pid: int) -> str | None:
+        """Why the person's email consent is withdrawn (a withdrawal, or an
+        unsubscribe after the grant), else None. Never having consented is
+        not a withdrawal: such runs go on, and the gate refuses their sends."""
+        self._read_consents([pid])
+        return self._withdrawn.get(pid)
+
+    def _read_consents(self, pids: list[int]) -> None:
+        todo = sorted({p for p in pids if p not in self._consent_read})
+        if not todo:
+            return
+        self._consent_read.update(todo)
+        for pid, why in email_refusals(self.conn, todo).items():
+            if why in (WITHDRAWN, UNSUBSCRIBED):
+                self._withdrawn[pid] = why
 
 
 def _chunks(items: list[Any], size: int = BATCH) -> Iterable[list[Any]]:
@@ -512,6 +537,12 @@ def on_events(
         pids = sorted({e.profile_id for e in events})
         for name in watching:
             _wake(engine, reg, as_of, report, name, pids, woken_by_event=True)
+    # A consent decision (identify traits, an unsubscribe, the API) ends the
+    # person's marketing runs now, not at their next step.
+    deciding = sorted({e.profile_id for e in events if e.type in CONSENT_CARRIERS})
+    if deciding:
+        for name in [n for n, wf in current.items() if wf.marketing and n not in watching]:
+            _wake(engine, reg, as_of, report, name, deciding)
     return report
 
 

@@ -177,6 +177,11 @@ class Workflow:
         """The segment the workflow is about (its trigger's), if any."""
         return self.trigger.segment(self.trigger_params)
 
+    @property
+    def marketing(self) -> bool:
+        """Whether some step sends marketing: a withdrawn consent ends its runs."""
+        return any(n.marketing for n in self.nodes.values())
+
     def node(self, path: str | None) -> Node | None:
         return None if path is None else self.nodes.get(path)
 

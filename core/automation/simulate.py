@@ -96,6 +96,10 @@ class _SimEnv:
     def record_send(self, pid: int, at: datetime) -> None:
         self.sent[pid].append(at)
 
+    def consent_withdrawn(self, pid: int) -> str | None:
+        # A replay of events: the consents it would need are today's, not the past's.
+        return None
+
 
 def _stored_event(row: Any) -> StoredEvent:
     fields = {

@@ -42,6 +42,8 @@ class Env(Protocol):
 
     def record_send(self, pid: int, at: datetime) -> None: ...
 
+    def consent_withdrawn(self, pid: int) -> str | None: ...
+
 
 @dataclass
 class Run:
@@ -104,6 +106,8 @@ def exit_reason(run: Run, wf: Workflow, env: Env, at: datetime) -> str | None:
         return f"left segment {wf.segment}"
     if wf.exit_rule is not None and env.holds(wf.exit_rule, run.profile_id, at)[0]:
         return "exit_when holds"
+    if wf.marketing:
+        return env.consent_withdrawn(run.profile_id)
     return None
 
 
