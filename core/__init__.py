@@ -160,6 +160,7 @@ _LAZY = {
     # ESP / CRM sync: the client connectors call through, runs, verify
     "SyncClient": "core.sync.client",
     "SyncFailure": "core.sync.client",
+    "KeyRefused": "core.sync.client",
     "TransportFailure": "core.sync.client",
     "SyncReport": "core.sync.engine",
     "run_sync": "core.sync.engine",
@@ -308,6 +309,7 @@ __all__ = [
     "SyncTarget",
     "SyncClient",
     "SyncFailure",
+    "KeyRefused",
     "TransportFailure",
     "SyncReport",
     "run_sync",
@@ -406,7 +408,7 @@ if TYPE_CHECKING:
     from core.segments.where import Filter, Where, where_matches, where_sql
     from core.source_state import load_cursor, save_cursor
     from core.stats import count_events, database_summary
-    from core.sync.client import SyncClient, SyncFailure, TransportFailure
+    from core.sync.client import KeyRefused, SyncClient, SyncFailure, TransportFailure
     from core.sync.engine import SyncReport, plan_sync, run_sync
     from core.sync.verify import VerifyReport, sync_status, verify_sync
     from core.tracking import PIXEL_GIF, BadToken, tracking_event

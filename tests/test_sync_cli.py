@@ -128,6 +128,21 @@ def test_a_missing_key_or_connector_is_a_clear_error(fake, monkeypatch):
     assert status != 0 and "no connector named 'nope'" in err and "Traceback" not in err
 
 
+def test_a_refused_key_stops_the_run_at_its_first_401(fake, monkeypatch):
+    api, _url = fake
+    monkeypatch.setenv("MC_TEST_KEY", "0" * 32 + "-us1")
+    status, out, err = cli("sync", "run")
+    assert status == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert "'mc'" in line and "MC_TEST_KEY" in line and "401" in line
+    # Only the requests already in flight when the first 401 came back.
+    from plugins.esp.mailchimp import SYNC
+
+    answers = [what for _m, _p, what in api.log]
+    assert set(answers) == {401} and len(answers) <= SYNC.limits.concurrency
+    assert api.members() == {}
+
+
 def test_the_sync_action_syncs_the_person_at_that_step(fake, tmp_path):
     from core.automation import perform_pending, run_tick
     from core.automation.engine import enter

@@ -15,6 +15,7 @@ from core.lazy import lazy_exports
 __all__ = [
     "SyncClient",
     "SyncFailure",
+    "KeyRefused",
     "SyncReport",
     "TransportFailure",
     "VerifyReport",
@@ -29,6 +30,7 @@ __getattr__ = lazy_exports(
     {
         "SyncClient": "core.sync.client",
         "SyncFailure": "core.sync.client",
+        "KeyRefused": "core.sync.client",
         "TransportFailure": "core.sync.client",
         "SyncReport": "core.sync.engine",
         "plan_sync": "core.sync.engine",
@@ -40,6 +42,6 @@ __getattr__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from core.sync.client import SyncClient, SyncFailure, TransportFailure
+    from core.sync.client import KeyRefused, SyncClient, SyncFailure, TransportFailure
     from core.sync.engine import SyncReport, plan_sync, run_sync
     from core.sync.verify import VerifyReport, sync_status, verify_sync

@@ -46,6 +46,11 @@ class SyncFailure(Exception):
         self.status = status
 
 
+class KeyRefused(SyncFailure):
+    """The API answered 401: it refuses the key itself, so every other request
+    of the run would be refused too; the run stops at the first."""
+
+
 class TransportFailure(SyncFailure):
     """The connection failed after the request may have reached the API, and
     the request was not marked idempotent, so it was not retried."""
@@ -171,6 +176,9 @@ class SyncClient:
         self.backoff = backoff or Backoff()
         self.stats = ClientStats()
         self._paused_until: dict[str, float] = {}
+        # Set at the first 401; every later request raises it unsent, even where
+        # a connector maps a failed call to its records and carries on.
+        self.refused: KeyRefused | None = None
         connections = limits.concurrency * max(1, len(self.windows))
         self.http = httpx.AsyncClient(
             base_url=base_url,
@@ -200,6 +208,8 @@ class SyncClient:
     async def request(
         self, method: str, url: str, *, idempotent: bool | None = None, **kwargs: Any
     ) -> httpx.Response:
+        if self.refused is not None:
+            raise self.refused
         method = method.upper()
         safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         last = "no attempt"
@@ -229,6 +239,9 @@ class SyncClient:
             asked = None
             if response is not None:
                 self._read_rate(response, group)
+                if response.status_code == 401:
+                    self.refused = KeyRefused(f"{method} {url.split('?')[0]}: HTTP 401", 401)
+                    raise self.refused
                 if response.status_code not in RETRIED_STATUS:
                     return response
                 last = f"HTTP {response.status_code}"

@@ -48,7 +48,7 @@ from core.db.tables import (
 from core.ingestion.crashpoints import crash_point
 from core.privacy.erase import send_deletions
 from core.source_state import save_cursor
-from core.sync.client import SyncClient, SyncFailure
+from core.sync.client import KeyRefused, SyncClient, SyncFailure
 from core.types import (
     EspConnector,
     RecordResult,
@@ -501,7 +501,7 @@ class _Run:
 def _results(batch: Sequence[Any], outcome: Any) -> list[RecordResult]:
     """A call's results, or ``retry`` for every record of a call that raised."""
     if isinstance(outcome, BaseException):
-        if not isinstance(outcome, Exception):
+        if not isinstance(outcome, Exception) or isinstance(outcome, KeyRefused):
             raise outcome
         reason = str(outcome) if isinstance(outcome, SyncFailure) else (
             f"{type(outcome).__name__}: {outcome}")  # fmt: skip
@@ -576,6 +576,8 @@ async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, t
                     task.cancel()
         finally:
             report.requests, report.throttled = client.stats.requests, client.stats.throttled
+            if client.refused is not None:
+                raise client.refused
 
 
 async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:

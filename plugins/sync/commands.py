@@ -27,7 +27,7 @@ def run_command(
 ) -> None:
     """Send what changed since the last run: new, changed and removed people,
     memberships and segment events; failed records are tried again next run."""
-    from core import run_sync
+    from core import KeyRefused, UsageError, run_sync
     from plugins.sync.config import configured, connector_of, target_of
 
     cli = ctx.obj
@@ -35,16 +35,22 @@ def run_command(
     reports = []
     for config in configured(cli.settings, connector):
         target = target_of(config)
-        with cli.progress(f"syncing {target.name}") as advance:
-            report = run_sync(
-                engine,
-                target,
-                connector_of(config),
-                segments=segment or None,
-                dry_run=dry_run,
-                reconcile=reconcile,
-                progress=_stepper(advance),
-            )
+        try:
+            with cli.progress(f"syncing {target.name}") as advance:
+                report = run_sync(
+                    engine,
+                    target,
+                    connector_of(config),
+                    segments=segment or None,
+                    dry_run=dry_run,
+                    reconcile=reconcile,
+                    progress=_stepper(advance),
+                )
+        except KeyRefused:
+            raise UsageError(
+                f"connector {target.name!r}: {target.kind} refused the key in "
+                f"{config.api_key_env} (HTTP 401); nothing more was sent"
+            ) from None
         reports.append(report.model_dump())
     if as_json:
         cli.print_json(reports)
