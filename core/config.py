@@ -32,6 +32,7 @@ from pydantic import (
 
 from core.errors import validation_reason
 from core.plugins import settings_sections
+from core.privacy.settings import PrivacySettings
 from core.types import UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///segflow.db"
@@ -108,6 +109,8 @@ class Settings(BaseModel):
     secret_key: str | None = Field(default=None, min_length=16)
     # Personalised email: [email] in segflow.toml.
     email: EmailSettings = EmailSettings()
+    # Minimisation at ingestion and retention: [privacy] (core.privacy.settings).
+    privacy: PrivacySettings = PrivacySettings()
     # Plugins' sections as written (section name -> raw value); see plugin().
     plugin_settings: dict[str, Any] = {}
     # Where database_url came from, for `segflow info` and error messages.

@@ -34,6 +34,7 @@ from core.ingestion.writers import (
     _sqlite_params,
     make_writer,
 )
+from core.privacy.minimise import Minimiser, configured
 from core.types import RawRecord, StoredEvent
 
 Record = RawRecord | dict | Event
@@ -51,6 +52,7 @@ def ingest(
     bulk: bool = False,
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
     on_loaded: Callable[[set[int]], None] | None = None,
+    minimise: Minimiser | None = None,
 ) -> IngestReport:
     """Validate, dedupe, resolve and store events; one transaction per batch
     (a big SQLite load groups batches, up to PIPELINE_COMMIT_ROWS events each).
@@ -72,6 +74,8 @@ def ingest(
     on SQLite the INSERTs are pipelined. The caller chooses (see
     ``worth_bulk_loading``); a command running one enters
     ``bulk_import_scope`` for the process-wide settings that speed it up.
+    ``minimise``: what of each event is stored (core.privacy.minimise); by
+    default the ``[privacy.minimise]`` of the settings file.
     """
     if isinstance(default_tz, str):
         default_tz = parse_timezone(default_tz)
@@ -94,7 +98,16 @@ def ingest(
     touched: set[int] | None = set() if on_loaded is not None else None
     with (
         bulk_load(engine, bulk) as load,
-        BatchWriter(engine, source, report, load, on_stored, pipeline=bulk, touched=touched) as out,
+        BatchWriter(
+            engine,
+            source,
+            report,
+            load,
+            on_stored,
+            pipeline=bulk,
+            touched=touched,
+            minimiser=configured() if minimise is None else minimise,
+        ) as out,
     ):
         n = 0
         for n, item in enumerate(records, 1):
@@ -172,8 +185,10 @@ class BatchWriter:
         on_stored: Callable[[list[StoredEvent]], None] | None = None,
         pipeline: bool = False,
         touched: set[int] | None = None,
+        minimiser: Minimiser | None = None,
     ) -> None:
         self.engine = engine
+        self.minimiser = minimiser
         # Where the ids of the profiles stored batches went to are gathered.
         self.touched = touched
         self.load = load or DeferredLoad()
@@ -249,6 +264,7 @@ class BatchWriter:
             self.load,
             self.touched,
             activity,
+            self.minimiser,
         )
         activity.duplicates = report.duplicates - duplicates
         activity.rejected = len(report.rejected) - self.rejects_recorded
