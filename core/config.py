@@ -109,7 +109,7 @@ class Settings(BaseModel):
     secret_key: str | None = Field(default=None, min_length=16)
     # Personalised email: [email] in segflow.toml.
     email: EmailSettings = EmailSettings()
-    # Consent policy and other privacy settings: [privacy] (core.privacy.policy).
+    # Consent policy, minimisation and retention: [privacy] (core.privacy.settings).
     privacy: PrivacySettings = PrivacySettings()
     # Plugins' sections as written (section name -> raw value); see plugin().
     plugin_settings: dict[str, Any] = {}

@@ -120,6 +120,16 @@ def import_cmd(
         raise typer.Exit(1)
 
 
+def _minimised_line(counts: dict[tuple[str, str, str], int]) -> str:
+    """One line of what [privacy.minimise] did, most frequent first."""
+    parts = [
+        f"{action} {type_}.{name} {n:,}"
+        for (type_, name, action), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    shown = ", ".join(parts[:8]) + (f", ... {len(parts) - 8} more" if len(parts) > 8 else "")
+    return f"minimised ([privacy.minimise]): {shown}"
+
+
 def _print_reports(reports: dict, rejected: int, show: int) -> None:
     for p, r in reports.items():
         # The path on a line of its own: long paths must stay whole to be copied.
@@ -134,6 +144,8 @@ def _print_reports(reports: dict, rejected: int, show: int) -> None:
             f"{r.profiles_merged:,}",
         )
         out.print(table)
+        if r.minimised:
+            out.print(_minimised_line(r.minimised), markup=False, highlight=False, soft_wrap=True)
     listed = 0
     for r in reports.values():
         for rej in r.rejected:

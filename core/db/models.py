@@ -615,6 +615,21 @@ class IngestCount(SQLModel, table=True):
     rejected: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
 
 
+class IngestMinimised(SQLModel, table=True):
+    """What minimisation did per UTC day (of receipt), source, event type and
+    property: ``action`` is dropped (not on the allow-list, or an IP that is no
+    address), scrubbed (text rewritten) or ip (an address truncated)."""
+
+    __tablename__ = "ingest_minimised"
+
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    source: str = Field(primary_key=True, max_length=64)
+    type: str = Field(primary_key=True, max_length=64)
+    property: str = Field(primary_key=True, max_length=64)
+    action: str = Field(primary_key=True, max_length=16)
+    count: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+
+
 class MonitorAlert(SQLModel, table=True):
     """An alert of a monitoring check: opened when the check first fires for
     its subject, updated while it keeps firing, resolved when it stops."""

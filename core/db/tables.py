@@ -36,6 +36,7 @@ SYNC_STATES = models.SyncState.__table__
 SYNC_RUNS = models.SyncRun.__table__
 SOURCE_ACTIVITY = models.SourceActivity.__table__
 INGEST_COUNTS = models.IngestCount.__table__
+INGEST_MINIMISED = models.IngestMinimised.__table__
 ALERTS = models.MonitorAlert.__table__
 SUPPRESSIONS = models.Suppression.__table__
 PRIVACY_DELETIONS = models.PrivacyDeletion.__table__

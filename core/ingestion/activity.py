@@ -1,7 +1,9 @@
 """What ingestion keeps for monitoring, a few rows per batch: per source and
 event type the newest event time and the last delivery (``source_activity``,
 read by the freshness check), and per day and source the stored, duplicate
-and rejected records (``ingest_counts``, read by the spike checks).
+and rejected records (``ingest_counts``, read by the spike checks), and per
+day, source, type and property what minimisation dropped or rewrote
+(``ingest_minimised``).
 
 Written in the transaction that stores the batch, so the counts are exactly
 what was committed and no transaction is added; a call whose last records
@@ -31,9 +33,11 @@ class BatchActivity:
     types: TypeActivity = field(default_factory=dict)
     duplicates: int = 0
     rejected: int = 0
+    # (type, property, action) -> count, from core.privacy.minimise
+    minimised: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.types or self.duplicates or self.rejected)
+        return bool(self.types or self.duplicates or self.rejected or self.minimised)
 
 
 def tally(records: list, now: datetime) -> TypeActivity:
@@ -59,7 +63,16 @@ def record(conn: Connection, source: str, activity: BatchActivity, now: datetime
     statements = _upserts(conn.dialect.name)
     if statements is None:
         return  # another dialect: no upsert; monitoring then sees no activity
-    per_type, per_day = statements
+    per_type, per_day, per_property = statements
+    if activity.minimised:
+        conn.execute(
+            per_property,
+            [
+                {"day": now.date(), "source": source, "type": t, "property": p,
+                 "action": a, "count": n}
+                for (t, p, a), n in sorted(activity.minimised.items())
+            ],
+        )  # fmt: skip
     if activity.types:
         conn.execute(
             per_type,
@@ -82,7 +95,7 @@ def record(conn: Connection, source: str, activity: BatchActivity, now: datetime
 
 
 @functools.cache
-def _upserts(dialect: str) -> tuple[sa.TextClause, sa.TextClause] | None:
+def _upserts(dialect: str) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause] | None:
     """The two upserts as plain SQL, built once: a Core insert with
     ON CONFLICT is compiled anew on every call, which costs more than running it."""
     if dialect not in ("sqlite", "postgresql"):
@@ -107,4 +120,10 @@ def _upserts(dialect: str) -> tuple[sa.TextClause, sa.TextClause] | None:
         "duplicates = ingest_counts.duplicates + excluded.duplicates, "
         "rejected = ingest_counts.rejected + excluded.rejected"
     ).bindparams(sa.bindparam("day", type_=sa.Date()))
-    return per_type, per_day
+    per_property = sa.text(
+        "INSERT INTO ingest_minimised (day, source, type, property, action, count) "
+        "VALUES (:day, :source, :type, :property, :action, :count) "
+        "ON CONFLICT (day, source, type, property, action) DO UPDATE SET "
+        "count = ingest_minimised.count + excluded.count"
+    ).bindparams(sa.bindparam("day", type_=sa.Date()))
+    return per_type, per_day, per_property

@@ -9,10 +9,11 @@ from core.db.sql import fetch_in
 from core.ingestion.activity import BatchActivity, tally
 from core.ingestion.bulk import DeferredLoad
 from core.ingestion.identity import BatchResolver
-from core.ingestion.plain import as_event
+from core.ingestion.plain import STORED_JSON, as_event
 from core.ingestion.report import IngestReport, Rejection
 from core.ingestion.schema import IDENTIFY, Event, Fields, trait_email
 from core.ingestion.writers import EventWriter
+from core.privacy.minimise import Counts, Minimiser
 from core.privacy.policy import (
     DROPPED,
     ConsentChange,
@@ -38,11 +39,13 @@ def store_batch(
     touched: set[int] | None = None,
     activity: BatchActivity | None = None,
     policy: ConsentPolicy | None = None,
+    minimiser: Minimiser | None = None,
 ) -> list[StoredEvent]:
     """Store one batch in ``conn``'s transaction; its stored events when
     ``want_stored``, the ids of the profiles they went to added to
     ``touched``, and its events per type (with the newest time) to ``activity``.
-    ``policy``: the consent policy (core.privacy.policy); none holds nothing back."""
+    ``policy``: the consent policy (core.privacy.policy); none holds nothing back.
+    ``minimiser``: what of each event is kept (core.privacy.minimise)."""
     fresh = _drop_duplicates(conn, batch, report)
     if not fresh:
         return []
@@ -56,6 +59,13 @@ def store_batch(
     )
     if not fresh:
         return []
+    if minimiser is not None and minimiser.active:
+        counts = _minimise(minimiser, fresh, records)
+        if counts:
+            for k, n in counts.items():
+                report.minimised[k] = report.minimised.get(k, 0) + n
+            if activity is not None:
+                activity.minimised = counts
     resolver = BatchResolver(conn)
     ids = [(r.get("user_id"), r.get("anonymous_id"), r.get("email")) for r in records]
     keys: set[tuple[str, str]] = {("email", email) for email in emails if email is not None}
@@ -110,6 +120,26 @@ def store_batch(
         else StoredEvent(e, pid, e.ts or now, now)
         for e, pid in zip(fresh, pids, strict=True)
     ]
+
+
+def _minimise(minimiser: Minimiser, fresh: list[Event | Fields], records: list[Fields]) -> Counts:
+    """Replace, in place, each event minimisation changes by its minimised
+    copy (the caller's Event or dict is left as it was); what it did, counted."""
+    counts: Counts = {}
+    for i, r in enumerate(records):
+        changed = minimiser.event(r["type"], r, counts)
+        if changed is None:
+            continue
+        item = fresh[i]
+        if type(item) is dict:
+            new = {**r, **changed}
+            new.pop(STORED_JSON, None)  # the writer encodes the new properties
+            fresh[i] = records[i] = new
+        else:
+            event = item.model_copy(update=changed)  # type: ignore[union-attr]
+            fresh[i] = event
+            records[i] = event.__dict__
+    return counts
 
 
 def _drop_suppressed(

@@ -34,6 +34,7 @@ from core.ingestion.writers import (
     _sqlite_params,
     make_writer,
 )
+from core.privacy.minimise import Minimiser, configured
 from core.privacy.policy import ConsentPolicy, current_policy
 from core.types import RawRecord, StoredEvent
 
@@ -53,6 +54,7 @@ def ingest(
     on_stored: Callable[[list[StoredEvent]], None] | None = None,
     on_loaded: Callable[[set[int]], None] | None = None,
     policy: ConsentPolicy | None = None,
+    minimise: Minimiser | None = None,
 ) -> IngestReport:
     """Validate, dedupe, resolve and store events; one transaction per batch
     (a big SQLite load groups batches, up to PIPELINE_COMMIT_ROWS events each).
@@ -76,6 +78,8 @@ def ingest(
     ``bulk_import_scope`` for the process-wide settings that speed it up.
     ``policy``: the consent policy applied to every batch (core.privacy.policy);
     by default the one in the settings file.
+    ``minimise``: what of each event is stored (core.privacy.minimise); by
+    default the ``[privacy.minimise]`` of the settings file.
     """
     if isinstance(default_tz, str):
         default_tz = parse_timezone(default_tz)
@@ -107,6 +111,7 @@ def ingest(
             pipeline=bulk,
             touched=touched,
             policy=policy or current_policy(),
+            minimiser=configured() if minimise is None else minimise,
         ) as out,
     ):
         n = 0
@@ -186,9 +191,11 @@ class BatchWriter:
         pipeline: bool = False,
         touched: set[int] | None = None,
         policy: ConsentPolicy | None = None,
+        minimiser: Minimiser | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
+        self.minimiser = minimiser
         # Where the ids of the profiles stored batches went to are gathered.
         self.touched = touched
         self.load = load or DeferredLoad()
@@ -265,6 +272,7 @@ class BatchWriter:
             self.touched,
             activity,
             self.policy,
+            self.minimiser,
         )
         activity.duplicates = report.duplicates - duplicates
         activity.rejected = len(report.rejected) - self.rejects_recorded

@@ -29,6 +29,9 @@ class IngestReport:
     profiles_merged: int = 0
     identifies: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    # (type, property, action) -> count: what minimisation dropped or rewrote
+    # (action "dropped", "scrubbed" or "ip"; core.privacy.minimise).
+    minimised: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -44,6 +47,12 @@ class IngestReport:
         self.identifies += other.identifies
         for k, v in other.by_type.items():
             self.by_type[k] = self.by_type.get(k, 0) + v
+        add_counts(self.minimised, other.minimised)
+
+    @property
+    def dropped(self) -> int:
+        """Properties minimisation dropped, over every event."""
+        return sum(n for (_, _, action), n in self.minimised.items() if action == "dropped")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,4 +65,20 @@ class IngestReport:
             "profiles_merged": self.profiles_merged,
             "identifies": self.identifies,
             "by_type": dict(sorted(self.by_type.items())),
+            "minimised": nested_counts(self.minimised),
         }
+
+
+def add_counts(
+    into: dict[tuple[str, str, str], int], more: dict[tuple[str, str, str], int]
+) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def nested_counts(counts: dict[tuple[str, str, str], int]) -> dict[str, dict[str, dict[str, int]]]:
+    """action -> type -> property -> count, sorted."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for (type_, name, action), n in sorted(counts.items()):
+        out.setdefault(action, {}).setdefault(type_, {})[name] = n
+    return out

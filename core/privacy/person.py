@@ -45,6 +45,7 @@ NOT_PERSONAL: dict[str, str] = {
     "sync_runs": "counts per sync run",
     "source_activity": "newest event time and counts per source and event type",
     "ingest_counts": "stored, duplicate and rejected counts per day and source",
+    "ingest_minimised": "counts of dropped or rewritten properties, by property name",
     "alerts": "monitoring findings about segments, sources and campaigns",
     "suppressions": "keyed hashes of erased identifiers, which name no one",
     "privacy_deletions": "addresses to erase at connectors, kept until they confirm",
