@@ -69,7 +69,7 @@ def test_profile_consent_segments_and_scores(shop, tmp_path):
     ada = probe(shop, tmp_path, "u_ada")
     assert ada["profile"] == f"{built.ids['u_ada']} u_ada ada@example.com Ada"
     assert ada["locale"] == "de_DE Europe/Berlin"  # the profile's own
-    assert ada["consent"] == "[('email', True)]"
+    assert ada["consent"] == "[('email_marketing', True)]"
     entered = (CHECKOUT - timedelta(hours=1)).isoformat()
     assert ada["segments"] == f"cart_abandoners@{entered} tent_viewers@{entered} "
     assert ada["scores"] == "[('engagement', 82.5)]"
