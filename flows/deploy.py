@@ -1,7 +1,7 @@
 """Deployments of the flows, with their schedules, and serving them.
 
     build_deployments(settings) -> one RunnerDeployment per flow ([deploy] in segflow.toml)
-    serve_deployments(settings)  -> prefect.serve(...) until stopped
+    serve_deployments(settings)  -> serve them (as prefect.serve) until stopped
 
 ``segflow deploy`` calls these. Serving registers the deployments with the
 Prefect API (PREFECT_API_URL); that server's scheduler creates the runs, and
@@ -13,10 +13,13 @@ while nothing serves them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import Flow, serve
+from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval, Schedule
 
@@ -134,5 +137,48 @@ def describe(deployment: RunnerDeployment) -> dict[str, Any]:
 
 
 def serve_deployments(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
-    """Serve until stopped (Ctrl-C or SIGTERM), then pause the schedules."""
-    serve(*deployments, limit=limit, pause_on_shutdown=True, print_starting_message=False)
+    """Serve until stopped (Ctrl-C or SIGTERM), then pause the schedules.
+
+    This is ``prefect.serve`` with the registration guarded: Prefect's runner
+    takes over SIGTERM only once it starts, and pauses only if stopped after
+    that, while the server may already be scheduling runs of the deployments
+    registered so far. A signal during registration is held until the
+    deployment being registered is in, then serving stops; whatever got
+    registered is paused.
+    """
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True, limit=limit)
+    held: list[int] = []
+    hold = signal.signal(signal.SIGTERM, lambda signum, _: held.append(signum))
+    previous_int = signal.signal(signal.SIGINT, lambda signum, _: held.append(signum))
+    try:
+        for deployment in deployments:
+            if held:
+                break
+            runner.add_deployment(deployment)
+        signal.signal(signal.SIGINT, previous_int)
+        if not held:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            with contextlib.suppress(KeyboardInterrupt, SystemExit, TerminationSignal):
+                asyncio.run(runner.start())
+    finally:
+        signal.signal(signal.SIGTERM, hold)
+        signal.signal(signal.SIGINT, previous_int)
+    pause_deployments(deployments)
+
+
+def pause_deployments(deployments: list[RunnerDeployment]) -> None:
+    """Pause each registered deployment's schedules; unregistered ones have none."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for d in deployments:
+            try:
+                found = client.read_deployment_by_name(f"{d.flow_name}/{d.name}")
+            except ObjectNotFound:
+                continue
+            if not found.paused:
+                client.pause_deployment(found.id)

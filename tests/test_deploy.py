@@ -298,3 +298,54 @@ send = "6h"
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_sigterm_while_registering_stops_serving_with_the_schedules_paused(
+    prefect_server, tmp_path
+):
+    """SIGTERM as soon as the first deployment is registered, before the runner
+    has taken over signals: still a clean stop, and nothing left scheduled."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    write_config(
+        tmp_path,
+        f"""
+[segflow]
+database_url = "sqlite:///{tmp_path}/early.db"
+
+[segflow.deploy]
+name = "early"
+""",
+    )
+    env = child_env("flows.commands") | {"PREFECT_API_URL": prefect_server}
+    log = tmp_path / "deploy.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "deploy"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with get_client(sync_client=True) as client:
+
+            def registered():
+                return client.read_deployments(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["early"]))
+                )
+
+            deadline = time.monotonic() + 60
+            while not registered():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+            found = registered()
+            assert found and all(d.paused for d in found), [(d.name, d.paused) for d in found]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
