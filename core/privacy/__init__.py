@@ -22,6 +22,7 @@ __all__ = [
     "erase_everywhere",
     "erase_and_send",
     "erase_person",
+    "export_audited",
     "export_person",
     "pending_deletions",
     "send_deletions",
@@ -37,6 +38,7 @@ __getattr__ = lazy_exports(
         "pending_deletions": "core.privacy.erase",
         "send_deletions": "core.privacy.erase",
         "export_person": "core.privacy.export",
+        "export_audited": "core.privacy.export",
         "deleting_connectors": "core.privacy.connectors",
     },
 )
@@ -51,4 +53,4 @@ if TYPE_CHECKING:
         pending_deletions,
         send_deletions,
     )
-    from core.privacy.export import export_person
+    from core.privacy.export import export_audited, export_person

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.db.models import utcnow
 from core.db.tables import (
     EVALUATION_STATE,
@@ -134,6 +135,7 @@ def save_segments(
                 .returning(SEGMENTS.c.id)
             ).scalar_one()
             saved[name] = Saved(sid, 1, True)
+            audit.record(conn, None, "segment.define", name, {"version": 1, "source": source})
             continue
         old = parse_segment(row.definition, kinds=kinds)
         if canonical(old) == canonical(segment):
@@ -151,6 +153,8 @@ def save_segments(
             )
         )
         saved[name] = Saved(row.id, row.version + 1, True)
+        details = {"version": row.version + 1, "source": source}
+        audit.record(conn, None, "segment.define", name, details)
     return saved
 
 
