@@ -283,3 +283,19 @@ def test_record_writes_in_the_callers_transaction_and_refuses_emails(backend, re
 def test_the_actor_is_segflow_actor_else_the_os_user():
     assert current_actor({"SEGFLOW_ACTOR": " deploy-bot "}) == "deploy-bot"
     assert current_actor({}) == getpass.getuser()
+
+
+def test_an_admin_record_is_not_erased_with_a_person_it_looks_like(project):
+    with project.engine.connect() as conn:
+        bob = conn.execute(sa.text("SELECT id FROM profiles WHERE user_id = 'u_bob'")).scalar()
+    assert project.run("keys", "create", "--name", str(bob), "--scopes", "admin")[0] == 0
+    exported = json.loads(project.run("privacy", "export", "u_bob")[1])
+    assert {r["action"] for r in exported["tables"]["audit_log"]} <= {
+        "consent.grant", "consent.withdraw", "profile.merge"
+    }  # fmt: skip
+    assert project.run("privacy", "erase", "u_bob", "--no-vacuum")[0] == 0
+    kept = list_records(project.engine, action="key.create")
+    assert [r.target for r in kept] == [str(bob)]
+    with project.engine.connect() as conn:
+        left = conn.execute(sa.select(AUDIT.c.action).where(AUDIT.c.target == str(bob))).all()
+    assert [a for (a,) in left] == ["key.create"]
