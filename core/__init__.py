@@ -87,6 +87,10 @@ _LAZY = {
     # storage: read-only table handles (write through the functions below)
     **{name: "core.db.tables" for name in _TABLES},
     "delete_all_data": "core.maintenance",
+    # the audit log of admin actions (a plugin's own admin commands record theirs)
+    "record_audit": "core.audit:record",
+    "current_actor": "core.audit",
+    "key_actor": "core.audit",
     "count_events": "core.stats",
     "database_summary": "core.stats",
     "load_cursor": "core.source_state",
@@ -228,6 +232,7 @@ __all__ = [
     "check_event_types",
     "condition_kinds",
     "count_events",
+    "current_actor",
     "database_summary",
     "delete_all_data",
     "describe_validation_error",
@@ -238,6 +243,7 @@ __all__ = [
     "ingest",
     "is_snake_name",
     "json_key",
+    "key_actor",
     "latest_score_sql",
     "load_cursor",
     "load_score_files",
@@ -245,6 +251,7 @@ __all__ = [
     "matches",
     "parse_duration",
     "profiles_loaded_hook",
+    "record_audit",
     "render_email",
     "run_scores",
     "run_segments",
@@ -333,6 +340,8 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
+    from core.audit import current_actor, key_actor
+    from core.audit import record as record_audit
     from core.automation.engine import enter_from_history, run_tick
     from core.automation.engine import on_events as workflow_events
     from core.automation.engine import on_segment_changes as workflow_segment_changes

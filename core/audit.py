@@ -36,7 +36,8 @@ from core.db.tables import AUDIT
 
 ACTOR_ENV = "SEGFLOW_ACTOR"
 
-# Action -> what it records. Consent changes and merges (core.privacy.consent,
+# The built-in admin actions -> what each records (plugins audit their own
+# commands with their own ``area.verb`` names). Consent changes and merges (core.privacy.consent,
 # core.ingestion.identity) are person records, not admin ones: their actor is
 # the source the change came from.
 ACTIONS: dict[str, str] = {
@@ -55,6 +56,7 @@ ACTIONS: dict[str, str] = {
 # Consent and merge records name a profile id: they are the person's rows.
 PERSON_ACTIONS = ("consent.grant", "consent.withdraw", "profile.merge")
 
+_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
@@ -123,10 +125,13 @@ def record(
     at: datetime | None = None,
 ) -> None:
     """Write one audit record in ``conn``'s transaction. ``actor`` None: the
-    process's (``current_actor``). ValueError when the target or details hold
-    an email address."""
-    if action not in ACTIONS:
-        raise ValueError(f"unknown audit action {action!r} (add it to core.audit.ACTIONS)")
+    process's (``current_actor``). ValueError when ``action`` is not an
+    ``area.verb`` name, or the target or details hold an email address."""
+    if not _ACTION.match(action) or action in PERSON_ACTIONS:
+        raise ValueError(
+            f"audit action {action!r}: name it area.verb in lower case (key.create, "
+            "myplugin.reset); consent and merge records are written by their own code"
+        )
     body = dict(details or {})
     _check_no_email(target, "target")
     _check_no_email(body, "details")
@@ -162,15 +167,15 @@ def list_records(
     action: str | None = None,
     limit: int = 50,
 ) -> list[AuditRecord]:
-    """Audit records, newest first: the admin ones (``ACTIONS``), or with
-    ``action`` those it names, person records included. ``actor`` and
+    """Audit records, newest first: the admin ones (all but consent and merge
+    records), or with ``action`` those it names, person records included. ``actor`` and
     ``action`` match exactly, or by prefix when they end with ``*`` (``key:*``,
     ``consent.*``)."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     query = sa.select(AUDIT)
     if not action:
-        query = query.where(AUDIT.c.action.in_(list(ACTIONS)))
+        query = query.where(AUDIT.c.action.not_in(PERSON_ACTIONS))
     if since is not None:
         query = query.where(AUDIT.c.at >= since)
     if actor:

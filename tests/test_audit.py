@@ -263,8 +263,9 @@ def test_record_writes_in_the_callers_transaction_and_refuses_emails(backend, re
         raise RuntimeError("the change failed")
     with pytest.raises(ValueError, match=r"details\.who holds an email"), engine.begin() as conn:
         record(conn, "alice", "privacy.export", "x", {"who": "Ada@Example.com"})
-    with pytest.raises(ValueError, match="unknown audit action"), engine.begin() as conn:
-        record(conn, "alice", "key.steal", "x")
+    for bad in ("Key Create", "reset", "consent.grant"):
+        with pytest.raises(ValueError, match="area.verb"), engine.begin() as conn:
+            record(conn, "alice", bad, "x")
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with engine.begin() as conn:
         record(conn, "alice", "key.create", "a", {"scopes": ["admin"]}, at=at)
@@ -277,6 +278,14 @@ def test_record_writes_in_the_callers_transaction_and_refuses_emails(backend, re
         "key.revoke"
     ]
     assert list_records(engine, actor="bob") == []
+    # A plugin's own admin action, through the public API, is listed with the others.
+    import core
+
+    with engine.begin() as conn:
+        core.record_audit(conn, core.key_actor("ops"), "myplugin.reset", "cache")
+    assert [(r.actor, r.action) for r in list_records(engine, limit=1)] == [
+        ("key:ops", "myplugin.reset")
+    ]
     engine.dispose()
 
 
