@@ -136,6 +136,17 @@ ACTS = {
 }  # fmt: skip
 
 
+# Part of each record's details: what was done.
+DETAILS = {
+    "key-create": {"scopes": ["admin"]},
+    "segment-define": {"version": 1, "file": "all_buyers.yaml"},
+    "workflow-define": {"version": 1, "migrated": 0},
+    "send": {"template": "cart_abandonment", "segment": "cart_abandoners", "via": "outbox",
+             "members": 1},
+    "sync": {"kind": "mailchimp", "segments": None, "reconcile": False},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("case", list(ACTS))
 def test_every_admin_action_writes_one_record_naming_who_what_and_when(project, case, monkeypatch):
     args, action, target, setup = ACTS[case]
@@ -154,6 +165,11 @@ def test_every_admin_action_writes_one_record_naming_who_what_and_when(project, 
     assert (row["action"], row["target"]) == (action, target)
     assert row["actor"] == (getpass.getuser() if case == "key-create" else TEAM)
     assert started - timedelta(seconds=1) <= row["at"] <= datetime.now(UTC)
+    assert row["details"] | DETAILS.get(case, {}) == row["details"], row["details"]
+    if case == "export":  # the rows it counts are the rows it gave out
+        tables = json.loads(out)["tables"]
+        assert row["details"]["rows"] == {t: len(rows) for t, rows in tables.items() if rows}
+        assert row["details"]["rows"]["events"] > 0
     text = json.dumps({k: v for k, v in row.items() if k != "at"}, default=str).lower()
     assert not [s for s in secrets if s.lower() in text], text
     assert "@" not in text
