@@ -114,6 +114,9 @@ _LAZY = {
     "EventRow": "core.segments.evaluate",
     "ProfileData": "core.segments.evaluate",
     "epoch_seconds": "core.segments.sqlfuncs",
+    "driver_rows": "core.db.sql",
+    "marks": "core.db.sql",
+    "time_reader": "core.segments.batch",
     "json_key": "core.segments.sqlfuncs",
     "matches": "core.segments.values",
     "evaluate_profiles": "core.segments.realtime",
@@ -231,6 +234,7 @@ __all__ = [
     "database_summary",
     "delete_all_data",
     "describe_validation_error",
+    "driver_rows",
     "epoch_seconds",
     "events_ingested_hook",
     "evaluate_profiles",
@@ -238,6 +242,8 @@ __all__ = [
     "ingest",
     "is_snake_name",
     "json_key",
+    "marks",
+    "time_reader",
     "latest_score_sql",
     "load_cursor",
     "load_score_files",
@@ -342,6 +348,7 @@ if TYPE_CHECKING:
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import email_refusals, set_consent, set_consents
+    from core.db.sql import driver_rows, marks
     from core.db.tables import (
         AUDIT,
         CHANGES,
@@ -392,6 +399,7 @@ if TYPE_CHECKING:
     from core.profiles import update_attributes
     from core.recommendations import recommend, refresh_recommendations
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
+    from core.segments.batch import time_reader
     from core.segments.evaluate import EventRow, ProfileData
     from core.segments.language import (
         Compare,
