@@ -111,14 +111,16 @@ def poll_once(
     """Fetch pages from the stored cursor until the endpoint has nothing new;
     each page's events go to the plugins' ``on_events_ingested`` (real time)."""
     # Imported here: every command that lists commands loads this plugin.
-    from core import ingest, load_cursor, save_cursor
+    from core import client_context, ingest, load_cursor, save_cursor
 
     result = PollResult(cursor=load_cursor(engine, config.name))
     on_stored = events_ingested_hook(engine)
     own = client is None
     import httpx
 
-    client = client or httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=2))
+    if client is None:
+        transport = httpx.HTTPTransport(retries=2, verify=client_context())
+        client = httpx.Client(timeout=30.0, transport=transport)
     try:
         while result.pages < max_pages:
             page = fetch(client, config, result.cursor, sleep)
