@@ -98,6 +98,22 @@ def _is_local(host: str) -> bool:
         return False
 
 
+def plain_text_refusal(cfg: SmtpSettings) -> str | None:
+    """Why a connection the server did not offer STARTTLS on may not carry
+    mail in plain text, or None when it may (``never``, or ``auto`` to a
+    server on this machine)."""
+    if cfg.implicit_tls or cfg.starttls == "never":
+        return None
+    if cfg.starttls == "always":
+        return "does not offer STARTTLS (starttls = always)"
+    if not _is_local(cfg.host):
+        return (
+            "does not offer STARTTLS: mail to a server elsewhere goes encrypted "
+            '(starttls = "never" sends it in plain text)'
+        )
+    return None
+
+
 def _answer(code: int, text: bytes | str, step: str) -> DeliveryFailure:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
@@ -146,15 +162,11 @@ class SmtpSession:
                 smtp.starttls(context=context)
                 smtp.ehlo()
                 secure = True
-            elif not secure and cfg.starttls == "always":
-                raise PermanentFailure(f"{self.where} does not offer STARTTLS (starttls = always)")
-            elif not secure and cfg.starttls == "auto" and not _is_local(cfg.host):
-                raise PermanentFailure(
-                    f"{self.where} does not offer STARTTLS: mail to a server elsewhere goes "
-                    'encrypted (set starttls = "never" to send it in plain text)'
-                )
-            elif not secure and not _is_local(cfg.host):
-                log.warning("%s: starttls = never, mail goes in plain text", self.where)
+            elif not secure:
+                if refusal := plain_text_refusal(cfg):
+                    raise PermanentFailure(f"{self.where} {refusal}")
+                if not _is_local(cfg.host):
+                    log.warning("%s: starttls = never, mail goes in plain text", self.where)
             if cfg.user is not None:
                 self._login(smtp, secure)
         except DeliveryFailure:
