@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 
+from core.cli import main
 from core.sync.client import Backoff, SyncClient, SyncFailure
 from core.tls import CA_BUNDLE_ENV, TlsSetupError, check_server_files, client_context
 from core.types import ActionCall, SyncLimits
@@ -118,7 +119,9 @@ def test_serve_answers_over_https_trusted_through_its_ca_and_refused_without(pki
         server.wait(timeout=20)
 
 
-def test_serve_names_the_option_and_path_of_an_unusable_certificate(pki, tmp_path):
+def test_serve_names_the_option_and_path_of_an_unusable_certificate(
+    pki, tmp_path, monkeypatch, capsys
+):
     (tmp_path / "other").mkdir()
     other = make_pki(tmp_path / "other")
     missing = tmp_path / "nope.pem"
@@ -138,15 +141,14 @@ def test_serve_names_the_option_and_path_of_an_unusable_certificate(pki, tmp_pat
     check_server_files(pki.cert, pki.key)
     check_server_files(None, None)
     # From the command line: one line, exit 2, no traceback, before any server starts.
+    monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     args = ["serve", "--ssl-certfile", str(missing), "--ssl-keyfile", str(pki.key)]
-    done = subprocess.run(
-        [sys.executable, "-m", "core.cli", "--db", url, *args],
-        cwd=tmp_path, env=child_env("segment_spec"), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and "Uvicorn running" not in done.stderr
-    assert f"--ssl-certfile {missing}: no such file" in done.stderr
+    status = main(["--db", url, *args])
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    assert "Traceback" not in err and "Uvicorn running" not in out + err
+    assert f"--ssl-certfile {missing}: no such file" in err
 
 
 def webhook_call(url: str) -> ActionCall:

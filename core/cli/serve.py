@@ -36,7 +36,9 @@ def serve(
 ) -> None:
     """Run the ingestion API (Segment-compatible /v1, tracking pixel and links)."""
     from core.api import serve as run_server
+    from core.tls import check_server_files
 
+    check_server_files(ssl_certfile, ssl_keyfile)  # before the database is opened
     cli = obj(ctx)
     run_server(
         cli.engine(),
