@@ -22,10 +22,12 @@ import pytest
 import uvicorn
 
 from core.cli import main
+from core.db import open_db
 from core.sync.client import Backoff, SyncClient, SyncFailure
 from core.tls import CA_BUNDLE_ENV, TlsSetupError, check_server_files, client_context
 from core.types import ActionCall, SyncLimits
 from plugins.actions.webhook import WEBHOOK
+from plugins.sources.polling import PollConfig, PollError, poll_once
 from tests.helpers import child_env
 from tests.smtpserver import free_port
 from tests.tlscerts import Pki, make_pki
@@ -50,9 +52,9 @@ def trusting(pki: Pki) -> ssl.SSLContext:
 
 
 @contextmanager
-def https_fake(pki: Pki) -> Iterator[tuple[str, list[str]]]:
+def https_fake(pki: Pki, body: bytes = b'{"ok": true}') -> Iterator[tuple[str, list[str]]]:
     """An HTTPS server (uvicorn, the CA's certificate) answering every request
-    with 200 and keeping the paths it was asked for."""
+    with 200 and ``body``, keeping the paths it was asked for."""
     seen: list[str] = []
 
     async def app(scope, receive, send):
@@ -61,7 +63,7 @@ def https_fake(pki: Pki) -> Iterator[tuple[str, list[str]]]:
         seen.append(scope["path"])
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+        await send({"type": "http.response.body", "body": body})
 
     config = uvicorn.Config(
         app,
@@ -197,6 +199,22 @@ def test_the_sync_client_refuses_an_untrusted_certificate_at_once_and_reaches_it
         monkeypatch.setenv(CA_BUNDLE_ENV, str(pki.ca))
         assert asyncio.run(get(base)) == 200
         assert seen == ["/v2/ping"]
+
+
+def test_a_polled_source_refuses_an_untrusted_certificate_at_once_and_reaches_it_with_the_ca(
+    pki, sqlite_url, monkeypatch
+):
+    engine = open_db(sqlite_url)
+    page = b'{"events": [{"type": "page_view", "user_id": "u1", "message_id": "p-1"}]}'
+    with https_fake(pki, page) as (base, seen):
+        config = PollConfig(name="internal", url=f"{base}/feed", max_attempts=5)
+        waits: list[float] = []
+        with pytest.raises(PollError, match="certificate not trusted"):
+            poll_once(engine, config, sleep=waits.append)
+        assert waits == [] and seen == []
+        monkeypatch.setenv(CA_BUNDLE_ENV, str(pki.ca))
+        result = poll_once(engine, config, sleep=waits.append)
+        assert result.report.accepted == 1 and seen[0] == "/feed"
 
 
 def test_the_ca_bundle_adds_to_the_public_cas_instead_of_replacing_them(pki, monkeypatch):

@@ -28,6 +28,7 @@ from core import (
     RawRecord,
     events_ingested_hook,
     hookimpl,
+    untrusted,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ def fetch(
         try:
             response = client.get(config.url, params=params, headers=config.headers)
         except httpx.TransportError as exc:
+            if refused := untrusted(exc):
+                # Retrying cannot make the certificate trusted.
+                raise PollError(f"{config.name}: {config.url}: {refused}") from None
             problem, wait = f"{type(exc).__name__}: {exc}", delay
         else:
             if response.status_code == 200:
