@@ -180,6 +180,11 @@ _LAZY = {
     "freshness_alerts": "core.monitoring.freshness",
     "quality_alerts": "core.monitoring.quality",
     "misclassified_segments": "core.monitoring.campaigns",
+    # TLS: every outgoing HTTPS client verifies with client_context (SEGFLOW_CA_BUNDLE)
+    "TlsSetupError": "core.tls",
+    "ca_context": "core.tls",
+    "client_context": "core.tls",
+    "untrusted": "core.tls",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -330,6 +335,10 @@ __all__ = [
     "open_alerts",
     "drift_alerts",
     "freshness_alerts",
+    "TlsSetupError",
+    "ca_context",
+    "client_context",
+    "untrusted",
     "quality_alerts",
     "misclassified_segments",
 ]
@@ -419,5 +428,6 @@ if TYPE_CHECKING:
     from core.sync.client import KeyRefused, SyncClient, SyncFailure, TransportFailure
     from core.sync.engine import SyncReport, plan_sync, run_sync
     from core.sync.verify import VerifyReport, sync_status, verify_sync
+    from core.tls import TlsSetupError, ca_context, client_context, untrusted
     from core.tracking import PIXEL_GIF, BadToken, tracking_event
     from core.tracking import verify as verify_token
