@@ -107,6 +107,9 @@ def privacy_purge(
             "--as-of", help="Measure retention back from this time (ISO 8601); default now."
         ),
     ] = None,
+    chunk: Annotated[
+        int, typer.Option("--chunk", min=1, help="Events deleted per transaction (at most 900).")
+    ] = 900,
     as_json: Json = False,
 ) -> None:
     """Delete the events older than their type's [privacy.retention] period,
@@ -120,6 +123,7 @@ def privacy_purge(
         retention,
         as_of=cli.as_of(as_of),
         dry_run=dry_run,
+        chunk=chunk,
         progress=cli.progress,
     )
     if as_json:
