@@ -108,7 +108,7 @@ def privacy_purge(
         ),
     ] = None,
     chunk: Annotated[
-        int, typer.Option("--chunk", min=1, help="Events deleted per transaction (at most 900).")
+        int, typer.Option("--chunk", min=1, max=900, help="Events deleted per transaction.")
     ] = 900,
     as_json: Json = False,
 ) -> None:
