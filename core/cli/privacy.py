@@ -108,8 +108,8 @@ def privacy_purge(
         ),
     ] = None,
     chunk: Annotated[
-        int, typer.Option("--chunk", min=1, max=900, help="Events deleted per transaction.")
-    ] = 900,
+        int, typer.Option("--chunk", min=1, max=100_000, help="Events deleted per transaction.")
+    ] = 10_000,
     as_json: Json = False,
 ) -> None:
     """Delete the events older than their type's [privacy.retention] period,

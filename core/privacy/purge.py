@@ -35,12 +35,15 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
-from core.db.sql import IN_CHUNK, dialect_insert
+from core.db.sql import chunks, dialect_insert
 from core.db.tables import AUDIT, EVALUATION_STATE, EVENTS
 from core.ingestion.crashpoints import crash_point
 from core.privacy.settings import DEFAULT
 
 PURGE_ACTION = "privacy.purge"
+# Events per transaction: each commit costs a sync to disk, so a few
+# thousand a time; fewer holds the write lock for longer than needed.
+CHUNK = 10_000
 # (description, total) -> a context manager yielding advance(n), like the CLI's progress.
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
 
@@ -140,7 +143,7 @@ def purge_events(
     *,
     as_of: datetime | None = None,
     dry_run: bool = False,
-    chunk: int = IN_CHUNK,
+    chunk: int = CHUNK,
     actor: str = "cli",
     progress: Progress = _silent,
 ) -> PurgeReport:
@@ -162,7 +165,7 @@ def purge_events(
     if dry_run:
         report.deleted = due
         return report
-    chunk = max(1, min(chunk, IN_CHUNK))
+    chunk = max(1, chunk)
     profiles: set[int] = set()
     with engine.begin() as conn:
         audit_id = conn.execute(
@@ -202,7 +205,8 @@ def _purge(
             ).all()
             if not rows:
                 break
-            conn.execute(EVENTS.delete().where(EVENTS.c.id.in_([r.id for r in rows])))
+            for ids in chunks([r.id for r in rows]):
+                conn.execute(EVENTS.delete().where(EVENTS.c.id.in_(ids)))
             oldest: dict[int, datetime] = {}
             for r in rows:
                 report.deleted[r.type] = report.deleted.get(r.type, 0) + 1
