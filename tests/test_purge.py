@@ -109,11 +109,11 @@ def _remaining(engine) -> list[tuple]:
 def _audits(engine) -> list[dict]:
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(AUDIT.c.actor, AUDIT.c.target, AUDIT.c.details)
+            sa.select(AUDIT.c.at, AUDIT.c.actor, AUDIT.c.target, AUDIT.c.details)
             .where(AUDIT.c.action == PURGE_ACTION)
             .order_by(AUDIT.c.id)
         ).all()
-    return [{"actor": a, "target": t, **d} for a, t, d in rows]
+    return [{"at": at, "actor": a, "target": t, **d} for at, a, t, d in rows]
 
 
 def test_purge_deletes_what_retention_says_and_segments_follow(db_url, run, tmp_path):
@@ -148,7 +148,8 @@ def test_purge_deletes_what_retention_says_and_segments_follow(db_url, run, tmp_
     assert result.exited == {"regular": 1} and result.entered == {"regular": 0}
 
     (audit,) = _audits(engine)
-    assert audit["actor"] == "cli" and audit["finished"] is True
+    assert audit["actor"] == "cli" and audit["finished"] is True and audit["target"] is None
+    assert abs(audit.pop("at").replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
     assert audit["deleted"] == EXPECTED and audit["profiles"] == 3
     assert {t: datetime.fromisoformat(c) for t, c in audit["cutoffs"].items()} == cutoffs
     text = json.dumps(audit)

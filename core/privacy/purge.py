@@ -41,8 +41,8 @@ from core.ingestion.crashpoints import crash_point
 from core.privacy.settings import DEFAULT
 
 PURGE_ACTION = "privacy.purge"
-# Events per transaction: each commit costs a sync to disk, so a few
-# thousand a time; fewer holds the write lock for longer than needed.
+# Events per transaction: each commit costs a sync to disk, so thousands at
+# a time; many more would hold the write lock long enough to stall ingestion.
 CHUNK = 10_000
 # (description, total) -> a context manager yielding advance(n), like the CLI's progress.
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
