@@ -172,6 +172,18 @@ def test_purge_without_retention_says_so_and_deletes_nothing(sqlite_url, run, tm
     engine.dispose()
 
 
+def test_purge_refuses_a_time_in_the_future(sqlite_url, run, tmp_path):
+    prepared(sqlite_url, _segments(tmp_path))
+    (tmp_path / "segflow.toml").write_text(TOML)
+    engine = open_db(sqlite_url)
+    before = _remaining(engine)
+    future = (datetime.now(UTC) + timedelta(days=400)).isoformat()
+    status, out, err = run("--db", sqlite_url, "privacy", "purge", "--as-of", future)
+    assert status != 0 and "is in the future" in err and "Traceback" not in err
+    assert _remaining(engine) == before and _audits(engine) == []
+    engine.dispose()
+
+
 def _purge_child(url: str, cwd: Path, crash_at: str | None = None):
     return segflow_child(
         url, "privacy", "purge", "--as-of", NOW.isoformat(), "--chunk", "2", "--json",

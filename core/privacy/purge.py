@@ -39,6 +39,7 @@ from core.db.sql import chunks, dialect_insert
 from core.db.tables import AUDIT, EVALUATION_STATE, EVENTS
 from core.ingestion.crashpoints import crash_point
 from core.privacy.settings import DEFAULT
+from core.types import CommandError
 
 PURGE_ACTION = "privacy.purge"
 # Events per transaction: each commit costs a sync to disk, so thousands at
@@ -152,6 +153,12 @@ def purge_events(
     them. ``progress`` shows the chunks going out of the events due."""
     now = utcnow()
     as_of = as_of or now
+    if as_of > now:
+        # A mistyped year would delete events that are still within their period.
+        raise CommandError(
+            f"--as-of {as_of.isoformat()} is in the future: retention is measured back "
+            "from now or an earlier time"
+        )
     named, default = cutoffs(retention, as_of)
     report = PurgeReport(as_of=as_of, dry_run=dry_run)
     report.cutoffs = {t: c for t, c in named.items() if c is not None}
