@@ -46,6 +46,7 @@ ACTIONS: dict[str, str] = {
     "key.rotate": "an API key was given a new secret (target: its name; old and new prefix)",
     "privacy.export": "a person's data was exported (target: the keyed hash of their id)",
     "privacy.erase": "a person was erased (target: the keyed hash of their id; counts)",
+    "privacy.purge": "events past their retention were deleted (no target; cutoffs, counts)",
     "segment.define": "a segment definition was saved as a new version (target: its name)",
     "workflow.define": "a workflow definition was saved as a new version (target: its name)",
     "campaign.send": "a segment send started (target: the campaign; template, segment, via)",
@@ -123,10 +124,11 @@ def record(
     details: Mapping[str, Any] | None = None,
     *,
     at: datetime | None = None,
-) -> None:
+) -> int:
     """Write one audit record in ``conn``'s transaction. ``actor`` None: the
     process's (``current_actor``). ValueError when ``action`` is not an
-    ``area.verb`` name, or the target or details hold an email address."""
+    ``area.verb`` name, or the target or details hold an email address.
+    Returns the record's id (a long action, a purge, updates its counts)."""
     if not _ACTION.match(action) or action in PERSON_ACTIONS:
         raise ValueError(
             f"audit action {action!r}: name it area.verb in lower case (key.create, "
@@ -135,15 +137,17 @@ def record(
     body = dict(details or {})
     _check_no_email(target, "target")
     _check_no_email(body, "details")
-    conn.execute(
-        AUDIT.insert().values(
+    return conn.execute(
+        AUDIT.insert()
+        .values(
             at=at or utcnow(),
             actor=actor or current_actor(),
             action=action,
             target=target[:255] if target else target,
             details=body,
         )
-    )
+        .returning(AUDIT.c.id)
+    ).scalar_one()
 
 
 def _like(pattern: str) -> tuple[str, bool]:
