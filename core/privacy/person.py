@@ -26,6 +26,7 @@ from core.db.tables import (
     WORKFLOW_HISTORY,
     WORKFLOW_STATES,
 )
+from core.privacy import crypto
 from core.profiles import ProfileNotFound, find_profile_id
 
 # Tables that hold no one's data, and why (a reviewer checks the reason).
@@ -128,11 +129,13 @@ def identifiers(conn: Connection, person: Person) -> set[tuple[str, str]]:
         if email:
             found.add(("email", email.strip().lower()))
     rows = conn.execute(
-        sa.select(IDENTITIES.c.kind, IDENTITIES.c.value).where(
+        sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.sealed).where(
             IDENTITIES.c.profile_id.in_(person.profile_ids)
         )
     )
-    for kind, value in rows:
+    for kind, value, sealed in rows:
+        if sealed:  # an email stored as its blind index: the address is sealed beside it
+            value = crypto.unseal(sealed)
         if kind in ("user_id", "anonymous_id", "email"):
             found.add((kind, value.strip().lower() if kind == "email" else value))
     return found
