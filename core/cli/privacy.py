@@ -1,4 +1,5 @@
-"""``segflow privacy export | erase``: a person's data, out or gone."""
+"""``segflow privacy export | erase | rotate-key``: a person's data, out or gone;
+the encryption key of the store, changed."""
 
 from __future__ import annotations
 
@@ -91,3 +92,47 @@ def privacy_pending(ctx: typer.Context, as_json: Json = False) -> None:
     for name, reasons in sorted(pending.items()):
         for reason, n in sorted(reasons.items()):
             out.print(f"{name}: {n:,} pending ({reason})", markup=False)
+
+
+@app.command("rotate-key")
+def privacy_rotate_key(
+    ctx: typer.Context,
+    chunk: Annotated[int, typer.Option(min=1, help="Rows rewritten per transaction.")] = 500,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild the database file afterwards, so no value under the old key (or "
+            "plaintext) is left in its free space."
+        ),
+    ] = True,
+    as_json: Json = False,
+) -> None:
+    """Re-encrypt every sealed value and blind index with SEGFLOW_ENCRYPTION_KEY
+    (old keys in SEGFLOW_ENCRYPTION_OLD_KEYS); on a plaintext store, encrypt it.
+    Safe to interrupt and run again."""
+    from core.privacy.rotate import rotate_keys
+
+    report = rotate_keys(obj(ctx).engine(), chunk=chunk, vacuum=vacuum)
+    if as_json:
+        obj(ctx).print_json(report.model_dump())
+        return
+    for table, n in report.rewritten.items():
+        out.print(f"{table}: {n:,} rows rewritten", markup=False)
+    if report.duplicates:
+        out.print(f"identities: {report.duplicates:,} duplicate addresses dropped", markup=False)
+    if report.unrecoverable:
+        out.print(
+            f"identities: {report.unrecoverable:,} blind indexes under an old key without their "
+            "address: left as they are",
+            markup=False,
+        )
+    out.print(f"everything is under key {report.key_id}; the old keys are no longer needed",
+              markup=False)  # fmt: skip
+
+
+@app.command("new-key")
+def privacy_new_key() -> None:
+    """Print a fresh encryption key (for SEGFLOW_ENCRYPTION_KEY)."""
+    from core.privacy.crypto import new_key
+
+    print(new_key())

@@ -19,6 +19,7 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``sync.written``: its results are committed to ``sync_states`` (or the event cursor).
 - ``privacy.erased``: an erasure is committed, nothing sent to the connectors yet;
 - ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded.
+- ``privacy.rotated``: a key rotation committed one chunk of a table.
 """
 
 from __future__ import annotations
