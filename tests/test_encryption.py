@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,16 @@ from core.db import open_db
 from core.db.tables import EVENTS, IDENTITIES, MESSAGES, PROFILES, SYNC_STATES
 from core.ingestion import ingest
 from core.personalize.context import read_person
+from core.plugins import esp_connectors
 from core.privacy import crypto
-from core.privacy.erase import erase_person
+from core.privacy.erase import erase_and_send, send_deletions
 from core.privacy.export import export_person
 from core.profiles import find_profile_id, profile_summary
+from core.sync import run_sync
+from core.sync.client import Backoff
 from plugins.esp.fakes import make_fake
-from plugins.esp.fakes.server import running
-from tests.test_privacy import SECRET, WHO, build
+from plugins.esp.fakes.server import Faults, running
+from tests.test_privacy import SECRET, WHO, build, target
 
 KEY = crypto.new_key()
 PHONE = "+44 20 7946 0958"
@@ -164,11 +168,27 @@ def test_people_are_still_found_by_email_and_export_gives_the_plaintext(shop):
     engine.dispose()
 
 
-def test_erasure_by_email_leaves_nothing(shop):
+def test_erasure_by_email_leaves_nothing_and_its_pending_deletion_is_sealed(shop):
     url, who, _api = shop
     engine = open_db(url)
-    report = erase_person(engine, who["email"], secret_key=SECRET)
-    assert report.deleted["profiles"] == 2
+    api = make_fake("mailchimp")
+    with running(api) as sync_url:
+        pair = (replace(target("mailchimp", sync_url), name="mc"), esp_connectors()["mailchimp"])
+        run_sync(engine, *pair)
+        assert who["email"] in api.members()
+        api.faults = Faults(rate=1.0, kinds=("500",))
+        report = erase_and_send(
+            engine, who["email"], secret_key=SECRET, targets=[pair],
+            backoff=Backoff(attempts=1, base=0.01),
+        )  # fmt: skip
+        assert report.deleted["profiles"] == 2 and report.pending
+        with engine.connect() as conn:
+            pending = conn.exec_driver_sql("SELECT email FROM privacy_deletions").scalars().all()
+        assert len(pending) == 1 and crypto.is_sealed(pending[0])
+        # Sent again: the connector gets the address itself.
+        api.faults = Faults()
+        assert send_deletions(engine, *pair)[0] == 1
+        assert who["email"] in api.forgotten()
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()

@@ -742,7 +742,9 @@ class PrivacyDeletion(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     connector: str = Field(max_length=64)
-    email: str = Field(max_length=320)
+    # Sealed like every address at rest: with a key set, the unique key no
+    # longer folds two erasures of one address (each ciphertext differs).
+    email: str = Field(sa_column=sa.Column(SealedText(), nullable=False))
     # The erasure's audit subject (the user id's keyed hash), to tie the two.
     subject: str = Field(max_length=64)
     attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))

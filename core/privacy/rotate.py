@@ -26,7 +26,14 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import JSONType
-from core.db.tables import EVENTS, IDENTITIES, MESSAGES, PROFILES, SYNC_STATES
+from core.db.tables import (
+    EVENTS,
+    IDENTITIES,
+    MESSAGES,
+    PRIVACY_DELETIONS,
+    PROFILES,
+    SYNC_STATES,
+)
 from core.ingestion.crashpoints import crash_point
 from core.privacy import crypto
 from core.privacy.crypto import EncryptionKeyError, Keyring
@@ -52,6 +59,7 @@ SPECS = (
     _Spec(EVENTS, {"properties": "traits"}, EVENTS.c.type == "identify"),
     _Spec(SYNC_STATES, {"email": "text"}, key=("connector", "profile_id")),
     _Spec(MESSAGES, {"subject": "text"}),
+    _Spec(PRIVACY_DELETIONS, {"email": "text"}),
 )
 
 

@@ -1,4 +1,4 @@
-"""encryption at rest: sealed emails need more than 320 characters; identities.sealed
+"""encryption at rest: sealed addresses need more than 320 characters; identities.sealed
 
 Revision ID: 0015
 Revises: 0014
@@ -25,6 +25,10 @@ def upgrade() -> None:
         batch_op.alter_column(
             "email", existing_type=sa.String(length=320), type_=sa.Text(), existing_nullable=False
         )
+    with op.batch_alter_table("privacy_deletions", schema=None) as batch_op:
+        batch_op.alter_column(
+            "email", existing_type=sa.String(length=320), type_=sa.Text(), existing_nullable=False
+        )
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.add_column(sa.Column("sealed", sa.Text(), nullable=True))
 
@@ -32,6 +36,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.drop_column("sealed")
+    with op.batch_alter_table("privacy_deletions", schema=None) as batch_op:
+        batch_op.alter_column(
+            "email", existing_type=sa.Text(), type_=sa.String(length=320), existing_nullable=False
+        )
     with op.batch_alter_table("sync_states", schema=None) as batch_op:
         batch_op.alter_column(
             "email", existing_type=sa.Text(), type_=sa.String(length=320), existing_nullable=False
