@@ -370,3 +370,14 @@ def test_rotate_key_without_a_key_says_what_it_needs(shop, monkeypatch, run):
     monkeypatch.setenv(crypto.KEY_ENV, "not base64!")
     status, _out, err = run("--db", url, "privacy", "rotate-key")
     assert status == 1 and "SEGFLOW_ENCRYPTION_KEY: not base64" in err
+
+
+def test_settings_can_require_a_key(tmp_path, monkeypatch, run):
+    (tmp_path / "segflow.toml").write_text('[privacy]\nencryption = "required"\n')
+    monkeypatch.delenv(crypto.KEY_ENV, raising=False)
+    url = f"sqlite:///{tmp_path / 'req.db'}"
+    status, _out, err = run("--db", url, "privacy", "pending")
+    assert status == 1 and 'encryption = "required"' in err and crypto.KEY_ENV in err
+    monkeypatch.setenv(crypto.KEY_ENV, KEY)
+    status, out, err = run("--db", url, "privacy", "pending")
+    assert status == 0 and "no erasure is pending" in out, err

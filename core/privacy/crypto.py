@@ -150,6 +150,15 @@ def keyring(env: Mapping[str, str] | None = None) -> Keyring | None:
     return _ring(current, env.get(OLD_KEYS_ENV, ""))
 
 
+def require_key(policy: str) -> None:
+    """Refuse to go on without a key when the settings require encryption."""
+    if policy == "required" and keyring() is None:
+        raise EncryptionKeyError(
+            f'[privacy] encryption = "required" in the settings, but {KEY_ENV} is not set '
+            "(segflow privacy new-key makes one)"
+        )
+
+
 def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(SEALED)
 
