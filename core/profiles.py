@@ -78,7 +78,7 @@ def profile_summary(engine: Engine, key: str, recent: int = RECENT_EVENTS) -> di
         identities = [
             {"kind": k, "value": v}
             for k, v in sorted(
-                (k, crypto.unseal(sealed) if sealed else v)
+                (k, sealed or v)
                 for k, v, sealed in conn.execute(
                     sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.sealed).where(
                         IDENTITIES.c.profile_id == pid

@@ -155,7 +155,7 @@ class Identity(SQLModel, table=True):
     # An email is stored as its blind index when a key is set, and the
     # address itself sealed beside it, so a key rotation can index it again.
     value: str = Field(max_length=320)
-    sealed: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    sealed: str | None = Field(default=None, sa_column=sa.Column(SealedText(), nullable=True))
     created_at: datetime = _ts()
 
 

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from core.db.tables import SEGMENTS
-from core.privacy import crypto
 from core.privacy.person import Person, find_person, person_tables
 
 
@@ -37,10 +36,6 @@ def rows_of(conn: sa.Connection, person: Person) -> dict[str, list[dict[str, Any
         key = [c for c in table.primary_key.columns] or list(table.c)
         rows = conn.execute(sa.select(table).where(selector(person)).order_by(*key)).mappings()
         tables[table.name] = [{k: _plain(v) for k, v in row.items()} for row in rows]
-    for row in tables.get("identities", []):
-        # The person gets their address back, not the blind index or its ciphertext.
-        if row.get("sealed"):
-            row["value"] = row["sealed"] = crypto.unseal(row["sealed"])
     return tables
 
 
