@@ -228,6 +228,20 @@ def test_on_postgresql_no_stored_value_holds_an_email_name_or_phone(postgres_url
     text = "\n".join(stored)
     assert {v for v in values if v in text} == set()
     assert who["email"] in api.members()
+    # Rotated on PostgreSQL too (JSONB compared as text for compare and set).
+    from core.privacy.rotate import rotate_keys
+
+    rotated(monkeypatch)
+    report = rotate_keys(open_db(postgres_url))
+    assert report.rewritten["profiles"] > PEOPLE_AT_LEAST and report.changed_meanwhile == 0
+    monkeypatch.delenv(crypto.OLD_KEYS_ENV)
+    after = state(postgres_url)
+    assert after["key ids"] == [crypto.Keyring(NEW).kid]
+    assert secrets_of(people(postgres_url)) == values
+    engine = open_db(postgres_url)
+    with engine.connect() as conn:
+        assert find_profile_id(conn, who["email"]) == find_profile_id(conn, WHO)
+    engine.dispose()
 
 
 # -- key rotation ---------------------------------------------------------------
@@ -379,3 +393,45 @@ def test_settings_can_require_a_key(tmp_path, monkeypatch, run):
     monkeypatch.setenv(crypto.KEY_ENV, KEY)
     status, out, err = run("--db", url, "privacy", "pending")
     assert status == 0 and "no erasure is pending" in out, err
+
+
+def test_a_value_written_while_the_rotation_runs_is_not_put_back(shop, monkeypatch):
+    """Compare and set: a writer (ingestion) that changes a row between the
+    rotation's read of a chunk and its write keeps its value."""
+    import core.privacy.rotate as rotate
+
+    url, _who, _api = shop
+    rotated(monkeypatch)
+    engine = open_db(url)
+    with engine.connect() as conn:
+        pid = (
+            conn.execute(
+                sa.select(PROFILES.c.id)
+                .where(PROFILES.c.email.is_not(None))
+                .order_by(PROFILES.c.id)
+            )
+            .scalars()
+            .first()
+        )
+    plan = rotate._plan
+
+    def plan_then_write(conn, spec, rows, ring, report):
+        work = plan(conn, spec, rows, ring, report)
+        if spec.table is PROFILES and any(r["id"] == pid for r in rows):
+            with open_db(url).begin() as other:
+                other.execute(
+                    PROFILES.update()
+                    .where(PROFILES.c.id == pid)
+                    .values(attributes={"first_name": "Meanwhile"})
+                )
+        return work
+
+    monkeypatch.setattr(rotate, "_plan", plan_then_write)
+    report = rotate.rotate_keys(engine, chunk=50, vacuum=False)
+    assert report.changed_meanwhile == 1
+    with engine.connect() as conn:
+        attrs = conn.execute(sa.select(PROFILES.c.attributes).where(PROFILES.c.id == pid)).scalar()
+        raw = conn.exec_driver_sql(f"SELECT attributes FROM profiles WHERE id = {pid}").scalar()
+    assert attrs == {"first_name": "Meanwhile"}
+    assert json.loads(raw)["first_name"].startswith(f"enc1:{crypto.Keyring(NEW).kid}:")
+    engine.dispose()

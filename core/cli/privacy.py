@@ -126,8 +126,15 @@ def privacy_rotate_key(
             "address: left as they are",
             markup=False,
         )
-    out.print(f"everything is under key {report.key_id}; the old keys are no longer needed",
-              markup=False)  # fmt: skip
+    if report.changed_meanwhile:
+        out.print(
+            f"{report.changed_meanwhile:,} rows changed while they were rewritten: run "
+            "rotate-key again before dropping the old keys",
+            markup=False,
+        )
+    elif not report.unrecoverable:
+        out.print(f"everything is under key {report.key_id}; the old keys are no longer needed",
+                  markup=False)  # fmt: skip
 
 
 @app.command("new-key")

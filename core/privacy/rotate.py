@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
-from core.db.models import JSONType
+from core.db.models import JSONType, OpenedJSON, SealedTraits
 from core.db.tables import (
     EVENTS,
     IDENTITIES,
@@ -40,8 +41,9 @@ from core.privacy.crypto import EncryptionKeyError, Keyring
 from core.privacy.erase import reclaim
 
 CHUNK = 500
+_JSON_TYPES = (SealedTraits, OpenedJSON)
 
-# How a column's stored value is read and written past its column type.
+# How a column's new value is written past its column type.
 _RAW = {"text": sa.Text(), "traits": JSONType, "index": sa.Text()}
 
 
@@ -73,6 +75,9 @@ class RotateReport(BaseModel):
     # Email identities whose address cannot be recovered (a blind index under
     # an old key with no sealed address beside it): left as they are.
     unrecoverable: int = 0
+    # Rows another writer changed between this run's read and its write: not
+    # rewritten here (a writer seals under the current key; run again to be sure).
+    changed_meanwhile: int = 0
 
 
 @dataclass
@@ -112,13 +117,25 @@ def _rotate_table(
     engine: Engine, spec: _Spec, ring: Keyring, chunk: int, report: RotateReport
 ) -> int:
     key_cols = [spec.table.c[k] for k in spec.key]
-    raw = [sa.type_coerce(spec.table.c[c], _RAW[kind]).label(c) for c, kind in spec.columns.items()]
+    # Read as stored, as text (JSON too), past the column types that open values.
+    raw = [_as_text(spec.table.c[c]).label(c) for c in spec.columns]
     query = sa.select(*key_cols, *raw).order_by(*key_cols).limit(chunk)
     if spec.where is not None:
         query = query.where(spec.where)
+    # Compare and set: a row is rewritten only if it still holds what was
+    # read, so a value a writer changed meanwhile is never put back.
     update = (
         spec.table.update()
         .where(*(spec.table.c[k] == sa.bindparam(f"k_{k}") for k in spec.key))
+        .where(
+            *(
+                sa.or_(
+                    _as_text(spec.table.c[c]) == sa.bindparam(f"o_{c}", type_=sa.Text()),
+                    sa.and_(spec.table.c[c].is_(None), sa.bindparam(f"n_{c}", type_=sa.Boolean())),
+                )
+                for c in spec.columns
+            )
+        )
         .values({c: sa.bindparam(f"v_{c}", type_=_RAW[kind]) for c, kind in spec.columns.items()})
     )
     last: tuple | None = None
@@ -131,24 +148,42 @@ def _rotate_table(
                 return rewritten
             last = tuple(rows[-1][k] for k in spec.key)
             work = _plan(conn, spec, rows, ring, report)
-            if work.updates:
-                conn.execute(update, work.updates)
+            done = conn.execute(update, work.updates).rowcount if work.updates else 0
+            report.changed_meanwhile += len(work.updates) - done
             for row_id in work.deletes:
                 conn.execute(IDENTITIES.delete().where(IDENTITIES.c.id == row_id))
-            rewritten += len(work.updates) + len(work.deletes)
+            rewritten += done + len(work.deletes)
         crash_point("privacy.rotated")
+
+
+def _as_text(column: sa.Column) -> Any:
+    if isinstance(column.type, _JSON_TYPES):
+        return sa.cast(column, sa.Text())
+    return sa.type_coerce(column, sa.Text())
+
+
+def _decoded(value: Any, kind: str) -> Any:
+    return orjson.loads(value) if kind == "traits" and isinstance(value, str) else value
+
+
+def _guard(spec: _Spec, row: Any) -> dict[str, Any]:
+    """The bound values of the update's key and compare-and-set conditions."""
+    out = {f"k_{k}": row[k] for k in spec.key}
+    for c in spec.columns:
+        out[f"o_{c}"] = row[c]
+        out[f"n_{c}"] = row[c] is None
+    return out
 
 
 def _plan(conn: Connection, spec: _Spec, rows: list, ring: Keyring, report: RotateReport) -> _Chunk:
     work = _Chunk()
     if spec.table is IDENTITIES:
-        return _plan_identities(conn, rows, ring, report)
+        return _plan_identities(conn, spec, rows, ring, report)
     for row in rows:
-        new = {c: _fresh(row[c], kind, ring) for c, kind in spec.columns.items()}
-        if any(new[c] is not row[c] for c in spec.columns):
-            work.updates.append(
-                {**{f"k_{k}": row[k] for k in spec.key}, **{f"v_{c}": v for c, v in new.items()}}
-            )
+        old = {c: _decoded(row[c], kind) for c, kind in spec.columns.items()}
+        new = {c: _fresh(old[c], kind, ring) for c, kind in spec.columns.items()}
+        if any(new[c] is not old[c] for c in spec.columns):
+            work.updates.append({**_guard(spec, row), **{f"v_{c}": v for c, v in new.items()}})
     return work
 
 
@@ -176,10 +211,13 @@ def _fresh(value: Any, kind: str, ring: Keyring) -> Any:
     return {k: ring.seal(crypto.unseal(v, ring)) if k in stale else v for k, v in value.items()}
 
 
-def _plan_identities(conn: Connection, rows: list, ring: Keyring, report: RotateReport) -> _Chunk:
+def _plan_identities(
+    conn: Connection, spec: _Spec, rows: list, ring: Keyring, report: RotateReport
+) -> _Chunk:
     work = _Chunk()
     prefix = f"{crypto.INDEX}{ring.kid}:"
     wanted: dict[int, tuple[str, str]] = {}
+    by_id = {row["id"]: row for row in rows}
     for row in rows:
         value, sealed = row["value"], row["sealed"]
         if value.startswith(prefix) and _current(sealed, ring):
@@ -211,5 +249,5 @@ def _plan_identities(conn: Connection, rows: list, ring: Keyring, report: Rotate
             report.duplicates += 1
             continue
         taken[index] = row_id
-        work.updates.append({"k_id": row_id, "v_value": index, "v_sealed": sealed})
+        work.updates.append({**_guard(spec, by_id[row_id]), "v_value": index, "v_sealed": sealed})
     return work
