@@ -12,7 +12,9 @@ import typer
 from core.cli.context import Group, Json, err, obj, out
 
 app = typer.Typer(
-    help="Access and erasure of one person's data (GDPR).", no_args_is_help=True, cls=Group
+    help="Access and erasure of one person's data (GDPR); the encryption key at rest.",
+    no_args_is_help=True,
+    cls=Group,
 )
 
 Who = Annotated[str, typer.Argument(help="User id (or an anonymous id or email).")]
