@@ -6,6 +6,8 @@ export.py      everything held about a person, as JSON (``segflow privacy export
 erase.py       erasure: rows, suppression, audit, connector deletions until confirmed
 suppress.py    keyed hashes of erased identifiers; ingestion drops their events
 connectors.py  the configured connectors an erasure is sent to
+crypto.py      encryption at rest: sealing with keys from the environment, blind indexes
+rotate.py      ``segflow privacy rotate-key``: everything sealed again under the current key
 
 The consent gate is in ``core.consents``.
 """
