@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.tables import EVENTS, IDENTITIES, PROFILES
+from core.privacy import crypto
 
 RECENT_EVENTS = 20
 
@@ -22,7 +23,7 @@ def find_profile_id(conn: Connection, key: str) -> int:
     if pid is None:
         pid = conn.execute(
             sa.select(IDENTITIES.c.profile_id)
-            .where(IDENTITIES.c.value.in_([key, key.strip().lower()]))
+            .where(IDENTITIES.c.value.in_([key, *crypto.email_lookups(key)]))
             .order_by(IDENTITIES.c.kind.desc())
             .limit(1)
         ).scalar()
@@ -73,12 +74,16 @@ def profile_summary(engine: Engine, key: str, recent: int = RECENT_EVENTS) -> di
     with engine.connect() as conn:
         pid = find_profile_id(conn, key)
         prof = conn.execute(sa.select(PROFILES).where(PROFILES.c.id == pid)).one()
+        # An email identity shows its address, not the blind index it is found by.
         identities = [
             {"kind": k, "value": v}
-            for k, v in conn.execute(
-                sa.select(IDENTITIES.c.kind, IDENTITIES.c.value)
-                .where(IDENTITIES.c.profile_id == pid)
-                .order_by(IDENTITIES.c.kind, IDENTITIES.c.value)
+            for k, v in sorted(
+                (k, sealed or v)
+                for k, v, sealed in conn.execute(
+                    sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.sealed).where(
+                        IDENTITIES.c.profile_id == pid
+                    )
+                )
             )
         ]
         counts = dict(

@@ -21,7 +21,12 @@ def child_env(plugins: str, crash_at: str | None = None) -> dict[str, str]:
     faster) and, when given, the crash point it is killed at."""
     from tests.conftest import PROJECT_ROOT
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
+    # The encryption keys are kept: a child must read what its parent sealed.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SEGFLOW_") or k.startswith("SEGFLOW_ENCRYPTION_")
+    }
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     env["SEGFLOW_LOAD_PLUGINS"] = plugins
     if crash_at:

@@ -122,6 +122,7 @@ EXPECTED_ERRORS: dict[str, int] = {
     "core.recommendations:UnknownRecommender": 2,
     "core.types:DeliveryFailure": 1,
     "core.automation.language:WorkflowError": 1,
+    "core.privacy.crypto:EncryptionKeyError": 1,
 }
 
 

@@ -83,7 +83,9 @@ class CommandContext:
         """The database, opened (and brought to the current schema) on first use."""
         if self._engine is None:
             from core.db import open_db
+            from core.privacy.crypto import require_key
 
+            require_key(self.settings.privacy.encryption)
             self._engine = open_db(
                 self.settings.database_url, auto_upgrade=self.settings.auto_upgrade
             )

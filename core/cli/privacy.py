@@ -1,4 +1,5 @@
-"""``segflow privacy export | erase | purge``: a person's data, out or gone; old events gone."""
+"""``segflow privacy export | erase | purge | rotate-key``: a person's data, out or
+gone; old events gone; the encryption key of the store, changed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 from core.cli.context import Group, Json, err, obj, out
 
 app = typer.Typer(
-    help="Access and erasure of one person's data (GDPR); retention.",
+    help="Access and erasure of one person's data (GDPR); retention; the encryption key at rest.",
     no_args_is_help=True,
     cls=Group,
 )
@@ -152,3 +153,54 @@ def privacy_purge(
             out.print(f"{type_}: none older than {cutoff.isoformat()}", markup=False)
     tail = "" if dry_run else f"; {report.profiles:,} people due at the next `segflow segments run`"
     out.print(f"{verb} {report.total:,} events{tail}", markup=False)
+
+
+@app.command("rotate-key")
+def privacy_rotate_key(
+    ctx: typer.Context,
+    chunk: Annotated[int, typer.Option(min=1, help="Rows rewritten per transaction.")] = 500,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild the database file afterwards, so no value under the old key (or "
+            "plaintext) is left in its free space."
+        ),
+    ] = True,
+    as_json: Json = False,
+) -> None:
+    """Re-encrypt every sealed value and blind index with SEGFLOW_ENCRYPTION_KEY
+    (old keys in SEGFLOW_ENCRYPTION_OLD_KEYS); on a plaintext store, encrypt it.
+    Safe to interrupt and run again."""
+    from core.privacy.rotate import rotate_keys
+
+    report = rotate_keys(obj(ctx).engine(), chunk=chunk, vacuum=vacuum)
+    if as_json:
+        obj(ctx).print_json(report.model_dump())
+        return
+    for table, n in report.rewritten.items():
+        out.print(f"{table}: {n:,} rows rewritten", markup=False)
+    if report.duplicates:
+        out.print(f"identities: {report.duplicates:,} duplicate addresses dropped", markup=False)
+    if report.unrecoverable:
+        out.print(
+            f"identities: {report.unrecoverable:,} blind indexes under an old key without their "
+            "address: left as they are",
+            markup=False,
+        )
+    if report.changed_meanwhile:
+        out.print(
+            f"{report.changed_meanwhile:,} rows changed while they were rewritten: run "
+            "rotate-key again before dropping the old keys",
+            markup=False,
+        )
+    elif not report.unrecoverable:
+        out.print(f"everything is under key {report.key_id}; the old keys are no longer needed",
+                  markup=False)  # fmt: skip
+
+
+@app.command("new-key")
+def privacy_new_key() -> None:
+    """Print a fresh encryption key (for SEGFLOW_ENCRYPTION_KEY)."""
+    from core.privacy.crypto import new_key
+
+    print(new_key())

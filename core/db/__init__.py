@@ -129,7 +129,10 @@ def open_db(url: str, auto_upgrade: bool = True) -> Engine:
     """An engine on an up-to-date schema, with any interrupted bulk load
     finished first (each one done is logged as a warning, one line)."""
     from core.ingestion.bulk import finish_interrupted_loads  # ingest imports core.db
+    from core.privacy.crypto import keyring
 
+    # A malformed key fails here, named, not in the middle of a write.
+    keyring()
     engine = make_engine(url)
     check_schema(engine, auto_upgrade=auto_upgrade)
     finish_interrupted_loads(engine)

@@ -10,6 +10,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from core.privacy import crypto
+
 # Named constraints so Alembic can alter them later, SQLite batch mode included.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -52,6 +54,56 @@ class UTCDateTime(TypeDecorator):
 
 # JSONB on PostgreSQL for indexable properties; JSON text elsewhere.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class SealedText(TypeDecorator):
+    """Text sealed with the environment's encryption key (core/privacy/crypto.py)
+    on the way in, opened on the way out; plain text when no key is set.
+
+    Covers every SQLAlchemy read and write; the paths that go to the driver
+    directly (bulk profile inserts, the resolver's and the renderer's reads)
+    call crypto themselves."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return crypto.seal(value)
+
+    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return crypto.unseal(value)
+
+
+class _JSONBase(TypeDecorator):
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.JSON())
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return crypto.unseal_traits(value)
+
+
+class SealedTraits(_JSONBase):
+    """A JSON object whose personal traits (crypto.PII_TRAITS) are sealed:
+    profile attributes."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return crypto.seal_traits(value) if isinstance(value, dict) else value
+
+
+class OpenedJSON(_JSONBase):
+    """A JSON object some writers seal values of (identify events' traits,
+    sealed by the event writers, which know the event's type): opened on read."""
+
+    cache_ok = True
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not BIGINT.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -72,9 +124,13 @@ class Profile(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     # The identified user id; NULL for anonymous profiles.
     user_id: str | None = Field(default=None, max_length=255, unique=True)
-    email: str | None = Field(default=None, max_length=320, index=True)
+    # Sealed at rest when a key is set; people are found by email through
+    # their identities' blind index, not this column.
+    email: str | None = Field(
+        default=None, sa_column=sa.Column(SealedText(), nullable=True, index=True)
+    )
     attributes: dict = Field(
-        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+        default_factory=dict, sa_column=sa.Column(SealedTraits(), nullable=False, default=dict)
     )
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -96,7 +152,10 @@ class Identity(SQLModel, table=True):
     )
     # user_id, anonymous_id, email, or external:<system> for ESP/CRM ids.
     kind: str = Field(max_length=64)
+    # An email is stored as its blind index when a key is set, and the
+    # address itself sealed beside it, so a key rotation can index it again.
     value: str = Field(max_length=320)
+    sealed: str | None = Field(default=None, sa_column=sa.Column(SealedText(), nullable=True))
     created_at: datetime = _ts()
 
 
@@ -122,7 +181,7 @@ class EventRow(SQLModel, table=True):
     url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     campaign: str | None = Field(default=None, max_length=255)
     properties: dict = Field(
-        default_factory=dict, sa_column=sa.Column(JSONType, nullable=False, default=dict)
+        default_factory=dict, sa_column=sa.Column(OpenedJSON(), nullable=False, default=dict)
     )
     source: str = Field(default="api", max_length=64)
     message_id: str = Field(max_length=255, unique=True)
@@ -374,7 +433,8 @@ class Message(SQLModel, table=True):
     template: str = Field(max_length=255)
     # Unknown for messages the consent gate refused before they were rendered.
     version: str | None = Field(default=None, max_length=64)
-    subject: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    # Sealed: a personalised subject may name the person.
+    subject: str | None = Field(default=None, sa_column=sa.Column(SealedText(), nullable=True))
     idempotency_key: str = Field(max_length=255, unique=True)
     # rendered | sending | sent | deferred | failed | unknown | bounced | skipped
     status: str = Field(max_length=16, index=True)
@@ -554,7 +614,7 @@ class SyncState(SQLModel, table=True):
     profile_id: int = Field(
         sa_column=sa.Column(BigId, sa.ForeignKey("profiles.id"), primary_key=True)
     )
-    email: str = Field(max_length=320)
+    email: str = Field(sa_column=sa.Column(SealedText(), nullable=False))
     hash: str | None = Field(default=None, max_length=64)
     segments: list = Field(
         default_factory=list, sa_column=sa.Column(JSONType, nullable=False, default=list)
@@ -682,7 +742,9 @@ class PrivacyDeletion(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     connector: str = Field(max_length=64)
-    email: str = Field(max_length=320)
+    # Sealed like every address at rest: with a key set, the unique key no
+    # longer folds two erasures of one address (each ciphertext differs).
+    email: str = Field(sa_column=sa.Column(SealedText(), nullable=False))
     # The erasure's audit subject (the user id's keyed hash), to tie the two.
     subject: str = Field(max_length=64)
     attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, default=0))

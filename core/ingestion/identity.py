@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from core.db.models import utcnow
 from core.db.sql import fetch_in, sqlite_time
 from core.db.tables import AUDIT, EVENTS, IDENTITIES, PROFILES
+from core.privacy import crypto
 
 
 @dataclass
@@ -64,9 +65,18 @@ class BatchResolver:
 
     # -- lookup ------------------------------------------------------------
     def prefetch(self, keys: set[tuple[str, str]]) -> None:
+        ring = crypto.keyring()
         by_kind: dict[str, list[str]] = {}
+        # Decisions are taken on addresses; what identities store for one
+        # (its blind index under any key, or the address) maps back to it.
+        address_of: dict[str, str] = {}
         for kind, value in keys:
-            by_kind.setdefault(kind, []).append(value)
+            if kind == "email":
+                for stored in crypto.email_lookups(value, ring):
+                    address_of.setdefault(stored, value)
+                    by_kind.setdefault(kind, []).append(stored)
+            else:
+                by_kind.setdefault(kind, []).append(value)
         for kind, values in by_kind.items():
             rows = fetch_in(
                 self.conn,
@@ -77,13 +87,20 @@ class BatchResolver:
                 (kind,),
             )
             for value, pid, user_id, attributes, email in rows:
-                self.handle_of[(kind, value)] = pid
+                key = address_of.get(value, value) if kind == "email" else value
+                self.handle_of[(kind, key)] = pid
                 self.user_of[pid] = user_id
                 # The driver hands JSON back as text on SQLite, decoded on PostgreSQL.
-                self.attrs[pid] = (
-                    orjson.loads(attributes) if isinstance(attributes, str | bytes) else attributes
-                ) or {}
-                self.email_of[pid] = email
+                self.attrs[pid] = crypto.unseal_traits(
+                    (
+                        orjson.loads(attributes)
+                        if isinstance(attributes, str | bytes)
+                        else attributes
+                    )
+                    or {},
+                    ring,
+                )
+                self.email_of[pid] = crypto.unseal(email, ring)
 
     def find(self, handle: int | None) -> int | None:
         if handle is None:
@@ -263,7 +280,24 @@ _SET_ATTRIBUTES = (
 
 
 PROFILE_COLUMNS = ("user_id", "email", "attributes", "created_at", "updated_at")
-IDENTITY_COLUMNS = ("kind", "value", "profile_id", "created_at")
+IDENTITY_COLUMNS = ("kind", "value", "sealed", "profile_id", "created_at")
+
+
+def _sealed_profile(row: dict[str, Any], ring: crypto.Keyring | None) -> dict[str, Any]:
+    if ring is None:
+        return row
+    return {
+        **row,
+        "email": crypto.seal(row["email"], ring),
+        "attributes": crypto.seal_traits(row["attributes"], ring),
+    }
+
+
+def _stored_identity(row: dict[str, Any], ring: crypto.Keyring | None) -> dict[str, Any]:
+    """An identity row as stored: an email as its blind index, the address sealed."""
+    if row["kind"] != "email" or ring is None or row["value"].startswith(crypto.INDEX):
+        return {"sealed": None, **row}
+    return {**row, "value": ring.index(row["value"]), "sealed": ring.seal(row["value"])}
 
 
 def insert_profiles(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
@@ -275,6 +309,8 @@ def insert_profiles(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """
     if not rows:
         return []
+    ring = crypto.keyring()
+    rows = [_sealed_profile(row, ring) for row in rows]
     if conn.dialect.name == "sqlite":
         return _insert_profiles_sqlite(conn, rows)
     if conn.dialect.name == "postgresql":
@@ -355,14 +391,17 @@ def _insert_profiles_postgres(conn: Connection, rows: list[dict[str, Any]]) -> l
 
 
 def insert_identities(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert identity rows (IDENTITY_COLUMNS), through the driver where it can."""
+    """Insert identity rows (IDENTITY_COLUMNS but ``sealed``, which is made
+    here for emails), through the driver where it can."""
     if not rows:
         return
+    ring = crypto.keyring()
+    rows = [_stored_identity(row, ring) for row in rows]
     if conn.dialect.name == "sqlite":
         cur = conn.connection.driver_connection.cursor()
         try:
             cur.executemany(
-                f"INSERT INTO identities ({', '.join(IDENTITY_COLUMNS)}) VALUES (?, ?, ?, ?)",
+                f"INSERT INTO identities ({', '.join(IDENTITY_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
                 [_sqlite_values(row, IDENTITY_COLUMNS) for row in rows],
             )
         finally:

@@ -15,6 +15,7 @@ from core.db.sql import sqlite_time
 from core.db.tables import EVENTS
 from core.ingestion.plain import STORED_JSON, TS_TEXT
 from core.ingestion.schema import IDENTIFY, Fields, json_bytes
+from core.privacy import crypto
 
 # (connection, events' fields, their profile ids, source, receive time) -> rows inserted
 EventWriter = Callable[[Connection, list[Fields], list[int], str, datetime], int]
@@ -145,6 +146,7 @@ def _rows(
     no_session, no_product, no_value, no_currency, no_url, no_campaign = (
         absent[c] for c in ("session_id", "product_id", "value", "currency", "url", "campaign")
     )
+    ring = crypto.keyring()
     rows = []
     append = rows.append
     for e, pid in zip(events, pids, strict=True):
@@ -155,11 +157,15 @@ def _rows(
             ts = received
         elif for_sqlite:
             ts = _sqlite_ts_of(get(TS_TEXT), ts)
-        if props_json and (text := get(STORED_JSON)) is not None:
+        identify = type_ == IDENTIFY
+        if props_json and (text := get(STORED_JSON)) is not None and not (identify and ring):
             props = text
         else:
-            # An identify call keeps its traits as the event's properties.
-            props = get("traits") if type_ == IDENTIFY else get("properties", {})
+            # An identify call keeps its traits as the event's properties,
+            # with the personal ones sealed when a key is set.
+            props = get("traits") if identify else get("properties", {})
+            if identify and ring is not None:
+                props = crypto.seal_traits(props, ring)
             if props_json:
                 props = json_bytes(props).decode()
         append(

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from core.catalog import read_products
 from core.db.sql import param_mark
+from core.privacy import crypto
 from core.profiles import ProfileNotFound
 from core.segments.batch import db_time, time_reader
 from core.segments.data import latest_scores
@@ -169,8 +170,9 @@ def read_person(conn: Connection, profile_id: int, as_of: datetime | None) -> Pe
     return Person(
         profile_id=profile_id,
         user_id=row[1],
-        email=row[2],
-        attributes=_json(row[3]) or {},
+        # Read at the driver, past the column types that open sealed values.
+        email=crypto.unseal(row[2]),
+        attributes=crypto.unseal_traits(_json(row[3]) or {}),
         consent=consent,
         segments=segments,
         scores=scores,

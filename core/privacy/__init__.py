@@ -7,6 +7,8 @@ erase.py       erasure: rows, suppression, audit, connector deletions until conf
 purge.py       retention: events past their type's period deleted (``segflow privacy purge``)
 suppress.py    keyed hashes of erased identifiers; ingestion drops their events
 connectors.py  the configured connectors an erasure is sent to
+crypto.py      encryption at rest: sealing with keys from the environment, blind indexes
+rotate.py      ``segflow privacy rotate-key``: everything sealed again under the current key
 
 The consent gate is in ``core.consents``.
 """

@@ -132,11 +132,13 @@ def identifiers(conn: Connection, person: Person) -> set[tuple[str, str]]:
         if email:
             found.add(("email", email.strip().lower()))
     rows = conn.execute(
-        sa.select(IDENTITIES.c.kind, IDENTITIES.c.value).where(
+        sa.select(IDENTITIES.c.kind, IDENTITIES.c.value, IDENTITIES.c.sealed).where(
             IDENTITIES.c.profile_id.in_(person.profile_ids)
         )
     )
-    for kind, value in rows:
+    for kind, value, sealed in rows:
+        if sealed:  # an email stored as its blind index: the address is sealed beside it
+            value = sealed
         if kind in ("user_id", "anonymous_id", "email"):
             found.add((kind, value.strip().lower() if kind == "email" else value))
     return found

@@ -18,6 +18,9 @@
     page_view = "90d"
     default = "3y"        # every type not named; without it they are kept
 
+    [privacy]
+    encryption = "required"   # optional (default) | required: no key, no start
+
 An ``allow`` list names the top-level keys of an event type's properties
 that are stored; the rest are dropped and counted. ``default`` applies to
 every type not named, except ``identify``, whose properties are the
@@ -115,6 +118,10 @@ class PrivacySettings(BaseModel):
     minimise: MinimiseSettings = MinimiseSettings()
     # event type (or "default") -> how long its events are kept
     retention: dict[str, Retention] = {}
+    # "required": the commands and the server refuse to open the database
+    # without SEGFLOW_ENCRYPTION_KEY (docs/encryption.md); "optional": without
+    # it, new values are stored in plaintext.
+    encryption: Literal["optional", "required"] = "optional"
 
     @field_validator("retention")
     @classmethod

@@ -39,6 +39,7 @@ from core.db.models import utcnow
 from core.db.sql import chunks, dialect_insert
 from core.db.tables import (
     CHANGES,
+    IDENTITIES,
     MEMBERSHIPS,
     PROFILES,
     SEGMENTS,
@@ -47,6 +48,7 @@ from core.db.tables import (
     SYNC_STATES,
 )
 from core.ingestion.crashpoints import crash_point
+from core.privacy import crypto
 from core.privacy.erase import send_deletions
 from core.source_state import save_cursor
 from core.sync.client import KeyRefused, SyncClient, SyncFailure
@@ -312,6 +314,21 @@ def _remote_members(conn, remote, synced, ids: set[int] | None) -> set[int]:
     """Profiles whose email is a remote member of a synced segment."""
     emails = sorted(e for e, r in remote.items() if r.segments & synced)
     found: set[int] = set()
+    if (ring := crypto.keyring()) is not None:
+        # Sealed addresses do not compare: found through their identities' blind index.
+        stored = sorted({v for e in emails for v in crypto.email_lookups(e, ring)})
+        for chunk in chunks(stored, CHUNK):
+            rows = conn.execute(
+                sa.select(IDENTITIES.c.profile_id)
+                .join(PROFILES, PROFILES.c.id == IDENTITIES.c.profile_id)
+                .where(
+                    IDENTITIES.c.kind == "email",
+                    IDENTITIES.c.value.in_(chunk),
+                    PROFILES.c.merged_into.is_(None),
+                )
+            )
+            found.update(pid for (pid,) in rows if ids is None or pid in ids)
+        return found
     for chunk in chunks(emails, CHUNK):
         rows = conn.execute(
             sa.select(PROFILES.c.id).where(
