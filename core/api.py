@@ -54,8 +54,35 @@ def requires(auth: str, **openapi: Any) -> dict[str, Any]:
     ``api.authorize(request, scope)``), ``signed`` (an HMAC-signed body or URL
     token the handler verifies) or ``public``. Every route declares one, and
     tests/test_access_control.py checks each declaration against the live
-    server, so a route added without its check fails there."""
-    return {AUTH_FIELD: auth, **openapi}
+    server, so a route added without its check fails there.
+
+    The error answers the route can give are documented with it, so a client
+    (or schemathesis, tests/test_hostile_openapi.py) can hold the server to
+    them."""
+    codes = ERRORS_BY_AUTH.get(auth, ERRORS_BY_AUTH["scope"])
+    responses = {str(code): {"description": ERROR_TEXT[code], **ERROR_BODY} for code in codes}
+    responses.update(openapi.pop("responses", {}))
+    return {AUTH_FIELD: auth, "responses": responses, **openapi}
+
+
+ERROR_TEXT = {
+    400: "the body or a parameter is not valid (the answer names which)",
+    401: "no key, or an unknown, revoked or expired one",
+    403: "the key lacks the route's scope, or the signature does not match",
+    404: "no such webhook or person",
+    413: f"the body is over {MAX_BODY_BYTES} bytes",
+    422: "a parameter is missing or of the wrong type",
+    429: "the key's rate limit is reached (Retry-After says when to retry)",
+}
+# Errors answer {"error": ..., "field": ...}; GA4's routes answer in the
+# Measurement Protocol's own {"validationMessages": [...]} shape.
+ERROR_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
+ERRORS_BY_AUTH = {
+    PUBLIC: (413,),
+    SIGNED: (400, 401, 403, 404, 413, 422),
+    # Key scopes: anything else is a scope.
+    "scope": (400, 401, 403, 404, 413, 422, 429),
+}
 
 
 class ApiError(HTTPException):

@@ -1,0 +1,107 @@
+"""Schemathesis over the server's own OpenAPI document, against the real server
+on 127.0.0.1: every operation, called with each scope's key, a key holding
+every scope, and no key, never answers 5xx and answers as the document says.
+
+Bounded for CI: SEGFLOW_FUZZ_EXAMPLES examples per operation and key (a few by
+default); raise it for a longer run (docs/security.md)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from schemathesis import checks
+
+from core.api import create_app
+from core.config import Settings, WebhookConfig
+from core.db import open_db
+from core.keys import SCOPES, create_key
+from tests.smtpserver import free_port
+
+SECRET = "hostile-openapi-secret"
+WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
+EXAMPLES = int(os.environ.get("SEGFLOW_FUZZ_EXAMPLES", "6"))
+# Each scope's own key, one with every scope, and none.
+CALLERS = [*SCOPES, "all scopes", "no key"]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('openapi') / 'o.db'}"
+    engine = open_db(url)
+    app = create_app(engine, Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK]))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    keys: dict[str, str | None] = {s: create_key(engine, f"only-{s}", [s])[1] for s in SCOPES}
+    keys["all scopes"] = create_key(engine, "every-scope", list(SCOPES))[1]
+    keys["no key"] = None
+    base = f"http://127.0.0.1:{port}"
+    schema = schemathesis.openapi.from_dict(httpx.get(f"{base}/openapi.json").json())
+    yield {"base": base, "keys": keys, "schema": schema}
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _operations(schema) -> list[Any]:
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def _with_key(case: Any, key: str | None) -> dict[str, str]:
+    """Headers carrying ``key`` where each source looks for one: Segment's Basic
+    auth, and GA4's api_secret in the query."""
+    if key is None:
+        return {}
+    if case.operation.path.endswith("mp/collect"):
+        case.query = {**(case.query or {}), "api_secret": key}
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def _fuzz(operation: Any, base: str, key: str | None, seen: dict[str, set[int]]) -> None:
+    """EXAMPLES generated calls of ``operation``, each checked against the document."""
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+    )
+    @given(case=operation.as_strategy())
+    def call(case: Any) -> None:
+        headers = _with_key(case, key)
+        response = case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=10)
+        seen.setdefault(operation.label, set()).add(response.status_code)
+
+    call()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("caller", CALLERS)
+def test_no_operation_answers_5xx_or_off_its_document_for_any_caller(api, caller):
+    operations = _operations(api["schema"])
+    assert len(operations) >= 10, [op.label for op in operations]
+    seen: dict[str, set[int]] = {}
+    for operation in operations:
+        _fuzz(operation, api["base"], api["keys"][caller], seen)
+    assert set(seen) == {op.label for op in operations}
