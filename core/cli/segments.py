@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,11 +68,35 @@ def segments_members(
     name: str,
     as_of: AsOf = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of user ids.")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV of id, email, since and the --trait columns.")
+    ] = False,
+    traits: Annotated[
+        list[str] | None,
+        typer.Option("--trait", help="A profile trait as a CSV column (repeat; a.b nests)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the CSV to this file.")
+    ] = None,
 ) -> None:
     """Members of a segment: current, or evaluated as of a time (nothing saved)."""
-    from core.segments.report import member_ids
+    from core.segments.report import member_ids, member_rows
 
+    if (traits or output) and not as_csv:
+        raise UsageError("--trait and --output go with --csv")
     when = parse_as_of(as_of) if as_of is not None else None
+    if as_csv:
+        from core.csv_export import write_csv
+
+        with obj(ctx).engine().connect() as conn:
+            header, rows = member_rows(conn, name, condition_kinds(), traits, when)
+        if output is None:
+            write_csv(sys.stdout, header, rows)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as fh:
+                write_csv(fh, header, rows)
+        err.print(f"{len(rows):,} members" + (f" written to {output}" if output else ""))
+        return
     with obj(ctx).engine().connect() as conn:
         ids = member_ids(conn, name, condition_kinds(), when)
     if as_json:
