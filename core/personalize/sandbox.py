@@ -247,6 +247,20 @@ class EmailSandbox(ImmutableSandboxedEnvironment):
             _check_call(getattr(__obj, "__name__", ""), owner, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # Jinja wraps str.format where it is looked up, so calls that skip
+        # ``call`` are sandboxed too: its size is checked in the same place.
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        spec = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_call("format", spec, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if (
