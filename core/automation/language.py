@@ -531,7 +531,13 @@ class WorkflowFile:
 
 
 def load_workflow_file(path: Path, reg: Registry) -> list[WorkflowFile]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(
+            f"not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+            file=str(path),
+        ) from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

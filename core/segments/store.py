@@ -75,7 +75,12 @@ def load_segment_file(
 ) -> dict[str, SegmentFile]:
     seen = seen or {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SegmentError(
+            f"not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+            file=str(path),
+        ) from None
     except yaml.YAMLError as exc:
         raise SegmentError(f"not valid YAML: {exc}", file=str(path)) from None
     items = data if isinstance(data, list) else [data]
