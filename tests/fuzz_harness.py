@@ -76,6 +76,11 @@ def main() -> None:
     corpus.mkdir()
     for i, seed in enumerate(SEEDS[name]):
         (corpus / f"seed{i}").write_bytes(seed)
+    if any(not o.startswith("-") for o in options):
+        # Inputs named on the command line (a crash-* file) are replayed alone.
+        atheris.Setup([sys.argv[0], *options], TARGETS[name])
+        atheris.Fuzz()
+        return
     # Crash inputs go to the work folder, not the current one.
     setup = [sys.argv[0], f"-artifact_prefix={WORK}/", *options, str(corpus)]
     atheris.Setup(setup, TARGETS[name])

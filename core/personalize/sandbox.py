@@ -16,9 +16,11 @@ Undefined names fail (StrictUndefined) instead of rendering as nothing.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from jinja2 import (
@@ -45,7 +47,7 @@ MAX_POWER_BITS = 4096
 # far below what a runaway loop would fill memory with.
 MAX_OUTPUT = 4_000_000
 # Loop steps one render (its includes too) may take: far above any email's,
-# about a second of a loop doing nothing.
+# far below a loop nest that would run for minutes.
 MAX_LOOP_STEPS = 1_000_000
 # Where the step count of a render lives in its context (shared with includes).
 _STEPS = "__segflow_loop_steps"
@@ -78,13 +80,20 @@ class SegflowUndefined(StrictUndefined):
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
-class _Steps:
-    """The loop steps one render has taken."""
+def _over_budget() -> Iterator[int]:
+    raise SecurityError(
+        f"loops took more than {MAX_LOOP_STEPS:,} steps; nested loops that run away?"
+    )
+    yield 0  # a generator, so it raises only when the budget is spent
 
-    __slots__ = ("taken",)
+
+class _Steps:
+    """The loop steps one render has left: a tick per step, then an error."""
+
+    __slots__ = ("ticks",)
 
     def __init__(self) -> None:
-        self.taken = 0
+        self.ticks = itertools.chain(range(MAX_LOOP_STEPS), _over_budget())
 
 
 class _BudgetedTemplate(Template):
@@ -103,19 +112,18 @@ class _BudgetedTemplate(Template):
         return super().new_context(vars, shared, locals)
 
 
+_first = operator.itemgetter(0)
+
+
 @pass_context
 def _counted(context: Context, iterable: Any) -> Any:
     """``iterable`` taking a step of the render's budget per item."""
     steps = context.get(_STEPS)
     if not isinstance(steps, _Steps):
         steps = _Steps()
-    for item in iterable:
-        steps.taken += 1
-        if steps.taken > MAX_LOOP_STEPS:
-            raise SecurityError(
-                f"loops took more than {MAX_LOOP_STEPS:,} steps; nested loops that run away?"
-            )
-        yield item
+    # zip takes an item, then a tick (none once the items end), all in C, so a
+    # loop pays no Python call per item.
+    return map(_first, zip(iterable, steps.ticks, strict=False))
 
 
 def _weight(value: Any, limit: int) -> int:
