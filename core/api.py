@@ -23,8 +23,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
@@ -258,10 +260,21 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     app.add_middleware(SizeLimit)
 
+    # Starlette's own HTTPException too: FastAPI raises it for a body it cannot
+    # parse (nested too deep, not UTF-8), which answered {"detail": ...}.
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
         body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError):
+        # The first problem, in the {"error", "field"} shape every other error has.
+        first = next(iter(exc.errors()), {})
+        field = ".".join(str(part) for part in first.get("loc", ())) or None
+        body = {"error": str(first.get("msg", "invalid request"))}
+        return JSONResponse(body | ({"field": field} if field else {}), status_code=422)
 
     @app.exception_handler(IngestError)
     async def not_stored(_request: Request, exc: IngestError):

@@ -105,3 +105,33 @@ def test_no_operation_answers_5xx_or_off_its_document_for_any_caller(api, caller
     for operation in operations:
         _fuzz(operation, api["base"], api["keys"][caller], seen)
     assert set(seen) == {op.label for op in operations}
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE_BODIES = {
+    "deep array": DEEP,
+    "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    "invalid utf-8": b'{"user_id": "\xff\xfe\xc3", "purpose": "email_marketing"}',
+    "truncated": b'{"user_id": "u1", ',
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/consents", "/webhooks/shop"])
+def test_hostile_bodies_to_the_consent_and_webhook_routes_get_a_clean_4xx(api, path):
+    """The JSON routes tests/test_hostile.py does not reach: the consent API
+    (with a key holding its scope) and a signed webhook (signed correctly, so
+    the body itself is what is judged)."""
+    import hashlib
+    import hmac
+
+    for label, body in HOSTILE_BODIES.items():
+        headers = {"content-type": "application/json"}
+        if path.startswith("/webhooks/"):
+            digest = hmac.new(WEBHOOK.secret.encode(), body, hashlib.sha256).digest()
+            headers["X-Shopify-Hmac-Sha256"] = base64.b64encode(digest).decode()
+        else:
+            key = api["keys"]["events:write"]
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+        r = httpx.post(api["base"] + path, content=body, headers=headers, timeout=30)
+        assert 400 <= r.status_code < 500, (label, r.status_code, r.text[:200])
+        assert "error" in r.json(), (label, r.text[:200])
