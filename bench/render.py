@@ -4,8 +4,8 @@ A complete email is what a send needs: ``core.personalize.render_email`` (the
 person's context read from the database, recommendations, the sandboxed
 subject/HTML/text render, CSS inlined, every link signed, the open pixel and
 the unsubscribe headers) and then its MIME message as delivery builds it
-(``core.personalize.mime.to_mime``: the standard library's ``EmailMessage``,
-multipart/alternative), serialised to bytes. The baseline, in the same
+(``core.personalize.mime.to_mime``: an ``EmailMessage``, multipart/alternative,
+whose wire form to_mime writes itself), serialised to bytes. The baseline, in the same
 run and the same process: the bare Jinja2 render of the same two templates
 (a plain ``jinja2.Environment``, no sandbox) with each person's context
 already built, which is the least any templating send has to pay.
@@ -350,7 +350,7 @@ def results(
     render = Result("segflow render_email: context, recommendations, tracking, CSS", n,
                     min(times["render"]))  # fmt: skip
     render.ratio = ratio(render.seconds, base.seconds)
-    complete = Result("complete email: render_email + MIME (to_mime, stdlib EmailMessage)", n,
+    complete = Result("complete email: render_email + MIME (to_mime)", n,
                       min(times["complete"]))  # fmt: skip
     complete.ratio = ratio(complete.seconds, base.seconds)
     alone = Result("MIME alone: to_mime of the rendered emails", n, mime_seconds[0])
@@ -420,8 +420,9 @@ def describe(quick: bool) -> str:
             "people with a cart add, in turn, one process, one connection; "
             f"recommendations: {_facts.get('recommend', '')}",
             "- complete: plus the MIME message delivery sends: `core.personalize.mime.to_mime` "
-            "(`EmailMessage(policy=SMTP)`, From/To/Subject/Date/Message-ID and the unsubscribe "
-            "headers, quoted-printable text and HTML parts), `as_bytes()`",
+            "(an `EmailMessage` with From/To/Subject/Date/Message-ID and the unsubscribe "
+            "headers, quoted-printable text and HTML parts, its bytes written by to_mime and "
+            "equal to the email package's generator output), `as_bytes()`",
             "- baseline: a plain `jinja2.Environment` (no sandbox) rendering the same HTML and "
             "text templates with each person's context built beforehand, same run",
             f"- target: complete emails >= {TARGET:,.0f}/s on one core (the events/s column "

@@ -114,6 +114,9 @@ _LAZY = {
     "EventRow": "core.segments.evaluate",
     "ProfileData": "core.segments.evaluate",
     "epoch_seconds": "core.segments.sqlfuncs",
+    "driver_rows": "core.db.sql",
+    "marks": "core.db.sql",
+    "time_reader": "core.segments.batch",
     "json_key": "core.segments.sqlfuncs",
     "matches": "core.segments.values",
     "evaluate_profiles": "core.segments.realtime",
@@ -177,6 +180,11 @@ _LAZY = {
     "freshness_alerts": "core.monitoring.freshness",
     "quality_alerts": "core.monitoring.quality",
     "misclassified_segments": "core.monitoring.campaigns",
+    # TLS: every outgoing HTTPS client verifies with client_context (SEGFLOW_CA_BUNDLE)
+    "TlsSetupError": "core.tls",
+    "ca_context": "core.tls",
+    "client_context": "core.tls",
+    "untrusted": "core.tls",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -231,6 +239,7 @@ __all__ = [
     "database_summary",
     "delete_all_data",
     "describe_validation_error",
+    "driver_rows",
     "epoch_seconds",
     "events_ingested_hook",
     "evaluate_profiles",
@@ -238,6 +247,8 @@ __all__ = [
     "ingest",
     "is_snake_name",
     "json_key",
+    "marks",
+    "time_reader",
     "latest_score_sql",
     "load_cursor",
     "load_score_files",
@@ -324,6 +335,10 @@ __all__ = [
     "open_alerts",
     "drift_alerts",
     "freshness_alerts",
+    "TlsSetupError",
+    "ca_context",
+    "client_context",
+    "untrusted",
     "quality_alerts",
     "misclassified_segments",
 ]
@@ -342,6 +357,7 @@ if TYPE_CHECKING:
     from core.catalog import PRODUCT_EVENT_TYPES, load_products, refresh_products
     from core.config import ConfigError, Settings
     from core.consents import email_refusals, set_consent, set_consents
+    from core.db.sql import driver_rows, marks
     from core.db.tables import (
         AUDIT,
         CHANGES,
@@ -392,6 +408,7 @@ if TYPE_CHECKING:
     from core.profiles import update_attributes
     from core.recommendations import recommend, refresh_recommendations
     from core.scoring import latest_score_sql, load_score_files, run_scores, store_scores
+    from core.segments.batch import time_reader
     from core.segments.evaluate import EventRow, ProfileData
     from core.segments.language import (
         Compare,
@@ -411,5 +428,6 @@ if TYPE_CHECKING:
     from core.sync.client import KeyRefused, SyncClient, SyncFailure, TransportFailure
     from core.sync.engine import SyncReport, plan_sync, run_sync
     from core.sync.verify import VerifyReport, sync_status, verify_sync
+    from core.tls import TlsSetupError, ca_context, client_context, untrusted
     from core.tracking import PIXEL_GIF, BadToken, tracking_event
     from core.tracking import verify as verify_token

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -347,13 +348,23 @@ def log_config() -> dict[str, Any]:
 
 
 def serve(
-    engine: Engine, settings: Settings, host: str, port: int, access_log: bool = False
+    engine: Engine,
+    settings: Settings,
+    host: str,
+    port: int,
+    access_log: bool = False,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
 ) -> None:
-    """Run the ingestion API with uvicorn until stopped."""
+    """Run the ingestion API with uvicorn until stopped; over HTTPS when given
+    a certificate and its key (TlsSetupError naming the option when unusable)."""
     import gc
 
     import uvicorn
 
+    from core.tls import check_server_files
+
+    check_server_files(ssl_certfile, ssl_keyfile)
     app = create_app(engine, settings)
     # Everything loaded so far lives as long as the server: frozen, a full
     # collection no longer walks it, which removed 100 ms stalls from the
@@ -367,4 +378,6 @@ def serve(
         log_level="info",
         access_log=access_log,
         log_config=log_config(),
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )

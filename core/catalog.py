@@ -40,7 +40,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
-from core.db.sql import dialect_insert, fetch_in
+from core.db.sql import dialect_insert, driver_rows, fetch_in, marks
 from core.db.tables import EVENTS, PRODUCTS, SOURCE_STATES
 from core.ingestion.files import ImportUsageError, source_for
 from core.ingestion.report import Rejection
@@ -70,6 +70,8 @@ PRODUCT_FIELDS = (
 )
 # The events whose properties describe their product.
 PRODUCT_EVENT_TYPES = ("product_view", "add_to_cart", "purchase")
+# The product columns a template or a recommendation carries.
+PRODUCT_COLUMNS = ("id", "name", "category", "price", "currency", "url", "image_url", "in_stock")
 # The fields an event's properties may set, under the same names.
 EVENT_FIELDS = ("name", "category", "price", "currency", "url", "image_url", "in_stock")
 # Where refresh_products left off in the events table (source_states).
@@ -161,6 +163,27 @@ class CatalogReport:
 
 
 # -- pure parts -------------------------------------------------------------------
+
+
+def read_products(
+    conn: Connection, ids: list[str], *, in_stock: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Catalogue rows by id (the product columns; in_stock a bool), only those in
+    stock if ``in_stock``. Read per email, so through the driver."""
+    if not ids:
+        return {}
+    rows = driver_rows(
+        conn,
+        f"SELECT {', '.join(PRODUCT_COLUMNS)} FROM products WHERE id IN ({marks(len(ids))})"
+        + (" AND in_stock" if in_stock else ""),
+        ids,
+    )
+    out = {}
+    for row in rows:
+        product = dict(zip(PRODUCT_COLUMNS, row, strict=True))
+        product["in_stock"] = bool(product["in_stock"])
+        out[product["id"]] = product
+    return out
 
 
 def describe_product_error(exc: ValidationError) -> str:

@@ -20,21 +20,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from core.catalog import PRODUCT_EVENT_TYPES
+from core.catalog import PRODUCT_EVENT_TYPES, read_products
 from core.db.models import utcnow
-from core.db.sql import dialect_insert
+from core.db.sql import dialect_insert, driver_rows
 from core.db.tables import (
-    EVENTS,
     PRODUCT_POPULARITY,
     PRODUCT_RELATED,
     PRODUCTS,
     RECOMMENDER_RUNS,
 )
-from core.segments.sqlfuncs import unindexed
+from core.segments.batch import db_time, time_reader
 from core.types import ProductEvent, ProductHistory, Recommender, RecommenderTables
-
-# The product columns each recommendation carries, besides its score.
-PRODUCT_COLUMNS = ("id", "name", "category", "price", "currency", "url", "image_url", "in_stock")
 
 
 class UnknownRecommender(ValueError):
@@ -60,38 +56,37 @@ def _chosen(name: str, found: Mapping[str, Recommender]) -> Recommender:
 # for any recency-weighted seed set, and a bound on what a heavy buyer costs.
 HISTORY_EVENTS = 100
 
-_person = (
-    EVENTS.c.profile_id == sa.bindparam("profile_id"),
-    EVENTS.c.ts <= sa.bindparam("as_of"),
-    EVENTS.c.product_id.is_not(None),
-)
-_HISTORY = (
-    sa.select(EVENTS.c.type, EVENTS.c.product_id, EVENTS.c.ts)
-    # Through (profile_id, ts): a person's events, not every product event.
-    .where(*_person, unindexed(EVENTS.c.type).in_(PRODUCT_EVENT_TYPES))
-    .order_by(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
-    .limit(HISTORY_EVENTS)
-)
-_BOUGHT = (
-    sa.select(EVENTS.c.product_id)
-    .where(*_person, unindexed(EVENTS.c.type) == "purchase")
-    .distinct()
-)
-_PRODUCTS = sa.select(*(PRODUCTS.c[name] for name in PRODUCT_COLUMNS)).where(
-    PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.in_stock
-)
+# Through (profile_id, ts): a person's events, not every product event (the
+# unary + keeps SQLite from walking (type, ts) instead).
+_TYPE = {"sqlite": "+type"}
+_TYPES = ", ".join(f"'{t}'" for t in PRODUCT_EVENT_TYPES)
+
+
+def _events_sql(dialect: str, columns: str, types: str) -> str:
+    return (
+        f"SELECT {columns} FROM events WHERE profile_id = ? AND ts <= ?"
+        f" AND product_id IS NOT NULL AND {_TYPE.get(dialect, 'type')} IN ({types})"
+    )
 
 
 def product_history(conn: Connection, profile_id: int, as_of: datetime) -> ProductHistory:
     """The person's latest HISTORY_EVENTS product events up to ``as_of``, newest
     first, and everything they bought up to then."""
-    params = {"profile_id": profile_id, "as_of": as_of}
-    rows = conn.execute(_HISTORY, params).all()
-    events = tuple(ProductEvent(t, p, ts) for t, p, ts in rows)
+    dialect = conn.dialect.name
+    params = (profile_id, db_time(dialect, as_of))
+    parse = time_reader(dialect)
+    rows = driver_rows(
+        conn,
+        _events_sql(dialect, "type, product_id, ts", _TYPES)
+        + f" ORDER BY ts DESC, id DESC LIMIT {HISTORY_EVENTS}",
+        params,
+    )
+    events = tuple(ProductEvent(t, p, parse(ts)) for t, p, ts in rows)
     if len(events) < HISTORY_EVENTS:
         bought = frozenset(e.product_id for e in events if e.type == "purchase")
     else:
-        bought = frozenset(conn.execute(_BOUGHT, params).scalars())
+        sql = _events_sql(dialect, "DISTINCT product_id", "'purchase'")
+        bought = frozenset(r[0] for r in driver_rows(conn, sql, params))
     return ProductHistory(profile_id, as_of, events, bought)
 
 
@@ -121,7 +116,7 @@ def recommend(
             wanted[product_id] = float(score)
     if not wanted:
         return []
-    rows = {r.id: r._asdict() for r in conn.execute(_PRODUCTS, {"ids": list(wanted)})}
+    rows = read_products(conn, list(wanted), in_stock=True)
     out = [{**rows[pid], "score": score} for pid, score in wanted.items() if pid in rows]
     return out[:k]
 

@@ -158,6 +158,10 @@ class ConditionKind:
     # (params) -> (event type, field) pairs whose values the condition
     # aggregates (a sum of purchase value): monitoring counts events missing them.
     event_fields: Callable[[Any], Iterable[tuple[str, str]]] | None = None
+    # (params) -> every (event type, field) pair the condition reads: the
+    # aggregated ones and those its filters test; a warning names a segment
+    # reading a property [privacy.minimise] drops. None: ``event_fields``.
+    event_reads: Callable[[Any], Iterable[tuple[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         if self.sql is None and self.features is None:

@@ -50,7 +50,9 @@ class Recorder:
         if self.data_answers:
             return self.data_answers.pop(0)
         self.messages.append(envelope.original_content or envelope.content)
-        self.tls.append(session.ssl is not None)
+        # STARTTLS sets session.ssl; implicit TLS (ssl_context) only shows on the transport.
+        implicit = server.transport.get_extra_info("ssl_object") is not None
+        self.tls.append(session.ssl is not None or implicit)
         wait = max((self.slow.get(a, 0.0) for a in envelope.rcpt_tos), default=0.0)
         if wait:
             await asyncio.sleep(wait)

@@ -22,10 +22,12 @@ from core.config import Settings, WebhookConfig
 from core.db import open_db
 from core.db.tables import EVENTS
 from core.keys import SCOPES, create_key
+from core.privacy.settings import CmpSettings, ConsentPolicy, PrivacySettings
 from tests.smtpserver import free_port
 
 SECRET = "access-control-secret"
 WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
+CMP = CmpSettings(secret_env="ACCESS_TEST_CMP_SECRET", purposes={"newsletter": "email_marketing"})
 # Served by FastAPI itself: the schema and its viewers.
 FRAMEWORK_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -34,7 +36,11 @@ FRAMEWORK_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('access') / 'a.db'}"
     engine = open_db(url)
-    settings = Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK])
+    # The CMP webhook configured, with its secret set: an unsigned call meets its check.
+    privacy = PrivacySettings(consent=ConsentPolicy(cmp=CMP))
+    env = pytest.MonkeyPatch()
+    env.setenv(CMP.secret_env, "cmp-secret-for-access")
+    settings = Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK], privacy=privacy)
     app = create_app(engine, settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -48,6 +54,7 @@ def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
     yield {"app": app, "engine": engine, "base": f"http://127.0.0.1:{port}", "keys": keys}
     server.should_exit = True
     thread.join(timeout=10)
+    env.undo()
 
 
 def walk(routes) -> Iterator[Any]:
@@ -129,13 +136,16 @@ def test_a_scoped_route_refuses_no_key_and_a_key_without_its_scope(api):
 def test_a_signed_route_refuses_what_is_not_signed(api):
     base, engine = api["base"], api["engine"]
     signed = [(m, p) for m, p, auth in operations(api["app"]) if auth == SIGNED]
-    assert {p for _m, p in signed} >= {"/webhooks/{name}", "/t/c/{token}", "/t/u/{token}"}
+    expected = {"/webhooks/{name}", "/t/c/{token}", "/t/u/{token}", "/v1/consents/cmp"}
+    assert {p for _m, p in signed} >= expected
     before = stored(engine)
     for method, path in signed:
         # A key is no signature: even the admin key does not open a signed route.
         for key in (None, api["keys"]["admin"]):
             answer = call(base, method, path, key)
             assert answer.status_code in (401, 404), (method, path, answer.status_code)
+    # Configured, the CMP webhook is found and refuses the unsigned call itself.
+    assert call(base, "POST", "/v1/consents/cmp", None).status_code == 401
     assert stored(engine) == before
 
 

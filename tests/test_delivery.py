@@ -62,6 +62,50 @@ def test_mime_is_multipart_alternative_with_both_parts_and_a_stable_message_id()
 
 
 @pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"subject": "é" * 100, "to": "Zoë Ünal <zoe@example.com>"},
+        {"subject": "日本語のテキスト🎉" * 12, "text": "a\r\nb\rc\n" + "=" * 300},
+        {"html": "<p>" + "x" * 5000 + "</p>", "text": "trailing space \nend"},
+    ],
+)
+def test_the_written_wire_form_is_the_email_packages_and_follows_changes(changes):
+    """to_mime writes the message's bytes itself; they must be exactly what the
+    email package's generator makes of the same message, and a connector's
+    change to the message must reach the wire."""
+    from email.message import EmailMessage
+
+    email = rendered_email(3, "k3", **changes)
+    message = to_mime(email, "Café Shop <news@shop.example>")
+    wire = message.as_bytes()
+    assert wire == EmailMessage.as_bytes(message)
+    parsed = message_from_bytes(wire, policy=policy.default)
+    assert parsed["Subject"] == email.subject and parsed["To"] == email.to
+    assert str(parsed["From"]) == "Café Shop <news@shop.example>"
+    text, html = parsed.iter_parts()
+    assert html.get_content().rstrip() == email.html
+    normalised = email.text.replace("\r\n", "\n").replace("\r", "\n")
+    assert text.get_content().replace("\r\n", "\n").rstrip("\n") == normalised.rstrip("\n")
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 998
+    message["X-Added"] = "by the connector"
+    html_part = message.get_payload()[1]
+    html_part.set_payload("<p>Howdy</p>\n")
+    changed = message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert changed["X-Added"] == "by the connector"
+    assert "Howdy" in changed.get_payload()[1].get_content()
+
+
+def test_a_mailbox_that_is_not_ascii_still_makes_a_message():
+    email = rendered_email(4, "k4", to="José <josé@example.com>")
+    parsed = message_from_bytes(
+        to_mime(email, "Shop <news@shop.example>").as_bytes(), policy=policy.SMTPUTF8
+    )
+    assert parsed["To"].addresses[0].username == "josé"
+    assert parsed.get_content_type() == "multipart/alternative"
+
+
+@pytest.mark.parametrize(
     ("changes", "error"),
     [
         ({"headers": {"X-Campaign": "a\r\nBcc: all@example.com"}}, "linefeed"),
@@ -214,7 +258,7 @@ def test_a_bad_message_fails_for_good_and_a_dry_run_changes_nothing(fresh_sqlite
         dry.dry_run
         and dry.sent == 1
         and list(dry.failed)
-        == ["bad message: Header values may not contain linefeed or carriage return characters"]
+        == ["bad message: header 'X-Tag' may not contain a linefeed or carriage return"]
     )
     assert messages(engine) == {} and not (tmp_path / "out").exists()
     report = deliver(engine, emails, via=OUTBOX, settings=settings)

@@ -193,3 +193,50 @@ def test_a_bad_privacy_section_names_the_field(tmp_path, monkeypatch, toml, name
     monkeypatch.setenv("SEGFLOW_CONFIG", str(tmp_path / "segflow.toml"))
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         load_settings()
+
+
+SEGMENTS_READING = {
+    "browsers.yaml": """
+name: deep_readers
+rule:
+  all:
+    - {event: page_view, within: 30d, where: {referrer: {contains: "news"}}}
+    - {event: page_view, within: 30d, where: {title: {starts_with: "Guide"}}}
+""",
+    "buyers.yaml": """
+name: coupon_fans
+rule:
+  any:
+    - {event: add_to_cart, within: 30d, distinct: {property: coupon, op: ">= 2"}}
+    - not: {last: {event: add_to_cart, where: {plan: pro, product_id: p1}, newer_than: 7d}}
+""",
+}
+
+
+def test_validate_and_run_warn_of_a_property_the_allow_list_drops(sqlite_url, run, tmp_path):
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    for name, text in SEGMENTS_READING.items():
+        (folder / name).write_text(text)
+    # page_view keeps title (not referrer); add_to_cart falls to default: plan only.
+    (tmp_path / "segflow.toml").write_text(TOML)
+    status, out, err = run("segments", "validate", "--dir", str(folder))
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, err
+    assert "browsers.yaml: segment 'deep_readers' reads property 'referrer' of 'page_view'" in err
+    assert "buyers.yaml: segment 'coupon_fans' reads property 'coupon' of 'add_to_cart'" in err
+    assert "'title'" not in err and "'plan'" not in err and "product_id" not in err
+    assert "2 segments valid, 2 warnings" in out
+
+    status, out, err = run("--db", sqlite_url, "segments", "run", "--dir", str(folder))
+    assert status == 0, err
+    assert err.count("warning:") == 2 and "which [privacy.minimise] allow drops" in err
+
+    (tmp_path / "segflow.toml").write_text(
+        TOML.replace('["title", "context"]', '["title", "context", "referrer"]').replace(
+            '["plan"]', '["plan", "coupon"]'
+        )
+    )
+    status, out, err = run("segments", "validate", "--dir", str(folder))
+    assert status == 0 and "warning" not in err and "2 segments valid\n" in out

@@ -1,6 +1,7 @@
 """Secrets are never logged: what `segflow serve` (with its access log on) and
 `segflow sync run` (refused, meeting faults, succeeding) write holds no API key,
-no ESP key and no signed tracking token (which names a person)."""
+no ESP key, no CMP signing secret or signature, and no signed tracking token
+(which names a person)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from core.db import open_db
 from core.keys import create_key
+from core.privacy.cmp import SIGNATURE_HEADER, signature
 from core.tracking import click_url
 from plugins.esp.fakes import make_fake
 from plugins.esp.fakes.mailchimp import API_KEY
@@ -25,6 +28,7 @@ from tests.smtpserver import free_port
 from tests.test_sync_cli import cli, project
 
 SECRET = "a-tracking-secret-for-logs"
+CMP_SECRET = "a-cmp-signing-secret-for-logs"
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -42,9 +46,15 @@ def test_the_server_log_holds_no_key_and_no_token(tmp_path):
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     _, key = create_key(open_db(url), "site", ["events:write"])
     wrong = "sf_00000000_" + "x" * 43
-    (tmp_path / "segflow.toml").write_text(f'secret_key = "{SECRET}"\n')
+    (tmp_path / "segflow.toml").write_text(
+        f'secret_key = "{SECRET}"\n[privacy.consent.cmp]\nsecret_env = "LOG_TEST_CMP_SECRET"\n'
+        'purposes = {newsletter = "email_marketing"}\n'
+    )
     port = free_port()
-    env = os.environ | {"SEGFLOW_CONFIG": str(tmp_path / "segflow.toml")}
+    env = os.environ | {
+        "SEGFLOW_CONFIG": str(tmp_path / "segflow.toml"),
+        "LOG_TEST_CMP_SECRET": CMP_SECRET,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "--db", url, "serve", "--port", str(port),
          "--access-log"],
@@ -69,6 +79,16 @@ def test_the_server_log_holds_no_key_and_no_token(tmp_path):
                 json={"client_id": "c1", "events": [{"name": "page_view"}]},
             )
         assert httpx.get(token_url, follow_redirects=False).status_code == 302
+        choice = {"user": {"id": "u-7", "email": "someone@example.com"},
+                  "decided_at": "2026-03-01T10:00:00Z",
+                  "purposes": [{"id": "newsletter", "enabled": True}]}  # fmt: skip
+        body = orjson.dumps(choice)
+        signed = signature(body, CMP_SECRET, int(time.time()))
+        for header, status in ((signed, 200), (signature(body, "not-it", int(time.time())), 401)):
+            answer = httpx.post(
+                base + "/v1/consents/cmp", content=body, headers={SIGNATURE_HEADER: header}
+            )
+            assert answer.status_code == status, answer.text
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -76,7 +96,8 @@ def test_the_server_log_holds_no_key_and_no_token(tmp_path):
     # The access log is on and names the requests: the test could see a leak.
     assert "/mp/collect?measurement_id=G-LOG&api_secret=[redacted]" in written, written
     assert "/t/c/[token]" in written and '"POST /v1/track HTTP/1.1" 401' in written
-    for secret in (key, wrong, token, "someone@example.com", SECRET):
+    assert '"POST /v1/consents/cmp HTTP/1.1" 200' in written
+    for secret in (key, wrong, token, "someone@example.com", SECRET, CMP_SECRET, signed):
         assert secret not in written
 
 

@@ -14,8 +14,10 @@ from core.personalize.delivery import deliver
 from core.personalize.mime import message_id
 from core.plugins import esp_connectors
 from core.types import DeliveryInDoubt, PermanentFailure, TemporaryFailure
+from plugins.esp.smtp import SmtpSettings, plain_text_refusal
 from tests.helpers import delivery_settings, people, rendered_email
 from tests.smtpserver import self_signed, server_tls, smtp_server
+from tests.tlscerts import make_pki
 
 SMTP = esp_connectors()["smtp"]
 FROM = "Outdoor Shop <news@shop.example>"
@@ -136,6 +138,40 @@ def test_starttls_with_a_self_signed_certificate_and_login(engine, tmp_path, mon
             deliver(engine, [rendered_email(pid, "k2")], via=SMTP, settings=untrusted)
     assert set(rows(engine)) == {"k"}
     assert "s3cret" not in repr(settings.plugin("esp.smtp"))
+
+
+def test_implicit_tls_is_verified_against_the_ca_file_and_refused_without_it(engine, tmp_path):
+    pki = make_pki(tmp_path)
+    (pid,) = people(engine, 1)
+    with smtp_server(ssl_context=pki.server_context()) as (server, port):
+        trusted = smtp_settings(
+            port, implicit_tls=True, starttls="auto", ca_file=str(pki.ca), timeout_seconds=5
+        )
+        report = deliver(engine, [rendered_email(pid, "k")], via=SMTP, settings=trusted)
+        assert report.sent == 1 and server.tls == [True]
+        # The system's CAs do not know the test CA: the run stops before any message.
+        untrusted = smtp_settings(port, implicit_tls=True, starttls="auto", timeout_seconds=5)
+        with pytest.raises(PermanentFailure, match="TLS: CERTIFICATE_VERIFY_FAILED"):
+            deliver(engine, [rendered_email(pid, "k2")], via=SMTP, settings=untrusted)
+        # A CA file that is not there: the run stops naming the setting and the path.
+        gone = tmp_path / "gone.pem"
+        missing = smtp_settings(port, implicit_tls=True, starttls="auto", ca_file=str(gone))
+        with pytest.raises(PermanentFailure, match=f"ca_file {gone}: no such file"):
+            deliver(engine, [rendered_email(pid, "k3")], via=SMTP, settings=missing)
+    assert set(rows(engine)) == {"k"} and len(server.messages) == 1
+
+
+def test_plain_text_goes_only_to_this_machine_unless_starttls_is_never():
+    def refusal(host: str, starttls: str) -> str | None:
+        return plain_text_refusal(SmtpSettings(host=host, starttls=starttls))
+
+    assert "goes encrypted" in refusal("mail.example.com", "auto")
+    assert "goes encrypted" in refusal("192.0.2.25", "auto")
+    assert refusal("127.0.0.1", "auto") is None and refusal("localhost", "auto") is None
+    assert "starttls = always" in refusal("127.0.0.1", "always")
+    assert refusal("mail.example.com", "never") is None
+    with pytest.raises(ValueError, match="contradicts"):
+        SmtpSettings(implicit_tls=True, starttls="never")
 
 
 def test_starttls_always_refuses_a_server_without_it(engine):

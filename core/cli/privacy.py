@@ -1,4 +1,4 @@
-"""``segflow privacy export | erase``: a person's data, out or gone."""
+"""``segflow privacy export | erase | purge``: a person's data, out or gone; old events gone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import typer
 from core.cli.context import Group, Json, err, obj, out
 
 app = typer.Typer(
-    help="Access and erasure of one person's data (GDPR).", no_args_is_help=True, cls=Group
+    help="Access and erasure of one person's data (GDPR); retention.",
+    no_args_is_help=True,
+    cls=Group,
 )
 
 Who = Annotated[str, typer.Argument(help="User id (or an anonymous id or email).")]
@@ -91,3 +93,59 @@ def privacy_pending(ctx: typer.Context, as_json: Json = False) -> None:
     for name, reasons in sorted(pending.items()):
         for reason, n in sorted(reasons.items()):
             out.print(f"{name}: {n:,} pending ({reason})", markup=False)
+
+
+@app.command("purge")
+def privacy_purge(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Measure retention back from this time (ISO 8601); default now."
+        ),
+    ] = None,
+    chunk: Annotated[
+        int, typer.Option("--chunk", min=1, max=100_000, help="Events deleted per transaction.")
+    ] = 10_000,
+    as_json: Json = False,
+) -> None:
+    """Delete the events older than their type's [privacy.retention] period,
+    and mark their people for the next `segflow segments run`."""
+    from core.privacy import purge_events
+
+    cli = obj(ctx)
+    retention = cli.settings.privacy.retention
+    report = purge_events(
+        cli.engine(),
+        retention,
+        as_of=cli.as_of(as_of),
+        dry_run=dry_run,
+        chunk=chunk,
+        progress=cli.progress,
+    )
+    if as_json:
+        cli.print_json(report.model_dump(mode="json") | {"total": report.total})
+        return
+    if not report.cutoffs:
+        out.print(
+            "no retention periods are set ([privacy.retention] in segflow.toml)", markup=False
+        )
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for type_ in sorted(report.deleted):
+        cutoff = report.cutoff(type_)
+        when = cutoff.isoformat() if cutoff else "?"
+        out.print(
+            f"{type_}: {verb} {report.deleted[type_]:,} events older than {when}", markup=False
+        )
+    by_default = any(t not in report.cutoffs for t in report.deleted)
+    for type_, cutoff in sorted(report.cutoffs.items()):
+        if type_ == "default" and not by_default:
+            out.print(f"other types: none older than {cutoff.isoformat()}", markup=False)
+        elif type_ != "default" and type_ not in report.deleted:
+            out.print(f"{type_}: none older than {cutoff.isoformat()}", markup=False)
+    tail = "" if dry_run else f"; {report.profiles:,} people due at the next `segflow segments run`"
+    out.print(f"{verb} {report.total:,} events{tail}", markup=False)

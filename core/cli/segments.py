@@ -1,4 +1,4 @@
-"""``segflow segments``: run, list, inspect, preview, back-fill and test segments."""
+"""``segflow segments``: run, validate, list, inspect, preview, back-fill and test segments."""
 
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ def segments_run(
     from core.segments.store import load_segment_files, run_segments
 
     kinds = condition_kinds()
+    definitions = load_segment_files(directory, kinds)
+    _warn_dropped(ctx, definitions)
     engine = obj(ctx).engine()
     result = run_segments(
         engine,
         parse_as_of(as_of),
         kinds=kinds,
-        definitions=load_segment_files(directory, kinds),
+        definitions=definitions,
         full=full,
         on_change=segment_change_hook(engine),
     )
@@ -60,6 +62,31 @@ def segments_run(
             name, f"{result.sizes[name]:,}", f"{result.entered[name]:,}", f"{result.exited[name]:,}"
         )
     out.print(table)
+
+
+def _warn_dropped(ctx: typer.Context, definitions: dict[str, Any]) -> int:
+    """Warn of each property a segment reads that [privacy.minimise] drops; how many."""
+    from core.privacy.reads import dropped_reads
+
+    minimise = obj(ctx).settings.privacy.minimise
+    found = dropped_reads(minimise, {n: (d.segment, d.file) for n, d in definitions.items()})
+    for read in found:
+        err.print(f"warning: {read}", markup=False, highlight=False)
+    return len(found)
+
+
+@app.command("validate")
+def segments_validate(ctx: typer.Context, directory: Directory = Path("segments")) -> None:
+    """Parse the segment files in DIR and check their references; warn where
+    [privacy.minimise] drops a property a segment reads. Saves nothing."""
+    from core.segments.language import check_references
+    from core.segments.store import load_segment_files, segments_by_name
+
+    definitions = load_segment_files(directory, condition_kinds())
+    check_references(segments_by_name(definitions))
+    warnings = _warn_dropped(ctx, definitions)
+    tail = f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else ""
+    out.print(f"{len(definitions)} segments valid{tail}", markup=False)
 
 
 @app.command("members")

@@ -22,12 +22,33 @@ def serve(
             "the log costs more than storing them; errors are logged either way).",
         ),
     ] = False,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--ssl-certfile",
+            help="Serve HTTPS with this PEM certificate (its chain after it); needs --ssl-keyfile.",
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-keyfile", help="The certificate's PEM private key, unencrypted."),
+    ] = None,
 ) -> None:
     """Run the ingestion API (Segment-compatible /v1, tracking pixel and links)."""
     from core.api import serve as run_server
+    from core.tls import check_server_files
 
+    check_server_files(ssl_certfile, ssl_keyfile)  # before the database is opened
     cli = obj(ctx)
-    run_server(cli.engine(), cli.settings, host, port, access_log=access_log)
+    run_server(
+        cli.engine(),
+        cli.settings,
+        host,
+        port,
+        access_log=access_log,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
 
 
 def dashboard(

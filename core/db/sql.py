@@ -70,6 +70,31 @@ def fetch_in(
     return out
 
 
+def driver_rows(conn: Connection, sql: str, params: Sequence = ()) -> list[tuple]:
+    """Rows of ``sql`` (``?`` for each parameter, ``marks(n)`` for a list) run on
+    the driver's own cursor.
+
+    For the lookups made once per person on the send path (recommendations,
+    a template's context): SQLAlchemy's work per execution (parameter
+    processing, expanding IN lists, result rows) costs several times the
+    indexed lookup itself there. Values come back as the driver gives them:
+    timestamps through ``time_reader``, booleans as 0/1 on SQLite.
+    """
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(sql, tuple(params))
+        return list(cur.fetchall())
+    finally:
+        cur.close()
+
+
+def marks(n: int) -> str:
+    """``n`` parameter marks for ``driver_rows`` (``?, ?, ?``); an empty list matches nothing."""
+    return ", ".join(["?"] * n) if n else "NULL"
+
+
 # SQLite since 3.32 binds up to 32766 parameters.
 DRIVER_IN_CHUNK = 5000
 

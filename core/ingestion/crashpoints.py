@@ -18,7 +18,8 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``sync.sent``: a sync batch was answered by the API, its results not yet written;
 - ``sync.written``: its results are committed to ``sync_states`` (or the event cursor).
 - ``privacy.erased``: an erasure is committed, nothing sent to the connectors yet;
-- ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded.
+- ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded;
+- ``purge.chunk``: a chunk of a retention purge is committed, the next not yet read.
 """
 
 from __future__ import annotations

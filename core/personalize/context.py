@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Connection
 
+from core.catalog import read_products
 from core.db.sql import param_mark
 from core.profiles import ProfileNotFound
 from core.segments.batch import db_time, time_reader
@@ -40,7 +41,6 @@ from core.segments.data import latest_scores
 # covers them without reading a heavy browser's whole history.
 PRODUCT_EVENTS = 500
 PRODUCT_EVENT_TYPES = ("product_view", "add_to_cart", "remove_from_cart", "purchase")
-PRODUCT_COLUMNS = ("id", "name", "category", "price", "currency", "url", "image_url", "in_stock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,29 +235,6 @@ def viewed_events(events: Iterable[ProductEvent], n: int) -> list[ProductEvent]:
         if event.type == "product_view" and event.product_id and event.product_id not in seen:
             seen[event.product_id] = event
     return list(seen.values())
-
-
-def read_products(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Catalogue rows by id (the product columns; in_stock a bool)."""
-    if not ids:
-        return {}
-    mark = param_mark(conn.dialect)
-    cur = conn.connection.cursor()
-    try:
-        cur.execute(
-            f"SELECT {', '.join(PRODUCT_COLUMNS)} FROM products"
-            f" WHERE id IN ({', '.join([mark] * len(ids))})",
-            tuple(ids),
-        )
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    out = {}
-    for row in rows:
-        product = dict(zip(PRODUCT_COLUMNS, row, strict=True))
-        product["in_stock"] = bool(product["in_stock"])
-        out[product["id"]] = product
-    return out
 
 
 def product_from_event(event: ProductEvent, currency: str) -> dict[str, Any]:

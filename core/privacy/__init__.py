@@ -4,6 +4,7 @@ connector, and the suppression list that keeps an erased person out.
 person.py      which tables hold person data and how a person's rows are found
 export.py      everything held about a person, as JSON (``segflow privacy export``)
 erase.py       erasure: rows, suppression, audit, connector deletions until confirmed
+purge.py       retention: events past their type's period deleted (``segflow privacy purge``)
 suppress.py    keyed hashes of erased identifiers; ingestion drops their events
 connectors.py  the configured connectors an erasure is sent to
 
@@ -24,6 +25,8 @@ __all__ = [
     "erase_person",
     "export_person",
     "pending_deletions",
+    "purge_events",
+    "PurgeReport",
     "send_deletions",
 ]
 
@@ -37,6 +40,8 @@ __getattr__ = lazy_exports(
         "pending_deletions": "core.privacy.erase",
         "send_deletions": "core.privacy.erase",
         "export_person": "core.privacy.export",
+        "purge_events": "core.privacy.purge",
+        "PurgeReport": "core.privacy.purge",
         "deleting_connectors": "core.privacy.connectors",
     },
 )
@@ -52,3 +57,4 @@ if TYPE_CHECKING:
         send_deletions,
     )
     from core.privacy.export import export_person
+    from core.privacy.purge import PurgeReport, purge_events

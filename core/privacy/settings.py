@@ -5,6 +5,10 @@
     tracking = "required" # off | required | anonymise
     anonymous_properties = ["plan"]
 
+    [privacy.consent.cmp]  # the CMP webhook, POST /v1/consents/cmp (core.privacy.cmp)
+    secret_env = "SEGFLOW_CMP_SECRET"
+    purposes = {analytics = "tracking", newsletter = "email_marketing"}
+
     [privacy.minimise]
     allow = {page_view = ["title", "referrer"], default = ["plan"]}
     scrub = true          # emails, phone numbers, secret query parameters -> markers
@@ -60,14 +64,35 @@ def _check_types(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# The purposes a CMP's purpose ids map to (``email`` is the old name of email_marketing).
+CmpPurpose = Literal["tracking", "email_marketing", "personalisation", "email"]
+
+
+class CmpSettings(BaseModel):
+    """``[privacy.consent.cmp]``: the consent-management platform's signed webhook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The environment variable holding the shared signing secret, never the secret.
+    secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The CMP's own purpose ids (configured in the CMP) -> segflow's purposes.
+    purposes: dict[Annotated[str, Field(min_length=1, max_length=200)], CmpPurpose] = Field(
+        min_length=1
+    )
+    # How old a signature's timestamp may be: a captured request replays no longer.
+    tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+
+
 class ConsentPolicy(BaseModel):
-    """``[privacy.consent]``: what ingestion does without tracking consent."""
+    """``[privacy.consent]``: what ingestion does without tracking consent, and
+    where consent decisions may come from (the CMP webhook)."""
 
     model_config = ConfigDict(extra="forbid")
 
     tracking: Literal["off", "required", "anonymise"] = "off"
     # Event properties an anonymised event keeps (everything else is dropped).
     anonymous_properties: list[str] = Field(default_factory=list)
+    cmp: CmpSettings | None = None
 
 
 class MinimiseSettings(BaseModel):

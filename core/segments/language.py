@@ -297,6 +297,16 @@ def event_fields(rule: Rule) -> set[tuple[str, str]]:
     return {pair for child in rule.children for pair in event_fields(child)}
 
 
+def event_reads(rule: Rule) -> set[tuple[str, str]]:
+    """(event type, field) pairs a rule reads at all, aggregated or filtered
+    on, through any depth of nesting (each kind's ``event_reads``, else its
+    ``event_fields``)."""
+    if isinstance(rule, Condition):
+        read = rule.kind.event_reads or rule.kind.event_fields
+        return set(read(rule.params)) if read else set()
+    return {pair for child in rule.children for pair in event_reads(child)}
+
+
 def parse_segment(data: Any, *, kinds: ConditionKinds, file: str | None = None) -> Segment:
     """Validate a segment whose rule may use the condition ``kinds``."""
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from core.tls import client_context, untrusted
 from core.types import SyncLimits
 
 RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -186,6 +187,7 @@ class SyncClient:
             timeout=timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=transport,
+            verify=client_context(),
         )
 
     def resize(self, group: str, windows: Sequence[tuple[int, float]]) -> None:
@@ -228,6 +230,8 @@ class SyncClient:
                 try:
                     response = await self.http.request(method, url, **kwargs)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if refused := untrusted(exc):
+                        raise SyncFailure(f"{method} {url}: {refused}") from None
                     # Never reached the API: always safe to try again.
                     last = f"{type(exc).__name__}: {exc}"
                     response = None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from core import Action, ActionCall, ActionResult
+from core import Action, ActionCall, ActionResult, TlsSetupError, client_context, untrusted
 
 
 class WebhookParams(BaseModel):
@@ -55,12 +55,20 @@ def _perform(call: ActionCall, sleep=time.sleep) -> ActionResult:
     }
     headers = {**p.headers, "Idempotency-Key": call.key}
     last = ""
-    with httpx.Client(timeout=p.timeout) as client:
+    try:
+        verify = client_context()
+    except TlsSetupError as exc:
+        # The installation's CA setting, not the call, is wrong: try again once it is fixed.
+        return ActionResult("retry", str(exc))
+    with httpx.Client(timeout=p.timeout, verify=verify) as client:
         for attempt in range(p.retries + 1):
             wait = p.backoff * 2**attempt
             try:
                 response = client.request(p.method, str(p.url), json=payload, headers=headers)
             except httpx.TransportError as exc:
+                if refused := untrusted(exc):
+                    # Retrying cannot make the certificate trusted: pending until it is.
+                    return ActionResult("retry", f"{p.url}: {refused}")
                 last = f"{type(exc).__name__}: {exc}"
             else:
                 if response.is_success:

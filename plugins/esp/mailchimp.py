@@ -61,6 +61,7 @@ from core import (
     SyncTarget,
     TransportFailure,
     UsageError,
+    client_context,
     hookimpl,
 )
 
@@ -294,7 +295,7 @@ async def _batch(session: Session, ops: Sequence[Op], *, idempotent: bool) -> li
 
 async def _batch_results(url: str) -> dict[str, dict[str, Any]]:
     # A pre-signed storage link: it must not carry the API key (and may refuse it).
-    async with httpx.AsyncClient(timeout=120) as plain:
+    async with httpx.AsyncClient(timeout=120, verify=client_context()) as plain:
         response = await plain.get(url)
     if response.status_code != 200:
         raise SyncFailure(f"batch results: HTTP {response.status_code}", response.status_code)

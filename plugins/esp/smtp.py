@@ -1,9 +1,15 @@
 """``smtp``: delivery to an SMTP server (a relay, a local MTA, a test server).
 
 One connection per run, opened before the first message and reopened when the
-server drops it. STARTTLS is used when the server offers it (``starttls =
-"auto"``), required (``"always"``: no plain fallback), or never (a local
-server); the certificate is checked against the system's CAs or ``ca_file``.
+server drops it. The connection is encrypted one of two ways: implicit TLS
+from the first byte (``implicit_tls = true``, port 465 "submissions"), or
+STARTTLS. ``starttls = "auto"`` (the default) upgrades whenever the server
+offers it and refuses a server elsewhere that does not (plain text only to a
+server on this machine); ``"always"`` refuses any server without it;
+``"never"`` sends in plain text, the one explicit opt-out, logged as a warning
+at each connection to a server elsewhere. Either way the certificate and its
+host name are verified, against the system's CAs or ``ca_file``; there is no
+setting that skips that.
 A password is sent only over TLS or to a server on this machine, and is read
 from the environment variable ``password_env`` names, so it is never in the
 settings file, a log or a message.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import smtplib
 import ssl
@@ -40,9 +47,13 @@ from core import (
     PermanentFailure,
     RenderedEmail,
     TemporaryFailure,
+    TlsSetupError,
     UsageError,
+    ca_context,
     hookimpl,
 )
+
+log = logging.getLogger(__name__)
 
 SECTION = "esp.smtp"
 
@@ -56,6 +67,8 @@ class SmtpSettings(BaseModel):
     port: int = Field(default=25, ge=1, le=65535)
     from_: str | None = Field(default=None, alias="from")
     starttls: Literal["auto", "always", "never"] = "auto"
+    # TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS.
+    implicit_tls: bool = False
     # Trust this CA (or self-signed certificate) instead of the system's.
     ca_file: Path | None = None
     user: str | None = None
@@ -69,6 +82,10 @@ class SmtpSettings(BaseModel):
     def _credentials_in_pairs(self) -> SmtpSettings:
         if (self.user is None) != (self.password_env is None):
             raise ValueError("user and password_env go together")
+        if self.implicit_tls and self.starttls == "never":
+            raise ValueError(
+                'implicit_tls = true encrypts from the start; starttls = "never" contradicts it'
+            )
         return self
 
 
@@ -79,6 +96,22 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def plain_text_refusal(cfg: SmtpSettings) -> str | None:
+    """Why a connection the server did not offer STARTTLS on may not carry
+    mail in plain text, or None when it may (``never``, or ``auto`` to a
+    server on this machine)."""
+    if cfg.implicit_tls or cfg.starttls == "never":
+        return None
+    if cfg.starttls == "always":
+        return "does not offer STARTTLS (starttls = always)"
+    if not _is_local(cfg.host):
+        return (
+            "does not offer STARTTLS: mail to a server elsewhere goes encrypted "
+            '(starttls = "never" sends it in plain text)'
+        )
+    return None
 
 
 def _answer(code: int, text: bytes | str, step: str) -> DeliveryFailure:
@@ -98,25 +131,42 @@ class SmtpSession:
 
     def connect(self) -> smtplib.SMTP:
         cfg = self.config
+        context = self._context() if cfg.implicit_tls or cfg.starttls != "never" else None
         try:
-            # Host given here, not to connect(): STARTTLS checks the certificate against it.
-            smtp = smtplib.SMTP(
-                cfg.host, cfg.port, timeout=cfg.timeout_seconds, local_hostname=cfg.local_hostname
-            )
+            # Host given here, not to connect(): TLS checks the certificate against it.
+            if cfg.implicit_tls:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    cfg.host,
+                    cfg.port,
+                    timeout=cfg.timeout_seconds,
+                    local_hostname=cfg.local_hostname,
+                    context=context,
+                )
+            else:
+                smtp = smtplib.SMTP(
+                    cfg.host,
+                    cfg.port,
+                    timeout=cfg.timeout_seconds,
+                    local_hostname=cfg.local_hostname,
+                )
+        except ssl.SSLError as exc:
+            raise PermanentFailure(f"{self.where} TLS: {exc.reason or exc}") from None
         except smtplib.SMTPResponseException as exc:
             raise _answer(exc.smtp_code, exc.smtp_error, f"{self.where} greeting") from None
         except (OSError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(f"{self.where}: {exc}") from None
         try:
             smtp.ehlo()
-            secure = False
-            if cfg.starttls != "never" and smtp.has_extn("starttls"):
-                context = ssl.create_default_context(cafile=cfg.ca_file)
+            secure = cfg.implicit_tls
+            if not secure and cfg.starttls != "never" and smtp.has_extn("starttls"):
                 smtp.starttls(context=context)
                 smtp.ehlo()
                 secure = True
-            elif cfg.starttls == "always":
-                raise PermanentFailure(f"{self.where} does not offer STARTTLS (starttls = always)")
+            elif not secure:
+                if refusal := plain_text_refusal(cfg):
+                    raise PermanentFailure(f"{self.where} {refusal}")
+                if not _is_local(cfg.host):
+                    log.warning("%s: starttls = never, mail goes in plain text", self.where)
             if cfg.user is not None:
                 self._login(smtp, secure)
         except DeliveryFailure:
@@ -132,6 +182,12 @@ class SmtpSession:
             smtp.close()
             raise TemporaryFailure(f"{self.where}: {exc}") from None
         return smtp
+
+    def _context(self) -> ssl.SSLContext:
+        try:
+            return ca_context(self.config.ca_file, f"[{SECTION}] ca_file")
+        except TlsSetupError as exc:
+            raise PermanentFailure(str(exc)) from None
 
     def _login(self, smtp: smtplib.SMTP, secure: bool) -> None:
         cfg = self.config
@@ -244,7 +300,7 @@ def register_esp_connectors(register) -> None:
     register(
         EspConnector(
             "smtp",
-            f"Send through an SMTP server, STARTTLS when offered ([{SECTION}])",
+            f"Send through an SMTP server over verified TLS ([{SECTION}])",
             send=send,
             sender=sender,
             open=open_session,

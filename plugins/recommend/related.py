@@ -37,13 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import (
     EVENTS,
-    PRODUCT_POPULARITY,
-    PRODUCT_RELATED,
-    PRODUCTS,
     ProductHistory,
     Recommender,
     RecommenderTables,
+    driver_rows,
     epoch_seconds,
+    marks,
 )
 
 NAME = "related"
@@ -205,30 +204,22 @@ def seeds(history: ProductHistory, params: RelatedParams) -> dict[str, float]:
     return out
 
 
+# Per person on the send path, so through the driver (``core.driver_rows``).
 # A seed's best few neighbours are one short range of the key; stock is looked
 # up for those only, in the same round trip.
 _RELATED = (
-    sa.select(PRODUCT_RELATED.c.product_id, PRODUCT_RELATED.c.related_id, PRODUCT_RELATED.c.score)
-    .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_RELATED.c.related_id)
-    .where(
-        PRODUCT_RELATED.c.recommender == sa.bindparam("name"),
-        PRODUCT_RELATED.c.product_id.in_(sa.bindparam("seeds", expanding=True)),
-        PRODUCT_RELATED.c.rank <= sa.bindparam("per_seed", type_=sa.Integer),
-        PRODUCTS.c.in_stock,
-    )
+    "SELECT r.product_id, r.related_id, r.score FROM product_related r"
+    " JOIN products p ON p.id = r.related_id"
+    " WHERE r.recommender = ? AND r.product_id IN ({seeds}) AND r.rank <= ? AND p.in_stock"
 )
+# Ties by id, descending: the index read backwards gives the order.
 _BEST = (
-    sa.select(PRODUCT_POPULARITY.c.product_id, PRODUCT_POPULARITY.c.score)
-    .join(PRODUCTS, PRODUCTS.c.id == PRODUCT_POPULARITY.c.product_id)
-    .where(PRODUCT_POPULARITY.c.recommender == sa.bindparam("name"), PRODUCTS.c.in_stock)
-    # Ties by id, descending: the index read backwards gives the order.
-    .order_by(PRODUCT_POPULARITY.c.score.desc(), PRODUCT_POPULARITY.c.product_id.desc())
-    .limit(sa.bindparam("limit", type_=sa.Integer))
+    "SELECT b.product_id, b.score FROM product_popularity b"
+    " JOIN products p ON p.id = b.product_id"
+    " WHERE b.recommender = ? AND p.in_stock{categories}"
+    " ORDER BY b.score DESC, b.product_id DESC LIMIT ?"
 )
-_BEST_IN = _BEST.where(PRODUCTS.c.category.in_(sa.bindparam("categories", expanding=True)))
-_CATEGORIES = sa.select(PRODUCTS.c.id, PRODUCTS.c.category).where(
-    PRODUCTS.c.id.in_(sa.bindparam("ids", expanding=True)), PRODUCTS.c.category.is_not(None)
-)
+_CATEGORIES = "SELECT id, category FROM products WHERE id IN ({ids}) AND category IS NOT NULL"
 
 
 def _related(
@@ -236,9 +227,9 @@ def _related(
 ) -> list[tuple[str, float]]:
     """The k best in-stock products related to the seeds, not among ``seen``:
     each seed's ``per_seed`` best neighbours, weighted by the seed's interest."""
-    params = {"name": name, "seeds": list(seed), "per_seed": per_seed}
+    sql = _RELATED.format(seeds=marks(len(seed)))
     scores: dict[str, float] = defaultdict(float)
-    for product_id, related_id, score in conn.execute(_RELATED, params).all():
+    for product_id, related_id, score in driver_rows(conn, sql, (name, *seed, per_seed)):
         if related_id not in seen:
             scores[related_id] += seed[product_id] * score
     ranked = sorted(scores, key=lambda p: (-scores[p], p))
@@ -249,15 +240,16 @@ def _best_sellers(
     conn: Any, name: str, limit: int, categories: list[str] | None = None
 ) -> list[tuple[str, float]]:
     if categories is None:
-        rows = conn.execute(_BEST, {"name": name, "limit": limit})
+        sql, params = _BEST.format(categories=""), (name, limit)
     else:
-        rows = conn.execute(_BEST_IN, {"name": name, "limit": limit, "categories": categories})
-    return [(p, s) for p, s in rows]
+        within = f" AND p.category IN ({marks(len(categories))})"
+        sql, params = _BEST.format(categories=within), (name, *categories, limit)
+    return [(p, s) for p, s in driver_rows(conn, sql, params)]
 
 
 def _categories(conn: Any, seed: dict[str, float]) -> list[str]:
     weights: dict[str, float] = defaultdict(float)
-    for product_id, category in conn.execute(_CATEGORIES, {"ids": list(seed)}):
+    for product_id, category in driver_rows(conn, _CATEGORIES.format(ids=marks(len(seed))), seed):
         weights[category] += seed[product_id]
     return sorted(weights, key=lambda c: (-weights[c], c))
 

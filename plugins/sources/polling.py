@@ -28,6 +28,7 @@ from core import (
     RawRecord,
     events_ingested_hook,
     hookimpl,
+    untrusted,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ def fetch(
         try:
             response = client.get(config.url, params=params, headers=config.headers)
         except httpx.TransportError as exc:
+            if refused := untrusted(exc):
+                # Retrying cannot make the certificate trusted.
+                raise PollError(f"{config.name}: {config.url}: {refused}") from None
             problem, wait = f"{type(exc).__name__}: {exc}", delay
         else:
             if response.status_code == 200:
@@ -111,14 +115,16 @@ def poll_once(
     """Fetch pages from the stored cursor until the endpoint has nothing new;
     each page's events go to the plugins' ``on_events_ingested`` (real time)."""
     # Imported here: every command that lists commands loads this plugin.
-    from core import ingest, load_cursor, save_cursor
+    from core import client_context, ingest, load_cursor, save_cursor
 
     result = PollResult(cursor=load_cursor(engine, config.name))
     on_stored = events_ingested_hook(engine)
     own = client is None
     import httpx
 
-    client = client or httpx.Client(timeout=30.0, transport=httpx.HTTPTransport(retries=2))
+    if client is None:
+        transport = httpx.HTTPTransport(retries=2, verify=client_context())
+        client = httpx.Client(timeout=30.0, transport=transport)
     try:
         while result.pages < max_pages:
             page = fetch(client, config, result.cursor, sleep)

@@ -200,6 +200,13 @@ def event_fields(cond: EventCondition) -> list[tuple[str, str]]:
     return [(type_, agg.property) for type_ in cond.event]
 
 
+def event_reads(cond: EventCondition) -> list[tuple[str, str]]:
+    """The aggregated field and every field a ``where`` filter tests, per type."""
+    fields = {f.field for f in cond.where}
+    fields.update(name for _, name in event_fields(cond))
+    return [(type_, name) for type_ in cond.event for name in sorted(fields)]
+
+
 EVENT = ConditionKind(
     "event",
     "events of some types in a window, counted or aggregated",
@@ -210,6 +217,7 @@ EVENT = ConditionKind(
     next_change_at=next_change_at,
     figures=figures,
     event_fields=event_fields,
+    event_reads=event_reads,
 )
 
 

@@ -110,6 +110,10 @@ class _TimeKind:
             "age_hours": round((as_of - pick.ts).total_seconds() / 3600, 2),
         }, [pick]
 
+    def event_reads(self, cond: Any) -> list[tuple[str, str]]:
+        spec = self.spec(cond)
+        return [(type_, f.field) for type_ in spec.event for f in spec.where]
+
 
 def _kind(name: str, description: str, model: type[Strict], latest: bool) -> ConditionKind:
     forms = _TimeKind(latest)
@@ -122,6 +126,7 @@ def _kind(name: str, description: str, model: type[Strict], latest: bool) -> Con
         features=forms.features,
         next_change_at=forms.next_change_at,
         figures=forms.figures,
+        event_reads=forms.event_reads,
     )
 
 
