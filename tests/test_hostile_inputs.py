@@ -158,6 +158,20 @@ def test_regression_invalid_utf8_in_a_jsonl_file_is_a_rejected_line_not_a_traceb
     ]
 
 
+def test_regression_a_mapping_file_that_is_not_utf8_is_a_usage_error(tmp_path, capsys):
+    """As the segment loader's read (tests/test_fuzz.py): `segflow import
+    --mapping` of a file that is not UTF-8 was a UnicodeDecodeError traceback."""
+    from core.cli import main
+
+    mapping = tmp_path / "map.yaml"
+    mapping.write_bytes(b"columns: {a: user_id}\n\xfe\n")
+    data = tmp_path / "rows.csv"
+    data.write_text("a\nu1\n")
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    assert main(["--db", db, "import", str(data), "--mapping", str(mapping)]) == 2
+    assert f"{mapping}: not valid UTF-8: byte 0xfe at offset 22" in capsys.readouterr().err
+
+
 # -- the template sandbox -------------------------------------------------------------
 
 PIECES = [

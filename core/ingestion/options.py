@@ -23,7 +23,11 @@ def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ImportUsageError(f"{path}: no such mapping file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ImportUsageError(
+            f"{path}: not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ImportUsageError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
