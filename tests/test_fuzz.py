@@ -67,3 +67,30 @@ def test_regression_a_workflow_file_that_is_not_utf8_is_a_workflow_error(tmp_pat
     with pytest.raises(WorkflowError) as info:
         load_workflow_file(path, default_registry())
     assert str(info.value) == f"{path}: not valid UTF-8: byte 0xff at offset 7"
+
+
+@pytest.mark.parametrize("kind", ["settings", "scores", "mapping"])
+def test_regression_other_files_that_are_not_utf8_name_file_and_offset(tmp_path, kind):
+    """The same read in every loader of a file a person writes: settings
+    (segflow.toml), score definitions and import mappings."""
+    from core.config import ConfigError, load_file
+    from core.ingestion.files import ImportUsageError
+    from core.ingestion.options import read_mapping
+    from core.plugins import scoring_models
+    from core.scoring import load_score_files
+    from core.types import ScoreError
+
+    path = tmp_path / ("segflow.toml" if kind == "settings" else "def.yaml")
+    path.write_bytes(b"name = 1\n\xc3(\n" if kind == "settings" else b"name: a\n\xc3(\n")
+    calls = {
+        "settings": (lambda: load_file(path), ConfigError),
+        "scores": (lambda: load_score_files(tmp_path, scoring_models()), ScoreError),
+        "mapping": (lambda: read_mapping(path), ImportUsageError),
+    }
+    call, error = calls[kind]
+    with pytest.raises(error) as info:
+        call()
+    assert (
+        str(info.value)
+        == f"{path}: not valid UTF-8: byte 0xc3 at offset {9 if kind == 'settings' else 8}"
+    )
