@@ -87,6 +87,10 @@ _LAZY = {
     # storage: read-only table handles (write through the functions below)
     **{name: "core.db.tables" for name in _TABLES},
     "delete_all_data": "core.maintenance",
+    # the audit log of admin actions (a plugin's own admin commands record theirs)
+    "record_audit": "core.audit:record",
+    "current_actor": "core.audit",
+    "key_actor": "core.audit",
     "count_events": "core.stats",
     "database_summary": "core.stats",
     "load_cursor": "core.source_state",
@@ -236,6 +240,7 @@ __all__ = [
     "check_event_types",
     "condition_kinds",
     "count_events",
+    "current_actor",
     "database_summary",
     "delete_all_data",
     "describe_validation_error",
@@ -247,6 +252,7 @@ __all__ = [
     "ingest",
     "is_snake_name",
     "json_key",
+    "key_actor",
     "marks",
     "time_reader",
     "latest_score_sql",
@@ -256,6 +262,7 @@ __all__ = [
     "matches",
     "parse_duration",
     "profiles_loaded_hook",
+    "record_audit",
     "render_email",
     "run_scores",
     "run_segments",
@@ -348,6 +355,8 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
+    from core.audit import current_actor, key_actor
+    from core.audit import record as record_audit
     from core.automation.engine import enter_from_history, run_tick
     from core.automation.engine import on_events as workflow_events
     from core.automation.engine import on_segment_changes as workflow_segment_changes

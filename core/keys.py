@@ -19,8 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core import audit
 from core.db.models import utcnow
-from core.db.tables import API_KEYS, AUDIT
+from core.db.tables import API_KEYS
 
 SCOPES = ("events:write", "profiles:read", "admin")
 
@@ -74,9 +75,10 @@ def check_scopes(scopes: list[str]) -> tuple[str, ...]:
 
 
 def create_key(
-    engine: Engine, name: str, scopes: list[str], actor: str = "cli"
+    engine: Engine, name: str, scopes: list[str], actor: str | None = None
 ) -> tuple[KeyInfo, str]:
-    """Store a new key; returns its info and the key itself (shown only now)."""
+    """Store a new key; returns its info and the key itself (shown only now).
+    ``actor``: who, for the audit record (default the process's)."""
     scopes_t = check_scopes(scopes)
     if not name.strip():
         raise ValueError("a key needs a name")
@@ -93,15 +95,8 @@ def create_key(
             )
             .returning(API_KEYS.c.id)
         ).scalar_one()
-        conn.execute(
-            AUDIT.insert().values(
-                at=now,
-                actor=actor,
-                action="key.create",
-                target=name,
-                details={"scopes": list(scopes_t), "prefix": prefix},
-            )
-        )
+        details = {"scopes": list(scopes_t), "prefix": prefix}
+        audit.record(conn, actor, "key.create", name, details, at=now)
     return KeyInfo(kid, name, prefix, scopes_t, now, None, None), key
 
 
@@ -164,18 +159,41 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
         return [_info(r) for r in conn.execute(sa.select(API_KEYS).order_by(API_KEYS.c.name))]
 
 
-def revoke_key(engine: Engine, name: str, actor: str = "cli") -> KeyInfo:
+def revoke_key(engine: Engine, name: str, actor: str | None = None) -> KeyInfo:
     now = utcnow()
     with engine.begin() as conn:
         row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.name == name)).first()
         if row is None:
             raise UnknownKey(f"no API key named {name!r}")
         conn.execute(API_KEYS.update().where(API_KEYS.c.id == row.id).values(revoked_at=now))
-        conn.execute(
-            AUDIT.insert().values(at=now, actor=actor, action="key.revoke", target=name, details={})
-        )
+        audit.record(conn, actor, "key.revoke", name, {"prefix": row.prefix}, at=now)
         row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.id == row.id)).one()
     # After the commit: a check racing the revocation cannot re-cache the key.
     with _verified_lock:
         _verified.clear()
     return _info(row)
+
+
+def rotate_key(engine: Engine, name: str, actor: str | None = None) -> tuple[KeyInfo, str]:
+    """A new secret for the key ``name``, same name and scopes; the old one
+    stops working at once. Returns the info and the new key (shown only now)."""
+    prefix = secrets.token_hex(4)
+    key = f"sf_{prefix}_{secrets.token_urlsafe(32)}"
+    now = utcnow()
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.name == name)).first()
+        if row is None:
+            raise UnknownKey(f"no API key named {name!r}")
+        if row.revoked_at is not None:
+            raise UnknownKey(f"API key {name!r} was revoked: create a new one")
+        conn.execute(
+            API_KEYS.update()
+            .where(API_KEYS.c.id == row.id)
+            .values(prefix=prefix, key_hash=_hash(key), created_at=now, last_used_at=None)
+        )
+        details = {"old_prefix": row.prefix, "prefix": prefix}
+        audit.record(conn, actor, "key.rotate", name, details, at=now)
+        row = conn.execute(sa.select(API_KEYS).where(API_KEYS.c.id == row.id)).one()
+    with _verified_lock:
+        _verified.clear()
+    return _info(row), key

@@ -47,7 +47,7 @@ def deploy_command(
     deploy: DeploySettings = settings.plugin(SECTION)
     from prefect.settings import PREFECT_API_URL
 
-    from flows.deploy import build_deployments, describe, serve_deployments
+    from flows.deploy import build_deployments, describe, record_serving, serve_deployments
 
     api = PREFECT_API_URL.value()
     if not list_only and not api:
@@ -71,6 +71,7 @@ def deploy_command(
     # The runs start in subprocesses with this environment: a --db must reach them.
     if settings.source == "--db":
         os.environ["SEGFLOW_DATABASE_URL"] = settings.database_url
+    record_serving(cli.engine(), deploy.name, rows)
     cli.out.print("Ctrl-C stops serving (and pauses the schedules)")
     serve_deployments(deployments, limit=deploy.limit)
     cli.out.print("stopped serving; the schedules are paused until `segflow deploy` runs again")

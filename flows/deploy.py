@@ -22,6 +22,7 @@ from typing import Any
 from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval, Schedule
+from sqlalchemy.engine import Engine
 
 from core.config import Settings
 from flows.automate import automate
@@ -134,6 +135,16 @@ def describe(deployment: RunnerDeployment) -> dict[str, Any]:
         "schedule": ", ".join(schedules) or "on demand",
         "parameters": deployment.parameters,
     }
+
+
+def record_serving(engine: Engine, name: str, rows: list[dict[str, Any]]) -> None:
+    """The audit record of a ``segflow deploy``: which deployments, on which
+    schedules, are about to be served (parameters left out: they hold paths)."""
+    from core.audit import record
+
+    served = {row["deployment"]: row["schedule"] for row in rows}
+    with engine.begin() as conn:
+        record(conn, None, "deploy.serve", name, {"deployments": served})
 
 
 def serve_deployments(deployments: list[RunnerDeployment], limit: int | None = None) -> None:

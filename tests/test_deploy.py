@@ -240,7 +240,10 @@ automate = "0 5 * * *"
 send = "6h"
 """,
     )
-    env = child_env("flows.commands") | {"PREFECT_API_URL": prefect_server}
+    env = child_env("flows.commands") | {
+        "PREFECT_API_URL": prefect_server,
+        "SEGFLOW_ACTOR": "release-job",
+    }
     log = tmp_path / "deploy.log"
     started = datetime.now(UTC)
     with log.open("wb") as sink:
@@ -294,6 +297,15 @@ send = "6h"
             assert proc.wait(timeout=30) == 0, log.read_text()
             assert "stopped serving" in log.read_text()
             assert client.read_deployment_by_name("scores/served").paused
+        # The audit record names who served which deployments on which schedules.
+        from core.audit import list_records
+        from core.db import open_db
+
+        (served,) = list_records(open_db(f"sqlite:///{tmp_path}/served.db"))
+        assert (served.actor, served.action, served.target) == ("release-job", "deploy.serve",
+                                                                "served")  # fmt: skip
+        assert served.details["deployments"]["scores/served"] == "cron 0 3 * * * (UTC)"
+        assert served.details["deployments"]["send/served"] == "every 6:00:00"
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

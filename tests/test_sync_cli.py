@@ -183,3 +183,9 @@ def test_the_sync_flow_runs_every_connector(fake, prefect_server):
     assert len(api.members()) == 4
     again = sync(database_url=url)
     assert again["mc"]["upserted"] == 0 and again["mc"]["unchanged"] == 4
+    # Each run is audited as the Prefect flow run that made it.
+    from core.audit import list_records
+
+    actors = [r.actor for r in list_records(open_db(url), action="sync.run")]
+    assert len(actors) == 2 and len(set(actors)) == 2
+    assert all(a.startswith("prefect:") and len(a) > len("prefect:") for a in actors), actors

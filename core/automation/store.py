@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from core import audit
 from core.automation.language import Registry, Workflow, WorkflowError, parse_workflow
 from core.db.models import utcnow
 from core.db.tables import WORKFLOW_HISTORY, WORKFLOW_STATES, WORKFLOWS
@@ -46,6 +47,8 @@ def save_workflows(conn: Connection, workflows: dict[str, Workflow]) -> dict[str
         )
         migrated = _migrate(conn, wf, version) if wf.migrate and version > 1 else 0
         out[name] = Saved(name, version, True, migrated)
+        details = {"version": version, "digest": wf.digest[:12], "migrated": migrated}
+        audit.record(conn, None, "workflow.define", name, details)
     return out
 
 

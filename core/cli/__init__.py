@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from core.cli import (
+    audit,
     campaigns,
     catalog,
     db,
@@ -80,6 +81,7 @@ app.add_typer(workflows.app, name="workflows")
 app.add_typer(campaigns.app, name="campaigns")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(privacy.app, name="privacy")
+app.command("audit")(audit.audit_cmd)
 
 
 def _register_plugin_commands(cli: click.Group) -> None:

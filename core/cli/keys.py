@@ -66,3 +66,16 @@ def keys_revoke(ctx: typer.Context, name: str) -> None:
 
     info = revoke_key(obj(ctx).engine(), name)
     out.print(f"revoked {info.name!r} ({info.prefix})")
+
+
+@app.command("rotate")
+def keys_rotate(ctx: typer.Context, name: str) -> None:
+    """Give a key a new secret (same name and scopes); the old one stops working
+    at once. The new key is printed once, alone on the last line."""
+    from core.keys import rotate_key
+
+    info, key = rotate_key(obj(ctx).engine(), name)
+    err.print(
+        f"rotated key {info.name!r} (now {info.prefix}); store it now, it is not shown again:"
+    )
+    print(key)

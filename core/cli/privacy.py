@@ -28,9 +28,12 @@ def privacy_export(
     ] = None,
 ) -> None:
     """Everything held about a person, by table, as JSON."""
-    from core.privacy import export_person
+    from core.privacy import export_audited
 
-    document = json.dumps(export_person(obj(ctx).engine(), user_id), indent=2, default=str)
+    cli = obj(ctx)
+    document = json.dumps(
+        export_audited(cli.engine(), cli.settings, user_id), indent=2, default=str
+    )
     if output is None:
         print(document)
         return

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.consents import email_refusals
 from core.db.models import utcnow
 from core.db.tables import MEMBERSHIPS, PROFILES, SEGMENTS
@@ -400,6 +401,7 @@ def send(
     retry: RetryPolicy | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    actor: str | None = None,
 ) -> SendReport:
     """Send ``template`` to every member of ``segment`` through ``via``.
 
@@ -409,7 +411,8 @@ def send(
     today's date (UTC): running it again the same day reaches only those not
     reached yet (new members, deferred ones); the next day it is a new send.
     ``render(conn, template, profile_id, key)`` renders one email;
-    ``on_progress(done, total)`` follows the members.
+    ``on_progress(done, total)`` follows the members. A send that is not a
+    dry run is audited (``campaign.send`` by ``actor``) as it starts.
     """
     campaign = campaign or utcnow().date().isoformat()
     if not CAMPAIGN.match(campaign):
@@ -419,11 +422,15 @@ def send(
     _sender(via, settings)  # before anything is recorded
     report = SendReport(via=via.name, template=template, segment=segment, campaign=campaign)
     report.dry_run = dry_run
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         members = segment_members(conn, segment)
         keys = {pid: campaign_key(campaign, segment, template, pid) for pid in members}
         rows = known(conn, keys.values())
         refusals = email_refusals(conn, members)
+        if not dry_run:
+            details = {"template": template, "segment": segment, "via": via.name,
+                       "members": len(members), "retry_unknown": retry_unknown}  # fmt: skip
+            audit.record(conn, actor, "campaign.send", campaign, details)
     report.members = total = len(members)
     done = 0
 

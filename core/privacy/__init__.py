@@ -23,6 +23,7 @@ __all__ = [
     "erase_everywhere",
     "erase_and_send",
     "erase_person",
+    "export_audited",
     "export_person",
     "pending_deletions",
     "purge_events",
@@ -40,6 +41,7 @@ __getattr__ = lazy_exports(
         "pending_deletions": "core.privacy.erase",
         "send_deletions": "core.privacy.erase",
         "export_person": "core.privacy.export",
+        "export_audited": "core.privacy.export",
         "purge_events": "core.privacy.purge",
         "PurgeReport": "core.privacy.purge",
         "deleting_connectors": "core.privacy.connectors",
@@ -56,5 +58,5 @@ if TYPE_CHECKING:
         pending_deletions,
         send_deletions,
     )
-    from core.privacy.export import export_person
+    from core.privacy.export import export_audited, export_person
     from core.privacy.purge import PurgeReport, purge_events

@@ -37,21 +37,25 @@ CONSENT_SCOPE = "events:write"
 def mount(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/v1/privacy/export/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
     def export(user_id: str, request: Request) -> dict[str, Any]:
-        from core.privacy.export import export_person
+        from core.audit import key_actor
+        from core.privacy.export import export_audited
 
-        ctx.authorize(request, SCOPE)
+        info = ctx.authorize(request, SCOPE)
         try:
-            return export_person(ctx.engine, user_id)
+            return export_audited(ctx.engine, ctx.settings, user_id, actor=key_actor(info.name))
         except ProfileNotFound as exc:
             raise ApiError(404, str(exc), "user_id") from None
+        except CommandError as exc:
+            raise ApiError(500, str(exc)) from None
 
     @app.post("/v1/privacy/erase/{user_id}", tags=["privacy"], openapi_extra=requires(SCOPE))
     def erase(user_id: str, request: Request) -> dict[str, Any]:
+        from core.audit import key_actor
         from core.privacy.erase import erase_everywhere
 
         info = ctx.authorize(request, SCOPE)
         try:
-            report = erase_everywhere(ctx.engine, ctx.settings, user_id, actor=f"api:{info.name}")
+            report = erase_everywhere(ctx.engine, ctx.settings, user_id, actor=key_actor(info.name))
         except ProfileNotFound as exc:
             raise ApiError(404, str(exc), "user_id") from None
         except CommandError as exc:

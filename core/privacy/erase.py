@@ -33,9 +33,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.db.models import utcnow
 from core.db.sql import dialect_insert
-from core.db.tables import AUDIT, PRIVACY_DELETIONS, SUPPRESSIONS, SYNC_STATES
+from core.db.tables import PRIVACY_DELETIONS, SUPPRESSIONS, SYNC_STATES
 from core.ingestion.crashpoints import crash_point
 from core.privacy.person import Person, find_person, identifiers, person_tables
 from core.privacy.suppress import KINDS, keyed_hash
@@ -62,16 +63,18 @@ class ErasureReport(BaseModel):
         return not self.pending
 
 
-def _need_key(secret: str | None) -> str:
+def need_key(secret: str | None, why: str = "erasure", what: str = "the suppression list") -> str:
     if not secret:
         raise CommandError(
-            "erasure needs a secret key (secret_key in segflow.toml or SEGFLOW_SECRET_KEY): "
-            "it keys the hashes of the suppression list"
+            f"{why} needs a secret key (secret_key in segflow.toml or SEGFLOW_SECRET_KEY): "
+            f"it keys the hashes of {what}"
         )
     return secret
 
 
-def _subject(secret: str, key: str, person: Person | None) -> str:
+def subject_of(secret: str, key: str, person: Person | None) -> str:
+    """The keyed hash an audit record names the person by: of their user id
+    when they have one (whatever ``key`` was), else of ``key``."""
     if person is not None and person.user_id:
         return keyed_hash(secret, "user_id", person.user_id)
     kind = "email" if "@" in key else "user_id"
@@ -120,7 +123,7 @@ def erase_person(
     *,
     secret_key: str | None,
     connectors: Sequence[str] = (),
-    actor: str = "cli",
+    actor: str | None = None,
     vacuum: bool = True,
 ) -> ErasureReport:
     """Erase the person ``key`` names (user id, anonymous id or email) from
@@ -129,7 +132,7 @@ def erase_person(
     sent by ``send_deletions``. Someone already erased: the report says so
     (``already_erased``) and lists what is pending. ProfileNotFound when no
     one is, or was, known by ``key``."""
-    secret = _need_key(secret_key)
+    secret = need_key(secret_key)
     now = utcnow()
     with _erasing(engine) as conn:
         try:
@@ -141,7 +144,7 @@ def erase_person(
             return ErasureReport(
                 subject=subject, already_erased=True, pending=_pending(conn, subject)
             )
-        subject = _subject(secret, key, person)
+        subject = subject_of(secret, key, person)
         ids = identifiers(conn, person)
         emails = _emails(conn, person, ids)
         deleted: dict[str, int] = {}
@@ -168,20 +171,13 @@ def erase_person(
                 ),
                 rows,
             )
-        conn.execute(
-            AUDIT.insert().values(
-                at=now,
-                actor=actor,
-                action=ERASE_ACTION,
-                target=subject,
-                details={
-                    "deleted": deleted,
-                    "suppressed": len(hashes),
-                    "connectors": sorted(set(connectors)),
-                    "deletions": len(rows),
-                },
-            )
-        )
+        details = {
+            "deleted": deleted,
+            "suppressed": len(hashes),
+            "connectors": sorted(set(connectors)),
+            "deletions": len(rows),
+        }
+        audit.record(conn, actor, ERASE_ACTION, subject, details, at=now)
         pending = _pending(conn, subject)
     crash_point("privacy.erased")
     reclaim(engine, vacuum=vacuum)
@@ -305,7 +301,7 @@ def erase_and_send(
     secret_key: str | None,
     targets: Sequence[tuple[SyncTarget, EspConnector]] = (),
     unresolved: dict[str, str] | None = None,
-    actor: str = "cli",
+    actor: str | None = None,
     vacuum: bool = True,
     transport: Any = None,
     backoff: Any = None,
@@ -342,7 +338,7 @@ def erase_and_send(
 
 
 def erase_everywhere(
-    engine: Engine, settings: Any, key: str, *, actor: str = "cli", vacuum: bool = True
+    engine: Engine, settings: Any, key: str, *, actor: str | None = None, vacuum: bool = True
 ) -> ErasureReport:
     """``erase_and_send`` to every configured connector that deletes (the
     settings' ``[[connectors]]``), keyed by the settings' secret key."""

@@ -16,7 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core import audit
 from core.db.tables import SEGMENTS
+from core.privacy.erase import need_key, subject_of
 from core.privacy.person import Person, find_person, person_tables
 
 
@@ -39,16 +41,26 @@ def rows_of(conn: sa.Connection, person: Person) -> dict[str, list[dict[str, Any
     return tables
 
 
-def export_person(engine: Engine, key: str) -> dict[str, Any]:
+def export_person(
+    engine: Engine, key: str, *, secret_key: str | None = None, actor: str | None = None
+) -> dict[str, Any]:
     """Everything held about the person ``key`` names (user id, anonymous id or
-    email); ProfileNotFound when no one is known by it."""
-    with engine.connect() as conn:
+    email); ProfileNotFound when no one is known by it.
+
+    With ``secret_key`` (the CLI and the API always pass it) the export is
+    audited: a ``privacy.export`` record by ``actor`` naming the person by the
+    keyed hash an erasure would, written in the transaction that read them."""
+    with engine.begin() as conn:
         person = find_person(conn, key)
         tables = rows_of(conn, person)
         ids = {r["segment_id"] for name in ("memberships", "membership_changes")
                for r in tables.get(name, [])}  # fmt: skip
         query = sa.select(SEGMENTS.c.id, SEGMENTS.c.name).where(SEGMENTS.c.id.in_(ids))
         names = {sid: name for sid, name in conn.execute(query)}
+        if secret_key is not None:
+            counts = {name: len(rows) for name, rows in tables.items() if rows}
+            subject = subject_of(secret_key, key, person)
+            audit.record(conn, actor, "privacy.export", subject, {"rows": counts})
     return {
         "subject": {"user_id": person.user_id, "profile_ids": list(person.profile_ids)},
         "exported_at": datetime.now(UTC).isoformat(),
@@ -56,3 +68,12 @@ def export_person(engine: Engine, key: str) -> dict[str, Any]:
         "segments": {str(sid): names[sid] for sid in sorted(names)},
         "tables": tables,
     }
+
+
+def export_audited(
+    engine: Engine, settings: Any, key: str, *, actor: str | None = None
+) -> dict[str, Any]:
+    """``export_person``, audited, keyed by the settings' secret key (the CLI's
+    and the API's export): no secret key, no export."""
+    secret = need_key(settings.secret_key, "an export", "the audit record naming the person")
+    return export_person(engine, key, secret_key=secret, actor=actor)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import core.db.models  # noqa: F401  (registers the tables on the metadata)
+from core.audit import PERSON_ACTIONS
 from core.db.tables import (
     AUDIT,
     BULK_LOAD_MOVES,
@@ -73,8 +74,11 @@ def _by_profile(table: sa.Table) -> Callable[[Person], sa.ColumnElement[bool]]:
 PERSON_BY: dict[str, Callable[[Person], sa.ColumnElement[bool]]] = {
     "profiles": lambda p: PROFILES.c.id.in_(p.profile_ids),
     "workflow_history": lambda p: WORKFLOW_HISTORY.c.run_id.in_(p.run_ids),
-    # Merges and consent changes name the profile they happened to.
-    "audit_log": lambda p: AUDIT.c.target.in_(p.audit_targets),
+    # Merges and consent changes name the profile they happened to; admin
+    # records name keys, segments and campaigns, which may look like an id.
+    "audit_log": lambda p: sa.and_(
+        AUDIT.c.action.in_(PERSON_ACTIONS), AUDIT.c.target.in_(p.audit_targets)
+    ),
     "bulk_load_moves": lambda p: sa.or_(
         BULK_LOAD_MOVES.c.from_profile.in_(p.profile_ids),
         BULK_LOAD_MOVES.c.to_profile.in_(p.profile_ids),

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.db.models import utcnow
 from core.db.sql import chunks, dialect_insert
 from core.db.tables import AUDIT, EVALUATION_STATE, EVENTS
@@ -145,7 +146,7 @@ def purge_events(
     as_of: datetime | None = None,
     dry_run: bool = False,
     chunk: int = CHUNK,
-    actor: str = "cli",
+    actor: str | None = None,
     progress: Progress = _silent,
 ) -> PurgeReport:
     """Delete the events older than their type's ``retention`` (see the
@@ -175,11 +176,8 @@ def purge_events(
     chunk = max(1, chunk)
     profiles: set[int] = set()
     with engine.begin() as conn:
-        audit_id = conn.execute(
-            AUDIT.insert()
-            .values(at=now, actor=actor, action=PURGE_ACTION, details=_audit_details(report, False))
-            .returning(AUDIT.c.id)
-        ).scalar_one()
+        details = _audit_details(report, False)
+        audit_id = audit.record(conn, actor, PURGE_ACTION, None, details, at=now)
     with progress("purging events", sum(due.values())) as advance:
         for where in clauses:
             _purge(engine, where, chunk, report, profiles, audit_id, now, advance)

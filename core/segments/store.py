@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.db.models import utcnow
 from core.db.tables import (
     EVALUATION_STATE,
@@ -137,6 +138,7 @@ def save_segments(
                 .returning(SEGMENTS.c.id)
             ).scalar_one()
             saved[name] = Saved(sid, 1, True)
+            audit.record(conn, None, "segment.define", name, {"version": 1, "file": _name(source)})
             continue
         old = parse_segment(row.definition, kinds=kinds)
         if canonical(old) == canonical(segment):
@@ -154,7 +156,14 @@ def save_segments(
             )
         )
         saved[name] = Saved(row.id, row.version + 1, True)
+        details = {"version": row.version + 1, "file": _name(source)}
+        audit.record(conn, None, "segment.define", name, details)
     return saved
+
+
+def _name(source: str | None) -> str | None:
+    # The file's name only: a folder may name a person (/home/<user>/...).
+    return Path(source).name if source else None
 
 
 def stored_names(conn: Connection) -> list[str]:

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
+from core import audit
 from core.consents import NO_CONSENT, email_refusals
 from core.db.models import utcnow
 from core.db.sql import chunks, dialect_insert
@@ -402,6 +403,7 @@ def run_sync(
     against it (after ``segflow sync verify`` found differences, or a lost
     database). ``transport``: an httpx transport (tests)."""
     api = _api(target, connector)
+    segments = sorted(segments) if segments is not None else None
     started = datetime.now(UTC)
     remote = asyncio.run(read_remote(target, api, transport)) if reconcile else None
     with engine.connect() as conn:
@@ -419,7 +421,10 @@ def run_sync(
         report.removed = sum(map(len, plan.removes.values()))
         report.events = len(plan.events)
         return report
-    run_id = _start_run(engine, target, started)
+    # A run for a few people is a workflow's action, recorded with the
+    # workflow's actions; a whole run is someone's (or a schedule's) decision.
+    scope = {"kind": target.kind, "segments": segments, "reconcile": reconcile}
+    run_id = _start_run(engine, target, started, None if only is not None else scope)
     try:
         _erasures(engine, target, connector, report, transport)
         asyncio.run(_execute(engine, target, api, plan, report, progress, transport))
@@ -777,13 +782,18 @@ def _save_cursor(engine: Engine, target: SyncTarget, cursor: int, done: Iterable
     )
 
 
-def _start_run(engine: Engine, target: SyncTarget, started: datetime) -> int:
+def _start_run(
+    engine: Engine, target: SyncTarget, started: datetime, details: dict[str, Any] | None
+) -> int:
     with engine.begin() as conn:
-        return conn.execute(
+        run_id = conn.execute(
             SYNC_RUNS.insert()
             .values(connector=target.name, status="running", counts={}, started_at=started)
             .returning(SYNC_RUNS.c.id)
         ).scalar_one()
+        if details is not None:
+            audit.record(conn, None, "sync.run", target.name, {"run": run_id, **details})
+        return run_id
 
 
 def _finish_run(engine, run_id, report, started, status, error=None) -> None:
