@@ -115,6 +115,14 @@ def test_segment_members_csv_holds_email_and_traits_with_every_formula_neutralis
             "",
         )
         assert row["since"].startswith("2026-03-0")
+    # The export is audited: who, which segment, rows and columns, no one's data.
+    from core.audit import list_records
+
+    (audited,) = list_records(open_db(db), action="segment.export")
+    assert (audited.target, audited.details) == (
+        "buyers",
+        {"rows": len(rows), "columns": list(rows[0])},
+    )
     # No cell of the file starts like a formula.
     for row in rows:
         for cell in row.values():

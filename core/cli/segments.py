@@ -107,22 +107,19 @@ def segments_members(
     ] = None,
 ) -> None:
     """Members of a segment: current, or evaluated as of a time (nothing saved)."""
-    from core.segments.report import member_ids, member_rows
+    from core.segments.report import export_members, member_ids
 
     if (traits or output) and not as_csv:
         raise UsageError("--trait and --output go with --csv")
     when = parse_as_of(as_of) if as_of is not None else None
     if as_csv:
-        from core.csv_export import write_csv
-
-        with obj(ctx).engine().connect() as conn:
-            header, rows = member_rows(conn, name, condition_kinds(), traits, when)
+        engine, kinds = obj(ctx).engine(), condition_kinds()
         if output is None:
-            write_csv(sys.stdout, header, rows)
+            count = export_members(engine, name, sys.stdout, kinds, traits, when)
         else:
             with output.open("w", encoding="utf-8", newline="") as fh:
-                write_csv(fh, header, rows)
-        err.print(f"{len(rows):,} members" + (f" written to {output}" if output else ""))
+                count = export_members(engine, name, fh, kinds, traits, when)
+        err.print(f"{count:,} members" + (f" written to {output}" if output else ""))
         return
     with obj(ctx).engine().connect() as conn:
         ids = member_ids(conn, name, condition_kinds(), when)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from core.db.tables import MEMBERSHIPS, PROFILES, SEGMENT_SIZES, SEGMENTS
 from core.profiles import find_profile_id, profile_labels
@@ -173,3 +173,27 @@ def member_rows(
         email, attributes = profiles.get(pid, (None, {}))
         rows.append([labels[pid], email, since[pid], *(_trait(attributes, t) for t in traits)])
     return ["id", "email", "since", *traits], rows
+
+
+def export_members(
+    engine: Engine,
+    name: str,
+    out: TextIO,
+    kinds: ConditionKinds,
+    traits: list[str] | None = None,
+    as_of: datetime | None = None,
+) -> int:
+    """Write the members of ``name`` (``member_rows``) to ``out`` as CSV through
+    the formula-neutralising writer, and audit the export (who, which segment,
+    how many rows and which columns; no one's data): the number of rows."""
+    from core import audit
+    from core.csv_export import write_csv
+
+    with engine.begin() as conn:
+        header, rows = member_rows(conn, name, kinds, traits, as_of)
+        count = write_csv(out, header, rows)
+        details = {"rows": count, "columns": header}
+        if as_of is not None:
+            details["as_of"] = as_of.isoformat()
+        audit.record(conn, None, "segment.export", name, details)
+    return count
