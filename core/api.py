@@ -24,8 +24,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
@@ -55,8 +57,35 @@ def requires(auth: str, **openapi: Any) -> dict[str, Any]:
     ``api.authorize(request, scope)``), ``signed`` (an HMAC-signed body or URL
     token the handler verifies) or ``public``. Every route declares one, and
     tests/test_access_control.py checks each declaration against the live
-    server, so a route added without its check fails there."""
-    return {AUTH_FIELD: auth, **openapi}
+    server, so a route added without its check fails there.
+
+    The error answers the route can give are documented with it, so a client
+    (or schemathesis, tests/test_hostile_openapi.py) can hold the server to
+    them."""
+    codes = ERRORS_BY_AUTH.get(auth, ERRORS_BY_AUTH["scope"])
+    responses = {str(code): {"description": ERROR_TEXT[code], **ERROR_BODY} for code in codes}
+    responses.update(openapi.pop("responses", {}))
+    return {AUTH_FIELD: auth, "responses": responses, **openapi}
+
+
+ERROR_TEXT = {
+    400: "the body or a parameter is not valid (the answer names which)",
+    401: "no key, or an unknown, revoked or expired one",
+    403: "the key lacks the route's scope, or the signature does not match",
+    404: "no such webhook or person",
+    413: f"the body is over {MAX_BODY_BYTES} bytes",
+    422: "a parameter is missing or of the wrong type",
+    429: "the key's rate limit is reached (Retry-After says when to retry)",
+}
+# Errors answer {"error": ..., "field": ...}; GA4's routes answer in the
+# Measurement Protocol's own {"validationMessages": [...]} shape.
+ERROR_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
+ERRORS_BY_AUTH = {
+    PUBLIC: (413,),
+    SIGNED: (400, 401, 403, 404, 413, 422),
+    # Key scopes: anything else is a scope.
+    "scope": (400, 401, 403, 404, 413, 422, 429),
+}
 
 
 class ApiError(HTTPException):
@@ -232,10 +261,21 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     app.add_middleware(SizeLimit)
 
+    # Starlette's own HTTPException too: FastAPI raises it for a body it cannot
+    # parse (nested too deep, not UTF-8), which answered {"detail": ...}.
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
         body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError):
+        # The first problem, in the {"error", "field"} shape every other error has.
+        first = next(iter(exc.errors()), {})
+        field = ".".join(str(part) for part in first.get("loc", ())) or None
+        body = {"error": str(first.get("msg", "invalid request"))}
+        return JSONResponse(body | ({"field": field} if field else {}), status_code=422)
 
     @app.exception_handler(IngestError)
     async def not_stored(_request: Request, exc: IngestError):

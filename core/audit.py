@@ -48,6 +48,7 @@ ACTIONS: dict[str, str] = {
     "privacy.erase": "a person was erased (target: the keyed hash of their id; counts)",
     "privacy.purge": "events past their retention were deleted (no target; cutoffs, counts)",
     "segment.define": "a segment definition was saved as a new version (target: its name)",
+    "segment.export": "a segment's members were exported as CSV (target: its name; rows, columns)",
     "workflow.define": "a workflow definition was saved as a new version (target: its name)",
     "campaign.send": "a segment send started (target: the campaign; template, segment, via)",
     "sync.run": "a sync to a connector started (target: the connector)",

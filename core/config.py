@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from core.errors import validation_reason
+from core.errors import not_utf8, validation_reason
 from core.plugins import settings_sections
 from core.privacy.settings import PrivacySettings
 from core.types import UsageError
@@ -202,7 +202,9 @@ def load_file(path: Path, sections: dict[str, Any] | None = None) -> dict:
     from ``sections``: that is an error saying where it belongs.
     """
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {not_utf8(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if "segflow" not in raw:

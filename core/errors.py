@@ -40,3 +40,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(
         f"field '{loc}': {msg}" if loc else msg for loc, msg in _reasons(exc, "unknown field")
     )
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Why a definition or settings file could not be read as text, naming the
+    first byte that is not UTF-8 and its offset in the file."""
+    return f"not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.db.models import utcnow
 from core.db.tables import SCORES
+from core.errors import not_utf8
 from core.types import ScoreError, ScoreValue, ScoringModel, is_snake_name
 
 # scores.model holds the score's name.
@@ -80,7 +81,9 @@ def load_score_files(
     found: dict[str, ScoreDefinition] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ScoreError(f"{path}: {not_utf8(exc)}") from None
         except yaml.YAMLError as exc:
             raise ScoreError(f"{path}: not valid YAML: {exc}") from None
         for item in data if isinstance(data, list) else [data]:

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import orjson
 import yaml
 
+from core.errors import not_utf8
 from core.segments.kinds import ConditionKinds
 from core.segments.language import Rule, SegmentError, parse_duration, parse_rule
 from core.types import Action, Trigger, is_snake_name
@@ -531,7 +532,10 @@ class WorkflowFile:
 
 
 def load_workflow_file(path: Path, reg: Registry) -> list[WorkflowFile]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(not_utf8(exc), file=str(path)) from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,11 +95,32 @@ def segments_members(
     name: str,
     as_of: AsOf = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of user ids.")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV of id, email, since and the --trait columns.")
+    ] = False,
+    traits: Annotated[
+        list[str] | None,
+        typer.Option("--trait", help="A profile trait as a CSV column (repeat; a.b nests)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the CSV to this file.")
+    ] = None,
 ) -> None:
     """Members of a segment: current, or evaluated as of a time (nothing saved)."""
-    from core.segments.report import member_ids
+    from core.segments.report import export_members, member_ids
 
+    if (traits or output) and not as_csv:
+        raise UsageError("--trait and --output go with --csv")
     when = parse_as_of(as_of) if as_of is not None else None
+    if as_csv:
+        engine, kinds = obj(ctx).engine(), condition_kinds()
+        if output is None:
+            count = export_members(engine, name, sys.stdout, kinds, traits, when)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as fh:
+                count = export_members(engine, name, fh, kinds, traits, when)
+        err.print(f"{count:,} members" + (f" written to {output}" if output else ""))
+        return
     with obj(ctx).engine().connect() as conn:
         ids = member_ids(conn, name, condition_kinds(), when)
     if as_json:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from core.errors import describe_validation_error
+from core.errors import describe_validation_error, not_utf8
 from core.ingestion.files import ImportUsageError
 from core.ingestion.schema import parse_timezone
 from core.types import ReadOptions
@@ -23,7 +23,9 @@ def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ImportUsageError(f"{path}: no such mapping file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ImportUsageError(f"{path}: {not_utf8(exc)}") from None
     except yaml.YAMLError as exc:
         raise ImportUsageError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from core.db.tables import (
     SEGMENT_SIZES,
     SEGMENTS,
 )
+from core.errors import not_utf8
 from core.segments.batch import db_time, evaluate_sql
 from core.segments.kinds import ConditionKinds
 from core.segments.language import Segment, SegmentError, check_references, parse_segment
@@ -76,7 +77,9 @@ def load_segment_file(
 ) -> dict[str, SegmentFile]:
     seen = seen or {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SegmentError(not_utf8(exc), file=str(path)) from None
     except yaml.YAMLError as exc:
         raise SegmentError(f"not valid YAML: {exc}", file=str(path)) from None
     items = data if isinstance(data, list) else [data]
