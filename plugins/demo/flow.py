@@ -104,7 +104,8 @@ def demo(
     (given a secret key: the cart and browse emails of a few people, in the
     outbox folder) and ``workflows``: what the example workflows (or those in
     ``workflows_dir``) did, a day later, with ``performed`` (None without a
-    secret key: tracked links need it).
+    secret key: tracked links need it) and ``as_of``, the demo's "today" (the
+    emails are rendered as of then; the workflows run again a day later).
     """
     settings = flow_settings(database_url)
     url = settings.database_url
@@ -132,4 +133,5 @@ def demo(
         as_of=now + LATER,
         perform=bool(settings.secret_key),
     )
-    return summarise_task(url, today, later) | {"catalogue": store["catalogue"]} | sent
+    summary = summarise_task(url, today, later) | {"catalogue": store["catalogue"]} | sent
+    return summary | {"as_of": now.isoformat()}
