@@ -46,6 +46,8 @@ NOT_PERSONAL: dict[str, str] = {
     "source_activity": "newest event time and counts per source and event type",
     "ingest_counts": "stored, duplicate and rejected counts per day and source",
     "ingest_minimised": "counts of dropped or rewritten properties, by property name",
+    "event_counts": "events per day, type and product, counted over everyone",
+    "campaign_outcome_runs": "when the stored campaign outcomes were last refreshed",
     "alerts": "monitoring findings about segments, sources and campaigns",
     "suppressions": "keyed hashes of erased identifiers, which name no one",
     "privacy_deletions": "addresses to erase at connectors, kept until they confirm",
