@@ -715,7 +715,9 @@ class CampaignOutcome(SQLModel, table=True):
     __tablename__ = "campaign_outcomes"
     __table_args__ = (
         sa.Index("ix_campaign_outcomes_profile_id", "profile_id"),
-        sa.Index("ix_campaign_outcomes_arms", "window_seconds", "campaign", "arm"),
+        sa.Index(
+            "ix_campaign_outcomes_first", "window_seconds", "campaign", "assigned_at", "profile_id"
+        ),
     )
 
     window_seconds: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))

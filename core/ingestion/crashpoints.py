@@ -19,6 +19,8 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``sync.written``: its results are committed to ``sync_states`` (or the event cursor).
 - ``privacy.erased``: an erasure is committed, nothing sent to the connectors yet;
 - ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded.
+- ``campaigns.outcomes_batch``: a refresh stored a batch of campaign outcomes, its
+  transaction still open.
 """
 
 from __future__ import annotations

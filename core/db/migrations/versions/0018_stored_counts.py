@@ -54,7 +54,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_campaign_outcomes_profile_id", "campaign_outcomes", ["profile_id"])
     op.create_index(
-        "ix_campaign_outcomes_arms", "campaign_outcomes", ["window_seconds", "campaign", "arm"]
+        "ix_campaign_outcomes_first",
+        "campaign_outcomes",
+        ["window_seconds", "campaign", "assigned_at", "profile_id"],
     )
     op.create_table(
         "campaign_outcome_messages",
