@@ -177,6 +177,7 @@ _LAZY = {
     "freshness_alerts": "core.monitoring.freshness",
     "quality_alerts": "core.monitoring.quality",
     "misclassified_segments": "core.monitoring.campaigns",
+    "refresh_outcomes": "core.monitoring.outcomes",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -322,6 +323,7 @@ __all__ = [
     "MonitorSettings",
     "run_checks",
     "open_alerts",
+    "refresh_outcomes",
     "drift_alerts",
     "freshness_alerts",
     "quality_alerts",
@@ -373,6 +375,7 @@ if TYPE_CHECKING:
     from core.monitoring.campaigns import misclassified_segments
     from core.monitoring.drift import drift_alerts
     from core.monitoring.freshness import freshness_alerts
+    from core.monitoring.outcomes import refresh_outcomes
     from core.monitoring.quality import quality_alerts
     from core.monitoring.settings import MonitorSettings
     from core.personalize.delivery import DeliveryReport, deliver, segment_members

@@ -542,3 +542,17 @@ def current_results(
     )
     assert stored is not None  # the refresh recorded its run
     return stored.results
+
+
+def overview_of(frame: pd.DataFrame) -> AssignmentOverview:
+    """``assignment_overview`` of a ``participants`` frame (nothing stored yet)."""
+    if frame.empty:
+        return AssignmentOverview()
+    return AssignmentOverview(
+        campaigns=int(frame["campaign"].nunique()),
+        people=len(frame),
+        first=frame["assigned_at"].min().to_pydatetime(),
+        last=frame["assigned_at"].max().to_pydatetime(),
+        workflows=sorted(set(frame["workflow"].dropna())),
+        segments=sorted(set(frame["segment"].dropna())),
+    )
