@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.db.tables import EVENT_COUNTS, EVENTS
+from core.db.tables import EVENT_COUNTS, EVENTS, PRODUCT_COUNTS
 
 EVENTS_PER_DAY_COLUMNS = ["day", "type", "events"]
 TOP_PRODUCTS_COLUMNS = ["product_id", "name", "category", "views", "purchases", "revenue"]
@@ -79,10 +79,10 @@ def top_products(engine: Engine, limit: int = 10) -> pd.DataFrame:
     events' properties, None if never given), ``views`` (product_view events),
     ``purchases`` (purchase events, one per order line), ``revenue`` (sum of
     their values). Sorted by views, then purchases (both descending), then id.
-    The counts come from ``event_counts`` (kept by ingestion), the names from
+    The counts come from ``product_counts`` (kept by ingestion), the names from
     a few index reads of the newest events of those products.
     """
-    c = EVENT_COUNTS.c
+    c = PRODUCT_COUNTS.c
     is_view = c.type == "product_view"
     is_purchase = c.type == "purchase"
     views = sa.func.sum(sa.case((is_view, c.events), else_=0)).label("views")
@@ -90,7 +90,7 @@ def top_products(engine: Engine, limit: int = 10) -> pd.DataFrame:
     revenue = sa.func.sum(sa.case((is_purchase, c.value), else_=0.0)).label("revenue")
     ranked = (
         sa.select(c.product_id, views, purchases, revenue)
-        .where(c.product_id != "", c.type.in_(["product_view", "purchase"]))
+        .where(c.type.in_(["product_view", "purchase"]))
         .group_by(c.product_id)
         .having(views > 0)
         .order_by(views.desc(), purchases.desc(), c.product_id)
@@ -123,7 +123,7 @@ def _latest_names(
     looked at, so each read stops after a few index entries."""
     if not product_ids:
         return {}
-    c = EVENT_COUNTS.c
+    c = PRODUCT_COUNTS.c
     types: dict[str, list[str]] = {}
     per_type = (
         sa.select(c.product_id, c.type, sa.func.sum(c.events).label("n"))

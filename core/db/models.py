@@ -692,18 +692,30 @@ class PrivacyDeletion(SQLModel, table=True):
 
 
 class EventCount(SQLModel, table=True):
-    """Stored events per UTC day (of the event's time), type and product: kept
-    in the transaction that stores or erases the events, so the overview's
-    charts and totals read these rows instead of scanning every event.
-    ``product_id`` is '' for events without one (a key column cannot be NULL)."""
+    """Stored events per UTC day (of the event's time) and type, and the sum of
+    their values (NULL counts as 0: revenue for purchases): kept in the
+    transaction that stores or erases the events, so the overview's charts
+    and totals read these rows instead of scanning every event."""
 
     __tablename__ = "event_counts"
 
     day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
     type: str = Field(primary_key=True, max_length=64)
-    product_id: str = Field(primary_key=True, max_length=255)
     events: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
-    # The sum of the events' values (NULL counts as 0): revenue for purchases.
+    value: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, default=0.0))
+
+
+class ProductCount(SQLModel, table=True):
+    """``event_counts`` per product too, for the events that name one (the
+    overview's top products), kept the same way."""
+
+    __tablename__ = "product_counts"
+    __table_args__ = (sa.Index("ix_product_counts_product_id", "product_id"),)
+
+    type: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    events: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
     value: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, default=0.0))
 
 

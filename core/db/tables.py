@@ -41,6 +41,7 @@ ALERTS = models.MonitorAlert.__table__
 SUPPRESSIONS = models.Suppression.__table__
 PRIVACY_DELETIONS = models.PrivacyDeletion.__table__
 EVENT_COUNTS = models.EventCount.__table__
+PRODUCT_COUNTS = models.ProductCount.__table__
 CAMPAIGN_OUTCOMES = models.CampaignOutcome.__table__
 CAMPAIGN_OUTCOME_MESSAGES = models.CampaignOutcomeMessage.__table__
 CAMPAIGN_OUTCOME_RUNS = models.CampaignOutcomeRun.__table__

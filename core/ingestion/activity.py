@@ -3,9 +3,10 @@ event type the newest event time and the last delivery (``source_activity``,
 read by the freshness check), and per day and source the stored, duplicate
 and rejected records (``ingest_counts``, read by the spike checks), and per
 day, source, type and property what minimisation dropped or rewrote
-(``ingest_minimised``), and per UTC day of the events' time, type and product
-the events stored and the sum of their values (``event_counts``, read by the
-overview instead of the events; ``forget_events`` takes erased ones out).
+(``ingest_minimised``), and per UTC day of the events' time and type (and
+product, for events that name one) the events stored and the sum of their
+values (``event_counts``, ``product_counts``: read by the overview instead of
+the events; ``forget_events`` takes erased ones out).
 
 Written in the transaction that stores the batch, so the counts are exactly
 what was committed and no transaction is added; a call whose last records
@@ -87,15 +88,28 @@ def record(conn: Connection, source: str, activity: BatchActivity, now: datetime
     statements = _upserts(conn.dialect.name)
     if statements is None:
         return  # another dialect: no upsert; monitoring then sees no activity
-    per_type, per_day, per_property, per_event_day = statements
+    per_type, per_day, per_property, per_event_day, per_product = statements
     if activity.days:
+        days: dict[tuple[date, str], list] = {}
+        for (d, t, _), (n, v) in activity.days.items():
+            seen = days.setdefault((d, t), [0, 0.0])
+            seen[0] += n
+            seen[1] += v
         conn.execute(
             per_event_day,
             [
-                {"day": d, "type": t, "product_id": p, "events": n, "value": float(v)}
-                for (d, t, p), (n, v) in sorted(activity.days.items())
+                {"day": d, "type": t, "events": n, "value": float(v)}
+                for (d, t), (n, v) in sorted(days.items())
             ],
         )
+        products = [
+            {"type": t, "product_id": p, "day": d, "events": n, "value": float(v)}
+            for (d, t, p), (n, v) in activity.days.items()
+            if p
+        ]
+        if products:
+            products.sort(key=lambda r: (r["type"], r["product_id"], r["day"]))
+            conn.execute(per_product, products)
     if activity.minimised:
         conn.execute(
             per_property,
@@ -127,9 +141,7 @@ def record(conn: Connection, source: str, activity: BatchActivity, now: datetime
 
 
 @functools.cache
-def _upserts(
-    dialect: str,
-) -> tuple[sa.TextClause, sa.TextClause, sa.TextClause, sa.TextClause] | None:
+def _upserts(dialect: str) -> tuple[sa.TextClause, ...] | None:
     """The two upserts as plain SQL, built once: a Core insert with
     ON CONFLICT is compiled anew on every call, which costs more than running it."""
     if dialect not in ("sqlite", "postgresql"):
@@ -161,19 +173,27 @@ def _upserts(
         "count = ingest_minimised.count + excluded.count"
     ).bindparams(sa.bindparam("day", type_=sa.Date()))
     per_event_day = sa.text(
-        "INSERT INTO event_counts (day, type, product_id, events, value) "
-        "VALUES (:day, :type, :product_id, :events, :value) "
-        "ON CONFLICT (day, type, product_id) DO UPDATE SET "
+        "INSERT INTO event_counts (day, type, events, value) "
+        "VALUES (:day, :type, :events, :value) "
+        "ON CONFLICT (day, type) DO UPDATE SET "
         "events = event_counts.events + excluded.events, "
         "value = event_counts.value + excluded.value"
     ).bindparams(sa.bindparam("day", type_=sa.Date()))
-    return per_type, per_day, per_property, per_event_day
+    per_product = sa.text(
+        "INSERT INTO product_counts (type, product_id, day, events, value) "
+        "VALUES (:type, :product_id, :day, :events, :value) "
+        "ON CONFLICT (type, product_id, day) DO UPDATE SET "
+        "events = product_counts.events + excluded.events, "
+        "value = product_counts.value + excluded.value"
+    ).bindparams(sa.bindparam("day", type_=sa.Date()))
+    return per_type, per_day, per_property, per_event_day, per_product
 
 
 def forget_events(conn: Connection, where: sa.ColumnElement[bool]) -> None:
-    """Take the events ``where`` selects out of ``event_counts``, in ``conn``'s
-    transaction, before they are deleted (erasure)."""
-    from core.db.tables import EVENT_COUNTS, EVENTS
+    """Take the events ``where`` selects out of ``event_counts`` and
+    ``product_counts``, in ``conn``'s transaction, before they are deleted
+    (erasure)."""
+    from core.db.tables import EVENT_COUNTS, EVENTS, PRODUCT_COUNTS
 
     if conn.dialect.name == "postgresql":
         day = sa.cast(sa.func.timezone("UTC", EVENTS.c.ts), sa.Date)
@@ -191,16 +211,31 @@ def forget_events(conn: Connection, where: sa.ColumnElement[bool]) -> None:
         .where(where)
         .group_by(day, EVENTS.c.type, product)
     ).all()
-    c = EVENT_COUNTS.c
-    for d, type_, pid, n, value in sorted(rows, key=lambda r: (str(r[0]), r[1], r[2])):
-        key = (
-            c.day == (d if isinstance(d, date) else date.fromisoformat(d)),
-            c.type == type_,
-            c.product_id == pid,
-        )
+    found: DayCounts = {}
+    for d, type_, pid, n, value in rows:
+        found[(d if isinstance(d, date) else date.fromisoformat(d), type_, pid)] = [n, value]
+    days: dict[tuple[date, str], list] = {}
+    for (d, type_, _), (n, value) in found.items():
+        seen = days.setdefault((d, type_), [0, 0.0])
+        seen[0] += int(n)
+        seen[1] += float(value)
+    e = EVENT_COUNTS.c
+    for (d, type_), (n, value) in sorted(days.items()):
+        key = (e.day == d, e.type == type_)
         conn.execute(
-            EVENT_COUNTS.update()
-            .where(*key)
-            .values(events=c.events - int(n), value=c.value - float(value))
+            EVENT_COUNTS.update().where(*key).values(events=e.events - n, value=e.value - value)
         )
-        conn.execute(EVENT_COUNTS.delete().where(*key, c.events <= 0))
+        conn.execute(EVENT_COUNTS.delete().where(*key, e.events <= 0))
+    p = PRODUCT_COUNTS.c
+    for (d, type_, pid), (n, value) in sorted(
+        found.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])
+    ):
+        if not pid:
+            continue
+        key = (p.type == type_, p.product_id == pid, p.day == d)
+        conn.execute(
+            PRODUCT_COUNTS.update()
+            .where(*key)
+            .values(events=p.events - int(n), value=p.value - float(value))
+        )
+        conn.execute(PRODUCT_COUNTS.delete().where(*key, p.events <= 0))

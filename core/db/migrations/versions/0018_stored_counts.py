@@ -1,4 +1,4 @@
-"""event_counts, campaign_outcomes: what the dashboards read instead of scanning events
+"""event_counts, product_counts, campaign_outcomes: what the dashboards read
 
 Revision ID: 0018
 Revises: 0014
@@ -25,11 +25,20 @@ def upgrade() -> None:
         "event_counts",
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("type", sa.String(length=64), nullable=False),
-        sa.Column("product_id", sa.String(length=255), nullable=False),
         sa.Column("events", sa.BigInteger(), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("day", "type", "product_id", name=op.f("pk_event_counts")),
+        sa.PrimaryKeyConstraint("day", "type", name=op.f("pk_event_counts")),
     )
+    op.create_table(
+        "product_counts",
+        sa.Column("type", sa.String(length=64), nullable=False),
+        sa.Column("product_id", sa.String(length=255), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("events", sa.BigInteger(), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("type", "product_id", "day", name=op.f("pk_product_counts")),
+    )
+    op.create_index("ix_product_counts_product_id", "product_counts", ["product_id"])
     op.create_table(
         "campaign_outcomes",
         sa.Column("window_seconds", sa.Integer(), nullable=False),
@@ -96,9 +105,13 @@ def upgrade() -> None:
     else:
         day = "date(ts)"
     op.execute(
-        "INSERT INTO event_counts (day, type, product_id, events, value) "
-        f"SELECT {day}, type, COALESCE(product_id, ''), COUNT(*), COALESCE(SUM(value), 0) "
-        f"FROM events GROUP BY {day}, type, COALESCE(product_id, '')"
+        "INSERT INTO event_counts (day, type, events, value) "
+        f"SELECT {day}, type, COUNT(*), COALESCE(SUM(value), 0) FROM events GROUP BY {day}, type"
+    )
+    op.execute(
+        "INSERT INTO product_counts (type, product_id, day, events, value) "
+        f"SELECT type, product_id, {day}, COUNT(*), COALESCE(SUM(value), 0) FROM events "
+        f"WHERE product_id IS NOT NULL GROUP BY type, product_id, {day}"
     )
 
 
@@ -106,4 +119,5 @@ def downgrade() -> None:
     op.drop_table("campaign_outcome_runs")
     op.drop_table("campaign_outcome_messages")
     op.drop_table("campaign_outcomes")
+    op.drop_table("product_counts")
     op.drop_table("event_counts")
