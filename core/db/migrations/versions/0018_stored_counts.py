@@ -67,6 +67,17 @@ def upgrade() -> None:
         "campaign_outcomes",
         ["window_seconds", "campaign", "assigned_at", "profile_id"],
     )
+    op.create_index(
+        "ix_campaign_outcomes_counts",
+        "campaign_outcomes",
+        ["window_seconds", "campaign", "arm", "holdout", "sent", "delivered", "opened", "clicked",
+         "visited", "converted", "unsubscribed", "revenue"],
+    )  # fmt: skip
+    op.create_index(
+        "ix_campaign_outcomes_overview",
+        "campaign_outcomes",
+        ["window_seconds", "campaign", "workflow", "segment", "assigned_at"],
+    )
     op.create_table(
         "campaign_outcome_messages",
         sa.Column("window_seconds", sa.Integer(), nullable=False),
@@ -89,6 +100,12 @@ def upgrade() -> None:
         "campaign_outcome_messages",
         ["window_seconds", "campaign", "profile_id"],
     )
+    op.create_index(
+        "ix_campaign_outcome_messages_counts",
+        "campaign_outcome_messages",
+        ["window_seconds", "campaign", "arm", "template", "status", "opened", "clicked",
+         "unsubscribed"],
+    )  # fmt: skip
     op.create_table(
         "campaign_outcome_runs",
         sa.Column("window_seconds", sa.Integer(), nullable=False),
