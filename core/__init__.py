@@ -189,6 +189,7 @@ _LAZY = {
     "ca_context": "core.tls",
     "client_context": "core.tls",
     "untrusted": "core.tls",
+    "refresh_outcomes": "core.monitoring.outcomes",
 }
 
 # Everything above, eager or lazy (a test checks the two agree).
@@ -340,6 +341,7 @@ __all__ = [
     "MonitorSettings",
     "run_checks",
     "open_alerts",
+    "refresh_outcomes",
     "drift_alerts",
     "freshness_alerts",
     "TlsSetupError",
@@ -398,6 +400,7 @@ if TYPE_CHECKING:
     from core.monitoring.campaigns import misclassified_segments
     from core.monitoring.drift import drift_alerts
     from core.monitoring.freshness import freshness_alerts
+    from core.monitoring.outcomes import refresh_outcomes
     from core.monitoring.quality import quality_alerts
     from core.monitoring.settings import MonitorSettings
     from core.personalize.delivery import DeliveryReport, deliver, segment_members

@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.db.tables import EVENTS
+from core.db.tables import EVENT_COUNTS, EVENTS, PRODUCT_COUNTS
 
 EVENTS_PER_DAY_COLUMNS = ["day", "type", "events"]
 TOP_PRODUCTS_COLUMNS = ["product_id", "name", "category", "views", "purchases", "revenue"]
@@ -39,8 +39,10 @@ def _as_date(value: date | datetime | str) -> date:
 def latest_day(engine: Engine) -> date | None:
     """The UTC day of the most recent event, or None when there are none."""
     with engine.connect() as conn:
-        last = conn.execute(sa.select(sa.func.max(EVENTS.c.ts))).scalar_one()
-    return last.astimezone(UTC).date() if last else None
+        last = conn.execute(
+            sa.select(sa.func.max(EVENT_COUNTS.c.day)).where(EVENT_COUNTS.c.events > 0)
+        ).scalar_one()
+    return _as_date(last) if last is not None else None
 
 
 def events_per_day(engine: Engine, days: int | None = None) -> pd.DataFrame:
@@ -48,11 +50,13 @@ def events_per_day(engine: Engine, days: int | None = None) -> pd.DataFrame:
 
     ``days``: only the last ``days`` days up to the latest event's day (the
     window follows the data, so an old import still shows); None means all.
-    Rows are sorted by day, then type; days without events have no rows.
+    Rows are sorted by day, then type; days without events have no rows. Read
+    from the counts ingestion keeps (``event_counts``), not from the events.
     """
-    day = utc_day(engine, EVENTS.c.ts).label("day")
-    query = sa.select(day, EVENTS.c.type, sa.func.count().label("events")).group_by(
-        day, EVENTS.c.type
+    c = EVENT_COUNTS.c
+    total = sa.func.sum(c.events)
+    query = (
+        sa.select(c.day, c.type, total.label("events")).group_by(c.day, c.type).having(total > 0)
     )
     if days is not None:
         if days < 1:
@@ -60,8 +64,7 @@ def events_per_day(engine: Engine, days: int | None = None) -> pd.DataFrame:
         last = latest_day(engine)
         if last is None:
             return _frame([], EVENTS_PER_DAY_COLUMNS)
-        start = datetime.combine(last - timedelta(days=days - 1), datetime.min.time(), UTC)
-        query = query.where(EVENTS.c.ts >= start)
+        query = query.where(c.day >= last - timedelta(days=days - 1))
     with engine.connect() as conn:
         rows = [(_as_date(d), t, int(n)) for d, t, n in conn.execute(query)]
     frame = _frame(sorted(rows), EVENTS_PER_DAY_COLUMNS)
@@ -76,20 +79,21 @@ def top_products(engine: Engine, limit: int = 10) -> pd.DataFrame:
     events' properties, None if never given), ``views`` (product_view events),
     ``purchases`` (purchase events, one per order line), ``revenue`` (sum of
     their values). Sorted by views, then purchases (both descending), then id.
+    The counts come from ``product_counts`` (kept by ingestion), the names from
+    a few index reads of the newest events of those products.
     """
-    is_view = EVENTS.c.type == "product_view"
-    is_purchase = EVENTS.c.type == "purchase"
-    views = sa.func.sum(sa.case((is_view, 1), else_=0)).label("views")
-    purchases = sa.func.sum(sa.case((is_purchase, 1), else_=0)).label("purchases")
-    revenue = sa.func.sum(
-        sa.case((is_purchase, sa.func.coalesce(EVENTS.c.value, 0.0)), else_=0.0)
-    ).label("revenue")
+    c = PRODUCT_COUNTS.c
+    is_view = c.type == "product_view"
+    is_purchase = c.type == "purchase"
+    views = sa.func.sum(sa.case((is_view, c.events), else_=0)).label("views")
+    purchases = sa.func.sum(sa.case((is_purchase, c.events), else_=0)).label("purchases")
+    revenue = sa.func.sum(sa.case((is_purchase, c.value), else_=0.0)).label("revenue")
     ranked = (
-        sa.select(EVENTS.c.product_id, views, purchases, revenue)
-        .where(EVENTS.c.product_id.is_not(None), EVENTS.c.type.in_(["product_view", "purchase"]))
-        .group_by(EVENTS.c.product_id)
+        sa.select(c.product_id, views, purchases, revenue)
+        .where(c.type.in_(["product_view", "purchase"]))
+        .group_by(c.product_id)
         .having(views > 0)
-        .order_by(views.desc(), purchases.desc(), EVENTS.c.product_id)
+        .order_by(views.desc(), purchases.desc(), c.product_id)
         .limit(limit)
     )
     with engine.connect() as conn:
@@ -111,28 +115,44 @@ def top_products(engine: Engine, limit: int = 10) -> pd.DataFrame:
 def _latest_names(
     conn: sa.Connection, product_ids: list[str]
 ) -> dict[str, tuple[str | None, str | None]]:
-    """product id -> (name, category) from its most recent event that names it."""
+    """product id -> (name, category) from its most recent event that names it.
+
+    Per product, the newest naming event of each type that has its events
+    (most frequent type first), read backwards through the (type, ts) index;
+    after the first, only events at least as new as the best so far are
+    looked at, so each read stops after a few index entries."""
     if not product_ids:
         return {}
+    c = PRODUCT_COUNTS.c
+    types: dict[str, list[str]] = {}
+    per_type = (
+        sa.select(c.product_id, c.type, sa.func.sum(c.events).label("n"))
+        .where(c.product_id.in_(product_ids))
+        .group_by(c.product_id, c.type)
+        .having(sa.func.sum(c.events) > 0)
+    )
+    for pid, type_, _ in sorted(conn.execute(per_type), key=lambda r: (r[0], -r[2], r[1])):
+        types.setdefault(pid, []).append(type_)
     name = EVENTS.c.properties["name"].as_string()
     category = EVENTS.c.properties["category"].as_string()
-    newest_first = sa.func.row_number().over(
-        partition_by=EVENTS.c.product_id, order_by=(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
-    )
-    named = (
-        sa.select(
-            EVENTS.c.product_id,
-            name.label("name"),
-            category.label("category"),
-            newest_first.label("rank"),
-        )
-        .where(EVENTS.c.product_id.in_(product_ids), name.is_not(None))
-        .subquery()
-    )
-    rows = conn.execute(
-        sa.select(named.c.product_id, named.c.name, named.c.category).where(named.c.rank == 1)
-    )
-    return {pid: (n, c) for pid, n, c in rows}
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for pid in product_ids:
+        best: tuple | None = None
+        for type_ in types.get(pid, []):
+            query = (
+                sa.select(EVENTS.c.ts, EVENTS.c.id, name, category)
+                .where(EVENTS.c.type == type_, EVENTS.c.product_id == pid, name.is_not(None))
+                .order_by(EVENTS.c.ts.desc(), EVENTS.c.id.desc())
+                .limit(1)
+            )
+            if best is not None:
+                query = query.where(EVENTS.c.ts >= best[0])
+            row = conn.execute(query).first()
+            if row is not None and (best is None or (row[0], row[1]) > (best[0], best[1])):
+                best = tuple(row)
+        if best is not None:
+            found[pid] = (best[2], best[3])
+    return found
 
 
 def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.db.tables import EVENTS, IDENTITIES, PROFILES
+from core.db.tables import EVENT_COUNTS, EVENTS, IDENTITIES, PROFILES
 
 
 def database_summary(engine: Engine) -> dict[str, Any]:
@@ -26,20 +26,28 @@ def database_summary(engine: Engine) -> dict[str, Any]:
             .join(PROFILES, PROFILES.c.id == IDENTITIES.c.profile_id)
             .where(IDENTITIES.c.kind == "anonymous_id", PROFILES.c.user_id.is_not(None))
         ).scalar_one()
+        # Counts and revenue from what ingestion keeps per day and type; the
+        # first and last times from one index seek per type.
+        c = EVENT_COUNTS.c
+        total = sa.func.sum(c.events)
         by_type = dict(
             conn.execute(
-                sa.select(EVENTS.c.type, sa.func.count())
-                .group_by(EVENTS.c.type)
-                .order_by(sa.func.count().desc(), EVENTS.c.type)
+                sa.select(c.type, total)
+                .group_by(c.type)
+                .having(total > 0)
+                .order_by(total.desc(), c.type)
             ).all()
         )
-        first, last = conn.execute(
-            sa.select(sa.func.min(EVENTS.c.ts), sa.func.max(EVENTS.c.ts))
-        ).one()
+        by_type = {t: int(n) for t, n in by_type.items()}
+        first = last = None
+        for type_ in by_type:
+            of_type = sa.select(EVENTS.c.ts).where(EVENTS.c.type == type_).limit(1)
+            early = conn.execute(of_type.order_by(EVENTS.c.ts)).scalar()
+            late = conn.execute(of_type.order_by(EVENTS.c.ts.desc())).scalar()
+            first = early if first is None or (early and early < first) else first
+            last = late if last is None or (late and late > last) else last
         revenue = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(EVENTS.c.value), 0.0)).where(
-                EVENTS.c.type == "purchase"
-            )
+            sa.select(sa.func.coalesce(sa.func.sum(c.value), 0.0)).where(c.type == "purchase")
         ).scalar_one()
     return {
         "profiles": profiles,

@@ -1,5 +1,7 @@
-"""Prefect flow: run the monitoring checks and store their alerts.
+"""Prefect flow: refresh the stored campaign outcomes, run the monitoring
+checks and store their alerts.
 
+    refresh-campaign-outcomes task (core.refresh_outcomes: only what changed)
     registered checks (drift, freshness, data quality, plugins') --> run-checks task
         --> alerts opened / updated / resolved, on_alert actions performed
 
@@ -46,6 +48,21 @@ def run_checks_task(database_url: str, as_of: datetime) -> dict[str, Any]:
     return report.as_dict()
 
 
+@task(name="refresh-campaign-outcomes", **DB_TASK)
+def refresh_outcomes_task(database_url: str) -> dict[str, Any]:
+    from core import refresh_outcomes
+
+    with database(database_url) as engine:
+        report = refresh_outcomes(engine)
+    get_run_logger().info(
+        "campaign outcomes: %d participants, %d recomputed, %d dropped",
+        report.participants,
+        report.recomputed,
+        report.dropped,
+    )
+    return report.as_dict()
+
+
 class CheckFailed(RuntimeError):
     """Some check raised; the run's other alerts are stored."""
 
@@ -57,4 +74,6 @@ def monitor(database_url: DatabaseUrl = None, as_of: datetime | None = None) -> 
     report: day, checks, the alert ids opened / updated / resolved per check,
     the checks that failed and the on_alert actions performed."""
     settings = flow_settings(database_url)
+    # The stored campaign outcomes first: the dashboards read them.
+    refresh_outcomes_task(settings.database_url)
     return run_checks_task(settings.database_url, as_of_or_now(as_of))

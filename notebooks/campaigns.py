@@ -6,8 +6,11 @@ as counts and rates, and each arm's lift against the holdout with its 95%
 interval (difference of proportions; of means for revenue per person,
 bootstrapped when the spend calls for it). Filter by workflow, segment and
 assignment dates. Run it with `segflow dashboard campaigns`. The figures come
-from core.monitoring.campaigns (what `segflow campaigns results` prints);
-this notebook only lays out and charts.
+from the stored campaign outcomes (core.monitoring.outcomes, what `segflow
+campaigns results` prints, kept current by `segflow campaigns refresh` and
+the monitor flow), with a note of how fresh they are; for a window never
+refreshed, from the events (core.monitoring.campaigns). The notebook never
+writes: it only lays out and charts.
 """
 
 import marimo
@@ -27,19 +30,23 @@ def _():
     from core.config import load_settings
     from core.db import DatabaseError, open_db
     from core.monitoring.campaigns import campaign_results, lift_rows, participants
+    from core.monitoring.outcomes import assignment_overview, overview_of, stored_results
 
     return (
         DatabaseError,
         UTC,
         alt,
+        assignment_overview,
         campaign_results,
         datetime,
         lift_rows,
         load_settings,
         mo,
         open_db,
+        overview_of,
         participants,
         pd,
+        stored_results,
         time,
         timedelta,
     )
@@ -64,12 +71,15 @@ def _(DatabaseError, load_settings, mo, open_db):
 
 
 @app.cell
-def _(engine, mo, participants):
-    # Everyone assigned to any campaign: what the filters offer.
-    with engine.connect() as _conn:
-        assigned = participants(_conn)
+def _(assignment_overview, engine, mo, overview_of, participants):
+    # Everyone assigned to any campaign: what the filters offer (stored, else
+    # from the events when the outcomes were never refreshed).
+    assigned = assignment_overview(engine)
+    if not assigned.people:
+        with engine.connect() as _conn:
+            assigned = overview_of(participants(_conn))
     mo.stop(
-        assigned.empty,
+        not assigned.people,
         mo.vstack(
             [
                 mo.md("# segflow campaigns"),
@@ -90,10 +100,10 @@ def _(engine, mo, participants):
 
 @app.cell
 def _(assigned, mo, timedelta):
-    _workflows = sorted(set(assigned["workflow"].dropna()))
-    _segments = sorted(set(assigned["segment"].dropna()))
-    _first = assigned["assigned_at"].min().date()
-    _last = assigned["assigned_at"].max().date()
+    _workflows = assigned.workflows
+    _segments = assigned.segments
+    _first = assigned.first.date()
+    _last = assigned.last.date()
     workflow = mo.ui.dropdown(options=["(all)", *_workflows], value="(all)", label="Workflow")
     segment = mo.ui.dropdown(options=["(all)", *_segments], value="(all)", label="Segment")
     # The last 30 days of assignments by default: a store with months of weekly
@@ -106,8 +116,8 @@ def _(assigned, mo, timedelta):
     mo.vstack(
         [
             mo.md(
-                f"# segflow campaigns\n\n{assigned['campaign'].nunique():,} campaigns, "
-                f"{len(assigned):,} people assigned from {_first} to {_last}"
+                f"# segflow campaigns\n\n{assigned.campaigns:,} campaigns, "
+                f"{assigned.people:,} people assigned from {_first} to {_last}"
             ),
             mo.hstack([workflow, segment, window], justify="start", gap=2),
             dates,
@@ -117,23 +127,43 @@ def _(assigned, mo, timedelta):
 
 
 @app.cell
-def _(UTC, campaign_results, dates, datetime, engine, segment, time, timedelta, window, workflow):
-    results = [
-        r
-        for r in campaign_results(
-            engine,
-            window=timedelta(days=window.value),
-            segment=None if segment.value == "(all)" else segment.value,
-            since=datetime.combine(dates.value[0], time.min, UTC),
-            until=datetime.combine(dates.value[1], time.max, UTC),
+def _(
+    UTC,
+    campaign_results,
+    dates,
+    datetime,
+    engine,
+    segment,
+    stored_results,
+    time,
+    timedelta,
+    window,
+    workflow,
+):
+    _filters = dict(
+        window=timedelta(days=window.value),
+        segment=None if segment.value == "(all)" else segment.value,
+        since=datetime.combine(dates.value[0], time.min, UTC),
+        until=datetime.combine(dates.value[1], time.max, UTC),
+    )
+    _stored = stored_results(engine, **_filters)
+    if _stored is None:
+        _all = campaign_results(engine, **_filters)
+        freshness = (
+            f"Computed from the events: no stored outcomes for a {window.value}-day window "
+            f"(`segflow campaigns refresh --window {window.value}d` stores them)."
         )
-        if workflow.value == "(all)" or r.workflow == workflow.value
-    ]
-    return (results,)
+    else:
+        _all, freshness = (
+            _stored.results,
+            _stored.freshness.note[:1].upper() + _stored.freshness.note[1:] + ".",
+        )
+    results = [r for r in _all if workflow.value == "(all)" or r.workflow == workflow.value]
+    return freshness, results
 
 
 @app.cell
-def _(mo, pd, results):
+def _(freshness, mo, pd, results):
     def _arm_rows(result):
         for arm in result.arms:
             row = arm.as_dict()
@@ -159,6 +189,7 @@ def _(mo, pd, results):
     mo.vstack(
         [
             mo.md(f"## Arms ({len(results)} campaign{'s' if len(results) != 1 else ''})"),
+            mo.md(f"_{freshness}_"),
             mo.ui.table(
                 arms,
                 selection=None,

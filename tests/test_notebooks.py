@@ -356,7 +356,23 @@ def campaign_store(tmp_path_factory) -> dict[str, Any]:
 def test_campaigns_notebook_runs_as_a_script(campaign_store, monkeypatch):
     monkeypatch.setenv("SEGFLOW_DATABASE_URL", campaign_store["url"])
     outputs, defs = load("campaigns").run()
-    expected = campaign_store["expected"]
+    # Never refreshed: computed from the events, and it says so.
+    assert defs["freshness"].startswith("Computed from the events")
+    assert_campaign_figures(defs, campaign_store["expected"])
+
+
+def test_campaigns_notebook_reads_the_refreshed_outcomes(campaign_store, monkeypatch):
+    from core.monitoring.outcomes import refresh_outcomes
+
+    refresh_outcomes(open_db(campaign_store["url"]))
+    monkeypatch.setenv("SEGFLOW_DATABASE_URL", campaign_store["url"])
+    outputs, defs = load("campaigns").run()
+    assert "no events stored since" in defs["freshness"]
+    assert defs["freshness"] in text_of(outputs)
+    assert_campaign_figures(defs, campaign_store["expected"])
+
+
+def assert_campaign_figures(defs: dict[str, Any], expected: dict[str, Any]) -> None:
     arms = {r["arm"].removesuffix(" (holdout)"): r for r in defs["arms"].to_dict("records")}
     assert set(arms) == set(CAMPAIGN_ARMS)
     for arm, figures in expected.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -60,6 +61,38 @@ def _table(result: CampaignResult) -> Table:
     return table
 
 
+def _window(text: str) -> timedelta:
+    from core.segments.language import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--window: {exc}") from None
+
+
+@app.command("refresh")
+def refresh_cmd(
+    ctx: typer.Context,
+    window: Annotated[
+        str, typer.Option("--window", help="Attribution window after assignment, like 14d.")
+    ] = "14d",
+    as_json: Json = False,
+) -> None:
+    """Bring the stored campaign outcomes up to date: recompute only the
+    participants who are new, changed, or have events or messages since the last
+    refresh (the monitor flow runs this daily)."""
+    from core.monitoring.outcomes import refresh_outcomes
+
+    report = refresh_outcomes(obj(ctx).engine(), _window(window))
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    out.print(
+        f"{report.participants:,} participants stored, {report.recomputed:,} recomputed, "
+        f"{report.dropped:,} dropped"
+    )
+
+
 @app.command("results")
 def results_cmd(
     ctx: typer.Context,
@@ -77,21 +110,20 @@ def results_cmd(
     as_json: Json = False,
 ) -> None:
     """Per campaign and arm: n, sent, opened, clicked, visit and conversion rates,
-    revenue per person, and the lift against the holdout with 95% intervals."""
+    revenue per person, and the lift against the holdout with 95% intervals.
+    Brings the stored outcomes up to date first (``campaigns refresh``), then
+    aggregates them; ``--as-of`` recomputes from the events as they were then."""
     from core.monitoring.campaigns import campaign_results
-    from core.segments.language import parse_duration
+    from core.monitoring.outcomes import current_results
 
-    try:
-        span = parse_duration(window)
-    except ValueError as exc:
-        raise UsageError(f"--window: {exc}") from None
-    results = campaign_results(
-        obj(ctx).engine(),
-        campaign=campaign,
-        window=span,
-        segment=segment,
-        as_of=parse_as_of(as_of) if as_of else None,
-    )
+    span = _window(window)
+    engine = obj(ctx).engine()
+    if as_of:
+        results = campaign_results(
+            engine, campaign=campaign, window=span, segment=segment, as_of=parse_as_of(as_of)
+        )
+    else:
+        results = current_results(engine, campaign=campaign, window=span, segment=segment)
     if as_json:
         out.print_json(json.dumps([r.as_dict() for r in results]))
         return

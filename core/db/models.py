@@ -751,3 +751,137 @@ class PrivacyDeletion(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class EventCount(SQLModel, table=True):
+    """Stored events per UTC day (of the event's time) and type, and the sum of
+    their values (NULL counts as 0: revenue for purchases): kept in the
+    transaction that stores or erases the events, so the overview's charts
+    and totals read these rows instead of scanning every event."""
+
+    __tablename__ = "event_counts"
+
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    type: str = Field(primary_key=True, max_length=64)
+    events: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+    value: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, default=0.0))
+
+
+class ProductCount(SQLModel, table=True):
+    """``event_counts`` per product too, for the events that name one (the
+    overview's top products), kept the same way."""
+
+    __tablename__ = "product_counts"
+    __table_args__ = (sa.Index("ix_product_counts_product_id", "product_id"),)
+
+    type: str = Field(primary_key=True, max_length=64)
+    product_id: str = Field(primary_key=True, max_length=255)
+    day: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    events: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, default=0))
+    value: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, default=0.0))
+
+
+class CampaignOutcome(SQLModel, table=True):
+    """One participant of a campaign and what they did in the attribution window
+    (core.monitoring.outcomes): the assignment and the 0/1 counts and revenue
+    of ``core.monitoring.campaigns.outcomes``, for the window it was computed for."""
+
+    __tablename__ = "campaign_outcomes"
+    __table_args__ = (
+        sa.Index("ix_campaign_outcomes_profile_id", "profile_id"),
+        sa.Index(
+            "ix_campaign_outcomes_first", "window_seconds", "campaign", "assigned_at", "profile_id"
+        ),
+        # Covering indexes: results and the notebook's filters aggregate an index
+        # in its order, not the table.
+        sa.Index(
+            "ix_campaign_outcomes_counts",
+            "window_seconds",
+            "campaign",
+            "arm",
+            "holdout",
+            "sent",
+            "delivered",
+            "opened",
+            "clicked",
+            "visited",
+            "converted",
+            "unsubscribed",
+            "revenue",
+        ),  # fmt: skip
+        sa.Index(
+            "ix_campaign_outcomes_overview",
+            "window_seconds",
+            "campaign",
+            "workflow",
+            "segment",
+            "assigned_at",
+        ),  # fmt: skip
+    )
+
+    window_seconds: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    campaign: str = Field(primary_key=True, max_length=255)
+    profile_id: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True))
+    kind: str = Field(max_length=16)
+    workflow: str | None = Field(default=None, max_length=255)
+    segment: str | None = Field(default=None, max_length=255)
+    arm: str = Field(max_length=255)
+    holdout: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    assigned_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    sent: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    delivered: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    opened: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    clicked: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    visited: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    converted: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    unsubscribed: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    revenue: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    computed_at: datetime = _ts()
+
+
+class CampaignOutcomeMessage(SQLModel, table=True):
+    """One message of a stored participant (the per-template rows of campaign
+    results): its template, status flags and what its tracking events showed."""
+
+    __tablename__ = "campaign_outcome_messages"
+    __table_args__ = (
+        sa.Index("ix_campaign_outcome_messages_profile_id", "profile_id"),
+        sa.Index("ix_campaign_outcome_messages_person", "window_seconds", "campaign", "profile_id"),
+        sa.Index(
+            "ix_campaign_outcome_messages_counts",
+            "window_seconds",
+            "campaign",
+            "arm",
+            "template",
+            "status",
+            "opened",
+            "clicked",
+            "unsubscribed",
+        ),  # fmt: skip
+    )
+
+    window_seconds: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    key: str = Field(primary_key=True, max_length=255)
+    campaign: str = Field(max_length=255)
+    profile_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    arm: str = Field(max_length=255)
+    template: str = Field(max_length=255)
+    status: str = Field(max_length=32)
+    opened: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    clicked: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    unsubscribed: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+
+
+class CampaignOutcomeRun(SQLModel, table=True):
+    """The last refresh of the stored outcomes for one attribution window: the
+    newest event id it saw and when it started (what the next refresh
+    looks past)."""
+
+    __tablename__ = "campaign_outcome_runs"
+
+    window_seconds: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    max_event_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    finished_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    participants: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    recomputed: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))

@@ -6,7 +6,7 @@ from sqlalchemy.engine import Connection
 
 from core.db.models import utcnow
 from core.db.sql import fetch_in
-from core.ingestion.activity import BatchActivity, tally
+from core.ingestion.activity import BatchActivity, tally, tally_days
 from core.ingestion.bulk import DeferredLoad
 from core.ingestion.identity import BatchResolver
 from core.ingestion.plain import STORED_JSON, as_event
@@ -111,6 +111,7 @@ def store_batch(
     report.identifies += types[IDENTIFY][0] if IDENTIFY in types else 0
     if activity is not None:
         activity.types = types
+        activity.days = tally_days(records, now)
     if not want_stored:
         return []
     # The plain path's fields become an Event only if a hook asks for one.

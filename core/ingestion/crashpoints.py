@@ -20,7 +20,9 @@ step (tests/test_crash_safety.py). Read once, at import; when it is unset,
 - ``privacy.erased``: an erasure is committed, nothing sent to the connectors yet;
 - ``privacy.sent``: a connector answered an erasure's deletions, not yet recorded;
 - ``purge.chunk``: a chunk of a retention purge is committed, the next not yet read;
-- ``privacy.rotated``: a key rotation committed one chunk of a table.
+- ``privacy.rotated``: a key rotation committed one chunk of a table;
+- ``campaigns.outcomes_batch``: a refresh stored a batch of campaign outcomes, its
+  transaction still open.
 """
 
 from __future__ import annotations

@@ -28,11 +28,13 @@ the message's key; for imported campaigns, those whose campaign is its name).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -299,7 +301,11 @@ def outcomes(
         buys["ts"] = _times(buys["ts"])
         bought = _in_window(buys.merge(keyed, on="profile_id"), window)
         flag(bought, "converted")
-        spent = bought.groupby(key)["value"].sum().rename("spent")
+        # Summed in value order: a person's revenue does not depend on the order
+        # the events came back in, so stored and recomputed outcomes agree.
+        bought = bought.assign(value=bought["value"].fillna(0.0))
+        ordered = bought.sort_values(key + ["value"], kind="stable")
+        spent = ordered.groupby(key)["value"].sum().rename("spent")
         people = people.merge(spent, left_on=key, right_index=True, how="left")
         people["revenue"] = people.pop("spent").fillna(0.0).astype(float)
 
@@ -414,18 +420,43 @@ class CampaignResult:
         }
 
 
+@dataclass
+class Group:
+    """What ``summarise`` needs of a group of participants (an arm, or a
+    campaign's holdout): how many, the COUNTS, and the non-zero revenues."""
+
+    n: int
+    counts: dict[str, int]
+    nonzero: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> Group:
+        revenue = frame["revenue"].to_numpy(float)
+        return cls(len(frame), {c: int(frame[c].sum()) for c in COUNTS}, revenue[revenue != 0])
+
+    @property
+    def revenue(self) -> float:
+        # Exactly rounded, whatever order the values come in.
+        return math.fsum(self.nonzero.tolist())
+
+    def revenues(self) -> np.ndarray:
+        """Everyone's revenue, sorted: the bootstrap draws from a fixed order."""
+        values = np.concatenate([np.zeros(self.n - self.nonzero.size), self.nonzero])
+        return np.sort(values)
+
+
 def _lift(
-    arm: pd.DataFrame, hold: pd.DataFrame, confidence: float, seed: int, reps: int
+    arm: Group, hold: Group, confidence: float, seed: int, reps: int
 ) -> dict[str, dict[str, Any]]:
     lift: dict[str, dict[str, Any]] = {}
     for metric, name in LIFT_RATES.items():
-        k1, n1, k0, n0 = int(arm[name].sum()), len(arm), int(hold[name].sum()), len(hold)
+        k1, n1, k0, n0 = arm.counts[name], arm.n, hold.counts[name], hold.n
         lift[metric] = {
             "difference": diff_proportions(k1, n1, k0, n0, confidence),
             "relative": relative(k1 / n1, k0 / n0),
         }
-    x1, x0 = arm["revenue"].to_numpy(float), hold["revenue"].to_numpy(float)
-    if len(x1) >= 2 and len(x0) >= 2:
+    if arm.n >= 2 and hold.n >= 2:
+        x1, x0 = arm.revenues(), hold.revenues()
         means = mean_lift(x1, x0, confidence, reps=reps, seed=seed)
         lift["revenue_per_person"] = {
             "difference": means["interval"],
@@ -434,6 +465,32 @@ def _lift(
             "relative": relative(float(x1.mean()), float(x0.mean())),
         }
     return lift
+
+
+def arm_result(
+    name: str,
+    holdout: bool,
+    group: Group,
+    hold: Group | None,
+    templates: list[str],
+    *,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    reps: int = 2000,
+) -> ArmResult:
+    """One arm's result from its aggregate (and its campaign holdout's, for the lift)."""
+    lift = None
+    if not holdout and hold is not None and hold.n:
+        lift = _lift(group, hold, confidence, seed, reps)
+    return ArmResult(
+        arm=name,
+        holdout=holdout,
+        n=group.n,
+        counts=dict(group.counts),
+        revenue=group.revenue,
+        templates=templates,
+        lift=lift,
+    )
 
 
 def summarise(
@@ -445,27 +502,26 @@ def summarise(
     seed: int = 0,
     reps: int = 2000,
 ) -> list[CampaignResult]:
-    """Per campaign and arm, from ``outcomes``."""
+    """Per campaign and arm, from ``outcomes``. The campaign's kind, workflow and
+    segment are its earliest participant's (by assignment time, then profile id)."""
     results = []
     for name, camp in people.groupby("campaign", sort=True):
-        first = camp.iloc[0]
-        hold = camp[camp["holdout"]]
+        first = camp.sort_values(["assigned_at", "profile_id"], kind="stable").iloc[0]
+        held = camp[camp["holdout"]]
+        hold = Group.of(held) if len(held) else None
         arms = []
         for arm_name, arm in camp.groupby("arm", sort=True):
-            is_hold = bool(arm["holdout"].iloc[0])
             sent = msgs[(msgs["campaign"] == name) & msgs["profile_id"].isin(arm["profile_id"])]
-            lift = None
-            if not is_hold and len(hold):
-                lift = _lift(arm, hold, confidence, seed, reps)
             arms.append(
-                ArmResult(
-                    arm=str(arm_name),
-                    holdout=is_hold,
-                    n=len(arm),
-                    counts={c: int(arm[c].sum()) for c in COUNTS},
-                    revenue=float(arm["revenue"].sum()),
-                    templates=sorted(set(sent["template"])),
-                    lift=lift,
+                arm_result(
+                    str(arm_name),
+                    bool(arm["holdout"].any()),
+                    Group.of(arm),
+                    hold,
+                    sorted(set(sent["template"])),
+                    confidence=confidence,
+                    seed=seed,
+                    reps=reps,
                 )
             )
         arms.sort(key=lambda a: (a.holdout, a.arm))

@@ -36,7 +36,8 @@ from sqlalchemy.engine import Connection, Engine
 from core import audit
 from core.db.models import utcnow
 from core.db.sql import dialect_insert
-from core.db.tables import PRIVACY_DELETIONS, SUPPRESSIONS, SYNC_STATES
+from core.db.tables import EVENTS, PRIVACY_DELETIONS, SUPPRESSIONS, SYNC_STATES
+from core.ingestion.activity import forget_events
 from core.ingestion.crashpoints import crash_point
 from core.privacy.person import Person, find_person, identifiers, person_tables
 from core.privacy.suppress import KINDS, keyed_hash
@@ -148,6 +149,7 @@ def erase_person(
         ids = identifiers(conn, person)
         emails = _emails(conn, person, ids)
         deleted: dict[str, int] = {}
+        forget_events(conn, EVENTS.c.profile_id.in_(person.profile_ids))
         for table, selector in reversed(person_tables()):
             n = conn.execute(table.delete().where(selector(person))).rowcount
             deleted[table.name] = max(n, 0)
