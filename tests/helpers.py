@@ -6,6 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,3 +222,28 @@ def sync_until_settled(engine, target, connector, *, first: int = 1, most: int =
         assert len(runs) < most, [r.model_dump() for r in runs]
         runs.append(run_sync(engine, target, connector))
     return runs
+
+
+@contextmanager
+def serving(app: Any, *, port: int = 0, **config: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a thread of this process on 127.0.0.1 (a
+    free port unless given); yields its base URL, https when given a
+    certificate (``ssl_certfile``...), and stops the server on leaving."""
+    import uvicorn
+
+    options = {"log_level": "warning"} | config
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped before it started"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    scheme = "https" if config.get("ssl_certfile") else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

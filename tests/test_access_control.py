@@ -6,15 +6,12 @@ the check it declares, fails here."""
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi.routing import APIRoute
 
 from core.api import AUTH_FIELD, PUBLIC, SIGNED, create_app
@@ -23,7 +20,7 @@ from core.db import open_db
 from core.db.tables import EVENTS
 from core.keys import SCOPES, create_key
 from core.privacy.settings import CmpSettings, ConsentPolicy, PrivacySettings
-from tests.smtpserver import free_port
+from tests.helpers import serving
 
 SECRET = "access-control-secret"
 WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
@@ -42,18 +39,9 @@ def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
     env.setenv(CMP.secret_env, "cmp-secret-for-access")
     settings = Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK], privacy=privacy)
     app = create_app(engine, settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    keys = {scope: create_key(engine, f"only-{scope}", [scope])[1] for scope in SCOPES}
-    yield {"app": app, "engine": engine, "base": f"http://127.0.0.1:{port}", "keys": keys}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        keys = {scope: create_key(engine, f"only-{scope}", [scope])[1] for scope in SCOPES}
+        yield {"app": app, "engine": engine, "base": base, "keys": keys}
     env.undo()
 
 

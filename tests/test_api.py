@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from core.api import create_app
 from core.config import Settings
@@ -19,6 +18,7 @@ from core.db import models, open_db
 from core.keys import create_key, revoke_key
 from core.profiles import profile_summary
 from core.tracking import click_url, open_url, unsubscribe_url
+from tests.helpers import serving
 
 SECRET = "a-test-secret-of-enough-length"
 
@@ -35,22 +35,9 @@ def server(fresh_sqlite, request) -> Iterator[tuple[str, object, str]]:
     engine = open_db(url)
     limits = getattr(request, "param", {})
     settings = Settings(database_url=url, secret_key=SECRET, **limits)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    _, key = create_key(engine, "site", ["events:write"])
-    yield f"http://127.0.0.1:{port}", engine, key
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(engine, settings)) as base:
+        _, key = create_key(engine, "site", ["events:write"])
+        yield base, engine, key
 
 
 def count(engine, table=models.EventRow) -> int:

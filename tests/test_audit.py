@@ -10,8 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from core.audit import ACTIONS, current_actor, list_records, record
 from core.db import open_db
@@ -30,6 +27,7 @@ from core.privacy.suppress import keyed_hash
 from plugins.esp.fakes import make_fake
 from plugins.esp.fakes.mailchimp import API_KEY, DEFAULT_LIST_ID
 from plugins.esp.fakes.server import running
+from tests.helpers import serving
 from tests.shop import build_shop
 
 SECRET = "audit-test-secret-key-0123456789"
@@ -240,26 +238,13 @@ def test_api_admin_actions_name_the_key(project):
 
     engine = project.engine
     app = create_app(engine, Settings(database_url=project.url, secret_key=SECRET))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
     _, key = create_key(engine, "dpo-desk", ["admin"])
     before = project.last_id()
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
-        ) as client:
-            assert client.get("/v1/privacy/export/u_ada").status_code == 200
-            assert client.get("/v1/privacy/export/nobody").status_code == 404
-            assert client.post("/v1/privacy/erase/u_ada").status_code == 200
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    auth = {"Authorization": f"Bearer {key}"}
+    with serving(app) as base, httpx.Client(base_url=base, headers=auth) as client:
+        assert client.get("/v1/privacy/export/u_ada").status_code == 200
+        assert client.get("/v1/privacy/export/nobody").status_code == 404
+        assert client.post("/v1/privacy/erase/u_ada").status_code == 200
     rows = project.new_records(before)
     assert [(r["actor"], r["action"], r["target"]) for r in rows] == [
         ("key:dpo-desk", "privacy.export", _hash("u_ada")),

@@ -16,6 +16,7 @@ from core.privacy.policy import ANONYMOUS_ID, DROPPED
 from core.privacy.settings import ConsentPolicy
 from core.profiles import find_profile_id
 from core.segments.kinds.consent import ConsentCondition
+from tests.helpers import serving
 
 REQUIRED = ConsentPolicy(tracking="required")
 ANONYMISE = ConsentPolicy(tracking="anonymise", anonymous_properties=["plan"])
@@ -205,11 +206,8 @@ def test_set_consent_keeps_source_time_and_version(engine):
 
 
 def test_the_consents_route_needs_events_write_and_takes_effect_at_once(sqlite_url):
-    import threading
-    import time
 
     import httpx
-    import uvicorn
 
     from core.api import create_app
     from core.config import Settings
@@ -218,34 +216,22 @@ def test_the_consents_route_needs_events_write_and_takes_effect_at_once(sqlite_u
     engine = open_db(sqlite_url)
     ingest(engine, [ev("identify", 1, user_id="u1", traits={"email": "u1@example.com"})])
     app = create_app(engine, Settings(database_url=sqlite_url, secret_key="s" * 32))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
     write = {"Authorization": f"Bearer {create_key(engine, 'w', ['events:write'])[1]}"}
     read = {"Authorization": f"Bearer {create_key(engine, 'r', ['profiles:read'])[1]}"}
     body = {"user_id": "u1", "consent": {"email_marketing": True, "version": "v4"}}
     pid = pid_of(engine, "u1")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            assert client.post("/v1/consents", json=body).status_code == 401
-            assert client.post("/v1/consents", json=body, headers=read).status_code == 403
-            bad = client.post(
-                "/v1/consents", json={"user_id": "u1", "consent": {"x": 1}}, headers=write
-            )
-            assert bad.status_code == 400 and "unknown purpose" in bad.text
-            ok = client.post("/v1/consents", json=body, headers=write)
-            assert ok.status_code == 200, ok.text
-            with engine.connect() as conn:
-                assert email_refusals(conn, [pid]) == {}
-            body["consent"] = {"email_marketing": False, "version": "v4"}
-            assert client.post("/v1/consents", json=body, headers=write).status_code == 200
-            with engine.connect() as conn:
-                assert email_refusals(conn, [pid]) == {pid: WITHDRAWN}
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as base, httpx.Client(base_url=base) as client:
+        assert client.post("/v1/consents", json=body).status_code == 401
+        assert client.post("/v1/consents", json=body, headers=read).status_code == 403
+        bad = client.post(
+            "/v1/consents", json={"user_id": "u1", "consent": {"x": 1}}, headers=write
+        )
+        assert bad.status_code == 400 and "unknown purpose" in bad.text
+        ok = client.post("/v1/consents", json=body, headers=write)
+        assert ok.status_code == 200, ok.text
+        with engine.connect() as conn:
+            assert email_refusals(conn, [pid]) == {}
+        body["consent"] = {"email_marketing": False, "version": "v4"}
+        assert client.post("/v1/consents", json=body, headers=write).status_code == 200
+        with engine.connect() as conn:
+            assert email_refusals(conn, [pid]) == {pid: WITHDRAWN}

@@ -5,7 +5,6 @@ once (the gate, and marketing workflow runs ended), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-import uvicorn
 import yaml
 
 from core.api import create_app
@@ -30,6 +28,7 @@ from core.privacy.consent import WITHDRAWN, email_refusals
 from core.privacy.settings import CmpSettings, ConsentPolicy, PrivacySettings
 from core.types import Entry
 from tests.helpers import people
+from tests.helpers import serving as serving_app
 
 SECRET_ENV = "TEST_CMP_SECRET"
 SECRET = "cmp-shared-secret-0123"
@@ -47,20 +46,8 @@ def engine(db_url):
 def serving(engine, url: str, cmp: CmpSettings | None = CMP) -> Iterator[httpx.Client]:
     privacy = PrivacySettings(consent=ConsentPolicy(cmp=cmp))
     app = create_app(engine, Settings(database_url=url, secret_key="s" * 32, privacy=privacy))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(app) as base, httpx.Client(base_url=base, timeout=10) as client:
+        yield client
 
 
 def cmp_event(user: dict, at: datetime, choices: dict[str, bool], **more) -> dict:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
@@ -25,7 +22,7 @@ from core.api import create_app
 from core.config import Settings, WebhookConfig
 from core.db import open_db
 from core.keys import SCOPES, create_key
-from tests.smtpserver import free_port
+from tests.helpers import serving
 
 SECRET = "hostile-openapi-secret"
 WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
@@ -45,22 +42,12 @@ def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('openapi') / 'o.db'}"
     engine = open_db(url)
     app = create_app(engine, Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK]))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    keys: dict[str, str | None] = {s: create_key(engine, f"only-{s}", [s])[1] for s in SCOPES}
-    keys["all scopes"] = create_key(engine, "every-scope", list(SCOPES))[1]
-    keys["no key"] = None
-    base = f"http://127.0.0.1:{port}"
-    schema = schemathesis.openapi.from_dict(httpx.get(f"{base}/openapi.json").json())
-    yield {"base": base, "keys": keys, "schema": schema}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        keys: dict[str, str | None] = {s: create_key(engine, f"only-{s}", [s])[1] for s in SCOPES}
+        keys["all scopes"] = create_key(engine, "every-scope", list(SCOPES))[1]
+        keys["no key"] = None
+        schema = schemathesis.openapi.from_dict(httpx.get(f"{base}/openapi.json").json())
+        yield {"base": base, "keys": keys, "schema": schema}
 
 
 def _operations(schema) -> list[Any]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import html
 import re
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
@@ -16,7 +14,6 @@ import css_inline
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +22,7 @@ from core.personalize import render_email
 from core.personalize.links import HTML_LINK, Links, rewrite_html, rewrite_text
 from core.personalize.templates import TEMPLATES_DIR
 from core.tracking import verify
+from tests.helpers import serving
 from tests.shop import build_shop
 
 SECRET = "a-test-secret-of-enough-length"
@@ -202,20 +200,8 @@ def served(fresh_sqlite, tmp_path) -> Iterator[tuple[str, object, dict[str, int]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = Settings(database_url=url, secret_key=SECRET)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(built.engine, settings), host="127.0.0.1", port=port, log_level="warning"
-        )  # fmt: skip
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", built.engine, built.ids
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(built.engine, settings), port=port) as base:
+        yield base, built.engine, built.ids
 
 
 def email_events(engine) -> list[tuple]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -32,7 +30,6 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 import yaml
 from sqlmodel import SQLModel
 
@@ -57,7 +54,7 @@ from core.types import Entry, SyncTarget
 from plugins.esp.fakes import make_fake
 from plugins.esp.fakes.server import Faults, running
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import DEMO_END, segflow_child
+from tests.helpers import DEMO_END, segflow_child, serving
 
 SECRET = "privacy-test-secret-key-0123456789"
 WHO = "u000007"
@@ -488,18 +485,11 @@ def api_server(shop_copy) -> Iterator[tuple[str, object, dict]]:
     url, who = shop_copy
     engine = open_db(url)
     app = create_app(engine, Settings(database_url=url, secret_key=SECRET))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    keys = {scope: create_key(engine, scope, [scope])[1] for scope in ("admin", "profiles:read")}
-    yield f"http://127.0.0.1:{port}", who, keys
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        keys = {
+            scope: create_key(engine, scope, [scope])[1] for scope in ("admin", "profiles:read")
+        }
+        yield base, who, keys
 
 
 def test_the_api_routes_need_the_admin_scope_and_export_then_erase(api_server):

@@ -10,7 +10,6 @@ import re
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from core.cli import main
 from core.db import open_db
@@ -28,7 +26,7 @@ from core.tls import CA_BUNDLE_ENV, TlsSetupError, check_server_files, client_co
 from core.types import ActionCall, SyncLimits
 from plugins.actions.webhook import WEBHOOK
 from plugins.sources.polling import PollConfig, PollError, poll_once
-from tests.helpers import child_env
+from tests.helpers import child_env, serving
 from tests.smtpserver import free_port
 from tests.tlscerts import Pki, make_pki
 
@@ -65,28 +63,9 @@ def https_fake(pki: Pki, body: bytes = b'{"ok": true}') -> Iterator[tuple[str, l
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="critical",
-        ssl_certfile=str(pki.cert),
-        ssl_keyfile=str(pki.key),
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"https://127.0.0.1:{port}", seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    tls = {"ssl_certfile": str(pki.cert), "ssl_keyfile": str(pki.key)}
+    with serving(app, log_level="critical", lifespan="off", **tls) as base:
+        yield base, seen
 
 
 def test_serve_answers_over_https_trusted_through_its_ca_and_refused_without(pki, tmp_path):
