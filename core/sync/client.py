@@ -27,12 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from core.tls import client_context, untrusted
 from core.types import SyncLimits
+
+if TYPE_CHECKING:
+    import httpx
 
 RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -181,6 +182,10 @@ class SyncClient:
         # a connector maps a failed call to its records and carries on.
         self.refused: KeyRefused | None = None
         connections = limits.concurrency * max(1, len(self.windows))
+        # Imported here: the connector plugins that import this module load with
+        # every command, and httpx costs more at start-up than most commands.
+        import httpx
+
         self.http = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
@@ -215,6 +220,8 @@ class SyncClient:
         method = method.upper()
         safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         last = "no attempt"
+        import httpx
+
         group = self.rate_group(method, url) if self.rate_group is not None else ""
         windows = self.windows.get(group)
         slots = self.group_slots.get(group, self.slots)

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from core import PROFILES, Action, ActionCall, ActionResult, deliver, esp_connectors, render_email
+from core import PROFILES, Action, ActionCall, ActionResult, esp_connectors
 
 
 class SendParams(BaseModel):
@@ -46,6 +46,10 @@ _RESULTS = {"sent": "done", "earlier": "done", "duplicates": "done", "skipped": 
 
 
 def perform_many(calls: list[ActionCall]) -> list[ActionResult]:
+    # Imported when sending: loading the workflows (every tick) validates the
+    # step's params but renders nothing, and rendering loads Jinja2 and Babel.
+    from core import deliver, render_email
+
     results: dict[str, ActionResult] = {}
     by_via: dict[str, list[ActionCall]] = {}
     for call in calls:

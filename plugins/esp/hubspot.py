@@ -45,10 +45,8 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from core import (
     EspConnector,
@@ -62,6 +60,9 @@ from core import (
     SyncTarget,
     hookimpl,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 DEFAULT_LIST_PREFIX = "segflow: "

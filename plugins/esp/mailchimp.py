@@ -45,9 +45,7 @@ import re
 import tarfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from core import (
     EspConnector,
@@ -64,6 +62,9 @@ from core import (
     client_context,
     hookimpl,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_BASE_URL = "https://api.mailchimp.com"
 PREFIX = "/3.0"
@@ -152,6 +153,8 @@ def _reason(response: httpx.Response) -> str:
 def _answer(status: int, body: str | bytes | None, ok_id: str | None) -> RecordResult:
     if status < 300:
         return RecordResult.ok(ok_id)
+    import httpx
+
     fake = httpx.Response(status, content=body or b"")
     if status == 429 or status >= 500:
         return RecordResult("retry", f"HTTP {status}")
@@ -294,6 +297,8 @@ async def _batch(session: Session, ops: Sequence[Op], *, idempotent: bool) -> li
 
 
 async def _batch_results(url: str) -> dict[str, dict[str, Any]]:
+    import httpx
+
     # A pre-signed storage link: it must not carry the API key (and may refuse it).
     async with httpx.AsyncClient(timeout=120, verify=client_context()) as plain:
         response = await plain.get(url)
