@@ -674,3 +674,36 @@ def test_a_withdrawn_consent_ends_the_persons_marketing_runs_at_once(sqlite_url)
     assert {r["profile_id"]: r["status"] for r in runs(engine)}[never] == "exited"
     run_tick(engine, as_of=NOW + timedelta(hours=2))
     assert [a["profile_id"] for a in actions(engine)] == [stays]
+
+
+def test_a_run_another_writer_moved_first_is_left_to_it(db_url):
+    """The states of a batch are written together; a run whose row changed
+    since it was read (another tick took it) keeps that writer's state, and
+    the others are written."""
+    from core.automation.engine import _runs, _store_states
+
+    engine = open_db(db_url)
+    save(engine, CART)
+    people(engine, 3)
+    track(engine, *(cart(f"p{i}", 0, f"c{i}") for i in range(3)))
+    with engine.begin() as conn:
+        read = _runs(conn, WORKFLOW_STATES.c.workflow == "cart")
+    assert len(read) == 3
+    other = NOW + timedelta(minutes=1)
+    with engine.begin() as conn:  # the other writer moves the second run first
+        conn.execute(
+            WORKFLOW_STATES.update()
+            .where(WORKFLOW_STATES.c.id == read[1].id)
+            .values(step="theirs", updated_at=other)
+        )
+    now = NOW + timedelta(minutes=2)
+    for run in read:
+        run.step = "ours"
+    read[2].status, read[2].ended_at = "exited", now
+    with engine.begin() as conn:
+        written = _store_states(conn, read, now)
+    assert [r.id for r in written] == [read[0].id, read[2].id]
+    by_id = {r["id"]: r for r in runs(engine)}
+    assert [by_id[r.id]["step"] for r in read] == ["ours", "theirs", "ours"]
+    assert by_id[read[2].id]["status"] == "exited" and by_id[read[2].id]["active_key"] is None
+    assert by_id[read[1].id]["updated_at"] == other

@@ -216,32 +216,8 @@ def _runs(conn: Connection, where: Any, limit: int | None = None) -> list[Run]:
 def _write(conn: Connection, runs: list[Run], report: TickReport, now: datetime) -> list[Run]:
     """Store each run's new state, history and actions; the runs another writer
     moved first are left to it (their changes dropped). Returns those written."""
-    written = []
-    for run in runs:
-        if not run.history and not run.actions:
-            continue
-        values = {
-            "status": run.status,
-            "step": run.step,
-            "waiting": run.waiting,
-            "wake_at": run.wake_at,
-            "deadline": run.deadline,
-            "arm": run.arm,
-            "reason": run.reason,
-            "updated_at": now,
-        }
-        if run.status != "active":
-            values["ended_at"] = run.ended_at
-            values["active_key"] = None
-        done = conn.execute(
-            WORKFLOW_STATES.update()
-            .where(WORKFLOW_STATES.c.id == run.id, WORKFLOW_STATES.c.updated_at == run.updated_at)
-            .values(**values)
-        )
-        if done.rowcount != 1:
-            continue
-        run.updated_at = now
-        written.append(run)
+    moved = [run for run in runs if run.history or run.actions]
+    written = _store_states(conn, moved, now)
     history = [
         {"run_id": r.id, "at": at, "step": step, "what": what, "detail": detail}
         for r in written
@@ -275,6 +251,62 @@ def _write(conn: Connection, runs: list[Run], report: TickReport, now: datetime)
         r.history.clear()
         r.actions.clear()
     return written
+
+
+_STATE_COLUMNS = ("status", "step", "waiting", "wake_at", "deadline", "arm", "reason")
+
+
+def _store_states(conn: Connection, runs: list[Run], now: datetime) -> list[Run]:
+    """Each run's new state, unless another writer moved it since it was read
+    (its ``updated_at`` no longer the one read); the runs written, stamped ``now``.
+
+    One executemany per shape of row (active runs; ended ones also clear
+    their key): the batch's runs in a round trip or two, not one each. When
+    the rows written fall short, the ones this transaction stamped ``now`` are
+    the ones written.
+    """
+    written: list[Run] = []
+    for ended in (False, True):
+        group = [run for run in runs if (run.status != "active") == ended]
+        if not group:
+            continue
+        values = {c: sa.bindparam(f"v_{c}") for c in _STATE_COLUMNS}
+        values["updated_at"] = sa.bindparam("v_updated_at")
+        if ended:
+            values |= {"ended_at": sa.bindparam("v_ended_at"), "active_key": None}
+        stmt = (
+            WORKFLOW_STATES.update()
+            .where(
+                WORKFLOW_STATES.c.id == sa.bindparam("b_id"),
+                WORKFLOW_STATES.c.updated_at == sa.bindparam("b_updated_at"),
+            )
+            .values(**values)
+        )
+        rows = []
+        for run in group:
+            row = {f"v_{c}": getattr(run, c) for c in _STATE_COLUMNS}
+            row |= {"v_updated_at": now, "b_id": run.id, "b_updated_at": run.updated_at}
+            if ended:
+                row["v_ended_at"] = run.ended_at
+            rows.append(row)
+        done = conn.execute(stmt, rows)
+        if done.rowcount == len(group):
+            kept = group
+        else:
+            stamped = set(
+                conn.execute(
+                    sa.select(WORKFLOW_STATES.c.id).where(
+                        WORKFLOW_STATES.c.id.in_([run.id for run in group]),
+                        WORKFLOW_STATES.c.updated_at == now,
+                    )
+                ).scalars()
+            )
+            kept = [run for run in group if run.id in stamped]
+        for run in kept:
+            run.updated_at = now
+        written += kept
+    order = {run.id: i for i, run in enumerate(runs)}
+    return sorted(written, key=lambda run: order[run.id])
 
 
 def _raw_params(node: Any) -> dict[str, Any]:
