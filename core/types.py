@@ -378,7 +378,10 @@ class SyncPerson:
     """One person as a connector syncs them: identifiers, the mapped properties,
     email marketing consent (True granted, False withdrawn or unsubscribed,
     None never asked: never synced as subscribed) and, given to membership
-    calls, ``remote_id``: what the connector answered for them before."""
+    calls, ``remote_id``: what the connector answered for them before.
+    ``add_to``, given to the upserts of a connector whose ``SyncApi`` has
+    ``adds_on_upsert``: the segments the person joins in this run, which the
+    upsert adds them to (an ``ok`` answer confirms those too)."""
 
     profile_id: int
     email: str
@@ -386,6 +389,7 @@ class SyncPerson:
     properties: Mapping[str, Any] = field(default_factory=dict)
     subscribed: bool | None = None
     remote_id: str | None = None
+    add_to: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -504,6 +508,9 @@ class SyncApi:
     # (method, path) -> the rate group the API counts the request in (a key
     # of ``limits.windows``); None: every request in one group.
     rate_group: Callable[[str, str], str] | None = None
+    # The upsert adds people to their ``SyncPerson.add_to`` segments itself (an
+    # API whose bulk import takes a list: no member calls, no ids looked up).
+    adds_on_upsert: bool = False
 
 
 # -- recommendations ------------------------------------------------------------
