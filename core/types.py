@@ -438,6 +438,10 @@ class SyncLimits:
     # listed here is paced by its windows and has ``concurrency`` connections
     # of its own, instead of sharing the token bucket above.
     windows: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    # Upsert calls in flight at once (None: ``concurrency``). One call of many
+    # requests already keeps its windows full; one at a time, each is answered,
+    # and its people's events can go, as early as the windows allow.
+    upserts_at_once: int | None = None
 
 
 @dataclass(frozen=True)

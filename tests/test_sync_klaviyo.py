@@ -161,7 +161,8 @@ def test_calls_split_at_the_documented_sizes_and_a_refused_record_fails_alone(mo
         plain = [replace(p, add_to=frozenset()) for p in persons]
         asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, plain)))
         assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 3 + 1 + 3
-    assert klaviyo.LIMITS.profiles_per_call == klaviyo.LIMITS.members_per_call == 10_000
+    assert klaviyo.LIMITS.profiles_per_call == 50_000
+    assert klaviyo.LIMITS.members_per_call == 10_000
     assert klaviyo.MEMBER_IDS == 1_000 and klaviyo.SYNC.adds_on_upsert
 
 

@@ -110,6 +110,12 @@ class SlidingWindows:
         self.windows = [(max(1, n), seconds + margin, deque[float]()) for n, seconds in windows]
         self.clock = clock
         self.lock = asyncio.Lock()
+        # Slots whose requests are not answered yet: the API may count them still.
+        self.unanswered: list[float] = []
+
+    def answered(self, at: float) -> None:
+        with contextlib.suppress(ValueError):
+            self.unanswered.remove(at)
 
     def release(self, at: float) -> None:
         """Give back the slot taken at ``at`` (the API refused it uncounted)."""
@@ -124,11 +130,14 @@ class SlidingWindows:
         first, so room is never given back sooner than it frees. How many."""
         n, seconds, hits = max(self.windows, key=lambda w: w[1])
         now = self.clock()
-        # The API may also have counted some sent after ``sent_at``: ours up to
-        # it, less what it counted, were surely not counted.
-        excess = sum(1 for t in hits if now - seconds < t <= sent_at) - (n - max(0, left))
+        # Ours sent by then and answered, less all it counted (which may include
+        # some sent later or still unanswered), were surely not counted: one sent
+        # earlier but not answered yet may only now be reaching its counter.
+        waiting = set(self.unanswered)
+        answered = [t for t in hits if now - seconds < t <= sent_at and t not in waiting]
+        excess = len(answered) - (n - max(0, left))
         forgotten = 0
-        for at in [t for t in hits if now - seconds < t <= sent_at][: max(0, excess)]:
+        for at in answered[: max(0, excess)]:
             self.release(at)
             forgotten += 1
         return forgotten
@@ -152,6 +161,7 @@ class SlidingWindows:
                 if wait <= 0:
                     for _n, _seconds, hits in self.windows:
                         hits.append(now)
+                    self.unanswered.append(now)
                     return now
                 await asyncio.sleep(wait)
 
@@ -243,7 +253,11 @@ class SyncClient:
                     sent_at = await windows.take()
                 self.stats.requests += 1
                 try:
-                    response = await self.http.request(method, url, **kwargs)
+                    try:
+                        response = await self.http.request(method, url, **kwargs)
+                    finally:
+                        if windows is not None:
+                            windows.answered(sent_at)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     # Never reached the API: always safe to try again.
                     last = f"{type(exc).__name__}: {exc}"

@@ -609,8 +609,9 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
                 for w in batch]  # fmt: skip
         return await api.upsert(session, sent)
 
+    at_once = limits.upserts_at_once or limits.concurrency
     async for batch, results in _batches(
-        people, limits.profiles_per_call, call, limits.concurrency, ordered=False
+        people, limits.profiles_per_call, call, at_once, ordered=False
     ):
         crash_point("sync.sent")
         rows = []

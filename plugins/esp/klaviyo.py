@@ -77,16 +77,21 @@ MEMBER_PAGE = 1_000
 # endpoint the connector calls, bulk event jobs included; counted per group.
 M_TIER = ((10, 1.0), (150, 60.0))
 GROUPS = ("profiles", "lists", "jobs", "event-jobs")
+# An upsert call is cut into import jobs of IMPORT_PROFILES, one list a job:
+# the more people a call holds, the fewer part-filled jobs its segments leave.
+UPSERT_PEOPLE = 5 * IMPORT_PROFILES
 LIMITS = SyncLimits(
-    profiles_per_call=IMPORT_PROFILES,
+    profiles_per_call=UPSERT_PEOPLE,
     # An add is an import job of up to IMPORT_PROFILES addresses; a removal
     # call takes MEMBER_IDS ids, and the connector cuts it so.
     members_per_call=IMPORT_PROFILES,
-    events_per_call=1_000,
+    events_per_call=EVENT_PROFILES,
     requests_per_second=2.5,
     burst=10,
     concurrency=4,
     windows={group: M_TIER for group in GROUPS},
+    # A call's import and subscription jobs fill the jobs group's windows alone.
+    upserts_at_once=1,
 )
 # Klaviyo's own profile fields; any other mapped property is a custom one.
 PROFILE_FIELDS = frozenset(
@@ -568,14 +573,19 @@ async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordRes
         by_email.setdefault(event.person.email.lower(), []).append(event)
     groups = list(by_email.items())
     failed: dict[str, str] = {}
-    for start in range(0, len(groups), EVENT_PROFILES):
-        part = groups[start : start + EVENT_PROFILES]
+
+    async def job(part: list[tuple[str, list[SyncEvent]]]) -> None:
         # Klaviyo drops an event whose unique_id it already has: a resend is no duplicate.
         refused = await _excluding(
             session, "POST", "/api/event-bulk-create-jobs", part, _events_body, idempotent=True
         )
         for n, why in refused.items():
             failed.update({e.unique_id: why for e in part[n][1]})
+
+    await _all(
+        job(groups[start : start + EVENT_PROFILES])
+        for start in range(0, len(groups), EVENT_PROFILES)
+    )
     return [
         RecordResult("failed", failed[e.unique_id]) if e.unique_id in failed else RecordResult.ok()
         for e in items
