@@ -294,3 +294,34 @@ def test_an_import_job_that_does_not_complete_leaves_its_records_to_the_next_run
         asyncio.run(_session_call(url, slow))
     # Not subscribed yet: consent follows a completed import only.
     assert api.consent("j0@example.com") != "SUBSCRIBED"
+
+
+def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqlite_url, tmp_path):
+    from core.sync.engine import _save_cursor
+
+    ids = store(sqlite_url, tmp_path)
+    engine = open_db(sqlite_url)
+    api = make_api("fast")
+    sync = klaviyo.SYNC
+    # Calls of a few people each, so the run has several, one at a time.
+    small = replace(sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2)
+    connector = replace(esp_connectors()["klaviyo"], sync=replace(sync, limits=small))
+    with running(api) as url:
+        t = target(url, events=True)
+        _save_cursor(engine, t, 0)  # every segment entry is an event of this run
+        report = run_sync(engine, t, connector)
+        assert verify_sync(engine, t, connector).ok
+    assert report.upserted == report.people == len(ids) * 2 // 3 and not report.retry
+    assert report.added == report.people
+    assert api.snapshot()["people"] == wanted(engine, t)
+    paths = [(m, p.rstrip("/")) for m, p, _what in api.log]
+    # No member calls and no profile ids read back while syncing (verify reads after).
+    syncing = paths[: paths.index(("GET", "/api/lists"), 1)]
+    assert not [p for m, p in syncing if "relationships" in p or p == "/api/profiles"]
+    imports = [
+        n for n, (m, p) in enumerate(syncing) if (m, p) == ("POST", "/api/profile-bulk-import-jobs")
+    ]
+    events = [n for n, (m, p) in enumerate(syncing) if p == "/api/event-bulk-create-jobs"]
+    assert len(events) == report.events // 2 + report.events % 2
+    # The first call's events went before the last call's imports.
+    assert events[0] < imports[-1]
