@@ -563,8 +563,9 @@ def describe(quick: bool) -> str:
         "sliding windows; HubSpot fake (`plugins/esp/fakes/hubspot.py`), starter tier: 100 "
         "requests in any 10 s",
         "- minimum: the calls the first sync needs at the documented batch sizes (Klaviyo: "
-        "10,000 profiles an import job, polled twice, 1,000 a subscription job, 100 emails a "
-        "profile-id look-up, 1,000 ids a list call, 1,000 profiles a bulk event job; HubSpot: "
+        "10,000 profiles an import job, which adds them to one list, so each segment's "
+        "joiners in its own jobs, polled twice, 1,000 a subscription job, 1,000 profiles a "
+        "bulk event job, no profile-id look-up or member call; HubSpot: "
         "100 contacts an upsert, 100,000 ids a list call, 500 events a batch, plus opening the "
         "session), each scheduled at the earliest its windows allow; the groups count apart, "
         "so the busiest one bounds the run (notes: calls and finish per group)",
