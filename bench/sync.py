@@ -313,14 +313,20 @@ def _calls(kind: str, tier: str, plan: Any) -> dict[str, tuple[int, list[tuple[i
     if kind == "klaviyo":
         subscribed = sum(1 for p in people if p.subscribed is True)
         with_events = len({ev.person.email for _cid, ev in plan.events})
-        imports = math.ceil(len(people) / fake_klaviyo.MAX_IMPORT_PROFILES)
+        # An import job adds its profiles to one list: the people joining a segment
+        # are imported in its list's jobs, those joining none in jobs of their own.
+        upserting = set(plan.upserts)
+        joins = [sum(1 for pid in pids if pid in upserting) for pids in plan.adds.values()]
+        joining = {pid for pids in plan.adds.values() for pid in pids}
+        alone = sum(1 for pid in plan.upserts if pid not in joining)
+        per_job = fake_klaviyo.MAX_IMPORT_PROFILES
+        imports = math.ceil(alone / per_job) + sum(math.ceil(j / per_job) for j in joins)
         # A job is polled until complete: the fake answers "processing" job_polls times.
         polls = 1 + 1
         counts = {
-            "lists": 1 + segments + sum(math.ceil(a / klaviyo.MEMBER_IDS) for a in adds),
+            "lists": 1 + segments,
             "jobs": imports * (1 + polls)
             + math.ceil(subscribed / fake_klaviyo.MAX_SUBSCRIPTION_PROFILES),
-            "profiles": math.ceil(len(people) / klaviyo.PROFILE_PAGE),
             "event-jobs": math.ceil(with_events / klaviyo.EVENT_PROFILES),
         }
         limits = fake_klaviyo.LIMITS
@@ -557,8 +563,9 @@ def describe(quick: bool) -> str:
         "sliding windows; HubSpot fake (`plugins/esp/fakes/hubspot.py`), starter tier: 100 "
         "requests in any 10 s",
         "- minimum: the calls the first sync needs at the documented batch sizes (Klaviyo: "
-        "10,000 profiles an import job, polled twice, 1,000 a subscription job, 100 emails a "
-        "profile-id look-up, 1,000 ids a list call, 1,000 profiles a bulk event job; HubSpot: "
+        "10,000 profiles an import job, which adds them to one list, so each segment's "
+        "joiners in its own jobs, polled twice, 1,000 a subscription job, 1,000 profiles a "
+        "bulk event job, no profile-id look-up or member call; HubSpot: "
         "100 contacts an upsert, 100,000 ids a list call, 500 events a batch, plus opening the "
         "session), each scheduled at the earliest its windows allow; the groups count apart, "
         "so the busiest one bounds the run (notes: calls and finish per group)",

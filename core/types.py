@@ -382,7 +382,10 @@ class SyncPerson:
     """One person as a connector syncs them: identifiers, the mapped properties,
     email marketing consent (True granted, False withdrawn or unsubscribed,
     None never asked: never synced as subscribed) and, given to membership
-    calls, ``remote_id``: what the connector answered for them before."""
+    calls, ``remote_id``: what the connector answered for them before.
+    ``add_to``, given to the upserts of a connector whose ``SyncApi`` has
+    ``adds_on_upsert``: the segments the person joins in this run, which the
+    upsert adds them to (an ``ok`` answer confirms those too)."""
 
     profile_id: int
     email: str
@@ -390,6 +393,7 @@ class SyncPerson:
     properties: Mapping[str, Any] = field(default_factory=dict)
     subscribed: bool | None = None
     remote_id: str | None = None
+    add_to: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,10 @@ class SyncLimits:
     # listed here is paced by its windows and has ``concurrency`` connections
     # of its own, instead of sharing the token bucket above.
     windows: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    # Upsert calls in flight at once (None: ``concurrency``). One call of many
+    # requests already keeps its windows full; one at a time, each is answered,
+    # and its people's events can go, as early as the windows allow.
+    upserts_at_once: int | None = None
 
 
 @dataclass(frozen=True)
@@ -508,6 +516,9 @@ class SyncApi:
     # (method, path) -> the rate group the API counts the request in (a key
     # of ``limits.windows``); None: every request in one group.
     rate_group: Callable[[str, str], str] | None = None
+    # The upsert adds people to their ``SyncPerson.add_to`` segments itself (an
+    # API whose bulk import takes a list: no member calls, no ids looked up).
+    adds_on_upsert: bool = False
 
 
 # -- recommendations ------------------------------------------------------------

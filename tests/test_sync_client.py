@@ -216,3 +216,54 @@ def test_resize_paces_by_the_window_the_api_names_counting_what_was_sent():
         # The request before the resize counts: the third after it waits for the window.
         assert run(resized()) >= 0.25
     assert api.count == 4
+
+
+class Windowed(FakeApi):
+    """At most ``n`` requests counted in any ``seconds`` (429 past them); the
+    first ``fail`` meet a 500 before they are counted, as a 5xx or a dropped
+    connection does at Klaviyo; every answer says what is left."""
+
+    name = "windowed"
+
+    def __init__(self, n: int, seconds: float, fail: int) -> None:
+        super().__init__()
+        self.n, self.seconds, self.fail = n, seconds, fail
+        self.counted = 0
+        self.route("POST", "/count")(self.add)
+
+    def add(self, request: Request) -> Response:
+        if self.fail:
+            self.fail -= 1
+            status = 500
+        elif self.windows.take("w", self.n, self.seconds):
+            self.counted += 1
+            status = 200
+        else:
+            status = 429
+        left, _reset = self.windows.state("w", self.n, self.seconds)
+        return Response(status, {}, {"X-Left": str(left), "Retry-After": "1"})
+
+
+def test_requests_the_api_did_not_count_give_their_window_slot_back():
+    api = Windowed(3, 0.8, fail=2)
+    limits = SyncLimits(concurrency=1, windows={"": ((3, 0.8),)})
+
+    def state(response: httpx.Response) -> tuple[int, float] | None:
+        return int(response.headers["X-Left"]), 0.0
+
+    with running(api) as url:
+
+        async def three():
+            client = SyncClient(url, limits, rate_state=state, backoff=FAST)
+            async with client:
+                start = time.monotonic()
+                for _ in range(3):
+                    await client.request("POST", "/count")
+                return time.monotonic() - start, client
+
+        elapsed, client = run(three())
+    # Two 500s and three answers: five sent, three counted; waiting for the
+    # 500s' slots to leave the window would take 0.8 s, and a slot given back
+    # too many would have met a 429.
+    assert api.counted == 3 and client.stats.requests == 5 and client.stats.throttled == 0
+    assert client.stats.uncounted == 2 and elapsed < 0.5

@@ -251,6 +251,9 @@ def test_faults_are_retried_and_end_in_the_same_remote_state(db_url, tmp_path, k
 def test_a_run_killed_between_the_answer_and_the_state_write_ends_the_same(
     backend, tmp_path, kind, crash_at, request
 ):
+    if kind == "klaviyo" and crash_at == "sync.sent:2":
+        # Its upsert adds the memberships: these people's first sync is one call.
+        pytest.skip("a Klaviyo first sync of these people has one write step")
     db_url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
     store(db_url, tmp_path)
     api = make_fake(kind, KINDS[kind]["tier"])

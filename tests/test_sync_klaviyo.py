@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -101,7 +102,7 @@ def test_the_remote_state_is_segflows_and_no_event_is_stored_twice_after_faults(
 
 
 async def _session_call(url: str, call):
-    t = target(url, segments=("gold",))
+    t = target(url, segments=("gold", "silver"))
     client = SyncClient(t.base_url, klaviyo.LIMITS, headers=klaviyo.auth_headers(t))
     async with client, klaviyo.open_session(t, client) as session:
         session.poll = 0.01
@@ -109,52 +110,60 @@ async def _session_call(url: str, call):
 
 
 def test_calls_split_at_the_documented_sizes_and_a_refused_record_fails_alone(monkeypatch):
-    # With one refused: one more than a membership or subscription call takes.
-    n = klaviyo.MEMBER_IDS + 2
+    # With one refused: one more than a subscription call takes.
+    n = klaviyo.SUBSCRIPTION_PROFILES + 2
+    # Everyone joins gold, every third silver too; the last joins nothing.
     persons = [
-        SyncPerson(i, f"b{i}@example.com", properties={"first_name": f"B{i}"}, subscribed=True)
-        for i in range(n)
-    ]
+        SyncPerson(i, f"b{i}@example.com", properties={"first_name": f"B{i}"}, subscribed=True,
+                   add_to=frozenset({"gold"} | ({"silver"} if i % 3 == 0 else set())))
+        for i in range(n - 1)
+    ] + [SyncPerson(n - 1, "b-last@example.com", subscribed=True)]  # fmt: skip
     bad = n // 2
-    persons[bad] = SyncPerson(bad, "b-bad@nowhere", subscribed=True)
+    persons[bad] = SyncPerson(bad, "b-bad@nowhere", subscribed=True, add_to=frozenset({"gold"}))
     api = make_api("fast")
     with running(api) as url:
         results = asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, persons)))
-        assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 1
+        # A job a list (gold, silver) and one for those joining none; no ids read back.
+        assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 3
+        # Consent for the imported only: the refused address is not subscribed.
         assert requests(api, "POST", "/api/profile-subscription-bulk-create-jobs") == 2
-        # The ids read back a page of emails at a time.
-        pages = -(-(n - 1) // klaviyo.PROFILE_PAGE)
-        assert requests(api, "GET", "/api/profiles") == pages
+        assert requests(api, "GET", "/api/profiles") == 0
         assert results[bad].status == "failed" and "email" in (results[bad].reason or "")
-        good = [r for i, r in enumerate(results) if i != bad]
-        assert {r.status for r in good} == {"ok"}
-        assert good[0].remote_id == api.profile_by_email("b0@example.com")["id"]
-        members = [
-            SyncPerson(p.profile_id, p.email, remote_id=r.remote_id)
-            for p, r in zip(persons, results, strict=True)
-            if r.status == "ok"
-        ]
-        # A stale id (the profile erased in Klaviyo since) fails alone.
-        members[3] = SyncPerson(3, "b3@example.com", remote_id="01KNOSUCHPROFILE")
-        added = asyncio.run(_session_call(url, lambda s: klaviyo.add(s, "gold", members)))
-        list_id = api.list_id("segflow: gold")
-        assert requests(api, "POST", f"/api/lists/{list_id}/relationships/profiles") >= 2
-        assert added[3].status == "failed" and "01KNOSUCHPROFILE" in (added[3].reason or "")
-        assert [r.status for i, r in enumerate(added) if i != 3] == ["ok"] * (len(members) - 1)
-        assert len(api.list_members(list_id)) == len(members) - 1
+        assert {r.status for i, r in enumerate(results) if i != bad} == {"ok"}
+        gold, silver = api.list_id("segflow: gold"), api.list_id("segflow: silver")
+        assert len(api.list_members(gold)) == n - 2
+        assert len(api.list_members(silver)) == len(range(0, n - 1, 3)) - (bad % 3 == 0)
+        assert api.consent("b5@example.com") == "SUBSCRIBED"
+        assert api.profile_by_email("b5@example.com")["first_name"] == "B5"
+        # An add (someone not upserted in the run) is an import of the addresses
+        # into the list, which leaves the rest of the profile as it was.
+        joined = asyncio.run(_session_call(url, lambda s: klaviyo.add(s, "silver", persons[1:3])))
+        assert [r.status for r in joined] == ["ok", "ok"]
+        assert {"b1@example.com", "b2@example.com"} <= set(api.list_members(silver))
+        assert api.profile_by_email("b1@example.com")["first_name"] == "B1"
+        # A removal looks up the ids it does not know, a page of emails at a time.
+        leaving = [replace(p, add_to=frozenset()) for p in persons[:150]]
+        before = requests(api, "GET", "/api/profiles")
+        out = asyncio.run(_session_call(url, lambda s: klaviyo.remove(s, "gold", leaving)))
+        assert {r.status for r in out} == {"ok"}
+        assert requests(api, "GET", "/api/profiles") - before == 2
+        assert len(api.list_members(gold)) == n - 2 - 150
         events = [
             SyncEvent(f"u{i}", "Entered segment gold", p, datetime.now(UTC))
-            for i, p in enumerate(members)
+            for i, p in enumerate(persons)
+            if i != bad
         ]
         sent = asyncio.run(_session_call(url, lambda s: klaviyo.events(s, events)))
         assert requests(api, "POST", "/api/event-bulk-create-jobs") == 2
         assert {r.status for r in sent} == {"ok"} and len(api.snapshot()["events"]) == n - 1
         # Above the profiles a job takes, the import is split in jobs.
         monkeypatch.setattr(klaviyo, "IMPORT_PROFILES", 400)
-        asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, persons)))
-        assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 1 + 3
-    assert klaviyo.LIMITS.profiles_per_call == 10_000
-    assert klaviyo.LIMITS.members_per_call == klaviyo.MEMBER_IDS == 1_000
+        plain = [replace(p, add_to=frozenset()) for p in persons]
+        asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, plain)))
+        assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 3 + 1 + 3
+    assert klaviyo.LIMITS.profiles_per_call == 50_000
+    assert klaviyo.LIMITS.members_per_call == 10_000
+    assert klaviyo.MEMBER_IDS == 1_000 and klaviyo.SYNC.adds_on_upsert
 
 
 def test_a_refused_record_fails_alone_and_is_retried_next_run(sqlite_url, tmp_path):
@@ -285,3 +294,34 @@ def test_an_import_job_that_does_not_complete_leaves_its_records_to_the_next_run
         asyncio.run(_session_call(url, slow))
     # Not subscribed yet: consent follows a completed import only.
     assert api.consent("j0@example.com") != "SUBSCRIBED"
+
+
+def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqlite_url, tmp_path):
+    from core.sync.engine import _save_cursor
+
+    ids = store(sqlite_url, tmp_path)
+    engine = open_db(sqlite_url)
+    api = make_api("fast")
+    sync = klaviyo.SYNC
+    # Calls of a few people each, so the run has several, one at a time.
+    small = replace(sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2)
+    connector = replace(esp_connectors()["klaviyo"], sync=replace(sync, limits=small))
+    with running(api) as url:
+        t = target(url, events=True)
+        _save_cursor(engine, t, 0)  # every segment entry is an event of this run
+        report = run_sync(engine, t, connector)
+        assert verify_sync(engine, t, connector).ok
+    assert report.upserted == report.people == len(ids) * 2 // 3 and not report.retry
+    assert report.added == report.people
+    assert api.snapshot()["people"] == wanted(engine, t)
+    paths = [(m, p.rstrip("/")) for m, p, _what in api.log]
+    # No member calls and no profile ids read back while syncing (verify reads after).
+    syncing = paths[: paths.index(("GET", "/api/lists"), 1)]
+    assert not [p for m, p in syncing if "relationships" in p or p == "/api/profiles"]
+    imports = [
+        n for n, (m, p) in enumerate(syncing) if (m, p) == ("POST", "/api/profile-bulk-import-jobs")
+    ]
+    events = [n for n, (m, p) in enumerate(syncing) if p == "/api/event-bulk-create-jobs"]
+    assert len(events) == report.events // 2 + report.events % 2
+    # The first call's events went before the last call's imports.
+    assert events[0] < imports[-1]

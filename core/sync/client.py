@@ -112,12 +112,37 @@ class SlidingWindows:
         self.windows = [(max(1, n), seconds + margin, deque[float]()) for n, seconds in windows]
         self.clock = clock
         self.lock = asyncio.Lock()
+        # Slots whose requests are not answered yet: the API may count them still.
+        self.unanswered: list[float] = []
+
+    def answered(self, at: float) -> None:
+        with contextlib.suppress(ValueError):
+            self.unanswered.remove(at)
 
     def release(self, at: float) -> None:
         """Give back the slot taken at ``at`` (the API refused it uncounted)."""
         for _n, _seconds, hits in self.windows:
             with contextlib.suppress(ValueError):
                 hits.remove(at)
+
+    def reconcile(self, left: int, sent_at: float) -> int:
+        """The API's answer to the request sent at ``sent_at`` says ``left`` are
+        left in its longest window: forget those of ours sent by then that it
+        cannot have counted (refused or dropped before it counted them), oldest
+        first, so room is never given back sooner than it frees. How many."""
+        n, seconds, hits = max(self.windows, key=lambda w: w[1])
+        now = self.clock()
+        # Ours sent by then and answered, less all it counted (which may include
+        # some sent later or still unanswered), were surely not counted: one sent
+        # earlier but not answered yet may only now be reaching its counter.
+        waiting = set(self.unanswered)
+        answered = [t for t in hits if now - seconds < t <= sent_at and t not in waiting]
+        excess = len(answered) - (n - max(0, left))
+        forgotten = 0
+        for at in answered[: max(0, excess)]:
+            self.release(at)
+            forgotten += 1
+        return forgotten
 
     def full(self) -> bool:
         """Whether a window is full: the API's count of none left is this client's."""
@@ -138,6 +163,7 @@ class SlidingWindows:
                 if wait <= 0:
                     for _n, _seconds, hits in self.windows:
                         hits.append(now)
+                    self.unanswered.append(now)
                     return now
                 await asyncio.sleep(wait)
 
@@ -147,6 +173,7 @@ class ClientStats:
     requests: int = 0
     retries: int = 0
     throttled: int = 0  # 429s met
+    uncounted: int = 0  # slots given back as the API's rate headers did not count them
     waited: float = 0.0  # seconds spent waiting on live rate headers and Retry-After
 
 
@@ -235,7 +262,11 @@ class SyncClient:
                     sent_at = await windows.take()
                 self.stats.requests += 1
                 try:
-                    response = await self.http.request(method, url, **kwargs)
+                    try:
+                        response = await self.http.request(method, url, **kwargs)
+                    finally:
+                        if windows is not None:
+                            windows.answered(sent_at)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     if refused := untrusted(exc):
                         raise SyncFailure(f"{method} {url}: {refused}") from None
@@ -249,7 +280,10 @@ class SyncClient:
                     response = None
             asked = None
             if response is not None:
-                self._read_rate(response, group)
+                if response.status_code == 429 and windows is not None:
+                    # A refused request takes no slot in the API's counters.
+                    windows.release(sent_at)
+                self._read_rate(response, group, sent_at if windows is not None else None)
                 if response.status_code == 401:
                     self.refused = KeyRefused(f"{method} {url.split('?')[0]}: HTTP 401", 401)
                     raise self.refused
@@ -259,9 +293,6 @@ class SyncClient:
                 if response.status_code == 429:
                     self.stats.throttled += 1
                     asked = _retry_after(response)
-                    if windows is not None:
-                        # A refused request takes no slot in the API's counters.
-                        windows.release(sent_at)
             if attempt + 1 < self.backoff.attempts:
                 self.stats.retries += 1
                 wait = self.backoff.delay(attempt, asked)
@@ -270,13 +301,19 @@ class SyncClient:
         status = response.status_code if response is not None else None
         raise SyncFailure(f"{method} {url}: {last} after {self.backoff.attempts} attempts", status)
 
-    def _read_rate(self, response: httpx.Response, group: str = "") -> None:
+    def _read_rate(
+        self, response: httpx.Response, group: str = "", sent_at: float | None = None
+    ) -> None:
         if self.rate_state is None:
             return
         state = self.rate_state(response)
         if state is not None:
             left, reset = state
             windows = self.windows.get(group)
+            if windows is not None and sent_at is not None:
+                # Requests that met a 5xx or a dropped connection before the API
+                # counted them hold no slot there: waiting for them wastes the window.
+                self.stats.uncounted += windows.reconcile(left, sent_at)
             if left <= 0 and reset > 0 and not (windows is not None and windows.full()):
                 # None left while our own windows have room: another client of the
                 # key used them, and only the API knows when they come back.

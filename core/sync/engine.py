@@ -583,41 +583,70 @@ async def _execute(engine, target, api: SyncApi, plan: Plan, report, progress, t
     client = _client(target, api, transport)
     _forget(engine, target, plan.forget)
     async with client, api.open(target, client) as session:
+        # Each upsert batch's people, once settled: their events go out then,
+        # beside the next batches, which an API that counts them apart paces apart.
+        settled: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        events = asyncio.ensure_future(_events(run, api, session, limits, settled))
+        tasks = [events]
         try:
-            await _upserts(run, api, session, limits)
-            # Events need only the upserts: they go out beside the memberships,
-            # which an API that counts them apart paces apart.
-            both = [
-                asyncio.ensure_future(_memberships(run, api, session, limits)),
-                asyncio.ensure_future(_events(run, api, session, limits)),
-            ]
             try:
-                await asyncio.gather(*both)
+                await _upserts(run, api, session, limits, settled)
             finally:
-                for task in both:
-                    task.cancel()
+                settled.put_nowait(None)
+            # Memberships need the upserts' remote ids: after them, beside the events.
+            tasks.append(asyncio.ensure_future(_memberships(run, api, session, limits)))
+            await asyncio.gather(*tasks)
         finally:
+            for task in tasks:
+                task.cancel()
             report.requests, report.throttled = client.stats.requests, client.stats.throttled
             if client.refused is not None:
                 raise client.refused
 
 
-async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
-    people = [run.plan.wanted[pid] for pid in run.plan.upserts]
+def _joining(run: _Run, api: SyncApi) -> dict[int, frozenset[str]]:
+    """The segments each person to upsert joins in this run, when the upsert adds them."""
+    if not api.adds_on_upsert:
+        return {}
+    upserting = set(run.plan.upserts)
+    joins: dict[int, set[str]] = {}
+    for segment, pids in run.plan.adds.items():
+        for pid in pids:
+            if pid in upserting:
+                joins.setdefault(pid, set()).add(segment)
+    return {pid: frozenset(segs) for pid, segs in joins.items()}
+
+
+async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Queue) -> None:
+    joins = _joining(run, api)
+    upserts = run.plan.upserts
+    if joins:
+        # People who join the same segments side by side: the connector's bulk
+        # jobs, one per segment joined, come out fewer and fuller.
+        upserts = sorted(upserts, key=lambda pid: (sorted(joins.get(pid, ())), pid))
+    people = [run.plan.wanted[pid] for pid in upserts]
 
     async def call(batch):
-        return await api.upsert(session, [w.person for w in batch])
+        sent = [replace(w.person, add_to=joins.get(w.person.profile_id, frozenset()))
+                for w in batch]  # fmt: skip
+        return await api.upsert(session, sent)
 
+    at_once = limits.upserts_at_once or limits.concurrency
     async for batch, results in _batches(
-        people, limits.profiles_per_call, call, limits.concurrency, ordered=False
+        people, limits.profiles_per_call, call, at_once, ordered=False
     ):
         crash_point("sync.sent")
         rows = []
+        joined = 0
         for wanted, result in zip(batch, results, strict=True):
             pid = wanted.person.profile_id
             if run.count(result, "upserted"):
                 if pid in run.plan.moved:
                     run.confirmed[pid] = set()
+                added = joins.get(pid, frozenset())
+                run.confirmed.setdefault(pid, set()).update(added)
+                run.report.added += len(added)
+                joined += len(added)
                 remote = result.remote_id or wanted.person.remote_id
                 person = replace(wanted.person, remote_id=remote)
                 run.plan.wanted[pid] = replace(wanted, person=person)
@@ -627,7 +656,8 @@ async def _upserts(run: _Run, api: SyncApi, session, limits) -> None:
                 rows.append((pid, wanted, result.status, result.reason, None))
         _write_upserts(run, rows)
         crash_point("sync.written")
-        run.tick(len(batch))
+        run.tick(len(batch) + joined)
+        settled.put_nowait([w.person.profile_id for w in batch])
 
 
 async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
@@ -648,6 +678,8 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
             crash_point("sync.written")
             run.tick(len(batch))
     for segment, pids in sorted(run.plan.adds.items()):
+        # Those the upsert added (adds_on_upsert) are confirmed already.
+        pids = [pid for pid in pids if segment not in run.confirmed.get(pid, ())]
         ready = [pid for pid in pids if pid in run.has_state]
         waiting = len(pids) - len(ready)
         if waiting:
@@ -670,45 +702,91 @@ async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
             run.tick(len(batch))
 
 
-async def _events(run: _Run, api: SyncApi, session, limits) -> None:
+async def _events(run: _Run, api: SyncApi, session, limits, settled: asyncio.Queue) -> None:
+    """Send each person's segment events once their upsert is settled (at
+    once for those not upserted this run), ``events_per_call`` a call, while
+    later upserts are still going; the cursor stops before the first event
+    not delivered, so the next run sends it again."""
     plan, target = run.plan, run.target
     if not target.events:
+        while await settled.get() is not None:
+            pass
         return
-    # Events of people whose upsert failed wait with them; the cursor stops
-    # before the first event not delivered, so the next run sends it again.
-    sendable = [
-        (cid, replace(ev, person=plan.wanted[ev.person.profile_id].person))
-        for cid, ev in plan.events
-        if ev.person.profile_id in run.has_state
-    ]
-    held = [cid for cid, ev in plan.events if ev.person.profile_id not in run.has_state]
-    if api.events is None:
-        sendable, held = [], []
-    if held:
-        run.report.retry["not upserted"] = run.report.retry.get("not upserted", 0) + len(held)
-        run.tick(len(held))
-    first_retry = min(held, default=None)
+    items = plan.events if api.events is not None else []
+    upserting = set(plan.upserts)
+    waiting: dict[int, list[tuple[int, SyncEvent]]] = {}
+    queue: list[tuple[int, SyncEvent]] = []
+    for cid, ev in items:
+        pid = ev.person.profile_id
+        if pid in upserting:
+            waiting.setdefault(pid, []).append((cid, ev))
+        elif pid in run.has_state:
+            queue.append((cid, ev))
+        else:
+            waiting.setdefault(pid, []).append((cid, ev))
+    # Change ids not settled yet, in order: the cursor is just before the first.
+    unsettled = sorted(cid for cid, _ev in items)
+    open_ids = set(unsettled)
+    first = 0
     # Delivered past the first failure: remembered, so the next run does not send them again.
     done = set(plan.delivered)
+    slots = asyncio.Semaphore(max(1, limits.concurrency))
+    sending: list[asyncio.Task] = []
 
-    async def call(batch):
-        return await api.events(session, [ev for _, ev in batch])
+    def cursor() -> int:
+        nonlocal first
+        while first < len(unsettled) and unsettled[first] not in open_ids:
+            first += 1
+        return unsettled[first] - 1 if first < len(unsettled) else plan.cursor
 
-    size = limits.events_per_call
-    async for batch, results in _batches(sendable, size, call, limits.concurrency):
+    async def send(batch: list[tuple[int, SyncEvent]]) -> None:
+        async with slots:
+            try:
+                # With the remote id the upsert answered.
+                sent = [replace(ev, person=plan.wanted[ev.person.profile_id].person)
+                        for _cid, ev in batch]  # fmt: skip
+                outcome: Any = await api.events(session, sent)
+            except Exception as exc:  # noqa: BLE001 - the batch's events are retried
+                outcome = exc
+        results = _results(batch, outcome)
         crash_point("sync.sent")
         for (cid, _ev), result in zip(batch, results, strict=True):
             if run.count(result, "events") or result.status == "failed":
                 done.add(cid)
-            else:
-                first_retry = cid if first_retry is None else min(first_retry, cid)
-        reached = max(cid for cid, _ in batch)
-        if first_retry is not None:
-            reached = min(reached, first_retry - 1)
-        _save_cursor(run.engine, target, reached, done)
+                open_ids.discard(cid)
+        _save_cursor(run.engine, target, cursor(), done)
         crash_point("sync.written")
         run.tick(len(batch))
-    _save_cursor(run.engine, target, plan.cursor if first_retry is None else first_retry - 1, done)
+
+    size = max(1, limits.events_per_call)
+
+    def flush(last: bool = False) -> None:
+        nonlocal queue
+        while len(queue) >= size or (last and queue):
+            batch, queue = queue[:size], queue[size:]
+            sending.append(asyncio.ensure_future(send(batch)))
+
+    try:
+        flush()
+        while (pids := await settled.get()) is not None:
+            for pid in pids:
+                if pid in run.has_state:
+                    queue.extend(waiting.pop(pid, ()))
+            flush()
+        # The rest of a person whose upsert failed waits with them.
+        for pid in list(waiting):
+            if pid in run.has_state:
+                queue.extend(waiting.pop(pid))
+        held = sum(map(len, waiting.values()))
+        if held:
+            run.report.retry["not upserted"] = run.report.retry.get("not upserted", 0) + held
+            run.tick(held)
+        flush(last=True)
+        await asyncio.gather(*sending)
+    finally:
+        for task in sending:
+            task.cancel()
+    _save_cursor(run.engine, target, cursor(), done)
 
 
 # -- state writes ----------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 Lists: each synced segment is the list named ``options.list_prefix`` (default
 ``"segflow: "``) + the segment, found by name or created when the session opens.
 
-- upsert: a profile bulk import job (``/api/profile-bulk-import-jobs``, up
+- upsert: profile bulk import jobs (``/api/profile-bulk-import-jobs``, up
   to 10,000 profiles or 5 MB a job), polled to complete; the job's import
   errors are mapped back to their records (a refused profile fails alone).
-  Then consent: people with consent are subscribed to email marketing
-  (``profile-subscription-bulk-create-jobs``), withdrawals unsubscribed
-  (``...-bulk-delete-jobs``), people never asked left as they are. Last,
-  the profile ids are read back (``GET /api/profiles`` filtered by
-  ``any(email, [...])``) and answered as each record's remote id;
-- membership: ``POST`` / ``DELETE /api/lists/{id}/relationships/profiles``,
-  1,000 ids a call;
+  A job takes a list (``relationships.lists``) its profiles join, so the
+  people who join segments in the run are imported in the jobs of those
+  segments' lists (``SyncApi.adds_on_upsert``; someone joining two is in
+  two jobs). Then consent: people with consent are subscribed to
+  email marketing (``profile-subscription-bulk-create-jobs``), withdrawals
+  unsubscribed (``...-bulk-delete-jobs``), people never asked left as they
+  are. No profile ids are read back: nothing but a removal needs them;
+- membership: an add is an import job of the addresses into the list; a
+  removal looks up the ids it does not know (``GET /api/profiles`` filtered
+  by ``any(email, [...])``) and takes them out (``DELETE``)
+  ``/api/lists/{id}/relationships/profiles``, 1,000 ids a call;
 - events: ``/api/event-bulk-create-jobs`` with the metric named as the event
   and ``unique_id`` set: Klaviyo drops an event whose unique id it already
   has, so a resend is no duplicate;
@@ -39,7 +43,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core import (
@@ -73,14 +77,21 @@ MEMBER_PAGE = 1_000
 # endpoint the connector calls, bulk event jobs included; counted per group.
 M_TIER = ((10, 1.0), (150, 60.0))
 GROUPS = ("profiles", "lists", "jobs", "event-jobs")
+# An upsert call is cut into import jobs of IMPORT_PROFILES, one list a job:
+# the more people a call holds, the fewer part-filled jobs its segments leave.
+UPSERT_PEOPLE = 5 * IMPORT_PROFILES
 LIMITS = SyncLimits(
-    profiles_per_call=IMPORT_PROFILES,
-    members_per_call=MEMBER_IDS,
-    events_per_call=1_000,
+    profiles_per_call=UPSERT_PEOPLE,
+    # An add is an import job of up to IMPORT_PROFILES addresses; a removal
+    # call takes MEMBER_IDS ids, and the connector cuts it so.
+    members_per_call=IMPORT_PROFILES,
+    events_per_call=EVENT_PROFILES,
     requests_per_second=2.5,
     burst=10,
     concurrency=4,
     windows={group: M_TIER for group in GROUPS},
+    # A call's import and subscription jobs fill the jobs group's windows alone.
+    upserts_at_once=1,
 )
 # Klaviyo's own profile fields; any other mapped property is a custom one.
 PROFILE_FIELDS = frozenset(
@@ -276,12 +287,15 @@ def _profile(person: SyncPerson) -> dict[str, Any]:
     return {"type": "profile", "attributes": attributes}
 
 
-def _jobs(people: Sequence[SyncPerson]) -> list[list[int]]:
+def _jobs(
+    people: Sequence[SyncPerson], profile: Callable[[SyncPerson], dict[str, Any]] | None = None
+) -> list[list[int]]:
     """Record indexes per import job: at most IMPORT_PROFILES and IMPORT_BYTES each."""
+    make = profile or _profile
     jobs: list[list[int]] = [[]]
     size = 0
     for i, person in enumerate(people):
-        n = len(json.dumps(_profile(person), default=str)) + 1
+        n = len(json.dumps(make(person), default=str)) + 1
         if jobs[-1] and (len(jobs[-1]) >= IMPORT_PROFILES or size + n > IMPORT_BYTES):
             jobs.append([])
             size = 0
@@ -290,14 +304,22 @@ def _jobs(people: Sequence[SyncPerson]) -> list[list[int]]:
     return [j for j in jobs if j]
 
 
-async def _import(session: Session, people: Sequence[SyncPerson]) -> dict[int, str]:
-    """One import job, polled to complete: the refused records, index -> reason."""
-    body = {
-        "data": {
-            "type": "profile-bulk-import-job",
-            "attributes": {"profiles": {"data": [_profile(p) for p in people]}},
-        }
+async def _import(
+    session: Session,
+    people: Sequence[SyncPerson],
+    list_id: str | None = None,
+    profile: Callable[[SyncPerson], dict[str, Any]] | None = None,
+) -> dict[int, str]:
+    """One import job (adding the people to ``list_id``, when given), polled to
+    complete: the refused records, index -> reason."""
+    make = profile or _profile
+    data: dict[str, Any] = {
+        "type": "profile-bulk-import-job",
+        "attributes": {"profiles": {"data": [make(p) for p in people]}},
     }
+    if list_id is not None:
+        data["relationships"] = {"lists": {"data": [{"type": "list", "id": list_id}]}}
+    body = {"data": data}
     # Importing the same profiles twice leaves the same profiles.
     job = await _json(session, "POST", "/api/profile-bulk-import-jobs", json=body, idempotent=True)
     job_id = job["data"]["id"]
@@ -415,27 +437,52 @@ async def _all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
             task.cancel()
 
 
+def _imports(
+    session: Session,
+    people: Sequence[SyncPerson],
+    parts: Iterable[tuple[str | None, list[int]]],
+    profile: Callable[[SyncPerson], dict[str, Any]] | None = None,
+) -> list[Awaitable[dict[int, str]]]:
+    """Import jobs of ``people`` for each (list id or None, record indexes):
+    each job's refused records as indexes into ``people``."""
+
+    async def job(part: list[int], list_id: str | None) -> dict[int, str]:
+        refused = await _import(session, [people[i] for i in part], list_id, profile)
+        return {part[n]: why for n, why in refused.items()}
+
+    calls = []
+    for list_id, indexes in parts:
+        for chunk in _jobs([people[i] for i in indexes], profile):
+            calls.append(job([indexes[n] for n in chunk], list_id))
+    return calls
+
+
 async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
-    failed: dict[int, str] = {}
-    for job in _jobs(people):
-        refused = await _import(session, [people[i] for i in job])
-        failed.update({job[n]: why for n, why in refused.items()})
-    imported = [i for i in range(len(people)) if i not in failed]
-    # Consent jobs and the id look-ups count in different groups: side by side.
-    refused, ids = await _all([
-        _consent(session, [people[i] for i in imported]),
-        profile_ids(session, [people[i].email for i in imported]),
-    ])  # fmt: skip
-    failed.update({imported[n]: why for n, why in refused.items()})
-    results = []
+    """Import the people, each into the lists of the segments they join
+    (``add_to``: a job adds its profiles to one list, so one who joins two
+    is imported twice, harmlessly), jobs side by side, then set their consent. No
+    profile ids are read back: the lists are joined by email, and a removal
+    looks its ids up."""
+    joining: dict[str, list[int]] = {}
     for i, person in enumerate(people):
-        if i in failed:
-            results.append(RecordResult("failed", failed[i]))
-        elif (pid := ids.get(person.email.lower())) is not None:
-            results.append(RecordResult.ok(pid))
-        else:
-            results.append(RecordResult("retry", "no profile after the import"))
-    return results
+        for segment in sorted(person.add_to):
+            joining.setdefault(segment, []).append(i)
+    parts: list[tuple[str | None, list[int]]] = [
+        (None, [i for i, p in enumerate(people) if not p.add_to])
+    ]
+    parts += [(session.lists[segment], ix) for segment, ix in sorted(joining.items())]
+    failed: dict[int, str] = {}
+    for refused in await _all(_imports(session, people, [(lid, ix) for lid, ix in parts if ix])):
+        for i, why in refused.items():
+            failed.setdefault(i, why)
+    # Consent after the import completes: a profile Klaviyo refused is not subscribed.
+    imported = [i for i in range(len(people)) if i not in failed]
+    refused = await _consent(session, [people[i] for i in imported])
+    failed.update({imported[n]: why for n, why in refused.items()})
+    return [
+        RecordResult("failed", failed[i]) if i in failed else RecordResult.ok(p.remote_id)
+        for i, p in enumerate(people)
+    ]
 
 
 # -- membership ------------------------------------------------------------------------
@@ -445,35 +492,45 @@ def _members_body(people: Sequence[SyncPerson]) -> dict[str, Any]:
     return {"data": [{"type": "profile", "id": p.remote_id} for p in people]}
 
 
-async def _membership(
-    session: Session, method: str, segment: str, people: Sequence[SyncPerson]
-) -> list[RecordResult]:
-    path = f"/api/lists/{session.lists[segment]}/relationships/profiles"
-    known = [i for i, p in enumerate(people) if p.remote_id]
-    failed: dict[int, str] = {}
-    for start in range(0, len(known), MEMBER_IDS):
-        part = known[start : start + MEMBER_IDS]
-        # Adding a member twice, or removing one twice, leaves the same list.
-        refused = await _excluding(
-            session, method, path, [people[i] for i in part], _members_body, idempotent=True
-        )
-        failed.update({part[n]: why for n, why in refused.items()})
-    return [
-        RecordResult("failed", failed[i]) if i in failed
-        else RecordResult.ok(p.remote_id) if p.remote_id
-        else RecordResult("failed", "no Klaviyo profile id")
-        for i, p in enumerate(people)
-    ]  # fmt: skip
+def _email_only(person: SyncPerson) -> dict[str, Any]:
+    return {"type": "profile", "attributes": {"email": person.email}}
 
 
 async def add(session: Session, segment: str, people: Sequence[SyncPerson]) -> list[RecordResult]:
-    return await _membership(session, "POST", segment, people)
+    """Import jobs of the people's email addresses into the segment's list: no
+    profile ids needed, and an import leaves the other fields as they are."""
+    list_id = session.lists[segment]
+    jobs = _imports(session, people, [(list_id, list(range(len(people))))], _email_only)
+    failed: dict[int, str] = {}
+    for refused in await _all(jobs):
+        failed.update(refused)
+    return [
+        RecordResult("failed", failed[i]) if i in failed else RecordResult.ok(p.remote_id)
+        for i, p in enumerate(people)
+    ]
 
 
 async def remove(
     session: Session, segment: str, people: Sequence[SyncPerson]
 ) -> list[RecordResult]:
-    return await _membership(session, "DELETE", segment, people)
+    path = f"/api/lists/{session.lists[segment]}/relationships/profiles"
+    unknown = [p.email for p in people if not p.remote_id]
+    ids = await profile_ids(session, unknown) if unknown else {}
+    people = [p if p.remote_id else replace(p, remote_id=ids.get(p.email.lower())) for p in people]
+    known = [i for i, p in enumerate(people) if p.remote_id]
+    failed: dict[int, str] = {}
+    for start in range(0, len(known), MEMBER_IDS):
+        part = known[start : start + MEMBER_IDS]
+        # Removing a member twice leaves the same list.
+        refused = await _excluding(
+            session, "DELETE", path, [people[i] for i in part], _members_body, idempotent=True
+        )
+        failed.update({part[n]: why for n, why in refused.items()})
+    # No profile with the address: no member to take out.
+    return [
+        RecordResult("failed", failed[i]) if i in failed else RecordResult.ok(p.remote_id)
+        for i, p in enumerate(people)
+    ]
 
 
 # -- events ----------------------------------------------------------------------------
@@ -516,14 +573,19 @@ async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordRes
         by_email.setdefault(event.person.email.lower(), []).append(event)
     groups = list(by_email.items())
     failed: dict[str, str] = {}
-    for start in range(0, len(groups), EVENT_PROFILES):
-        part = groups[start : start + EVENT_PROFILES]
+
+    async def job(part: list[tuple[str, list[SyncEvent]]]) -> None:
         # Klaviyo drops an event whose unique_id it already has: a resend is no duplicate.
         refused = await _excluding(
             session, "POST", "/api/event-bulk-create-jobs", part, _events_body, idempotent=True
         )
         for n, why in refused.items():
             failed.update({e.unique_id: why for e in part[n][1]})
+
+    await _all(
+        job(groups[start : start + EVENT_PROFILES])
+        for start in range(0, len(groups), EVENT_PROFILES)
+    )
     return [
         RecordResult("failed", failed[e.unique_id]) if e.unique_id in failed else RecordResult.ok()
         for e in items
@@ -609,6 +671,7 @@ SYNC = SyncApi(
     rate_state=rate_state,
     memberships=("list",),
     rate_group=rate_group,
+    adds_on_upsert=True,
 )
 
 

@@ -700,6 +700,12 @@ class KlaviyoApi(FakeApi):
                     "email is required to subscribe to email marketing",
                     pointer=f"/data/attributes/profiles/data/{n}/attributes/email",
                 )
+            # An address Klaviyo would not import it does not subscribe either.
+            bad = self._validate_profile(
+                {"email": attrs["email"]}, f"/data/attributes/profiles/data/{n}/attributes"
+            )
+            if bad is not None:
+                return bad
         for attrs in profiles:
             pid, _ = self._upsert({"email": attrs["email"]})
             p = self.profiles[pid]
