@@ -396,3 +396,10 @@ def run_child(
             err.read().decode(errors="replace"),
             usage.ru_maxrss * 1024,
         )
+
+
+def compiled_env() -> dict[str, str]:
+    """This process's environment for a timed child command, without
+    PYTHONDONTWRITEBYTECODE (set in some sandboxes): it would make every
+    command recompile every module, where users' installs run from bytecode."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

@@ -27,7 +27,6 @@ hand-written SQL's (or, for incremental runs, against a full run's).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import sqlite3
@@ -625,13 +624,7 @@ def segflow_argv() -> list[str]:
 
 
 def cli_env(store: Store | None) -> dict[str, str]:
-    # PYTHONDONTWRITEBYTECODE (set in some sandboxes) would make every command
-    # recompile every module; users' installs run from compiled bytecode.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SEGFLOW_") and k != "PYTHONDONTWRITEBYTECODE"
-    }
+    env = {k: v for k, v in common.compiled_env().items() if not k.startswith("SEGFLOW_")}
     if store is not None:
         env["SEGFLOW_DATABASE_URL"] = store.url
     return env
