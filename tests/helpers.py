@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from core.db.tables import EVENTS, IDENTITIES, PROFILES
@@ -247,3 +248,20 @@ def serving(app: Any, *, port: int = 0, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# A fixture's ``params``: each test runs on SQLite and on the session's PostgreSQL.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def backend_url(request: Any, tmp_path_factory: Any, name: str) -> str:
+    """A fresh empty database on ``request.param``'s backend, for module-scoped
+    fixtures (the function-scoped ``db_url`` cannot serve them)."""
+    import uuid
+
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("pg_server")
+        db = f"m_{uuid.uuid4().hex[:12]}"
+        pg.create_database(db)
+        return pg.url(db)
+    return f"sqlite:///{tmp_path_factory.mktemp(name) / f'{name}.db'}"

@@ -20,7 +20,7 @@ from core.db import open_db
 from core.db.tables import EVENTS
 from core.keys import SCOPES, create_key
 from core.privacy.settings import CmpSettings, ConsentPolicy, PrivacySettings
-from tests.helpers import serving
+from tests.helpers import BACKENDS, backend_url, serving
 
 SECRET = "access-control-secret"
 WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
@@ -29,9 +29,9 @@ CMP = CmpSettings(secret_env="ACCESS_TEST_CMP_SECRET", purposes={"newsletter": "
 FRAMEWORK_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('access') / 'a.db'}"
+@pytest.fixture(scope="module", params=BACKENDS)
+def api(request, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    url = backend_url(request, tmp_path_factory, "access")
     engine = open_db(url)
     # The CMP webhook configured, with its secret set: an unsigned call meets its check.
     privacy = PrivacySettings(consent=ConsentPolicy(cmp=CMP))

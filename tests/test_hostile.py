@@ -5,9 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from core.api import MAX_BODY_BYTES
-from core.db import models
-from tests.test_api import count, server  # noqa: F401  (the real-server fixture)
+from core.api import MAX_BODY_BYTES, create_app
+from core.config import Settings
+from core.db import models, open_db
+from core.keys import create_key
+from tests.helpers import BACKENDS, serving
+from tests.test_api import SECRET, count
 
 JSON_ROUTES = [
     "/v1/track",
@@ -29,8 +32,20 @@ def _post(client: httpx.Client, path: str, key: str, body: bytes, ctype: str) ->
     )
 
 
+@pytest.fixture(params=BACKENDS)
+def server(request):
+    """A real server on 127.0.0.1 over a fresh database of each backend."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = request.getfixturevalue("fresh_sqlite")()
+    engine = open_db(url)
+    with serving(create_app(engine, Settings(database_url=url, secret_key=SECRET))) as base:
+        yield base, engine, create_key(engine, "site", ["events:write"])[1]
+
+
 @pytest.mark.parametrize("path", JSON_ROUTES)
-def test_hostile_bodies_get_a_clean_4xx_and_store_nothing(server, path):  # noqa: F811
+def test_hostile_bodies_get_a_clean_4xx_and_store_nothing(server, path):
     base, engine, key = server
     bodies = {
         "deep array": DEEP,

@@ -22,7 +22,7 @@ from core.api import create_app
 from core.config import Settings, WebhookConfig
 from core.db import open_db
 from core.keys import SCOPES, create_key
-from tests.helpers import serving
+from tests.helpers import BACKENDS, backend_url, serving
 
 SECRET = "hostile-openapi-secret"
 WEBHOOK = WebhookConfig(name="shop", style="shopify", secret="webhook-secret-1")
@@ -37,9 +37,9 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('openapi') / 'o.db'}"
+@pytest.fixture(scope="module", params=BACKENDS)
+def api(request, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    url = backend_url(request, tmp_path_factory, "openapi")
     engine = open_db(url)
     app = create_app(engine, Settings(database_url=url, secret_key=SECRET, webhooks=[WEBHOOK]))
     with serving(app) as base:
