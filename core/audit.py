@@ -53,6 +53,7 @@ ACTIONS: dict[str, str] = {
     "campaign.send": "a segment send started (target: the campaign; template, segment, via)",
     "sync.run": "a sync to a connector started (target: the connector)",
     "deploy.serve": "the flows were served as Prefect deployments (target: the name)",
+    "db.upgrade": "the schema was migrated (target: the new revision; from, to)",
 }
 
 # Consent and merge records name a profile id: they are the person's rows.

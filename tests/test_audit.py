@@ -174,6 +174,22 @@ def test_every_admin_action_writes_one_record_naming_who_what_and_when(project, 
     assert action in ACTIONS
 
 
+def test_a_schema_upgrade_is_recorded_once_and_a_no_op_is_not(tmp_path, run, monkeypatch):
+    from core.db import head_revision, make_engine, upgrade
+
+    monkeypatch.setenv("SEGFLOW_ACTOR", TEAM)
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(make_engine(url), "0014")
+    for _ in range(2):  # the second finds nothing to do
+        status, _, err = run("--db", url, "db", "upgrade")
+        assert status == 0, err
+    with make_engine(url).connect() as conn:
+        rows = conn.execute(sa.select(AUDIT).where(AUDIT.c.action == "db.upgrade")).all()
+    assert [(r.actor, r.target, r.details) for r in rows] == [
+        (TEAM, head_revision(), {"from": "0014", "to": head_revision()})
+    ]
+
+
 FAILS = {
     "bad-scope": ["keys", "create", "--name", "ops", "--scopes", "root"],
     "rotate-unknown": ["keys", "rotate", "nobody"],

@@ -140,11 +140,18 @@ def open_db(url: str, auto_upgrade: bool = True) -> Engine:
 
 
 def upgrade_schema(url: str) -> tuple[str | None, str]:
-    """Apply migrations up to the latest: (revision before or None, revision after)."""
+    """Apply migrations up to the latest: (revision before or None, revision after).
+    A change of schema is an admin action: audited (``db.upgrade``) once applied."""
+    from core.audit import record  # core.audit reads the tables this module builds
+
     engine = make_engine(url)
     before = current_revision(engine)
     upgrade(engine)
-    return before, current_revision(engine)
+    after = current_revision(engine)
+    if after != before:
+        with engine.begin() as conn:
+            record(conn, None, "db.upgrade", after, {"from": before, "to": after})
+    return before, after
 
 
 def schema_revisions(url: str) -> tuple[str | None, str]:
