@@ -481,12 +481,10 @@ def enter(
     registry: Registry | None = None,
     report: TickReport | None = None,
     looked: Iterable[str] = (),
-    started: set[int] | None = None,
 ) -> TickReport:
     """Start runs for ``entries`` (workflow name -> entries) and take them as far
     as they go now. ``looked``: workflows whose tick trigger produced these
-    entries; its look is recorded in the same transaction. ``started``, when
-    given, gets the ids of the runs started."""
+    entries; its look is recorded in the same transaction."""
     as_of = as_of or datetime.now(UTC)
     reg = registry or default_registry()
     report = report or TickReport(as_of=as_of)
@@ -503,8 +501,6 @@ def enter(
             )
             for chunk in _chunks(runs):
                 _advance_runs(conn, chunk, defs, env, report)
-            if started is not None:
-                started.update(run.id for run in runs)
         _mark_looked(conn, looked, as_of)
     return report
 
@@ -567,15 +563,12 @@ def on_events(
                 counts["event older than a day"] = counts.get("event older than a day", 0) + 1
             else:
                 entries[name].append(e)
-    # The runs these events start were just taken as far as they go at as_of,
-    # with the events stored: waking them again would do the same work twice.
-    started: set[int] = set()
-    enter(engine, entries, as_of=as_of, registry=reg, report=report, started=started)
+    enter(engine, entries, as_of=as_of, registry=reg, report=report)
     watching = [n for n, wf in current.items() if wf.exit_rule is not None or _waits_on_rules(wf)]
     if watching:
         pids = sorted({e.profile_id for e in events})
         for name in watching:
-            _wake(engine, reg, as_of, report, name, pids, woken_by_event=True, skip=started)
+            _wake(engine, reg, as_of, report, name, pids, woken_by_event=True)
     # A consent decision (identify traits, an unsubscribe, the API) ends the
     # person's marketing runs now, not at their next step.
     deciding = sorted({e.profile_id for e in events if e.type in CONSENT_CARRIERS})
@@ -617,9 +610,7 @@ def _waits_on_rules(wf: Workflow) -> bool:
     return any(n.kind == "wait_until" for n in wf.nodes.values())
 
 
-def _wake(
-    engine, reg, as_of, report, name, pids, *, woken_by_event=False, skip=frozenset()
-) -> None:
+def _wake(engine, reg, as_of, report, name, pids, *, woken_by_event=False) -> None:
     with engine.begin() as conn:
         defs = Definitions(conn, reg)
         env = DbEnv(conn, RuleEvaluator(conn, reg.kinds), as_of)
@@ -630,7 +621,6 @@ def _wake(
                 & (WORKFLOW_STATES.c.status == "active")
                 & WORKFLOW_STATES.c.profile_id.in_(chunk),
             )
-            runs = [run for run in runs if run.id not in skip]
             if runs:
                 _advance_runs(conn, runs, defs, env, report, woken_by_event=woken_by_event)
 
