@@ -158,35 +158,26 @@ def _upserts(dialect: str) -> tuple[sa.TextClause, ...] | None:
         sa.bindparam("last_ts", type_=UTCDateTime()),
         sa.bindparam("received", type_=UTCDateTime()),
     )
-    per_day = sa.text(
-        "INSERT INTO ingest_counts (day, source, accepted, duplicates, rejected) "
-        "VALUES (:day, :source, :accepted, :duplicates, :rejected) "
-        "ON CONFLICT (day, source) DO UPDATE SET "
-        "accepted = ingest_counts.accepted + excluded.accepted, "
-        "duplicates = ingest_counts.duplicates + excluded.duplicates, "
-        "rejected = ingest_counts.rejected + excluded.rejected"
-    ).bindparams(sa.bindparam("day", type_=sa.Date()))
-    per_property = sa.text(
-        "INSERT INTO ingest_minimised (day, source, type, property, action, count) "
-        "VALUES (:day, :source, :type, :property, :action, :count) "
-        "ON CONFLICT (day, source, type, property, action) DO UPDATE SET "
-        "count = ingest_minimised.count + excluded.count"
-    ).bindparams(sa.bindparam("day", type_=sa.Date()))
-    per_event_day = sa.text(
-        "INSERT INTO event_counts (day, type, events, value) "
-        "VALUES (:day, :type, :events, :value) "
-        "ON CONFLICT (day, type) DO UPDATE SET "
-        "events = event_counts.events + excluded.events, "
-        "value = event_counts.value + excluded.value"
-    ).bindparams(sa.bindparam("day", type_=sa.Date()))
-    per_product = sa.text(
-        "INSERT INTO product_counts (type, product_id, day, events, value) "
-        "VALUES (:type, :product_id, :day, :events, :value) "
-        "ON CONFLICT (type, product_id, day) DO UPDATE SET "
-        "events = product_counts.events + excluded.events, "
-        "value = product_counts.value + excluded.value"
-    ).bindparams(sa.bindparam("day", type_=sa.Date()))
+    per_day = _adding("ingest_counts", ("day", "source"), ("accepted", "duplicates", "rejected"))
+    per_property = _adding(
+        "ingest_minimised", ("day", "source", "type", "property", "action"), ("count",)
+    )
+    per_event_day = _adding("event_counts", ("day", "type"), ("events", "value"))
+    per_product = _adding("product_counts", ("type", "product_id", "day"), ("events", "value"))
     return per_type, per_day, per_property, per_event_day, per_product
+
+
+def _adding(table: str, keys: tuple[str, ...], counts: tuple[str, ...]) -> sa.TextClause:
+    """The upsert that adds a batch's ``counts`` to the row of its ``keys``
+    (``day``, where it is a key, bound as a date)."""
+    columns = (*keys, *counts)
+    sql = sa.text(
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f':{c}' for c in columns)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counts)
+    )
+    return sql.bindparams(sa.bindparam("day", type_=sa.Date())) if "day" in keys else sql
 
 
 def forget_events(conn: Connection, where: sa.ColumnElement[bool]) -> None:
