@@ -209,6 +209,20 @@ def wait_for(what: str, check, timeout: float, proc: subprocess.Popen, log: Path
         time.sleep(0.5)
 
 
+def start_deploy(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """`segflow deploy` started in ``folder``, its output in ``folder``/deploy.log."""
+    log = folder / "deploy.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "deploy"],
+            cwd=folder,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log
+
+
 def test_served_deployments_get_runs_from_their_schedules(prefect_server, tmp_path):
     """`segflow deploy` serves to the session's Prefect server; its scheduler
     creates runs at the configured times; stopping pauses the schedules."""
@@ -244,16 +258,8 @@ send = "6h"
         "PREFECT_API_URL": prefect_server,
         "SEGFLOW_ACTOR": "release-job",
     }
-    log = tmp_path / "deploy.log"
     started = datetime.now(UTC)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "deploy"],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    proc, log = start_deploy(tmp_path, env)
     try:
         with get_client(sync_client=True) as client:
 
@@ -331,15 +337,7 @@ name = "early"
 """,
     )
     env = child_env("flows.commands") | {"PREFECT_API_URL": prefect_server}
-    log = tmp_path / "deploy.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "deploy"],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    proc, log = start_deploy(tmp_path, env)
     try:
         with get_client(sync_client=True) as client:
 
