@@ -119,6 +119,8 @@ _LAZY = {
     "ProfileData": "core.segments.evaluate",
     "epoch_seconds": "core.segments.sqlfuncs",
     "driver_rows": "core.db.sql",
+    "SignatureError": "core.signatures",
+    "verify_timestamped": "core.signatures",
     "marks": "core.db.sql",
     "time_reader": "core.segments.batch",
     "json_key": "core.segments.sqlfuncs",
@@ -245,7 +247,9 @@ __all__ = [
     "database_summary",
     "delete_all_data",
     "describe_validation_error",
+    "SignatureError",
     "driver_rows",
+    "verify_timestamped",
     "epoch_seconds",
     "events_ingested_hook",
     "evaluate_profiles",
@@ -435,6 +439,7 @@ if TYPE_CHECKING:
     from core.segments.store import load_segment_files, run_segments
     from core.segments.values import matches
     from core.segments.where import Filter, Where, where_matches, where_sql
+    from core.signatures import SignatureError, verify_timestamped
     from core.source_state import load_cursor, save_cursor
     from core.stats import count_events, database_summary
     from core.sync.client import KeyRefused, SyncClient, SyncFailure, TransportFailure

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from core.api import SIGNED, ApiContext, ApiError, requires
 from core.ingestion import Event
 from core.profiles import ProfileNotFound
+from core.signatures import SignatureError
 from core.types import CommandError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def mount(app: FastAPI, ctx: ApiContext) -> None:
             cmp.verify(
                 body, request.headers.get(cmp.SIGNATURE_HEADER), secret, config.tolerance_seconds
             )
-        except cmp.SignatureError as exc:
+        except SignatureError as exc:
             raise ApiError(401, str(exc)) from None
         try:
             found = cmp.decisions(cmp.parse(body), config.purposes)
