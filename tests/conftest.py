@@ -239,6 +239,31 @@ def _drain_prefect_workers() -> None:
     run_coro_as_sync(drain())
 
 
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory, prefect_server):
+    """The demo flow (what `segflow demo` runs) on a small store, with its
+    settings from a segflow.toml, as a deployment would have them: (engine,
+    settings, the flow's summary with its ``flow_run_id``). Shared by the tests
+    that read the demo store; they must not change what the demo stored."""
+    from core.config import load_settings
+    from core.db import open_db
+    from plugins.demo.flow import demo
+
+    folder = tmp_path_factory.mktemp("demo")
+    config = folder / "segflow.toml"
+    config.write_text(
+        'secret_key = "a-secret-for-the-demo-emails-test"\n'
+        f'[esp.outbox]\nfolder = "{folder / "outbox"}"\n'
+    )
+    url = f"sqlite:///{folder / 'demo.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGFLOW_CONFIG", str(config))
+        patch.delenv("SEGFLOW_SECRET_KEY", raising=False)
+        state = demo(database_url=url, people=600, seed=5, return_state=True)
+        settings = load_settings(url)
+    return open_db(url), settings, state.result() | {"flow_run_id": state.state_details.flow_run_id}
+
+
 # -- shared data ----------------------------------------------------------------
 
 

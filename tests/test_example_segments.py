@@ -12,7 +12,6 @@ from core import condition_kinds, ingest, load_segment_files, parse_duration, ru
 from core.db import models, open_db
 from core.segments.testing import run_tests
 from flows.config import EXAMPLE_SEGMENTS
-from plugins.demo.flow import demo
 
 VISITORS = ("recent_visitors", "frequent_visitors", "engaged_browsers")
 AS_OF = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -71,10 +70,8 @@ def test_segment_tests_give_the_same_answer_through_the_sql_compiler(db_url):
 
 
 @pytest.mark.slow
-def test_demo_store_gives_each_visitor_segment_a_telling_size(fresh_sqlite, prefect_server):
-    url = fresh_sqlite()
-    summary = demo(database_url=url, people=300, days=30)
-    engine = open_db(url)
+def test_demo_store_gives_each_visitor_segment_a_telling_size(demo_store):
+    engine, _settings, summary = demo_store
     for name in VISITORS:
         assert 0 < summary["segments"][name] < summary["profiles"], (name, summary["segments"])
     # Two product views in a week are site activity in that week.

@@ -38,16 +38,10 @@ def recommend(conn, profile_id, *, k, as_of):
     return RECOMMENDED[:k]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, prefect_server):
-    """A small demo store with the example scores and segments run on it
-    (the demo flow, as `segflow demo`)."""
-    from core.db import open_db
-    from plugins.demo.flow import demo as demo_flow
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('demo')}/demo.db"
-    demo_flow(database_url=url, people=150, days=30)
-    return open_db(url)
+@pytest.fixture
+def demo(demo_store):
+    """The shared demo store, with the example scores and segments run on it."""
+    return demo_store[0]
 
 
 def demo_people(engine) -> dict[str, list[int]]:

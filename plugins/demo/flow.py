@@ -8,11 +8,14 @@
 
 The store's events are written to a JSON Lines file and imported by the
 pipeline's ingest step, as a shop's export would be. The workflows are saved
-before the import, so segment entries start runs; the last day's carts start
-theirs from the stored events (``history_since``), since events that arrive in
-a bulk load are older than a cart reminder allows. The sign-ups' consents come
-after the import (they need the profiles), so today's run records what is due
-and the run a day later, when the waits have ended, sends it.
+before the import, so segment entries start runs; the carts of the store's
+last day start theirs from the stored events (``history_since``), since events
+that arrive in a bulk load are older than a cart reminder allows. The store
+ends at the start of today (so it is the same all day); counting that day back
+from now would leave a late-evening demo with a couple of hours of carts. The
+sign-ups' consents come after the import (they need the profiles), so today's
+run records what is due and the run a day later, when the waits have ended,
+sends it.
 """
 
 from __future__ import annotations
@@ -56,13 +59,19 @@ def write_store_task(
     path = Path(folder) / EVENTS_FILE
     from rich.progress import Progress
 
+    end = datetime(now.year, now.month, now.day, tzinfo=UTC)
     with Progress(transient=True, disable=not progress) as bar:
         job = bar.add_task(f"generating {people:,} people x {days} days", total=None)
         written = write_events(
-            path, people=people, days=days, seed=seed, on_progress=lambda n: bar.advance(job, n)
+            path,
+            people=people,
+            days=days,
+            seed=seed,
+            end=end,
+            on_progress=lambda n: bar.advance(job, n),
         )
     get_run_logger().info("%d events written to %s", written, path)
-    return {"events_file": str(path), "events": written, "catalogue": catalogue}
+    return {"events_file": str(path), "events": written, "catalogue": catalogue, "end": end}
 
 
 @task(name="consents-and-emails", **ONCE)
@@ -105,7 +114,8 @@ def demo(
     outbox folder) and ``workflows``: what the example workflows (or those in
     ``workflows_dir``) did, a day later, with ``performed`` (None without a
     secret key: tracked links need it) and ``as_of``, the demo's "today" (the
-    emails are rendered as of then; the workflows run again a day later).
+    emails are rendered as of then; the workflows run again a day later) and
+    ``history_since``, from when stored events started runs (the store's last day).
     """
     settings = flow_settings(database_url)
     url = settings.database_url
@@ -121,7 +131,7 @@ def demo(
             workflows_dir=workflows_dir,
             as_of=now,
             perform=False,
-            history_since=now - LATER,
+            history_since=store["end"] - LATER,
         )
     sent = consents_and_emails_task(url, now)
     later = pipeline(
@@ -134,4 +144,4 @@ def demo(
         perform=bool(settings.secret_key),
     )
     summary = summarise_task(url, today, later) | {"catalogue": store["catalogue"]} | sent
-    return summary | {"as_of": now.isoformat()}
+    return summary | {"as_of": now.isoformat(), "history_since": (store["end"] - LATER).isoformat()}

@@ -79,13 +79,15 @@ def write_events(
     people: int,
     days: int,
     seed: int,
+    end: datetime,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the store's events to ``path`` as JSON Lines (what ``segflow import``
-    reads); how many. ``on_progress`` gets the count written every 10,000."""
+    """Write the store's events, the ``days`` up to ``end``, to ``path`` as JSON
+    Lines (what ``segflow import`` reads); how many. ``on_progress`` gets the
+    count written every 10,000."""
     n = 0
     with path.open("w", encoding="utf-8") as out:
-        for n, event in enumerate(generate(people, seed=seed, days=days), 1):
+        for n, event in enumerate(generate(people, seed=seed, days=days, end=end), 1):
             out.write(json.dumps(event, separators=(",", ":")))
             out.write("\n")
             if on_progress is not None and not n % 10_000:
