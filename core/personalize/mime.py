@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -64,6 +65,13 @@ def _domain(address: str, sender: str) -> str:
     return domain.lower()
 
 
+@functools.lru_cache(maxsize=64)
+def _sender(sender: str) -> tuple[str, str]:
+    # A send has one sender for all its emails: parsed once.
+    address = parseaddr(sender)[1]
+    return address, _domain(address, sender)
+
+
 def envelope_address(value: str) -> str:
     """The bare address of a header value (``Ann <ann@x.io>`` -> ``ann@x.io``)."""
     _, address = parseaddr(value)
@@ -91,8 +99,7 @@ def to_mime(email: RenderedEmail, sender: str, *, date: datetime | None = None) 
     """
     if not email.idempotency_key:
         raise ValueError("the email has no idempotency key")
-    sender_address = parseaddr(sender)[1]
-    domain = _domain(sender_address, sender)
+    sender_address, domain = _sender(sender)
     to_address = envelope_address(email.to)
     headers = [
         ("From", sender),
@@ -162,10 +169,13 @@ class PreparedMessage(EmailMessage):
     _built: object = None
 
     def _shape(self) -> object:
-        parts = self.get_payload() if self.is_multipart() else []
+        # The raw payloads: get_payload() parses each part's
+        # Content-Transfer-Encoding header through the header registry, which
+        # costs more than writing the message did.
+        parts = self._payload if isinstance(self._payload, list) else []
         return (
             list(self.raw_items()),
-            [(list(p.raw_items()), p.get_payload()) for p in parts],
+            [(list(p.raw_items()), p._payload) for p in parts],
         )
 
     def _freeze(self, wire: bytes) -> None:
