@@ -340,6 +340,39 @@ def test_a_frequency_cap_counts_every_workflow_and_defers_or_skips(sqlite_url, t
     assert [a["workflow"] for a in actions(engine)] == ["first", "second"]
 
 
+def test_a_cap_counts_its_whole_window_when_another_workflow_read_a_shorter_one(sqlite_url):
+    """One batch of events enters a run of a workflow with a short cap and wakes
+    a run of one with a long cap, for the same person: the long cap counts the
+    send of three days ago though the short one's read did not reach it."""
+    engine = open_db(sqlite_url)
+    save(engine, sender("hello", "skip"), """
+name: cart
+trigger: {event: add_to_cart}
+frequency_cap: {max: 5, per: 1h, then: skip}
+steps:
+  - wait: 1h
+  - send: {template: cart_abandonment}
+""", """
+name: nudge
+trigger: {segment_entered: buyers}
+frequency_cap: {max: 1, per: 7d, then: skip}
+steps:
+  - wait:
+      until: {event: purchase, within: 1d}
+      timeout: 5d
+      then: [{send: {template: welcome}}]
+""")  # fmt: skip
+    (pid,) = people(engine, 1)
+    enter(engine, {"hello": [Entry(pid, NOW - timedelta(days=3))]}, as_of=NOW - timedelta(days=3))
+    enter(engine, {"nudge": [Entry(pid, NOW - timedelta(hours=1))]}, as_of=NOW - timedelta(hours=1))
+    track(engine, cart("p0", 0, "c1"), {"type": "purchase", "user_id": "p0", "ts": at(0),
+                                        "value": 5.0, "currency": "USD"})  # fmt: skip
+    by = {r["workflow"]: r for r in runs(engine)}
+    assert by["cart"]["status"] == "active" and by["nudge"]["status"] == "completed"
+    assert [a["workflow"] for a in actions(engine)] == ["hello"]
+    assert ("skipped", "frequency cap 1 per 7d") in history(engine, by["nudge"]["id"])
+
+
 def test_quiet_hours_follow_the_persons_timezone(sqlite_url):
     engine = open_db(sqlite_url)
     save(engine, sender("night", "skip", 'quiet_hours: {start: "22:00", end: "07:00"}'))

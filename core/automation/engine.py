@@ -91,6 +91,9 @@ class TickReport(BaseModel):
 # -- what the step machine asks, answered from the database ---------------------------
 
 
+_ONE = timedelta(microseconds=1)
+
+
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
     try:
@@ -105,7 +108,9 @@ class DbEnv:
         self._members: dict[str, set[int]] = {}
         self._zones: dict[int, ZoneInfo] = {}
         self._sent: dict[int, list[datetime]] = defaultdict(list)
-        self._sent_loaded: set[int] = set()
+        # From when each person's marketing messages are loaded: a later batch
+        # of the same transaction may count over a wider window.
+        self._sent_since: dict[int, datetime] = {}
         self._since: datetime | None = None
         self._withdrawn: dict[int, str] = {}
         self._consent_read: set[int] = set()
@@ -125,8 +130,12 @@ class DbEnv:
                 self._zones[pid] = _zone(tz if isinstance(tz, str) else "UTC")
         if since is None:
             return
-        todo = [p for p in pids if p not in self._sent_loaded]
-        self._sent_loaded.update(todo)
+        # Read afresh when a wider window is asked for: a batch prefetches
+        # before it advances, when the sends recorded before are written.
+        todo = [p for p in pids if self._sent_since.get(p, since + _ONE) > since]
+        for pid in todo:
+            self._sent_since[pid] = since
+            self._sent.pop(pid, None)
         for chunk in _chunks(todo):
             for pid, at in self.conn.execute(
                 sa.select(MESSAGES.c.profile_id, MESSAGES.c.created_at).where(
@@ -168,7 +177,7 @@ class DbEnv:
         return self._zones.get(pid, ZoneInfo("UTC"))
 
     def sent_times(self, pid: int, since: datetime) -> list[datetime]:
-        if pid not in self._sent_loaded:
+        if pid not in self._sent_since:
             self.prefetch([pid], since)
         return [t for t in self._sent[pid] if t >= since]
 
@@ -339,7 +348,8 @@ def _advance_runs(
 ) -> list[Run]:
     caps = [defs.get(r.workflow, r.version).cap for r in runs]
     widest = max((c.per for c in caps if c is not None), default=None)
-    earliest = min((r.wake_at or env.as_of for r in runs), default=env.as_of)
+    # A run woken before its wake_at (an event met its rule) acts as of now.
+    earliest = min((min(r.wake_at or env.as_of, env.as_of) for r in runs), default=env.as_of)
     env.prefetch([r.profile_id for r in runs], earliest - widest if widest else None)
     for run in runs:
         advance(run, defs.get(run.workflow, run.version), env, woken_by_event=woken_by_event)
@@ -490,19 +500,26 @@ def enter(
     report = report or TickReport(as_of=as_of)
     with engine.begin() as conn:
         defs = Definitions(conn, reg)
-        evaluator = RuleEvaluator(conn, reg.kinds)
-        env = DbEnv(conn, evaluator, as_of)
-        for name, items in entries.items():
-            if name not in defs.latest or not items:
-                continue  # (a tick trigger with no one to start is still looked at)
-            version = defs.latest[name]
-            runs = _enrol(
-                conn, defs.get(name, version), version, items, evaluator, as_of, report.of(name)
-            )
-            for chunk in _chunks(runs):
-                _advance_runs(conn, chunk, defs, env, report)
+        _enter(conn, defs, DbEnv(conn, RuleEvaluator(conn, reg.kinds), as_of), entries, report)
         _mark_looked(conn, looked, as_of)
     return report
+
+
+def _enter(
+    conn: Connection,
+    defs: Definitions,
+    env: DbEnv,
+    entries: dict[str, Sequence[Entry]],
+    report: TickReport,
+) -> None:
+    for name, items in entries.items():
+        if name not in defs.latest or not items:
+            continue  # (a tick trigger with no one to start is still looked at)
+        version = defs.latest[name]
+        wf = defs.get(name, version)
+        runs = _enrol(conn, wf, version, items, env.evaluator, env.as_of, report.of(name))
+        for chunk in _chunks(runs):
+            _advance_runs(conn, chunk, defs, env, report)
 
 
 # -- triggers ------------------------------------------------------------------------------
@@ -547,34 +564,41 @@ def on_events(
         return None
     reg = registry or default_registry()
     as_of = max(datetime.now(UTC), max(e.ts for e in events))
-    with engine.connect() as conn:
-        current = Definitions(conn, reg).current()
-    if not current:
-        return None
-    report = TickReport(as_of=as_of)
-    entries: dict[str, list[Entry]] = {}
-    for name, wf in current.items():
-        if wf.trigger.on_events is None:
-            continue
-        entries[name] = []
-        for e in wf.trigger.on_events(wf.trigger_params, events):
-            if e.at < as_of - STALE_EVENTS:
-                counts = report.of(name).not_entered
-                counts["event older than a day"] = counts.get("event older than a day", 0) + 1
-            else:
-                entries[name].append(e)
-    enter(engine, entries, as_of=as_of, registry=reg, report=report)
-    watching = [n for n, wf in current.items() if wf.exit_rule is not None or _waits_on_rules(wf)]
-    if watching:
-        pids = sorted({e.profile_id for e in events})
-        for name in watching:
-            _wake(engine, reg, as_of, report, name, pids, woken_by_event=True)
-    # A consent decision (identify traits, an unsubscribe, the API) ends the
-    # person's marketing runs now, not at their next step.
-    deciding = sorted({e.profile_id for e in events if e.type in CONSENT_CARRIERS})
-    if deciding:
-        for name in [n for n, wf in current.items() if wf.marketing and n not in watching]:
-            _wake(engine, reg, as_of, report, name, deciding)
+    # One transaction, read once: the runs these events start and the runs of
+    # their people they wake share the definitions and the people's data (a
+    # per-batch cost the real-time path pays on every request's events).
+    with engine.begin() as conn:
+        defs = Definitions(conn, reg)
+        current = defs.current()
+        if not current:
+            return None
+        report = TickReport(as_of=as_of)
+        entries: dict[str, list[Entry]] = {}
+        for name, wf in current.items():
+            if wf.trigger.on_events is None:
+                continue
+            entries[name] = []
+            for e in wf.trigger.on_events(wf.trigger_params, events):
+                if e.at < as_of - STALE_EVENTS:
+                    counts = report.of(name).not_entered
+                    counts["event older than a day"] = counts.get("event older than a day", 0) + 1
+                else:
+                    entries[name].append(e)
+        env = DbEnv(conn, RuleEvaluator(conn, reg.kinds), as_of)
+        _enter(conn, defs, env, entries, report)
+        watching = [
+            n for n, wf in current.items() if wf.exit_rule is not None or _waits_on_rules(wf)
+        ]
+        if watching:
+            pids = sorted({e.profile_id for e in events})
+            for name in watching:
+                _wake_runs(conn, defs, env, report, name, pids, woken_by_event=True)
+        # A consent decision (identify traits, an unsubscribe, the API) ends the
+        # person's marketing runs now, not at their next step.
+        deciding = sorted({e.profile_id for e in events if e.type in CONSENT_CARRIERS})
+        if deciding:
+            for name in [n for n, wf in current.items() if wf.marketing and n not in watching]:
+                _wake_runs(conn, defs, env, report, name, deciding)
     return report
 
 
@@ -612,17 +636,20 @@ def _waits_on_rules(wf: Workflow) -> bool:
 
 def _wake(engine, reg, as_of, report, name, pids, *, woken_by_event=False) -> None:
     with engine.begin() as conn:
-        defs = Definitions(conn, reg)
         env = DbEnv(conn, RuleEvaluator(conn, reg.kinds), as_of)
-        for chunk in _chunks(pids):
-            runs = _runs(
-                conn,
-                (WORKFLOW_STATES.c.workflow == name)
-                & (WORKFLOW_STATES.c.status == "active")
-                & WORKFLOW_STATES.c.profile_id.in_(chunk),
-            )
-            if runs:
-                _advance_runs(conn, runs, defs, env, report, woken_by_event=woken_by_event)
+        _wake_runs(conn, Definitions(conn, reg), env, report, name, pids, woken_by_event)
+
+
+def _wake_runs(conn, defs, env, report, name, pids, woken_by_event=False) -> None:
+    for chunk in _chunks(pids):
+        runs = _runs(
+            conn,
+            (WORKFLOW_STATES.c.workflow == name)
+            & (WORKFLOW_STATES.c.status == "active")
+            & WORKFLOW_STATES.c.profile_id.in_(chunk),
+        )
+        if runs:
+            _advance_runs(conn, runs, defs, env, report, woken_by_event=woken_by_event)
 
 
 def _tick_entries(engine: Engine, reg: Registry, as_of: datetime) -> dict[str, list[Entry]]:
