@@ -350,7 +350,9 @@ def _advance_runs(
     widest = max((c.per for c in caps if c is not None), default=None)
     # A run woken before its wake_at (an event met its rule) acts as of now.
     earliest = min((min(r.wake_at or env.as_of, env.as_of) for r in runs), default=env.as_of)
-    env.prefetch([r.profile_id for r in runs], earliest - widest if widest else None)
+    pids = [r.profile_id for r in runs]
+    env.prefetch(pids, earliest - widest if widest else None)
+    env.evaluator.want(pids, env.as_of)
     for run in runs:
         advance(run, defs.get(run.workflow, run.version), env, woken_by_event=woken_by_event)
     crash_point("tick.advanced")

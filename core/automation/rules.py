@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection
 
 from core.segments.batch import evaluate_sql
-from core.segments.data import load_profile_data
+from core.segments.data import ProfilesLoader
 from core.segments.evaluate import ProfileData, evaluate
 from core.segments.kinds import ConditionKinds
 from core.segments.language import Rule, Segment, check_references, segment_refs
@@ -32,6 +32,12 @@ class RuleEvaluator:
         self.conn = conn
         self.segments = {n: s.segment for n, s in stored_segments(conn, kinds).items()}
         self._data: dict[tuple[int, datetime], ProfileData] = {}
+        self._loader = ProfilesLoader(conn)
+
+    def want(self, pids: Iterable[int], until: datetime) -> None:
+        """Rules may be evaluated for ``pids`` at times up to ``until``: their
+        data is read for all of them at once, when the first is needed."""
+        self._loader.want(pids, until)
 
     def _needed(self, rule: Rule) -> dict[str, Segment]:
         out: dict[str, Segment] = {}
@@ -54,7 +60,7 @@ class RuleEvaluator:
         if key not in self._data:
             if len(self._data) > 5000:
                 self._data.clear()
-            self._data[key] = load_profile_data(self.conn, pid, at)
+            self._data[key] = self._loader.get(pid, at)
         return self._data[key]
 
     def one(self, rule: Rule, pid: int, at: datetime) -> tuple[bool, datetime | None]:
@@ -77,6 +83,7 @@ class RuleEvaluator:
         """Those of ``pids`` for whom the rule holds at ``at``."""
         ids = sorted(set(pids))
         if len(ids) <= PYTHON_LIMIT:
+            self.want(ids, at)
             return {pid for pid in ids if self.one(rule, pid, at)[0]}
         segments = {**self._needed(rule), RULE: Segment(name=RULE, rule=rule)}
         result = evaluate_sql(self.conn, segments, at, ids, only={RULE})

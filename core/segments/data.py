@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -55,14 +58,122 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
         scores = latest_scores(cur, mark, profile_id, db_time(dialect.name, as_of))
     finally:
         cur.close()
-    events = []
-    for r in rows:
-        ts = parse(r[1])
-        props = r[9]
-        if isinstance(props, str | bytes):
-            props = orjson.loads(props)
-        events.append(EventRow(r[0], ts, *r[2:9], properties=props or {}, message_id=r[10]))
     attributes = found[0] if found else None
-    if isinstance(attributes, str | bytes):
-        attributes = orjson.loads(attributes)
-    return ProfileData(events=events, attributes=attributes or {}, consents=consents, scores=scores)
+    return ProfileData(
+        events=[_event_row(r, parse) for r in rows],
+        attributes=_attributes(attributes),
+        consents=consents,
+        scores=scores,
+    )
+
+
+_EVENT_COLUMNS = (
+    "type, ts, session_id, product_id, value, currency, url, campaign, source, properties,"
+    " message_id"
+)
+
+
+def _event_row(r: Any, parse: Any) -> EventRow:
+    props = r[9]
+    if isinstance(props, str | bytes):
+        props = orjson.loads(props)
+    return EventRow(r[0], parse(r[1]), *r[2:9], properties=props or {}, message_id=r[10])
+
+
+def _attributes(value: Any) -> dict[str, Any]:
+    if isinstance(value, str | bytes):
+        value = orjson.loads(value)
+    return value or {}
+
+
+# People read in one go, and held at most (their events are in memory).
+LOAD_CHUNK = 200
+MAX_LOADED = 5000
+
+
+class ProfilesLoader:
+    """What ``load_profile_data`` reads, for several people at once.
+
+    ``want(pids, until)`` names people whose data may be asked for at times up
+    to ``until``; the first ``get`` of one of them reads all of them in four
+    statements (their events up to ``until``, attributes, consents, and who
+    has scores), and each ``get(pid, at)`` then keeps the events up to ``at``.
+    Scores are read per (person, time), and only for people who have any: a
+    score's value as of a time depends on the model's runs up to then.
+    Anyone not wanted, or asked about past ``until``, is read alone.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._wanted: dict[int, datetime] = {}
+        self._loaded: dict[int, tuple[datetime, list[EventRow], dict[str, Any], set[str]]] = {}
+        self._scored: set[int] = set()
+
+    def want(self, pids: Iterable[int], until: datetime) -> None:
+        for pid in pids:
+            held = self._loaded.get(pid)
+            if held is None or held[0] < until:
+                self._wanted[pid] = max(until, self._wanted.get(pid, until))
+
+    def get(self, pid: int, at: datetime) -> ProfileData:
+        if pid in self._wanted and self._wanted[pid] >= at:
+            self._load(pid)
+        held = self._loaded.get(pid)
+        if held is None or held[0] < at:
+            return load_profile_data(self.conn, pid, at)
+        _until, events, attributes, consents = held
+        cut = bisect.bisect_right(events, at, key=lambda e: e.ts)
+        scores = {}
+        if pid in self._scored:
+            dialect = self.conn.dialect
+            cur = self.conn.connection.cursor()
+            try:
+                scores = latest_scores(cur, param_mark(dialect), pid, db_time(dialect.name, at))
+            finally:
+                cur.close()
+        return ProfileData(
+            events=events[:cut], attributes=dict(attributes), consents=set(consents), scores=scores
+        )
+
+    def _load(self, pid: int) -> None:
+        """Read ``pid`` and up to LOAD_CHUNK - 1 others wanted as far ahead."""
+        until = self._wanted[pid]
+        chunk = [pid] + [p for p, u in self._wanted.items() if u == until and p != pid]
+        chunk = sorted(chunk[:LOAD_CHUNK])
+        for p in chunk:
+            del self._wanted[p]
+        if len(self._loaded) > MAX_LOADED:
+            self._loaded.clear()
+        dialect = self.conn.dialect
+        cur = self.conn.connection.cursor()
+        try:
+            self._load_chunk(cur, param_mark(dialect), time_reader(dialect.name), chunk, until)
+        finally:
+            cur.close()
+
+    def _load_chunk(
+        self, cur: Any, mark: str, parse: Any, pids: list[int], until: datetime
+    ) -> None:
+        ids = ", ".join([mark] * len(pids))
+        cur.execute(
+            f"SELECT profile_id, {_EVENT_COLUMNS} FROM events"
+            f" WHERE profile_id IN ({ids}) AND ts <= {mark} ORDER BY profile_id, ts, id",
+            (*pids, db_time(self.conn.dialect.name, until)),
+        )
+        events: dict[int, list[EventRow]] = {pid: [] for pid in pids}
+        for r in cur.fetchall():
+            events[r[0]].append(_event_row(r[1:], parse))
+        cur.execute(f"SELECT id, attributes FROM profiles WHERE id IN ({ids})", pids)
+        attributes = {pid: _attributes(value) for pid, value in cur.fetchall()}
+        cur.execute(
+            f"SELECT profile_id, purpose FROM consents WHERE profile_id IN ({ids})"
+            f" AND granted = {mark}",
+            (*pids, True),
+        )
+        consents: dict[int, set[str]] = defaultdict(set)
+        for pid, purpose in cur.fetchall():
+            consents[pid].add(purpose)
+        cur.execute(f"SELECT DISTINCT profile_id FROM scores WHERE profile_id IN ({ids})", pids)
+        self._scored.update(r[0] for r in cur.fetchall())
+        for pid in pids:
+            self._loaded[pid] = (until, events[pid], attributes.get(pid, {}), consents[pid])
