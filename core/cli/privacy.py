@@ -116,7 +116,7 @@ def privacy_purge(
     ] = 10_000,
     as_json: Json = False,
 ) -> None:
-    """Delete the events older than their type's [privacy.retention] period,
+    """Delete the events older than their type's \\[privacy.retention] period,
     and mark their people for the next `segflow segments run`."""
     from core.privacy import purge_events
 

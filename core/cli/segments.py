@@ -78,7 +78,7 @@ def _warn_dropped(ctx: typer.Context, definitions: dict[str, Any]) -> int:
 @app.command("validate")
 def segments_validate(ctx: typer.Context, directory: Directory = Path("segments")) -> None:
     """Parse the segment files in DIR and check their references; warn where
-    [privacy.minimise] drops a property a segment reads. Saves nothing."""
+    \\[privacy.minimise] drops a property a segment reads. Saves nothing."""
     from core.segments.language import check_references
     from core.segments.store import load_segment_files, segments_by_name
 

@@ -183,7 +183,7 @@ def run(
 
 def poll_command(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help=f"A [[{SECTION}]] entry of segflow.toml.")],
+    name: Annotated[str, typer.Argument(help=f"A [\\[{SECTION}]] entry of segflow.toml.")],
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
 ) -> None:
     """Pull events from a paginated HTTP endpoint every interval, resuming at its cursor."""

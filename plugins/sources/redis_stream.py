@@ -165,7 +165,7 @@ def run(
 
 def consume_command(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help=f"A [[{SECTION}]] entry of segflow.toml.")],
+    name: Annotated[str, typer.Argument(help=f"A [\\[{SECTION}]] entry of segflow.toml.")],
     once: Annotated[bool, typer.Option("--once", help="Drain what is there, then exit.")] = False,
 ) -> None:
     """Consume a Redis Stream with a consumer group; acknowledge after committing."""

@@ -6,14 +6,16 @@ from typing import Annotated, Any
 
 import typer
 
-sync_app = typer.Typer(help="Sync people, consent and segments to ESPs and CRMs ([[connectors]]).")
+sync_app = typer.Typer(
+    help="Sync people, consent and segments to ESPs and CRMs ([\\[connectors]])."
+)
 
 
 @sync_app.command("run")
 def run_command(
     ctx: typer.Context,
     connector: Annotated[
-        str | None, typer.Option(help="Only this [[connectors]] entry (default: all that sync).")
+        str | None, typer.Option(help="Only this [\\[connectors]] entry (default: all that sync).")
     ] = None,
     segment: Annotated[
         list[str] | None, typer.Option(help="Only these of its segments (repeatable).")
@@ -124,7 +126,7 @@ def status_command(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--
 @sync_app.command("verify")
 def verify_command(
     ctx: typer.Context,
-    connector: Annotated[str, typer.Option(help="The [[connectors]] entry to check.")],
+    connector: Annotated[str, typer.Option(help="The [\\[connectors]] entry to check.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Read the remote state back and report every difference from segflow's
