@@ -626,15 +626,20 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
         upserts = sorted(upserts, key=lambda pid: (sorted(joins.get(pid, ())), pid))
     people = [run.plan.wanted[pid] for pid in upserts]
 
-    async def call(batch):
-        sent = [replace(w.person, add_to=joins.get(w.person.profile_id, frozenset()))
+    def sent(batch: Sequence[Wanted]) -> list[SyncPerson]:
+        return [replace(w.person, add_to=joins.get(w.person.profile_id, frozenset()))
                 for w in batch]  # fmt: skip
-        return await api.upsert(session, sent)
+
+    async def call(batch):
+        return await api.upsert(session, sent(batch))
 
     at_once = limits.upserts_at_once or limits.concurrency
-    async for batch, results in _batches(
-        people, limits.profiles_per_call, call, at_once, ordered=False
-    ):
+    if api.upsert_parts is not None:
+        answered = _parts(api.upsert_parts, session, chunks(people, limits.profiles_per_call),
+                          sent, at_once)  # fmt: skip
+    else:
+        answered = _batches(people, limits.profiles_per_call, call, at_once, ordered=False)
+    async for batch, results in answered:
         crash_point("sync.sent")
         rows = []
         joined = 0
@@ -658,6 +663,44 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
         crash_point("sync.written")
         run.tick(len(batch) + joined)
         settled.put_nowait([w.person.profile_id for w in batch])
+
+
+async def _parts(upsert_parts, session, batches, sent, at_once: int):
+    """Yield (records, results) for each part of each call as the connector
+    answers it (``SyncApi.upsert_parts``), ``at_once`` calls in flight; the
+    records of a call that raised, or that it left unanswered, get ``retry``."""
+    queue: asyncio.Queue[tuple[list[Any], Any] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max(1, at_once))
+
+    async def one(batch: list[Any]) -> None:
+        answered: set[int] = set()
+        outcome: Any = RuntimeError("the connector did not answer these records")
+        try:
+            async with slots:
+                async for indexes, results in upsert_parts(session, sent(batch)):
+                    answered.update(indexes)
+                    queue.put_nowait(([batch[i] for i in indexes], results))
+        except Exception as exc:  # noqa: BLE001 - the call's other records are retried
+            outcome = exc
+        finally:
+            rest = [w for i, w in enumerate(batch) if i not in answered]
+            if rest:
+                queue.put_nowait((rest, outcome))
+            queue.put_nowait(None)
+
+    tasks = [asyncio.ensure_future(one(list(batch))) for batch in batches]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+                continue
+            part, outcome = item
+            yield part, _results(part, outcome)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:

@@ -457,12 +457,11 @@ def _imports(
     return calls
 
 
-async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
-    """Import the people, each into the lists of the segments they join
-    (``add_to``: a job adds its profiles to one list, so one who joins two
-    is imported twice, harmlessly), jobs side by side, then set their consent. No
-    profile ids are read back: the lists are joined by email, and a removal
-    looks its ids up."""
+def _import_parts(
+    session: Session, people: Sequence[SyncPerson]
+) -> list[tuple[str | None, list[int]]]:
+    """(list id or None, record indexes): the people joining each segment go
+    in that segment's list's jobs, those joining none in jobs of their own."""
     joining: dict[str, list[int]] = {}
     for i, person in enumerate(people):
         for segment in sorted(person.add_to):
@@ -471,18 +470,104 @@ async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordR
         (None, [i for i, p in enumerate(people) if not p.add_to])
     ]
     parts += [(session.lists[segment], ix) for segment, ix in sorted(joining.items())]
+    return [(lid, ix) for lid, ix in parts if ix]
+
+
+class _Jobs:
+    """Jobs side by side, each answered on ``done`` as (kind, record indexes,
+    refused records or the exception) when it completes."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Queue[tuple[str, list[int], Any]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task] = []
+        self.open = 0
+
+    def start(self, kind: str, indexes: list[int], call: Awaitable[dict[int, str]]) -> None:
+        async def run() -> None:
+            try:
+                outcome: Any = await call
+            except Exception as exc:  # noqa: BLE001 - raised where the answers are read
+                outcome = exc
+            self.done.put_nowait((kind, indexes, outcome))
+
+        self.tasks.append(asyncio.ensure_future(run()))
+        self.open += 1
+
+    async def next(self) -> tuple[str, list[int], dict[int, str]]:
+        kind, indexes, outcome = await self.done.get()
+        self.open -= 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return kind, indexes, outcome
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+async def upsert_parts(
+    session: Session, people: Sequence[SyncPerson]
+) -> AsyncIterator[tuple[list[int], list[RecordResult]]]:
+    """Import the people, each into the lists of the segments they join
+    (``add_to``: a job adds its profiles to one list, so one who joins two
+    is imported twice, harmlessly), jobs side by side. Once all of a
+    person's import jobs are complete, their consent goes, in jobs of
+    SUBSCRIPTION_PROFILES, and each consent job's people are answered when it
+    completes: their events can go while the call's later jobs run. No
+    profile ids are read back: the lists are joined by email, and a removal
+    looks its ids up. A job that fails after its retries fails the call (its
+    records not answered yet are retried)."""
+    jobs = _Jobs()
+    left: dict[int, int] = {}  # import jobs each person is still in
+    for list_id, indexes in _import_parts(session, people):
+        for chunk in _jobs([people[i] for i in indexes]):
+            part = [indexes[n] for n in chunk]
+            for i in part:
+                left[i] = left.get(i, 0) + 1
+            jobs.start("import", part, _import(session, [people[i] for i in part], list_id))
+    imports = jobs.open
     failed: dict[int, str] = {}
-    for refused in await _all(_imports(session, people, [(lid, ix) for lid, ix in parts if ix])):
-        for i, why in refused.items():
-            failed.setdefault(i, why)
-    # Consent after the import completes: a profile Klaviyo refused is not subscribed.
-    imported = [i for i in range(len(people)) if i not in failed]
-    refused = await _consent(session, [people[i] for i in imported])
-    failed.update({imported[n]: why for n, why in refused.items()})
-    return [
-        RecordResult("failed", failed[i]) if i in failed else RecordResult.ok(p.remote_id)
-        for i, p in enumerate(people)
-    ]
+    # Consent follows a completed import: a profile Klaviyo refused is not subscribed.
+    ready: dict[bool, list[int]] = {True: [], False: []}
+
+    def answers(indexes: list[int]) -> list[RecordResult]:
+        return [RecordResult("failed", failed[i]) if i in failed
+                else RecordResult.ok(people[i].remote_id) for i in indexes]  # fmt: skip
+
+    try:
+        while jobs.open:
+            kind, indexes, refused = await jobs.next()
+            for n, why in refused.items():
+                failed.setdefault(indexes[n], why)
+            if kind == "consent":
+                yield indexes, answers(indexes)
+                continue
+            imports -= 1
+            settled = []
+            for i in indexes:
+                left[i] -= 1
+                if left[i] == 0:
+                    if i in failed or people[i].subscribed is None:
+                        settled.append(i)  # no consent to set
+                    else:
+                        ready[bool(people[i].subscribed)].append(i)
+            for queue in ready.values():
+                while len(queue) >= SUBSCRIPTION_PROFILES or (queue and not imports):
+                    part, queue[:] = queue[:SUBSCRIPTION_PROFILES], queue[SUBSCRIPTION_PROFILES:]
+                    jobs.start("consent", part, _consent(session, [people[i] for i in part]))
+            if settled:
+                yield settled, answers(settled)
+    finally:
+        jobs.cancel()
+
+
+async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    """``upsert_parts``, answered all at once."""
+    results: list[RecordResult | None] = [None] * len(people)
+    async for indexes, answered in upsert_parts(session, people):
+        for i, result in zip(indexes, answered, strict=True):
+            results[i] = result
+    return [r if r is not None else RecordResult("retry", "not answered") for r in results]
 
 
 # -- membership ------------------------------------------------------------------------
@@ -672,6 +757,7 @@ SYNC = SyncApi(
     memberships=("list",),
     rate_group=rate_group,
     adds_on_upsert=True,
+    upsert_parts=upsert_parts,
 )
 
 
