@@ -161,7 +161,7 @@ def test_calls_split_at_the_documented_sizes_and_a_refused_record_fails_alone(mo
         plain = [replace(p, add_to=frozenset()) for p in persons]
         asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, plain)))
         assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 3 + 1 + 3
-    assert klaviyo.LIMITS.profiles_per_call == 50_000
+    assert klaviyo.LIMITS.profiles_per_call == 100_000
     assert klaviyo.LIMITS.members_per_call == 10_000
     assert klaviyo.MEMBER_IDS == 1_000 and klaviyo.SYNC.adds_on_upsert
 
@@ -304,7 +304,9 @@ def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqli
     api = make_api("fast")
     sync = klaviyo.SYNC
     # Calls of a few people each, so the run has several, one at a time.
-    small = replace(sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2)
+    small = replace(
+        sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2, upserts_at_once=1
+    )
     connector = replace(esp_connectors()["klaviyo"], sync=replace(sync, limits=small))
     with running(api) as url:
         t = target(url, events=True)

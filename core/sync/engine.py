@@ -623,12 +623,13 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
     if joins:
         # People who join the same segments side by side: the connector's bulk
         # jobs, one per segment joined, come out fewer and fuller.
-        upserts = sorted(upserts, key=lambda pid: (sorted(joins.get(pid, ())), pid))
+        order = {segs: sorted(segs) for segs in set(joins.values())}
+        upserts = sorted(upserts, key=lambda pid: (order.get(joins.get(pid), []), pid))
     people = [run.plan.wanted[pid] for pid in upserts]
 
     def sent(batch: Sequence[Wanted]) -> list[SyncPerson]:
-        return [replace(w.person, add_to=joins.get(w.person.profile_id, frozenset()))
-                for w in batch]  # fmt: skip
+        return [replace(w.person, add_to=segs) if (segs := joins.get(w.person.profile_id))
+                else w.person for w in batch]  # fmt: skip
 
     async def call(batch):
         return await api.upsert(session, sent(batch))
@@ -653,8 +654,9 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
                 run.report.added += len(added)
                 joined += len(added)
                 remote = result.remote_id or wanted.person.remote_id
-                person = replace(wanted.person, remote_id=remote)
-                run.plan.wanted[pid] = replace(wanted, person=person)
+                if remote != wanted.person.remote_id:
+                    person = replace(wanted.person, remote_id=remote)
+                    run.plan.wanted[pid] = replace(wanted, person=person)
                 run.has_state.add(pid)
                 rows.append((pid, wanted, "ok", None, remote))
             else:
@@ -701,6 +703,10 @@ async def _parts(upsert_parts, session, batches, sent, at_once: int):
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _with_person(event: SyncEvent, person: SyncPerson) -> SyncEvent:
+    return event if event.person is person else replace(event, person=person)
 
 
 async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
@@ -786,7 +792,7 @@ async def _events(run: _Run, api: SyncApi, session, limits, settled: asyncio.Que
         async with slots:
             try:
                 # With the remote id the upsert answered.
-                sent = [replace(ev, person=plan.wanted[ev.person.profile_id].person)
+                sent = [_with_person(ev, plan.wanted[ev.person.profile_id].person)
                         for _cid, ev in batch]  # fmt: skip
                 outcome: Any = await api.events(session, sent)
             except Exception as exc:  # noqa: BLE001 - the batch's events are retried
