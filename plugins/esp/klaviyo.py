@@ -186,11 +186,6 @@ def _index(error: dict[str, Any]) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _dumps(body: Any) -> bytes:
-    # A bulk job's body is megabytes of JSON: orjson encodes it many times faster.
-    return orjson.dumps(body, default=str)
-
-
 async def _json(session: Session, method: str, url: str, **kwargs: Any) -> Any:
     response = await session.client.request(method, url, **kwargs)
     if response.status_code >= 300:
@@ -225,7 +220,7 @@ async def _excluding(
     left = list(range(len(items)))
     while left:
         response = await session.client.request(
-            method, path, content=_dumps(body([items[i] for i in left])), idempotent=idempotent
+            method, path, json=body([items[i] for i in left]), idempotent=idempotent
         )
         if response.status_code < 300:
             return failed
@@ -550,16 +545,6 @@ async def upsert_parts(
     looks its ids up. A job that fails after its retries fails the call (its
     records not answered yet are retried)."""
     jobs = _Jobs()
-    left: dict[int, int] = {}  # import jobs each person is still in
-    encoded = _encoded(people)
-    for list_id, indexes in _import_parts(session, people):
-        for chunk in _jobs([encoded[i] for i in indexes]):
-            part = [indexes[n] for n in chunk]
-            for i in part:
-                left[i] = left.get(i, 0) + 1
-            call = _import(session, [people[i] for i in part], [encoded[i] for i in part], list_id)
-            jobs.start("import", part, call)
-    imports = jobs.open
     failed: dict[int, str] = {}
     # Consent follows a completed import: a profile Klaviyo refused is not subscribed.
     ready: dict[bool, list[int]] = {True: [], False: []}
@@ -569,6 +554,8 @@ async def upsert_parts(
                 else RecordResult.ok(people[i].remote_id) for i in indexes]  # fmt: skip
 
     try:
+        left = await _start_imports(session, people, jobs)
+        imports = jobs.open
         while jobs.open:
             kind, indexes, refused = await jobs.next()
             for n, why in refused.items():
@@ -593,6 +580,26 @@ async def upsert_parts(
                 yield settled, answers(settled)
     finally:
         jobs.cancel()
+
+
+async def _start_imports(
+    session: Session, people: Sequence[SyncPerson], jobs: _Jobs
+) -> dict[int, int]:
+    """Start the people's import jobs; how many each person is in."""
+    left: dict[int, int] = {}
+    encoded: dict[int, bytes] = {}
+    for list_id, indexes in _import_parts(session, people):
+        new = [i for i in indexes if i not in encoded]
+        encoded.update(zip(new, _encoded([people[i] for i in new]), strict=True))
+        for chunk in _jobs([encoded[i] for i in indexes]):
+            part = [indexes[n] for n in chunk]
+            for i in part:
+                left[i] = left.get(i, 0) + 1
+            call = _import(session, [people[i] for i in part], [encoded[i] for i in part], list_id)
+            jobs.start("import", part, call)
+            # Its request goes out while the next lists' profiles are encoded.
+            await asyncio.sleep(0)
+    return left
 
 
 async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
