@@ -24,6 +24,10 @@ Cases:
   the windows the fake counts in; target within 1.2x); verified against the
   fake's state (people, list members, one event per entry, none doubled) and
   by ``verify_sync``; then a no-change re-run of the same target (under 5 s).
+
+``SEGFLOW_BENCH_SYNC=klaviyo`` (or ``hubspot``, ``hubspot:starter``,
+``mailchimp``; comma-separated) runs only those cases, to iterate on one
+connector; with it, pass ``--no-write``: the README shows full runs only.
 """
 
 from __future__ import annotations
@@ -176,15 +180,51 @@ async def _bare(base_url: str, plan: Any) -> int:
     return len(requests)
 
 
+def _chosen() -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """Whether the Mailchimp cases run, and the Klaviyo and HubSpot ones that do
+    (``SEGFLOW_BENCH_SYNC``; unset: all)."""
+    import os
+
+    wanted = [w.strip() for w in os.environ.get("SEGFLOW_BENCH_SYNC", "").split(",") if w.strip()]
+    if not wanted:
+        return True, ESPS
+    esps = tuple((k, t) for k, t in ESPS if k in wanted or f"{k}:{t}" in wanted)
+    return "mailchimp" in wanted, esps
+
+
 def run(quick: bool) -> list[Result]:
+    mailchimp, esps = _chosen()
+    results = _mailchimp(quick) if mailchimp else []
+    first, idle = _sizes(quick)
+    _facts.update(idle=idle)
+    as_of = datetime.now(UTC).replace(microsecond=0)
+    with tempfile.TemporaryDirectory(prefix="segflow-bench-sync-") as tmp:
+        folder = Path(tmp)
+        # One store of `idle` people for the Klaviyo and HubSpot syncs and the
+        # Mailchimp no-change run, each target with its own state.
+        url_d = f"sqlite:///{folder}/s.db"
+        started = time.perf_counter()
+        targets = [_esp_target(kind, tier, "http://127.0.0.1") for kind, tier in ESPS]
+        _store(url_d, idle, folder, as_of, cursors=targets)
+        _facts["store_s"] = time.perf_counter() - started
+        for kind, tier in esps:
+            results.extend(_esp_rows(kind, tier, url_d))
+        if mailchimp:
+            from core.plugins import esp_connectors
+
+            results.append(_no_change(url_d, idle, esp_connectors()["mailchimp"]))
+    return results
+
+
+def _mailchimp(quick: bool) -> list[Result]:
     from core.db import open_db
     from core.plugins import esp_connectors
     from core.sync import plan_sync, run_sync, verify_sync
     from plugins.esp.fakes.mailchimp import DEFAULT_LIST_ID, MailchimpApi
     from plugins.esp.fakes.server import Faults, running
 
-    first, idle = _sizes(quick)
-    _facts.update(first=first, idle=idle)
+    first, _idle = _sizes(quick)
+    _facts.update(first=first)
     connector = esp_connectors()["mailchimp"]
     as_of = datetime.now(UTC).replace(microsecond=0)
     results: list[Result] = []
@@ -254,17 +294,6 @@ def run(quick: bool) -> list[Result]:
             row.notes.append(f"verified: verify_sync found 0 differences; {len(members):,} "
                              f"members, {tags:,} tags, none missing or doubled")  # fmt: skip
         results.append(row)
-        # One store of `idle` people for the Klaviyo and HubSpot syncs and the
-        # Mailchimp no-change run, each target with its own state.
-        (folder / "d").mkdir()
-        url_d = f"sqlite:///{folder}/d/s.db"
-        started = time.perf_counter()
-        targets = [_esp_target(kind, tier, "http://127.0.0.1") for kind, tier in ESPS]
-        _store(url_d, idle, folder / "d", as_of, cursors=targets)
-        _facts["store_s"] = time.perf_counter() - started
-        for kind, tier in ESPS:
-            results.extend(_esp_rows(kind, tier, url_d))
-        results.append(_no_change(url_d, idle, connector))
     return results
 
 

@@ -8,7 +8,15 @@ authors can depend on it without pulling in the engine.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -519,6 +527,16 @@ class SyncApi:
     # The upsert adds people to their ``SyncPerson.add_to`` segments itself (an
     # API whose bulk import takes a list: no member calls, no ids looked up).
     adds_on_upsert: bool = False
+    # An upsert that answers its records as they settle, instead of all at the
+    # end: ``upsert_parts(session, people)`` yields (indexes into people, their
+    # results) until every record is answered; the engine writes each part and
+    # sends its people's events then, while the rest of the call goes on. A
+    # call of bulk jobs that complete one after another (Klaviyo's) lets its
+    # first people's events go beside its later jobs.
+    upsert_parts: (
+        Callable[[Any, Sequence[SyncPerson]],
+                 AsyncIterator[tuple[Sequence[int], list[RecordResult]]]] | None
+    ) = None  # fmt: skip
 
 
 # -- recommendations ------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_calls_split_at_the_documented_sizes_and_a_refused_record_fails_alone(mo
         plain = [replace(p, add_to=frozenset()) for p in persons]
         asyncio.run(_session_call(url, lambda s: klaviyo.upsert(s, plain)))
         assert requests(api, "POST", "/api/profile-bulk-import-jobs") == 3 + 1 + 3
-    assert klaviyo.LIMITS.profiles_per_call == 50_000
+    assert klaviyo.LIMITS.profiles_per_call == 100_000
     assert klaviyo.LIMITS.members_per_call == 10_000
     assert klaviyo.MEMBER_IDS == 1_000 and klaviyo.SYNC.adds_on_upsert
 
@@ -304,7 +304,9 @@ def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqli
     api = make_api("fast")
     sync = klaviyo.SYNC
     # Calls of a few people each, so the run has several, one at a time.
-    small = replace(sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2)
+    small = replace(
+        sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2, upserts_at_once=1
+    )
     connector = replace(esp_connectors()["klaviyo"], sync=replace(sync, limits=small))
     with running(api) as url:
         t = target(url, events=True)
@@ -325,3 +327,46 @@ def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqli
     assert len(events) == report.events // 2 + report.events % 2
     # The first call's events went before the last call's imports.
     assert events[0] < imports[-1]
+
+
+class _FirstConsentThrottled(KlaviyoApi):
+    """Klaviyo's fake, answering the first subscription job 429 (Retry-After: 1)."""
+
+    throttled = False
+
+    def limit(self, request):
+        if not self.throttled and request.path.startswith("/api/profile-subscription-bulk"):
+            self.throttled = True
+            return self.too_many(request)
+        return super().limit(request)
+
+
+def test_a_consent_job_waiting_for_its_retry_after_holds_up_no_other_peoples_events(
+    sqlite_url, tmp_path, monkeypatch
+):
+    from core.sync.engine import _save_cursor
+
+    ids = store(sqlite_url, tmp_path)
+    engine = open_db(sqlite_url)
+    # One upsert call, its people's consent in several jobs.
+    monkeypatch.setattr(klaviyo, "SUBSCRIPTION_PROFILES", 2)
+    api = _FirstConsentThrottled(job_polls=0)
+    sync = klaviyo.SYNC
+    connector = replace(
+        esp_connectors()["klaviyo"],
+        sync=replace(sync, limits=replace(sync.limits, events_per_call=1)),
+    )
+    with running(api) as url:
+        t = target(url, events=True)
+        _save_cursor(engine, t, 0)  # every segment entry is an event of this run
+        report = run_sync(engine, t, connector)
+        assert verify_sync(engine, t, connector).ok
+    assert report.upserted == report.people == len(ids) * 2 // 3 and not report.retry
+    assert report.throttled == 1 and report.events == report.people
+    log = [(p.rstrip("/"), what) for _m, p, what in api.log]
+    consent = [n for n, (p, _w) in enumerate(log) if p.startswith("/api/profile-subscription")]
+    events = [n for n, (p, _w) in enumerate(log) if p == "/api/event-bulk-create-jobs"]
+    assert log[consent[0]][1] == 429 and len(consent) == -(-report.people // 2) + 1
+    # While the throttled job waited its second, the other jobs' people were
+    # answered and their events went: before its resend, the call's last request.
+    assert len([n for n in events if n < consent[-1]]) >= report.events - 2

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from core.tls import client_context, untrusted
 from core.types import SyncLimits
 
@@ -115,9 +117,22 @@ class SlidingWindows:
         # Slots whose requests are not answered yet: the API may count them still.
         self.unanswered: list[float] = []
 
-    def answered(self, at: float) -> None:
+    def answered(self, at: float) -> float:
+        """The request whose slot was taken at ``at`` is answered (or its
+        connection failed): the API counted it, if it did, at some time up to
+        now, so the slot is held until a window after now. Held from when it
+        was sent, a slot came free here while the API, counting a request that
+        reached it late, had none, and the client waited for a reset it did not
+        need. The slot's time from now on."""
+        now = self.clock()
         with contextlib.suppress(ValueError):
             self.unanswered.remove(at)
+        for _n, _seconds, hits in self.windows:
+            with contextlib.suppress(ValueError):
+                hits.remove(at)
+            # The latest time in the window: the hits stay in order.
+            hits.append(now)
+        return now
 
     def release(self, at: float) -> None:
         """Give back the slot taken at ``at`` (the API refused it uncounted)."""
@@ -125,18 +140,22 @@ class SlidingWindows:
             with contextlib.suppress(ValueError):
                 hits.remove(at)
 
-    def reconcile(self, left: int, sent_at: float) -> int:
-        """The API's answer to the request sent at ``sent_at`` says ``left`` are
-        left in its longest window: forget those of ours sent by then that it
-        cannot have counted (refused or dropped before it counted them), oldest
-        first, so room is never given back sooner than it frees. How many."""
+    def reconcile(self, left: int, sent_at: float, held: float | None = None) -> int:
+        """The API's answer to the request sent at ``sent_at`` (its slot's time
+        now ``held``) says ``left`` are left in its longest window: forget those
+        of ours answered before it was sent that it cannot have counted (refused
+        or dropped before it counted them), oldest first, so room is never
+        given back sooner than it frees. How many."""
         n, seconds, hits = max(self.windows, key=lambda w: w[1])
         now = self.clock()
-        # Ours sent by then and answered, less all it counted (which may include
-        # some sent later or still unanswered), were surely not counted: one sent
-        # earlier but not answered yet may only now be reaching its counter.
+        # Ours answered before it was sent, and itself, less all it counted (which
+        # may include some sent later or still unanswered), were surely not
+        # counted: one sent earlier but not answered yet may only now be reaching
+        # its counter.
         waiting = set(self.unanswered)
         answered = [t for t in hits if now - seconds < t <= sent_at and t not in waiting]
+        if held is not None and held in hits:
+            answered.append(held)
         excess = len(answered) - (n - max(0, left))
         forgotten = 0
         for at in answered[: max(0, excess)]:
@@ -249,6 +268,14 @@ class SyncClient:
         last = "no attempt"
         import httpx
 
+        if "json" in kwargs:
+            # Encoded once for all the attempts, by orjson: httpx's json.dumps of a
+            # bulk call's body costs a good share of a large sync's CPU.
+            kwargs["content"] = orjson.dumps(kwargs.pop("json"), option=orjson.OPT_NON_STR_KEYS)
+            if "content-type" not in self.http.headers:
+                kwargs["headers"] = {"Content-Type": "application/json"} | dict(
+                    kwargs.get("headers") or {}
+                )
         group = self.rate_group(method, url) if self.rate_group is not None else ""
         windows = self.windows.get(group)
         slots = self.group_slots.get(group, self.slots)
@@ -266,7 +293,7 @@ class SyncClient:
                         response = await self.http.request(method, url, **kwargs)
                     finally:
                         if windows is not None:
-                            windows.answered(sent_at)
+                            held = windows.answered(sent_at)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     if refused := untrusted(exc):
                         raise SyncFailure(f"{method} {url}: {refused}") from None
@@ -282,8 +309,11 @@ class SyncClient:
             if response is not None:
                 if response.status_code == 429 and windows is not None:
                     # A refused request takes no slot in the API's counters.
-                    windows.release(sent_at)
-                self._read_rate(response, group, sent_at if windows is not None else None)
+                    windows.release(held)
+                if windows is not None:
+                    self._read_rate(response, group, sent_at, held)
+                else:
+                    self._read_rate(response, group)
                 if response.status_code == 401:
                     self.refused = KeyRefused(f"{method} {url.split('?')[0]}: HTTP 401", 401)
                     raise self.refused
@@ -302,7 +332,11 @@ class SyncClient:
         raise SyncFailure(f"{method} {url}: {last} after {self.backoff.attempts} attempts", status)
 
     def _read_rate(
-        self, response: httpx.Response, group: str = "", sent_at: float | None = None
+        self,
+        response: httpx.Response,
+        group: str = "",
+        sent_at: float | None = None,
+        held: float | None = None,
     ) -> None:
         if self.rate_state is None:
             return
@@ -313,7 +347,7 @@ class SyncClient:
             if windows is not None and sent_at is not None:
                 # Requests that met a 5xx or a dropped connection before the API
                 # counted them hold no slot there: waiting for them wastes the window.
-                self.stats.uncounted += windows.reconcile(left, sent_at)
+                self.stats.uncounted += windows.reconcile(left, sent_at, held)
             if left <= 0 and reset > 0 and not (windows is not None and windows.full()):
                 # None left while our own windows have room: another client of the
                 # key used them, and only the API knows when they come back.

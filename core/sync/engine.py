@@ -623,18 +623,24 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
     if joins:
         # People who join the same segments side by side: the connector's bulk
         # jobs, one per segment joined, come out fewer and fuller.
-        upserts = sorted(upserts, key=lambda pid: (sorted(joins.get(pid, ())), pid))
+        order = {segs: sorted(segs) for segs in set(joins.values())}
+        upserts = sorted(upserts, key=lambda pid: (order.get(joins.get(pid), []), pid))
     people = [run.plan.wanted[pid] for pid in upserts]
 
+    def sent(batch: Sequence[Wanted]) -> list[SyncPerson]:
+        return [replace(w.person, add_to=segs) if (segs := joins.get(w.person.profile_id))
+                else w.person for w in batch]  # fmt: skip
+
     async def call(batch):
-        sent = [replace(w.person, add_to=joins.get(w.person.profile_id, frozenset()))
-                for w in batch]  # fmt: skip
-        return await api.upsert(session, sent)
+        return await api.upsert(session, sent(batch))
 
     at_once = limits.upserts_at_once or limits.concurrency
-    async for batch, results in _batches(
-        people, limits.profiles_per_call, call, at_once, ordered=False
-    ):
+    if api.upsert_parts is not None:
+        answered = _parts(api.upsert_parts, session, chunks(people, limits.profiles_per_call),
+                          sent, at_once)  # fmt: skip
+    else:
+        answered = _batches(people, limits.profiles_per_call, call, at_once, ordered=False)
+    async for batch, results in answered:
         crash_point("sync.sent")
         rows = []
         joined = 0
@@ -648,8 +654,9 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
                 run.report.added += len(added)
                 joined += len(added)
                 remote = result.remote_id or wanted.person.remote_id
-                person = replace(wanted.person, remote_id=remote)
-                run.plan.wanted[pid] = replace(wanted, person=person)
+                if remote != wanted.person.remote_id:
+                    person = replace(wanted.person, remote_id=remote)
+                    run.plan.wanted[pid] = replace(wanted, person=person)
                 run.has_state.add(pid)
                 rows.append((pid, wanted, "ok", None, remote))
             else:
@@ -658,6 +665,48 @@ async def _upserts(run: _Run, api: SyncApi, session, limits, settled: asyncio.Qu
         crash_point("sync.written")
         run.tick(len(batch) + joined)
         settled.put_nowait([w.person.profile_id for w in batch])
+
+
+async def _parts(upsert_parts, session, batches, sent, at_once: int):
+    """Yield (records, results) for each part of each call as the connector
+    answers it (``SyncApi.upsert_parts``), ``at_once`` calls in flight; the
+    records of a call that raised, or that it left unanswered, get ``retry``."""
+    queue: asyncio.Queue[tuple[list[Any], Any] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max(1, at_once))
+
+    async def one(batch: list[Any]) -> None:
+        answered: set[int] = set()
+        outcome: Any = RuntimeError("the connector did not answer these records")
+        try:
+            async with slots:
+                async for indexes, results in upsert_parts(session, sent(batch)):
+                    answered.update(indexes)
+                    queue.put_nowait(([batch[i] for i in indexes], results))
+        except Exception as exc:  # noqa: BLE001 - the call's other records are retried
+            outcome = exc
+        finally:
+            rest = [w for i, w in enumerate(batch) if i not in answered]
+            if rest:
+                queue.put_nowait((rest, outcome))
+            queue.put_nowait(None)
+
+    tasks = [asyncio.ensure_future(one(list(batch))) for batch in batches]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+                continue
+            part, outcome = item
+            yield part, _results(part, outcome)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _with_person(event: SyncEvent, person: SyncPerson) -> SyncEvent:
+    return event if event.person is person else replace(event, person=person)
 
 
 async def _memberships(run: _Run, api: SyncApi, session, limits) -> None:
@@ -743,7 +792,7 @@ async def _events(run: _Run, api: SyncApi, session, limits, settled: asyncio.Que
         async with slots:
             try:
                 # With the remote id the upsert answered.
-                sent = [replace(ev, person=plan.wanted[ev.person.profile_id].person)
+                sent = [_with_person(ev, plan.wanted[ev.person.profile_id].person)
                         for _cid, ev in batch]  # fmt: skip
                 outcome: Any = await api.events(session, sent)
             except Exception as exc:  # noqa: BLE001 - the batch's events are retried

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from core import (
     EspConnector,
@@ -79,7 +80,9 @@ M_TIER = ((10, 1.0), (150, 60.0))
 GROUPS = ("profiles", "lists", "jobs", "event-jobs")
 # An upsert call is cut into import jobs of IMPORT_PROFILES, one list a job:
 # the more people a call holds, the fewer part-filled jobs its segments leave.
-UPSERT_PEOPLE = 5 * IMPORT_PROFILES
+# Its people are answered as their consent jobs complete (``upsert_parts``),
+# so a large call holds up no events.
+UPSERT_PEOPLE = 10 * IMPORT_PROFILES
 LIMITS = SyncLimits(
     profiles_per_call=UPSERT_PEOPLE,
     # An add is an import job of up to IMPORT_PROFILES addresses; a removal
@@ -90,13 +93,16 @@ LIMITS = SyncLimits(
     burst=10,
     concurrency=4,
     windows={group: M_TIER for group in GROUPS},
-    # A call's import and subscription jobs fill the jobs group's windows alone.
-    upserts_at_once=1,
+    # A call's import and subscription jobs fill the jobs group's windows; the
+    # next call's imports go while its last consent jobs finish.
+    upserts_at_once=2,
 )
 # Klaviyo's own profile fields; any other mapped property is a custom one.
 PROFILE_FIELDS = frozenset(
     {"first_name", "last_name", "phone_number", "organization", "locale", "title", "image"}
 )
+# The answer for each record delivered without an id: one object, not one each.
+OK = RecordResult.ok()
 POINTER_INDEX = re.compile(r"/data/(?:attributes/[a-z-]+/data/)?(\d+)(?:/|$)")
 
 
@@ -287,15 +293,21 @@ def _profile(person: SyncPerson) -> dict[str, Any]:
     return {"type": "profile", "attributes": attributes}
 
 
-def _jobs(
+def _encoded(
     people: Sequence[SyncPerson], profile: Callable[[SyncPerson], dict[str, Any]] | None = None
-) -> list[list[int]]:
-    """Record indexes per import job: at most IMPORT_PROFILES and IMPORT_BYTES each."""
+) -> list[bytes]:
+    """Each person's profile as the JSON an import job carries, encoded once:
+    it sizes the jobs and makes their bodies."""
     make = profile or _profile
+    return [orjson.dumps(make(p), default=str) for p in people]
+
+
+def _jobs(encoded: Sequence[bytes]) -> list[list[int]]:
+    """Record indexes per import job: at most IMPORT_PROFILES and IMPORT_BYTES each."""
     jobs: list[list[int]] = [[]]
     size = 0
-    for i, person in enumerate(people):
-        n = len(json.dumps(make(person), default=str)) + 1
+    for i, profile in enumerate(encoded):
+        n = len(profile) + 1
         if jobs[-1] and (len(jobs[-1]) >= IMPORT_PROFILES or size + n > IMPORT_BYTES):
             jobs.append([])
             size = 0
@@ -304,24 +316,35 @@ def _jobs(
     return [j for j in jobs if j]
 
 
+def _import_body(encoded: Sequence[bytes], list_id: str | None) -> bytes:
+    lists = b""
+    if list_id is not None:
+        lists = b',"relationships":' + orjson.dumps(
+            {"lists": {"data": [{"type": "list", "id": list_id}]}}
+        )
+    return (
+        b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":['
+        + b",".join(encoded)
+        + b"]}}"
+        + lists
+        + b"}}"
+    )
+
+
 async def _import(
     session: Session,
     people: Sequence[SyncPerson],
+    encoded: Sequence[bytes],
     list_id: str | None = None,
-    profile: Callable[[SyncPerson], dict[str, Any]] | None = None,
 ) -> dict[int, str]:
-    """One import job (adding the people to ``list_id``, when given), polled to
-    complete: the refused records, index -> reason."""
-    make = profile or _profile
-    data: dict[str, Any] = {
-        "type": "profile-bulk-import-job",
-        "attributes": {"profiles": {"data": [make(p) for p in people]}},
-    }
-    if list_id is not None:
-        data["relationships"] = {"lists": {"data": [{"type": "list", "id": list_id}]}}
-    body = {"data": data}
+    """One import job of ``people`` (``encoded``: their profiles' JSON), adding
+    them to ``list_id`` when given, polled to complete: the refused records,
+    index -> reason."""
+    body = _import_body(encoded, list_id)
     # Importing the same profiles twice leaves the same profiles.
-    job = await _json(session, "POST", "/api/profile-bulk-import-jobs", json=body, idempotent=True)
+    job = await _json(
+        session, "POST", "/api/profile-bulk-import-jobs", content=body, idempotent=True
+    )
     job_id = job["data"]["id"]
     wait, waited = session.poll, 0.0
     while True:
@@ -446,23 +469,26 @@ def _imports(
     """Import jobs of ``people`` for each (list id or None, record indexes):
     each job's refused records as indexes into ``people``."""
 
+    encoded = _encoded(people, profile)
+
     async def job(part: list[int], list_id: str | None) -> dict[int, str]:
-        refused = await _import(session, [people[i] for i in part], list_id, profile)
+        refused = await _import(
+            session, [people[i] for i in part], [encoded[i] for i in part], list_id
+        )
         return {part[n]: why for n, why in refused.items()}
 
     calls = []
     for list_id, indexes in parts:
-        for chunk in _jobs([people[i] for i in indexes], profile):
+        for chunk in _jobs([encoded[i] for i in indexes]):
             calls.append(job([indexes[n] for n in chunk], list_id))
     return calls
 
 
-async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
-    """Import the people, each into the lists of the segments they join
-    (``add_to``: a job adds its profiles to one list, so one who joins two
-    is imported twice, harmlessly), jobs side by side, then set their consent. No
-    profile ids are read back: the lists are joined by email, and a removal
-    looks its ids up."""
+def _import_parts(
+    session: Session, people: Sequence[SyncPerson]
+) -> list[tuple[str | None, list[int]]]:
+    """(list id or None, record indexes): the people joining each segment go
+    in that segment's list's jobs, those joining none in jobs of their own."""
     joining: dict[str, list[int]] = {}
     for i, person in enumerate(people):
         for segment in sorted(person.add_to):
@@ -471,18 +497,118 @@ async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordR
         (None, [i for i, p in enumerate(people) if not p.add_to])
     ]
     parts += [(session.lists[segment], ix) for segment, ix in sorted(joining.items())]
+    return [(lid, ix) for lid, ix in parts if ix]
+
+
+class _Jobs:
+    """Jobs side by side, each answered on ``done`` as (kind, record indexes,
+    refused records or the exception) when it completes."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Queue[tuple[str, list[int], Any]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task] = []
+        self.open = 0
+
+    def start(self, kind: str, indexes: list[int], call: Awaitable[dict[int, str]]) -> None:
+        async def run() -> None:
+            try:
+                outcome: Any = await call
+            except Exception as exc:  # noqa: BLE001 - raised where the answers are read
+                outcome = exc
+            self.done.put_nowait((kind, indexes, outcome))
+
+        self.tasks.append(asyncio.ensure_future(run()))
+        self.open += 1
+
+    async def next(self) -> tuple[str, list[int], dict[int, str]]:
+        kind, indexes, outcome = await self.done.get()
+        self.open -= 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return kind, indexes, outcome
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+async def upsert_parts(
+    session: Session, people: Sequence[SyncPerson]
+) -> AsyncIterator[tuple[list[int], list[RecordResult]]]:
+    """Import the people, each into the lists of the segments they join
+    (``add_to``: a job adds its profiles to one list, so one who joins two
+    is imported twice, harmlessly), jobs side by side. Once all of a
+    person's import jobs are complete, their consent goes, in jobs of
+    SUBSCRIPTION_PROFILES, and each consent job's people are answered when it
+    completes: their events can go while the call's later jobs run. No
+    profile ids are read back: the lists are joined by email, and a removal
+    looks its ids up. A job that fails after its retries fails the call (its
+    records not answered yet are retried)."""
+    jobs = _Jobs()
     failed: dict[int, str] = {}
-    for refused in await _all(_imports(session, people, [(lid, ix) for lid, ix in parts if ix])):
-        for i, why in refused.items():
-            failed.setdefault(i, why)
-    # Consent after the import completes: a profile Klaviyo refused is not subscribed.
-    imported = [i for i in range(len(people)) if i not in failed]
-    refused = await _consent(session, [people[i] for i in imported])
-    failed.update({imported[n]: why for n, why in refused.items()})
-    return [
-        RecordResult("failed", failed[i]) if i in failed else RecordResult.ok(p.remote_id)
-        for i, p in enumerate(people)
-    ]
+    # Consent follows a completed import: a profile Klaviyo refused is not subscribed.
+    ready: dict[bool, list[int]] = {True: [], False: []}
+
+    def answers(indexes: list[int]) -> list[RecordResult]:
+        return [RecordResult("failed", failed[i]) if i in failed
+                else RecordResult.ok(people[i].remote_id) for i in indexes]  # fmt: skip
+
+    try:
+        left = await _start_imports(session, people, jobs)
+        imports = jobs.open
+        while jobs.open:
+            kind, indexes, refused = await jobs.next()
+            for n, why in refused.items():
+                failed.setdefault(indexes[n], why)
+            if kind == "consent":
+                yield indexes, answers(indexes)
+                continue
+            imports -= 1
+            settled = []
+            for i in indexes:
+                left[i] -= 1
+                if left[i] == 0:
+                    if i in failed or people[i].subscribed is None:
+                        settled.append(i)  # no consent to set
+                    else:
+                        ready[bool(people[i].subscribed)].append(i)
+            for queue in ready.values():
+                while len(queue) >= SUBSCRIPTION_PROFILES or (queue and not imports):
+                    part, queue[:] = queue[:SUBSCRIPTION_PROFILES], queue[SUBSCRIPTION_PROFILES:]
+                    jobs.start("consent", part, _consent(session, [people[i] for i in part]))
+            if settled:
+                yield settled, answers(settled)
+    finally:
+        jobs.cancel()
+
+
+async def _start_imports(
+    session: Session, people: Sequence[SyncPerson], jobs: _Jobs
+) -> dict[int, int]:
+    """Start the people's import jobs; how many each person is in."""
+    left: dict[int, int] = {}
+    encoded: dict[int, bytes] = {}
+    for list_id, indexes in _import_parts(session, people):
+        new = [i for i in indexes if i not in encoded]
+        encoded.update(zip(new, _encoded([people[i] for i in new]), strict=True))
+        for chunk in _jobs([encoded[i] for i in indexes]):
+            part = [indexes[n] for n in chunk]
+            for i in part:
+                left[i] = left.get(i, 0) + 1
+            call = _import(session, [people[i] for i in part], [encoded[i] for i in part], list_id)
+            jobs.start("import", part, call)
+            # Its request goes out while the next lists' profiles are encoded.
+            await asyncio.sleep(0)
+    return left
+
+
+async def upsert(session: Session, people: Sequence[SyncPerson]) -> list[RecordResult]:
+    """``upsert_parts``, answered all at once."""
+    results: list[RecordResult | None] = [None] * len(people)
+    async for indexes, answered in upsert_parts(session, people):
+        for i, result in zip(indexes, answered, strict=True):
+            results[i] = result
+    return [r if r is not None else RecordResult("retry", "not answered") for r in results]
 
 
 # -- membership ------------------------------------------------------------------------
@@ -587,8 +713,7 @@ async def events(session: Session, items: Sequence[SyncEvent]) -> list[RecordRes
         for start in range(0, len(groups), EVENT_PROFILES)
     )
     return [
-        RecordResult("failed", failed[e.unique_id]) if e.unique_id in failed else RecordResult.ok()
-        for e in items
+        RecordResult("failed", failed[e.unique_id]) if e.unique_id in failed else OK for e in items
     ]
 
 
@@ -672,6 +797,7 @@ SYNC = SyncApi(
     memberships=("list",),
     rate_group=rate_group,
     adds_on_upsert=True,
+    upsert_parts=upsert_parts,
 )
 
 
