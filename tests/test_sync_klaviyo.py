@@ -296,9 +296,20 @@ def test_an_import_job_that_does_not_complete_leaves_its_records_to_the_next_run
     assert api.consent("j0@example.com") != "SUBSCRIBED"
 
 
-def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqlite_url, tmp_path):
+def first_sync_with_events(engine, api, connector):
+    """A first sync against ``api`` in which every segment entry is an event,
+    verified equal afterwards: (its report, the target)."""
     from core.sync.engine import _save_cursor
 
+    with running(api) as url:
+        t = target(url, events=True)
+        _save_cursor(engine, t, 0)
+        report = run_sync(engine, t, connector)
+        assert verify_sync(engine, t, connector).ok
+    return report, t
+
+
+def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqlite_url, tmp_path):
     ids = store(sqlite_url, tmp_path)
     engine = open_db(sqlite_url)
     api = make_api("fast")
@@ -308,11 +319,7 @@ def test_joiners_are_imported_into_lists_and_events_follow_each_upsert_call(sqli
         sync.limits, profiles_per_call=len(ids) // 4, events_per_call=2, upserts_at_once=1
     )
     connector = replace(esp_connectors()["klaviyo"], sync=replace(sync, limits=small))
-    with running(api) as url:
-        t = target(url, events=True)
-        _save_cursor(engine, t, 0)  # every segment entry is an event of this run
-        report = run_sync(engine, t, connector)
-        assert verify_sync(engine, t, connector).ok
+    report, t = first_sync_with_events(engine, api, connector)
     assert report.upserted == report.people == len(ids) * 2 // 3 and not report.retry
     assert report.added == report.people
     assert api.snapshot()["people"] == wanted(engine, t)
@@ -344,8 +351,6 @@ class _FirstConsentThrottled(KlaviyoApi):
 def test_a_consent_job_waiting_for_its_retry_after_holds_up_no_other_peoples_events(
     sqlite_url, tmp_path, monkeypatch
 ):
-    from core.sync.engine import _save_cursor
-
     ids = store(sqlite_url, tmp_path)
     engine = open_db(sqlite_url)
     # One upsert call, its people's consent in several jobs.
@@ -356,11 +361,7 @@ def test_a_consent_job_waiting_for_its_retry_after_holds_up_no_other_peoples_eve
         esp_connectors()["klaviyo"],
         sync=replace(sync, limits=replace(sync.limits, events_per_call=1)),
     )
-    with running(api) as url:
-        t = target(url, events=True)
-        _save_cursor(engine, t, 0)  # every segment entry is an event of this run
-        report = run_sync(engine, t, connector)
-        assert verify_sync(engine, t, connector).ok
+    report, _t = first_sync_with_events(engine, api, connector)
     assert report.upserted == report.people == len(ids) * 2 // 3 and not report.retry
     assert report.throttled == 1 and report.events == report.people
     log = [(p.rstrip("/"), what) for _m, p, what in api.log]

@@ -91,9 +91,6 @@ class TickReport(BaseModel):
 # -- what the step machine asks, answered from the database ---------------------------
 
 
-_ONE = timedelta(microseconds=1)
-
-
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
     try:
@@ -132,7 +129,7 @@ class DbEnv:
             return
         # Read afresh when a wider window is asked for: a batch prefetches
         # before it advances, when the sends recorded before are written.
-        todo = [p for p in pids if self._sent_since.get(p, since + _ONE) > since]
+        todo = [p for p in pids if p not in self._sent_since or self._sent_since[p] > since]
         for pid in todo:
             self._sent_since[pid] = since
             self._sent.pop(pid, None)

@@ -54,8 +54,7 @@ WRITE_POLICY = policy.SMTP.clone(max_line_length=998)
 
 def sender_domain(sender: str) -> str:
     """The domain of a From address (``Shop <news@shop.example>`` -> ``shop.example``)."""
-    _, address = parseaddr(sender)
-    return _domain(address, sender)
+    return _sender(sender)[1]
 
 
 def _domain(address: str, sender: str) -> str:

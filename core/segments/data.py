@@ -42,8 +42,7 @@ def load_profile_data(conn: Connection, profile_id: int, as_of: datetime) -> Pro
     cur = conn.connection.cursor()
     try:
         cur.execute(
-            "SELECT type, ts, session_id, product_id, value, currency, url, campaign, source,"
-            f" properties, message_id FROM events WHERE profile_id = {mark} AND ts <= {mark}"
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE profile_id = {mark} AND ts <= {mark}"
             " ORDER BY ts, id",
             (profile_id, db_time(dialect.name, as_of)),
         )

@@ -32,6 +32,7 @@ from flows.common import DatabaseUrl, database, flow_settings, hidden
 from flows.config import EXAMPLE_SCORES, EXAMPLE_SEGMENTS, EXAMPLE_WORKFLOWS
 from flows.pipeline import pipeline
 from plugins.demo.emails import grant_signup_consents, send_demo_emails
+from plugins.demo.generator import day_start
 from plugins.demo.store import load_catalogue, reset_demo, summarise, write_events
 
 # How far the second run moves the clock on: past the cart wait and the next morning.
@@ -59,7 +60,7 @@ def write_store_task(
     path = Path(folder) / EVENTS_FILE
     from rich.progress import Progress
 
-    end = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    end = day_start(now)
     with Progress(transient=True, disable=not progress) as bar:
         job = bar.add_task(f"generating {people:,} people x {days} days", total=None)
         written = write_events(
@@ -122,6 +123,7 @@ def demo(
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="segflow-demo-") as folder:
         store = write_store_task(url, folder, people, days, seed, reset, now, progress)
+        since = store["end"] - LATER
         today = pipeline(
             database_url=hidden(url),
             files=[store["events_file"]],
@@ -131,7 +133,7 @@ def demo(
             workflows_dir=workflows_dir,
             as_of=now,
             perform=False,
-            history_since=store["end"] - LATER,
+            history_since=since,
         )
     sent = consents_and_emails_task(url, now)
     later = pipeline(
@@ -144,4 +146,4 @@ def demo(
         perform=bool(settings.secret_key),
     )
     summary = summarise_task(url, today, later) | {"catalogue": store["catalogue"]} | sent
-    return summary | {"as_of": now.isoformat(), "history_since": (store["end"] - LATER).isoformat()}
+    return summary | {"as_of": now.isoformat(), "history_since": since.isoformat()}

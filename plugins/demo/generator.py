@@ -342,9 +342,14 @@ def _clock_tables() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return minutes, seconds
 
 
+def day_start(moment: datetime) -> datetime:
+    """The start (UTC) of ``moment``'s day: where a store generated then ends."""
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+
 def _default_end() -> datetime:
-    now = datetime.now(UTC)
-    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+    return day_start(datetime.now(UTC))
 
 
 # -- simulation ---------------------------------------------------------------------
